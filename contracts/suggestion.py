@@ -1,0 +1,233 @@
+"""The triage suggestion: what the pipeline proposes to the service agent for one case.
+
+A suggestion is advice, never an action: proposed actions only run after the policy layer and,
+where required, human approvers said so. Stored with ``schema_version`` so old rows stay readable.
+
+Contract:
+- ``summary`` holds at most 100 words.
+- ``routing.queue`` is one of the configured queues, or ``None`` when the classifier abstained
+  and the advisor had nothing better grounded.
+- Every id in ``citations`` names a chunk that was retrieved for this case.
+- Money in actions is Decimal with an ISO 4217 currency.
+"""
+
+from __future__ import annotations
+
+import enum
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contracts.case import CurrencyCode, Identifier
+
+SUGGESTION_SCHEMA_VERSION = "1.0"
+MAX_SUMMARY_WORDS = 100
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prediction(_Model):
+    """One classifier output for one target (category, queue or priority)."""
+
+    target: str
+    label: str | None = Field(description="Predicted label, or None when the model abstained.")
+    confidence: float = Field(ge=0, le=1, description="Calibrated probability of the top label.")
+    runner_up: str | None = None
+    runner_up_confidence: float | None = None
+    abstained: bool = False
+    abstain_reason: str | None = None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+
+
+class ClassifierView(_Model):
+    """What the classifier said, kept beside the advisor's own routing for comparison."""
+
+    model_version: str
+    category: Prediction
+    queue: Prediction
+    priority: Prediction
+
+
+class Routing(_Model):
+    queue: str | None
+    rationale: str = Field(max_length=1000)
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    source: Literal["classifier", "advisor", "rules"] = "classifier"
+
+
+class ActionType(enum.StrEnum):
+    issue_credit_note = "issue_credit_note"
+    write_off = "write_off"
+    adjust_inventory = "adjust_inventory"
+    rebill = "rebill"
+    refund = "refund"
+    reship = "reship"
+    contact_carrier = "contact_carrier"
+    notify_customer = "notify_customer"
+    escalate = "escalate"
+
+
+MATERIAL_ACTIONS: frozenset[ActionType] = frozenset(
+    {
+        ActionType.issue_credit_note,
+        ActionType.write_off,
+        ActionType.adjust_inventory,
+        ActionType.rebill,
+        ActionType.refund,
+    }
+)
+"""Actions that move money or stock: these always go through the policy layer."""
+
+
+Amount = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
+Qty = Annotated[Decimal, Field(max_digits=18, decimal_places=6)]
+
+
+class _Action(_Model):
+    rationale: str = Field(default="", max_length=1000)
+    evidence: list[str] = Field(
+        default_factory=list, description="Chunk ids or case fields that justify the action."
+    )
+
+
+class IssueCreditNote(_Action):
+    type: Literal[ActionType.issue_credit_note] = ActionType.issue_credit_note
+    invoice_id: Identifier
+    amount: Amount
+    currency: CurrencyCode
+    reason_code: str = Field(max_length=64)
+
+
+class WriteOff(_Action):
+    type: Literal[ActionType.write_off] = ActionType.write_off
+    amount: Amount
+    currency: CurrencyCode
+    invoice_id: Identifier | None = None
+    reason_code: str = Field(max_length=64)
+
+
+class AdjustInventory(_Action):
+    type: Literal[ActionType.adjust_inventory] = ActionType.adjust_inventory
+    warehouse_id: Identifier
+    sku: Identifier
+    quantity_delta: Qty
+    value: Amount | None = None
+    currency: CurrencyCode | None = None
+    reason_code: str = Field(max_length=64)
+
+
+class Rebill(_Action):
+    type: Literal[ActionType.rebill] = ActionType.rebill
+    invoice_id: Identifier
+    amount: Amount
+    currency: CurrencyCode
+
+
+class Refund(_Action):
+    type: Literal[ActionType.refund] = ActionType.refund
+    amount: Amount
+    currency: CurrencyCode
+    invoice_id: Identifier | None = None
+    order_id: Identifier | None = None
+
+
+class Reship(_Action):
+    type: Literal[ActionType.reship] = ActionType.reship
+    order_id: Identifier
+    sku: Identifier
+    quantity: Qty
+    warehouse_id: Identifier | None = None
+
+
+class ContactCarrier(_Action):
+    type: Literal[ActionType.contact_carrier] = ActionType.contact_carrier
+    carrier_id: Identifier
+    shipment_id: Identifier | None = None
+    subject: str = Field(max_length=200)
+
+
+class NotifyCustomer(_Action):
+    type: Literal[ActionType.notify_customer] = ActionType.notify_customer
+    customer_id: Identifier
+    channel: Literal["email", "portal", "phone"] = "email"
+
+
+class Escalate(_Action):
+    type: Literal[ActionType.escalate] = ActionType.escalate
+    to_queue: str = Field(max_length=64)
+    reason: str = Field(max_length=500)
+
+
+ProposedAction = Annotated[
+    IssueCreditNote
+    | WriteOff
+    | AdjustInventory
+    | Rebill
+    | Refund
+    | Reship
+    | ContactCarrier
+    | NotifyCustomer
+    | Escalate,
+    Field(discriminator="type"),
+]
+
+
+class Citation(_Model):
+    chunk_id: str
+    document_id: str | None = None
+    title: str | None = None
+    chunk_hash: str | None = None
+    quote: str | None = Field(default=None, max_length=1000)
+
+
+class SimilarCase(_Model):
+    case_id: str
+    score: float
+    exception_type: str | None = None
+    resolution: str | None = None
+
+
+class Provenance(_Model):
+    """How the suggestion was produced: enough for an auditor to reproduce the decision path."""
+
+    engine: Literal["llm", "offline"]
+    fallback_reason: str | None = None
+    prompt_id: str | None = None
+    prompt_version: str | None = None
+    prompt_sha256: str | None = None
+    llm_model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    contract_violations: list[str] = Field(default_factory=list)
+    repair_attempted: bool = False
+    retrieved_chunk_ids: list[str] = Field(default_factory=list)
+
+
+class Suggestion(_Model):
+    """Everything the agent sees as the machine's proposal for one case."""
+
+    schema_version: str = SUGGESTION_SCHEMA_VERSION
+    summary: str = Field(max_length=1500)
+    routing: Routing
+    category: str | None = None
+    priority: str | None = None
+    proposed_actions: list[ProposedAction] = Field(default_factory=list, max_length=20)
+    next_steps: list[str] = Field(default_factory=list, max_length=20)
+    customer_message: str | None = Field(default=None, max_length=5000)
+    citations: list[Citation] = Field(default_factory=list, max_length=20)
+    similar_cases: list[SimilarCase] = Field(default_factory=list, max_length=10)
+    classifier: ClassifierView | None = None
+    injection_flags: list[str] = Field(default_factory=list)
+    provenance: Provenance
+
+    @field_validator("summary")
+    @classmethod
+    def _summary_words(cls, value: str) -> str:
+        words = value.split()
+        if len(words) > MAX_SUMMARY_WORDS:
+            raise ValueError(f"summary has {len(words)} words; at most {MAX_SUMMARY_WORDS}")
+        return value
