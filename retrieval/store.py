@@ -1,0 +1,133 @@
+"""Chroma plumbing: client factory and the registered embedding function.
+
+Contract:
+- :func:`open_client` builds an embedded ``PersistentClient`` on ``ChromaConfig.path`` unless
+  ``ChromaConfig.url`` is set, in which case it connects to that Chroma server. Telemetry is off:
+  the product makes no call it was not asked to make.
+- :class:`TriageEmbeddingFunction` is registered with Chroma under the name
+  ``exception_triage``; its config (the encoder spec, with a fingerprint) is stored with each
+  collection so ``client.get_collection(name)`` works in a new process without passing the
+  function again. Chroma's default ONNX embedding (which downloads a model) is never used:
+  every collection here is created with an explicit embedding function.
+- :func:`open_collection` refuses to use a collection built with a different encoder
+  (different fingerprint): mixing vector spaces silently returns nonsense.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+from chromadb.utils.embedding_functions import register_embedding_function
+from pydantic import BaseModel, ConfigDict
+
+from retrieval.embeddings import Encoder, encoder_from_spec
+from retrieval.errors import EncoderError, StoreError
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+EF_NAME = "exception_triage"
+
+
+class ChromaConfig(BaseModel):
+    """Where the vector store lives. ``url`` (e.g. ``http://chroma:8000``) wins over ``path``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Path("var/chroma")
+    url: str | None = None
+    knowledge_collection: str = "knowledge"
+    cases_collection: str = "similar_cases"
+
+
+def open_client(config: ChromaConfig) -> ClientAPI:
+    """Build the Chroma client described by ``config`` (no network unless ``url`` is set)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False, allow_reset=False)
+    if config.url:
+        parsed = urlparse(config.url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise StoreError(f"Chroma URL must be http(s)://host[:port], got {config.url!r}")
+        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+        try:
+            return chromadb.HttpClient(
+                host=parsed.hostname, port=port, ssl=parsed.scheme == "https", settings=settings
+            )
+        except Exception as exc:  # chromadb raises bare exceptions when unreachable
+            raise StoreError(f"cannot reach Chroma at {config.url}: {exc}") from exc
+    config.path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(config.path), settings=settings)
+
+
+@register_embedding_function
+class TriageEmbeddingFunction(EmbeddingFunction[Documents]):
+    """Adapter from an :class:`~retrieval.embeddings.Encoder` to Chroma's interface."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, input: Documents) -> Embeddings:  # Chroma's parameter name
+        return list(self.encoder.encode(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        return EF_NAME
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.encoder.spec())
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> TriageEmbeddingFunction:
+        return TriageEmbeddingFunction(encoder_from_spec(config))
+
+    def default_space(self) -> Space:
+        return "cosine"
+
+    def supported_spaces(self) -> list[Space]:
+        return ["cosine"]
+
+    def validate_config_update(
+        self, old_config: dict[str, Any], new_config: dict[str, Any]
+    ) -> None:
+        if old_config.get("fingerprint") != new_config.get("fingerprint"):
+            raise EncoderError("changing the encoder of an existing collection needs a re-index")
+
+
+def open_collection(client: ClientAPI, name: str, encoder: Encoder) -> Collection:
+    """Get or create ``name`` embedded with ``encoder``; refuses a fingerprint mismatch."""
+    ef = TriageEmbeddingFunction(encoder)
+    existing = {c.name for c in client.list_collections()}
+    if name in existing:
+        stored = client.get_collection(name, embedding_function=None)
+        stored_fp = _stored_fingerprint(stored)
+        if stored_fp is not None and stored_fp != encoder.fingerprint:
+            raise EncoderError(
+                f"collection {name!r} was built with encoder {stored_fp}, the configured encoder "
+                f"is {encoder.fingerprint}: re-index it (triage kb reindex) or configure the "
+                "original encoder"
+            )
+        return client.get_collection(name, embedding_function=ef)  # type: ignore[arg-type]
+    return client.create_collection(
+        name,
+        embedding_function=ef,  # type: ignore[arg-type]
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"encoder_fingerprint": encoder.fingerprint, "encoder_dim": encoder.dim},
+    )
+
+
+def _stored_fingerprint(collection: Collection) -> str | None:
+    meta = collection.metadata or {}
+    value = meta.get("encoder_fingerprint")
+    return str(value) if value is not None else None
+
+
+def as_rows(vectors: np.ndarray) -> list[np.ndarray]:
+    """Chroma wants a list of 1-D float32 arrays."""
+    return [np.asarray(row, dtype=np.float32) for row in np.atleast_2d(vectors)]
