@@ -140,7 +140,9 @@ class LineItem(_Strict):
     delivered_qty: NonNegativeQty | None = None
     invoiced_qty: NonNegativeQty | None = None
     unit_price: Money | None = Field(default=None, description="Agreed (order) unit price.")
-    invoiced_unit_price: Money | None = Field(default=None, description="Unit price on the invoice.")
+    invoiced_unit_price: Money | None = Field(
+        default=None, description="Unit price on the invoice."
+    )
 
 
 class FreeText(_Strict):
@@ -166,7 +168,9 @@ class CaseIn(_Strict):
     schema_version: Annotated[str, StringConstraints(pattern=r"^1\.\d+$")] = SCHEMA_VERSION
     source: SourceRef
     exception_type: ExceptionType
-    title: ShortText | None = Field(default=None, description="One-line headline, if the source has one.")
+    title: ShortText | None = Field(
+        default=None, description="One-line headline, if the source has one."
+    )
     references: References
     lines: list[LineItem] = Field(default_factory=list, max_length=500)
     amount_in_dispute: Money | None = Field(
@@ -178,7 +182,9 @@ class CaseIn(_Strict):
     callback_url: HttpUrl | None = Field(
         default=None, description="Called (signed, retried) when triage completes."
     )
-    attributes: dict[str, Any] = Field(default_factory=dict, description="Anything else, kept as is.")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Anything else, kept as is."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -187,7 +193,11 @@ class CaseIn(_Strict):
             "examples": [
                 {
                     "schema_version": "1.0",
-                    "source": {"system": "wms-rotterdam", "kind": "wms", "case_id": "EX-2026-000123"},
+                    "source": {
+                        "system": "wms-rotterdam",
+                        "kind": "wms",
+                        "case_id": "EX-2026-000123",
+                    },
                     "exception_type": "shortage",
                     "references": {
                         "customer": {"id": "CUST-0042", "name": "Nordhaven Retail", "tier": "A"},
@@ -209,7 +219,7 @@ class CaseIn(_Strict):
                     ],
                     "amount_in_dispute": {"amount": "100.00", "currency": "EUR"},
                     "text": {
-                        "customer_message": "We received 32 units instead of 40 but were billed for 40.",
+                        "customer_message": "Got 32 units instead of 40 but were billed for 40.",
                         "operator_notes": "Pick short at location A-12-3.",
                     },
                     "occurred_at": "2026-11-20T09:15:00+01:00",
@@ -230,7 +240,8 @@ class CaseIn(_Strict):
             currencies.add(self.amount_in_dispute.currency)
         if len(currencies) > 1:
             raise ValueError(
-                "all money on a case must share one currency; found " + ", ".join(sorted(currencies))
+                "all money on a case must share one currency; found "
+                + ", ".join(sorted(currencies))
             )
         return self
 

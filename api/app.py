@@ -1,0 +1,63 @@
+"""FastAPI application factory. Nothing is built at import time: call :func:`create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.deps import AppContext
+from api.middleware import RequestLimits
+from api.routes import audit, cases, health, keys, outbox
+from triage.db import Database
+from triage.pipeline import Pipeline
+from triage.settings import Settings, get_settings
+from triage.worker import Worker
+
+DESCRIPTION = """
+Takes exception cases from the orchestration layer (ERP, WMS, TMS, finance), triages them and
+keeps a tamper-evident audit trail of every step.
+
+Authenticate with `Authorization: Bearer <api key>`; every endpoint lists the roles it allows.
+Errors share one shape: `{"error": {"code", "message", "fields": [{"field", "problem"}]}}`.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    db: Database | None = None,
+    pipeline: Pipeline | None = None,
+    start_worker: bool | None = None,
+) -> FastAPI:
+    """Build the app. The embedded worker runs in-process unless ``start_worker`` is False."""
+    settings = settings or get_settings()
+    db = db or Database(settings)
+    run_worker = settings.worker_enabled if start_worker is None else start_worker
+    worker = Worker(db, settings, pipeline) if run_worker else None
+    ctx = AppContext(settings=settings, db=db, worker=worker)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    app = FastAPI(
+        title="Exception triage assistant",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
+    for r in (cases.router, audit.router, keys.router, outbox.router, health.router):
+        app.include_router(r)
+    return app

@@ -1,0 +1,94 @@
+"""Application context and FastAPI dependencies (``Annotated`` aliases, swappable in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from triage import audit, auth
+from triage.auth import Principal, Role
+from triage.db import Database
+from triage.errors import AuthenticationFailed, PermissionDenied
+from triage.settings import Settings
+from triage.worker import Worker
+
+
+@dataclass
+class AppContext:
+    """Everything a request handler may use; built once per app in ``create_app``."""
+
+    settings: Settings
+    db: Database
+    worker: Worker | None
+
+    def notify_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.notify()
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+ANONYMOUS = audit.Actor(audit.ActorType.integration, "anonymous", None)
+
+
+def _deny(ctx: AppContext, request: Request, actor: audit.Actor, action: str, why: str) -> None:
+    # Failed and forbidden calls are audited: probing shows up on the trail.
+    with ctx.db.write() as s:
+        audit.append(
+            s, actor, action, {"method": request.method, "path": request.url.path, "reason": why}
+        )
+
+
+class RoleGuard:
+    """Dependency that authenticates the bearer key and checks its role.
+
+    ``roles`` is public so the RBAC matrix test can read what every endpoint declares.
+    """
+
+    def __init__(self, *roles: Role) -> None:
+        self.roles = frozenset(roles)
+
+    def __call__(self, request: Request, ctx: ContextDep) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            _deny(ctx, request, ANONYMOUS, "auth.unauthenticated", "missing bearer key")
+            raise AuthenticationFailed(
+                "missing API key: send 'Authorization: Bearer <key>'", field="Authorization"
+            )
+        try:
+            with ctx.db.read() as s:
+                principal = auth.authenticate(s, raw.strip())
+        except AuthenticationFailed as exc:
+            _deny(ctx, request, ANONYMOUS, "auth.unauthenticated", exc.message)
+            raise AuthenticationFailed(exc.message, field="Authorization") from exc
+        if principal.role not in self.roles:
+            allowed = ", ".join(sorted(r.value for r in self.roles))
+            _deny(
+                ctx,
+                request,
+                principal.actor,
+                "auth.forbidden",
+                f"role {principal.role.value} not in {allowed}",
+            )
+            raise PermissionDenied(
+                f"role '{principal.role.value}' may not call this endpoint; allowed: {allowed}"
+            )
+        return principal
+
+
+def allow(*roles: Role) -> Callable[..., Principal]:
+    return RoleGuard(*roles)
+
+
+R = Role
+EVERYONE = (R.orchestrator, R.agent, R.approver, R.auditor, R.admin)
+PEOPLE_AND_SYSTEMS = EVERYONE

@@ -1,0 +1,125 @@
+"""Map the core's error hierarchy and request-parsing failures to HTTP, in one place.
+
+Every error body has the same shape::
+
+    {"error": {"code": "validation_error", "message": "...",
+               "fields": [{"field": "lines[0].ordered_qty", "problem": "..."}]}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from triage.cases import format_loc
+from triage.errors import (
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    TriageError,
+    ValidationFailed,
+)
+
+log = logging.getLogger("triage.api")
+
+STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    ValidationFailed: 422,
+    AuthenticationFailed: 401,
+    PermissionDenied: 403,
+}
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def _status_for(exc: TriageError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def _triage_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TriageError)
+    details = dict(exc.details)
+    fields = details.pop("fields", None)
+    extra: dict[str, Any] = {}
+    if isinstance(fields, dict):
+        extra["fields"] = [{"field": k, "problem": v} for k, v in fields.items()]
+    elif "field" in details:
+        extra["fields"] = [{"field": details["field"], "problem": exc.message}]
+    extra.update({k: v for k, v in details.items() if k != "field"})
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
+    return JSONResponse(
+        error_body(exc.code, exc.message, **extra), _status_for(exc), headers=headers
+    )
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        e = next(e for e in errors if e.get("type") == "json_invalid")
+        ctx = e.get("ctx") or {}
+        return JSONResponse(
+            error_body(
+                "malformed_json",
+                f"request body is not valid JSON: {ctx.get('error', '')}",
+                fields=[
+                    {
+                        "field": "body",
+                        "problem": f"invalid JSON at position "
+                        f"{e['loc'][-1] if e.get('loc') else '?'}",
+                    }
+                ],
+            ),
+            400,
+        )
+    fields = []
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        fields.append(
+            {
+                "field": format_loc(loc) or "body",
+                "problem": e.get("msg", "invalid"),
+                "type": e.get("type"),
+            }
+        )
+    summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields[:5])
+    return JSONResponse(error_body("validation_error", summary, fields=fields), 422)
+
+
+def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+    }.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TriageError, _triage_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,81 @@
+"""ASGI middleware: body size limit (413) and content type (415), before any parsing."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_body
+
+_BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+
+
+async def _reply(send: Send, status: int, code: str, message: str, field: str) -> None:
+    body = json.dumps(error_body(code, message, fields=[{"field": field, "problem": message}]))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+class RequestLimits:
+    """Refuse bodies over ``max_bytes`` (413) and non-JSON bodies on the JSON API (415).
+
+    Checks Content-Length up front and also counts streamed chunks, so a chunked upload
+    cannot bypass the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, json_prefix: str = "/v1/") -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.json_prefix = json_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        limit_msg = f"request body exceeds {self.max_bytes} bytes"
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                await _reply(send, 400, "bad_request", "invalid Content-Length", "Content-Length")
+                return
+            if too_big:
+                await _reply(send, 413, "payload_too_large", limit_msg, "body")
+                return
+        if scope["path"].startswith(self.json_prefix) and (length is None or int(length) > 0):
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                await _reply(
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    "Content-Type must be application/json",
+                    "Content-Type",
+                )
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Surfaces through the app's HTTP error handler as a 413 body.
+                    raise HTTPException(status_code=413, detail=limit_msg)
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,170 @@
+"""HTTP response models (the request models are the canonical contracts in contracts/)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from triage.lifecycle import Status
+
+
+class ErrorField(BaseModel):
+    field: str | None
+    problem: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: list[ErrorField] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class IntakeResponse(BaseModel):
+    case_id: str
+    status: Status
+    status_url: str
+    replayed: bool = Field(description="True when this request repeated an earlier submission.")
+
+
+class BatchItem(BaseModel):
+    index: int
+    outcome: Literal["created", "replayed", "invalid", "conflict"]
+    case_id: str | None = None
+    status_url: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class BatchResponse(BaseModel):
+    created: int
+    replayed: int
+    invalid: int
+    conflict: int
+    items: list[BatchItem]
+
+
+class SLAView(BaseModel):
+    triage_due_at: str
+    resolution_due_at: str
+    triage_breached: bool
+    resolution_breached: bool
+
+
+class CaseSummary(BaseModel):
+    id: str
+    status: Status
+    status_reason: str | None
+    source_system: str
+    source_case_id: str
+    exception_type: str
+    customer_id: str
+    customer_tier: str
+    warehouse_id: str | None
+    priority: str
+    category: str | None
+    queue: str | None
+    created_at: str
+    updated_at: str
+    triaged_at: str | None
+    resolved_at: str | None
+    sla: SLAView
+    version: int
+
+
+class CaseDetail(CaseSummary):
+    case: dict[str, Any]
+    suggestion: dict[str, Any] | None = None
+    policy_decisions: list[dict[str, Any]] = Field(default_factory=list)
+    triage_attempts: int
+    resolution: str | None
+
+
+class CasePage(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page.")
+
+
+class TransitionRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    to: Status
+    reason: str | None = Field(default=None, max_length=2000)
+    resolution: str | None = Field(
+        default=None, max_length=5000, description="Required when moving to resolved."
+    )
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=128)
+    role: str
+
+
+class KeyCreated(BaseModel):
+    id: str
+    name: str
+    role: str
+    key: str = Field(description="Shown once; store it now.")
+    created_at: str
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    role: str
+    prefix: str
+    created_at: str
+    created_by: str | None
+    revoked_at: str | None
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    ts: str
+    actor_type: str
+    actor_id: str
+    actor_role: str | None
+    case_id: str | None
+    action: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class VerifyResponse(BaseModel):
+    intact: bool
+    events: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
+
+
+class OutboxOut(BaseModel):
+    id: int
+    event_id: str
+    kind: str
+    case_id: str | None
+    target_url: str
+    status: str
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class OutboxPage(BaseModel):
+    items: list[OutboxOut]
+    next_cursor: str | None

@@ -1,0 +1,378 @@
+"""The ``triage`` command line. It sits above ``api`` and ``triage``: the web app is imported
+inside the commands that serve it, so the rest of the CLI starts fast and the core never
+depends on the web layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from triage.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Exception triage assistant: intake API, triage pipeline and audit trail.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+
+ADMIN_CLI = "cli-admin"
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _progress(done: int, total: int, started: float, label: str) -> None:
+    rate = done / max(1e-9, time.perf_counter() - started)
+    typer.echo(f"\r{label}: {done}/{total} ({rate:,.0f}/s)", err=True, nl=done >= total)
+
+
+# ------------------------------------------------------------------ db
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply schema migrations up to REVISION (default: the latest)."""
+    from triage import migrate
+
+    settings = _settings()
+    migrate.upgrade(settings, revision)
+    typer.echo(
+        f"database at {migrate.current(settings)} ({_redact(settings.resolved_database_url)})"
+    )
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision the database is at."""
+    from triage import migrate
+
+    typer.echo(migrate.current(_settings()) or "empty (run: triage db upgrade)")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+# ------------------------------------------------------------------ keys
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")],
+    role: Annotated[str, typer.Option("--role", help="orchestrator|agent|approver|auditor|admin")],
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from triage import audit, auth
+    from triage.db import Database
+    from triage.errors import ValidationFailed
+
+    db = Database(_settings())
+    try:
+        with db.write() as s:
+            k = auth.create_key(
+                s, name, role, created_by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
+            )
+    except ValidationFailed as exc:
+        raise _fail(exc.message) from exc
+    typer.echo(f"id:   {k.id}\nname: {k.name}\nrole: {k.role.value}\nkey:  {k.key}")
+    typer.echo("Store the key now: it cannot be shown again.", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never the keys themselves)."""
+    from triage import auth
+    from triage.db import Database
+
+    with Database(_settings()).read() as s:
+        for k in auth.list_keys(s):
+            state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+            typer.echo(f"{k.id}  {k.role:<12} trg_{k.prefix}_…  {k.name}  ({state})")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id; it stops working immediately."""
+    from triage import audit, auth
+    from triage.db import Database
+    from triage.errors import NotFound
+
+    try:
+        with Database(_settings()).write() as s:
+            auth.revoke_key(s, key_id, by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"))
+    except NotFound as exc:
+        raise _fail(exc.message) from exc
+    typer.echo(f"revoked {key_id}")
+
+
+# ------------------------------------------------------------------ audit
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Verify the hash chain. Exit 0 if intact, 1 with the first broken sequence otherwise."""
+    from triage import audit
+    from triage.db import Database
+
+    started = time.perf_counter()
+    with Database(_settings()).read() as s:
+        res = audit.verify(s)
+    elapsed = time.perf_counter() - started
+    out: dict[str, Any] = {
+        **res.as_dict(),
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(res.events / elapsed) if elapsed else None,
+    }
+    if as_json:
+        typer.echo(json.dumps(out))
+    elif res.intact:
+        typer.echo(
+            f"intact: {res.events} events, head seq {res.head_seq} hash {res.head_hash}"
+            f" ({elapsed:.2f}s)"
+        )
+    else:
+        typer.secho(
+            f"BROKEN at sequence {res.first_bad_seq}: {res.problem}"
+            f" ({res.events} events verified before it)",
+            fg=typer.colors.RED,
+        )
+    raise typer.Exit(0 if res.intact else 1)
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="File to write (default stdout).")
+    ] = None,
+    case_id: Annotated[str | None, typer.Option("--case")] = None,
+    actor_id: Annotated[str | None, typer.Option("--actor")] = None,
+    action: Annotated[str | None, typer.Option("--action")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 with timezone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 with timezone")] = None,
+) -> None:
+    """Export audit events (all, or filtered) as JSONL or CSV for auditors."""
+    from datetime import datetime
+
+    from triage import audit
+    from triage.common import to_ts
+    from triage.db import Database
+
+    if fmt not in ("jsonl", "csv"):
+        raise _fail("--format must be jsonl or csv")
+
+    def ts(v: str | None, name: str) -> str | None:
+        if v is None:
+            return None
+        try:
+            return to_ts(datetime.fromisoformat(v))
+        except ValueError as exc:
+            raise _fail(f"--{name} must be ISO 8601 with a timezone, got {v!r}") from exc
+
+    f = audit.AuditFilter(case_id, actor_id, action, ts(since, "since"), ts(until, "until"))
+    sink = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    n = 0
+    try:
+        with Database(_settings()).read() as s:
+            for line in audit.export_lines(audit.iter_events(s, f), fmt):
+                sink.write(line)
+                n += 1
+    finally:
+        if out:
+            sink.close()
+    if out:
+        typer.echo(f"wrote {n - (fmt == 'csv')} events to {out}", err=True)
+
+
+# ------------------------------------------------------------------ simulate
+
+
+@app.command("simulate")
+def simulate(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Cases to generate.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cases).")] = 42,
+    exception_rate: Annotated[
+        float, typer.Option(min=0.001, max=1.0, help="Share of orders that raise a case.")
+    ] = 0.2,
+    rates: Annotated[
+        str | None,
+        typer.Option(
+            help="Relative weights per exception type, e.g. 'shortage=3,carrier_delay=1'."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write JSONL here (default stdout).")] = None,
+    with_labels: Annotated[
+        bool, typer.Option(help="Emit {case, labels} records (ground truth) instead of bare cases.")
+    ] = False,
+    post: Annotated[
+        str | None, typer.Option(help="Base URL of a running instance to POST the cases to.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="TRIAGE_API_KEY", help="Orchestrator key for --post.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=500)] = 100,
+) -> None:
+    """Generate realistic exception cases from a simulated order-to-cash flow."""
+    from triage.simulator import DEFAULT_TYPE_WEIGHTS, SimConfig, Simulator, parse_rates
+
+    try:
+        weights = parse_rates(rates) if rates else dict(DEFAULT_TYPE_WEIGHTS)
+    except ValueError as exc:
+        raise _fail(f"--rates: {exc}") from exc
+    sim = Simulator(SimConfig(seed=seed, exception_rate=exception_rate, type_weights=weights))
+    records = sim.cases(count)
+    if post:
+        if not api_key:
+            raise _fail("--post needs --api-key (or TRIAGE_API_KEY)")
+        _post_cases(post, api_key, (r.case for r in records), count, batch_size)
+        return
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        for r in records:
+            sink.write(json.dumps(r.as_record() if with_labels else r.case) + "\n")
+    finally:
+        if out:
+            sink.close()
+    if out:
+        typer.echo(f"wrote {count} cases to {out} ({sim.orders_seen} orders simulated)", err=True)
+
+
+def _post_cases(base: str, key: str, cases_iter: Any, total: int, batch_size: int) -> None:
+    import httpx
+
+    started = time.perf_counter()
+    done = created = 0
+    batch: list[dict[str, Any]] = []
+    with httpx.Client(
+        base_url=base.rstrip("/"), timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+
+        def flush() -> None:
+            nonlocal done, created
+            if not batch:
+                return
+            resp = client.post("/v1/cases/batch", json={"items": batch})
+            if resp.status_code >= 400:
+                raise _fail(f"server answered {resp.status_code}: {resp.text[:300]}")
+            created += resp.json()["created"]
+            done += len(batch)
+            batch.clear()
+            _progress(done, total, started, "posted")
+
+        for case in cases_iter:
+            batch.append(case)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    typer.echo(f"{created} created, {done - created} replayed/invalid/conflict", err=True)
+
+
+# ------------------------------------------------------------------ serve, worker, demo
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Run the embedded triage worker in-process.")] = True,
+    upgrade: Annotated[bool, typer.Option(help="Apply migrations before starting.")] = True,
+) -> None:
+    """Serve the API (OpenAPI docs at /docs) with the embedded worker."""
+    import uvicorn
+
+    from api.app import create_app
+    from triage import migrate
+
+    _logging()
+    settings = _settings()
+    if upgrade:
+        migrate.upgrade(settings)
+    uvicorn.run(create_app(settings, start_worker=worker), host=host, port=port, log_level="info")
+
+
+@app.command("worker")
+def worker_cmd(
+    once: Annotated[bool, typer.Option(help="Triage what is due, then exit.")] = False,
+) -> None:
+    """Run a standalone triage worker process against the configured database."""
+    import signal
+
+    from triage.db import Database
+    from triage.worker import Worker
+
+    _logging()
+    settings = _settings()
+    w = Worker(Database(settings), settings)
+    if once:
+        typer.echo(f"triaged {w.run_once()} cases")
+        return
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    w.start()
+    typer.echo(f"worker {w.id} running; Ctrl-C to stop", err=True)
+    while not stop:
+        time.sleep(0.5)
+    w.stop()
+
+
+@app.command("demo")
+def demo(
+    cases: Annotated[int, typer.Option(help="Demo cases to load on first start.")] = 200,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the server after loading.")
+    ] = True,
+) -> None:
+    """Set up the embedded default (SQLite + local files), load demo data, and serve."""
+    from triage import demo as demo_mod
+    from triage import migrate
+
+    _logging()
+    settings = _settings()
+    migrate.upgrade(settings)
+    summary = demo_mod.load(settings, cases, progress=lambda d, t, s: _progress(d, t, s, "demo"))
+    typer.echo(demo_mod.describe(summary, host, port))
+    if serve_after:
+        serve(host=host, port=port, worker=True, upgrade=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,127 @@
+"""API keys and roles.
+
+Keys look like ``trg_<8 char prefix>_<43 char secret>``; only their SHA-256 is stored. SHA-256
+(not a slow password hash) is right here because keys carry 256 bits of entropy: brute force is
+hopeless either way, and a fast hash keeps per-request authentication cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from triage import audit
+from triage.audit import Actor, ActorType
+from triage.common import new_id, now_ts
+from triage.errors import AuthenticationFailed, NotFound, ValidationFailed
+from triage.models import ApiKey
+
+
+class Role(enum.StrEnum):
+    orchestrator = "orchestrator"
+    agent = "agent"
+    approver = "approver"
+    auditor = "auditor"
+    admin = "admin"
+
+
+ACTOR_TYPE_BY_ROLE = {
+    Role.orchestrator: ActorType.integration,
+    Role.agent: ActorType.human,
+    Role.approver: ActorType.human,
+    Role.auditor: ActorType.human,
+    Role.admin: ActorType.human,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    key_id: str
+    name: str
+    role: Role
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(ACTOR_TYPE_BY_ROLE[self.role], self.name, self.role.value)
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: str
+    name: str
+    role: Role
+    key: str
+    created_at: str
+
+
+def create_key(session: Session, name: str, role: str, *, created_by: Actor) -> CreatedKey:
+    """Create a key; the raw key is returned once and never stored."""
+    name = name.strip()
+    if not name or len(name) > 128:
+        raise ValidationFailed("name must be 1-128 characters", fields={"name": "length 1-128"})
+    try:
+        role_value = Role(role)
+    except ValueError as exc:
+        allowed = ", ".join(r.value for r in Role)
+        raise ValidationFailed(
+            f"unknown role {role!r}; allowed: {allowed}", fields={"role": f"one of {allowed}"}
+        ) from exc
+    prefix = secrets.token_hex(4)
+    raw = f"trg_{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(
+        id=new_id(),
+        name=name,
+        role=role_value.value,
+        prefix=prefix,
+        key_hash=hash_key(raw),
+        created_at=now_ts(),
+        created_by=created_by.id,
+    )
+    session.add(row)
+    session.flush()
+    audit.append(
+        session,
+        created_by,
+        "api_key.created",
+        {"key_id": row.id, "name": name, "role": role_value.value, "prefix": prefix},
+    )
+    return CreatedKey(row.id, name, role_value, raw, row.created_at)
+
+
+def authenticate(session: Session, raw: str) -> Principal:
+    """Resolve a raw key to its principal; raises AuthenticationFailed for unknown/revoked keys."""
+    row = session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.revoked_at).where(
+            ApiKey.key_hash == hash_key(raw)
+        )
+    ).one_or_none()
+    if row is None:
+        raise AuthenticationFailed("unknown API key")
+    if row.revoked_at is not None:
+        raise AuthenticationFailed("API key has been revoked")
+    return Principal(row.id, row.name, Role(row.role))
+
+
+def revoke_key(session: Session, key_id: str, *, by: Actor) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"API key {key_id} not found")
+    if row.revoked_at is None:
+        row.revoked_at = now_ts()
+        audit.append(session, by, "api_key.revoked", {"key_id": key_id, "name": row.name})
+    return row
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))

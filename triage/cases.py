@@ -1,0 +1,513 @@
+"""Case slice: intake (single and batch, idempotent), reads, listing, lifecycle and SLA.
+
+Services never commit; the caller owns the transaction. Every state change is written together
+with its audit event in the caller's transaction, so both land or neither does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from contracts.case import CaseIn, CustomerTier, ExceptionType
+from triage import audit
+from triage.audit import Actor
+from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts
+from triage.errors import IdempotencyConflict, InvalidTransition, NotFound, ValidationFailed
+from triage.lifecycle import Status, allowed
+from triage.models import Case
+from triage.models import Suggestion as SuggestionRow
+from triage.settings import Settings
+
+# Provisional priority before the classifier has run: by exception type, bumped one level
+# for tier-A customers and for large amounts. The pipeline replaces it with the prediction.
+_BASE_PRIORITY = {
+    ExceptionType.failed_integration: 2,
+    ExceptionType.shortage: 2,
+    ExceptionType.damaged_goods: 2,
+    ExceptionType.address_issue: 2,
+    ExceptionType.duplicate_invoice: 3,
+    ExceptionType.pricing_mismatch: 3,
+    ExceptionType.carrier_delay: 3,
+    ExceptionType.partial_shipment: 3,
+    ExceptionType.return_request: 4,
+    ExceptionType.other: 4,
+}
+LARGE_AMOUNT = Decimal("10000")
+
+
+def rule_priority(case: CaseIn) -> str:
+    level = _BASE_PRIORITY[case.exception_type]
+    if case.references.customer.tier == CustomerTier.A:
+        level -= 1
+    if case.amount_in_dispute is not None and case.amount_in_dispute.amount >= LARGE_AMOUNT:
+        level -= 1
+    return f"P{max(1, level)}"
+
+
+def request_hash(case: CaseIn) -> str:
+    """SHA-256 of the case's canonical JSON: equal payloads hash equal whatever their key order."""
+    return hashlib.sha256(canonical_json(case.model_dump(mode="json")).encode()).hexdigest()
+
+
+def sla_due(settings: Settings, created: datetime, priority: str) -> tuple[str, str]:
+    triage_h = settings.sla_triage_hours[priority]
+    resolve_h = settings.sla_resolution_hours[priority]
+    return to_ts(created + timedelta(hours=triage_h)), to_ts(created + timedelta(hours=resolve_h))
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    case: Case
+    replayed: bool
+
+
+def _scoped_key(actor: Actor, key: str | None) -> str | None:
+    # Idempotency keys are scoped to the caller so two integrations cannot collide by accident.
+    return None if key is None else f"{actor.id}:{key}"
+
+
+def _existing(session: Session, case: CaseIn, scoped_key: str | None) -> Case | None:
+    if scoped_key is not None:
+        found = session.scalar(select(Case).where(Case.idempotency_key == scoped_key))
+        if found is not None:
+            return found
+    return session.scalar(
+        select(Case).where(
+            Case.source_system == case.source.system, Case.source_case_id == case.source.case_id
+        )
+    )
+
+
+def _replay_or_conflict(
+    existing: Case, digest: str, scoped_key: str | None, case: CaseIn
+) -> IntakeResult:
+    if existing.request_hash == digest:
+        return IntakeResult(existing, replayed=True)
+    if scoped_key is not None and existing.idempotency_key == scoped_key:
+        raise IdempotencyConflict(
+            "Idempotency-Key was already used for a different payload",
+            field="Idempotency-Key",
+            existing_case_id=existing.id,
+        )
+    raise IdempotencyConflict(
+        f"source case ({case.source.system}, {case.source.case_id}) was already submitted "
+        "with different content",
+        field="source.case_id",
+        existing_case_id=existing.id,
+    )
+
+
+def submit(
+    session: Session,
+    case: CaseIn,
+    *,
+    actor: Actor,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> IntakeResult:
+    """Store a new case (status ``received``) with its audit event, or return the original.
+
+    Replays (same Idempotency-Key or same source ids, same payload) return the stored case with
+    ``replayed=True``; the same key or source ids with a different payload raise
+    :class:`IdempotencyConflict`. A concurrent duplicate that loses the insert race is resolved
+    the same way by re-reading inside a savepoint.
+    """
+    digest = request_hash(case)
+    scoped = _scoped_key(actor, idempotency_key)
+    existing = _existing(session, case, scoped)
+    if existing is not None:
+        return _replay_or_conflict(existing, digest, scoped, case)
+
+    created = datetime.now(UTC)
+    priority = rule_priority(case)
+    triage_due, resolution_due = sla_due(settings, created, priority)
+    refs = case.references
+    row = Case(
+        id=new_id(),
+        source_system=case.source.system,
+        source_case_id=case.source.case_id,
+        idempotency_key=scoped,
+        request_hash=digest,
+        schema_version=case.schema_version,
+        exception_type=case.exception_type.value,
+        customer_id=refs.customer.id,
+        customer_tier=refs.customer.tier.value,
+        warehouse_id=refs.warehouse_id,
+        carrier_id=refs.carrier_id,
+        order_id=refs.order_id,
+        invoice_id=refs.invoice_id,
+        amount=case.amount_in_dispute.amount if case.amount_in_dispute else None,
+        currency=case.currency,
+        payload=case.model_dump(mode="json"),
+        callback_url=str(case.callback_url) if case.callback_url else None,
+        status=Status.received.value,
+        priority=priority,
+        created_at=to_ts(created),
+        updated_at=to_ts(created),
+        occurred_at=to_ts(case.occurred_at),
+        triage_due_at=triage_due,
+        resolution_due_at=resolution_due,
+        triage_sla_breached=False,
+        resolution_sla_breached=False,
+        triage_attempts=0,
+        suggestion_revision=0,
+        submitted_by=actor.id,
+        version=1,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        # Lost a race against an identical submission: the winner's row is visible now.
+        existing = _existing(session, case, scoped)
+        if existing is None:
+            raise
+        return _replay_or_conflict(existing, digest, scoped, case)
+    audit.append(
+        session,
+        actor,
+        "case.received",
+        {
+            "source_system": row.source_system,
+            "source_case_id": row.source_case_id,
+            "exception_type": row.exception_type,
+            "request_hash": digest,
+            "priority": priority,
+        },
+        case_id=row.id,
+    )
+    return IntakeResult(row, replayed=False)
+
+
+@dataclass
+class BatchItemResult:
+    index: int
+    outcome: str  # created | replayed | invalid | conflict
+    case: Case | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def field_errors(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field": "lines[0].ordered_qty", "problem": "..."}`` items."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = [*prefix, *err["loc"]]
+        out.append({"field": format_loc(loc), "problem": err["msg"], "type": err["type"]})
+    return out
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def submit_batch(
+    session: Session,
+    items: Sequence[Any],
+    *,
+    actor: Actor,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> list[BatchItemResult]:
+    """Validate and store each item independently; invalid items are reported, never stored.
+
+    Each valid item goes through :func:`submit` inside its own savepoint, so one conflicting
+    item cannot undo the others. With an ``Idempotency-Key`` header, item *i* uses ``key:i``.
+    """
+    if len(items) > settings.max_batch_items:
+        raise ValidationFailed(
+            f"a batch holds at most {settings.max_batch_items} items; got {len(items)}",
+            fields={"items": f"at most {settings.max_batch_items} items"},
+        )
+    results: list[BatchItemResult] = []
+    for i, raw in enumerate(items):
+        try:
+            case = CaseIn.model_validate(raw)
+        except ValidationError as exc:
+            results.append(BatchItemResult(i, "invalid", errors=field_errors(exc)))
+            continue
+        key = f"{idempotency_key}:{i}" if idempotency_key else None
+        try:
+            with session.begin_nested():
+                res = submit(session, case, actor=actor, settings=settings, idempotency_key=key)
+        except IdempotencyConflict as exc:
+            results.append(
+                BatchItemResult(
+                    i,
+                    "conflict",
+                    errors=[
+                        {
+                            "field": exc.details.get("field"),
+                            "problem": exc.message,
+                            "existing_case_id": exc.details.get("existing_case_id"),
+                        }
+                    ],
+                )
+            )
+            continue
+        results.append(BatchItemResult(i, "replayed" if res.replayed else "created", res.case))
+    created = sum(1 for r in results if r.outcome == "created")
+    audit.append(
+        session,
+        actor,
+        "case.batch_received",
+        {
+            "items": len(items),
+            "created": created,
+            "replayed": sum(1 for r in results if r.outcome == "replayed"),
+            "invalid": sum(1 for r in results if r.outcome == "invalid"),
+            "conflict": sum(1 for r in results if r.outcome == "conflict"),
+        },
+    )
+    return results
+
+
+def get(session: Session, case_id: str) -> Case:
+    row = session.get(Case, case_id)
+    if row is None:
+        raise NotFound(f"case {case_id} not found")
+    return row
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    status: str | None = None
+    exception_type: str | None = None
+    customer_id: str | None = None
+    warehouse_id: str | None = None
+    created_from: str | None = None
+    created_to: str | None = None
+
+
+def encode_cursor(created_at: str, case_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, case_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, case_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        parse_ts(created_at)
+        return str(created_at), str(case_id)
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed(
+            "malformed cursor", fields={"cursor": "not a cursor we issued"}
+        ) from exc
+
+
+def list_cases(
+    session: Session, f: CaseFilter, *, limit: int, cursor: str | None = None
+) -> tuple[list[Case], str | None]:
+    """Newest first, keyset-paginated on (created_at, id); returns the rows and the next cursor."""
+    stmt = select(Case)
+    if f.status:
+        stmt = stmt.where(Case.status == f.status)
+    if f.exception_type:
+        stmt = stmt.where(Case.exception_type == f.exception_type)
+    if f.customer_id:
+        stmt = stmt.where(Case.customer_id == f.customer_id)
+    if f.warehouse_id:
+        stmt = stmt.where(Case.warehouse_id == f.warehouse_id)
+    if f.created_from:
+        stmt = stmt.where(Case.created_at >= f.created_from)
+    if f.created_to:
+        stmt = stmt.where(Case.created_at < f.created_to)
+    if cursor:
+        c_at, c_id = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Case.created_at < c_at, and_(Case.created_at == c_at, Case.id < c_id))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(Case.created_at.desc(), Case.id.desc()).limit(limit + 1))
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
+
+
+def transition(
+    session: Session,
+    case_id: str,
+    target: Status,
+    *,
+    actor: Actor,
+    by_system: bool,
+    reason: str | None = None,
+    expected_version: int | None = None,
+    extra: dict[str, Any] | None = None,
+    mutate: Callable[[Case], None] | None = None,
+) -> Case:
+    """Move a case to ``target`` if the state machine allows it; audit it in the same transaction.
+
+    The UPDATE is guarded by the row's version, so two racing transitions cannot both win: the
+    loser gets :class:`InvalidTransition`.
+    """
+    row = get(session, case_id)
+    current = Status(row.status)
+    if expected_version is not None and row.version != expected_version:
+        raise InvalidTransition(
+            f"case {case_id} changed since version {expected_version} (now {row.version})",
+            field="expected_version",
+            current_version=row.version,
+        )
+    if target not in allowed(current, by_system=by_system):
+        options = sorted(s.value for s in allowed(current, by_system=by_system))
+        raise InvalidTransition(
+            f"cannot move case from {current.value} to {target.value}; "
+            f"allowed: {', '.join(options) or 'none'}",
+            field="status",
+            current=current.value,
+            allowed=options,
+        )
+    now = now_ts()
+    values: dict[str, Any] = {
+        "status": target.value,
+        "status_reason": reason,
+        "updated_at": now,
+        "version": row.version + 1,
+    }
+    if target == Status.resolved:
+        values["resolved_at"] = now
+    res = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.version == row.version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"case {case_id} was changed concurrently; retry", field="status")
+    session.refresh(row)
+    if mutate is not None:
+        mutate(row)
+    audit.append(
+        session,
+        actor,
+        f"case.{target.value}",
+        {"from": current.value, "to": target.value, "reason": reason, **(extra or {})},
+        case_id=case_id,
+    )
+    return row
+
+
+def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 1000) -> int:
+    """Flag (once) and audit every open case past its triage or resolution due time."""
+    now = now or now_ts()
+    flagged = 0
+    pre_triage = (Status.received.value, Status.triaging.value)
+    late_triage = session.scalars(
+        select(Case)
+        .where(Case.status.in_(pre_triage), Case.triage_due_at < now, ~Case.triage_sla_breached)
+        .limit(limit)
+    ).all()
+    for row in late_triage:
+        row.triage_sla_breached = True
+        audit.append(
+            session,
+            audit.SYSTEM,
+            "case.sla_breached",
+            {"kind": "triage", "due_at": row.triage_due_at, "priority": row.priority},
+            case_id=row.id,
+        )
+        flagged += 1
+    late_resolution = session.scalars(
+        select(Case)
+        .where(
+            Case.status != Status.resolved.value,
+            Case.resolution_due_at < now,
+            ~Case.resolution_sla_breached,
+        )
+        .limit(limit)
+    ).all()
+    for row in late_resolution:
+        row.resolution_sla_breached = True
+        audit.append(
+            session,
+            audit.SYSTEM,
+            "case.sla_breached",
+            {"kind": "resolution", "due_at": row.resolution_due_at, "priority": row.priority},
+            case_id=row.id,
+        )
+        flagged += 1
+    return flagged
+
+
+def reprioritise(session: Session, row: Case, priority: str, settings: Settings) -> None:
+    """Set a new priority and re-derive SLA due times from the original intake time."""
+    if priority == row.priority or priority not in settings.sla_triage_hours:
+        return
+    triage_due, resolution_due = sla_due(settings, parse_ts(row.created_at), priority)
+    row.priority = priority
+    row.triage_due_at = triage_due
+    row.resolution_due_at = resolution_due
+
+
+def current_suggestion(session: Session, row: Case) -> SuggestionRow | None:
+    if row.suggestion_revision == 0:
+        return None
+    return session.scalar(
+        select(SuggestionRow).where(
+            SuggestionRow.case_id == row.id, SuggestionRow.revision == row.suggestion_revision
+        )
+    )
+
+
+def human_transition(
+    session: Session,
+    case_id: str,
+    target: Status,
+    *,
+    actor: Actor,
+    reason: str | None = None,
+    resolution: str | None = None,
+    expected_version: int | None = None,
+) -> Case:
+    """A person moves a case: claim, release, resolve (needs a resolution), escalate, retry."""
+    if target == Status.resolved and not (resolution and resolution.strip()):
+        raise ValidationFailed(
+            "resolving a case needs a resolution text",
+            fields={"resolution": "required when moving to resolved"},
+        )
+    if target == Status.escalated and not (reason and reason.strip()):
+        raise ValidationFailed(
+            "escalating a case needs a reason", fields={"reason": "required when escalating"}
+        )
+
+    def apply(row: Case) -> None:
+        if target == Status.resolved:
+            row.resolution = resolution
+        if target == Status.received:  # an admin/agent retry of a failed case starts afresh
+            row.triage_attempts = 0
+            row.lease_expires_at = None
+
+    extra = {"resolution": resolution} if target == Status.resolved else None
+    return transition(
+        session,
+        case_id,
+        target,
+        actor=actor,
+        by_system=False,
+        reason=reason,
+        expected_version=expected_version,
+        extra=extra,
+        mutate=apply,
+    )

@@ -1,0 +1,55 @@
+"""Small shared helpers: sortable ids, canonical timestamps and canonical JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id() -> str:
+    """A 26-character ULID: 48-bit millisecond time + 80 random bits, Crockford base32.
+
+    Ids sort by creation time, which keeps B-tree inserts local and makes ids readable in logs.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def to_ts(dt: datetime) -> str:
+    """Canonical UTC timestamp text, microsecond precision: ``2026-11-26T16:20:37.123456Z``."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_ts() -> str:
+    return to_ts(datetime.now(UTC))
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return to_ts(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8 kept, Decimals as strings."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default
+    )

@@ -1,0 +1,105 @@
+"""Database engine and sessions.
+
+Two kinds of session exist because SQLite serialises writers: a *write* session starts its
+transaction with ``BEGIN IMMEDIATE`` so that a transaction which reads the audit chain head and
+then appends cannot be overtaken by another writer (which would otherwise fail late with
+SQLITE_BUSY_SNAPSHOT or fork the chain). Read sessions stay deferred so readers never block.
+On PostgreSQL both are ordinary sessions; the audit appender serialises itself with an advisory
+lock instead (see :mod:`triage.audit`).
+
+Services never commit: the caller (request boundary, worker loop, CLI command) owns the
+transaction via :meth:`Database.write` / :meth:`Database.read`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.settings import Settings
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+        pool_size=20,
+        max_overflow=40,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    # pysqlite's own transaction handling is disabled (isolation_level=None) so we emit BEGIN
+    # ourselves: IMMEDIATE for writers, DEFERRED for readers.
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """Owns the engines and hands out transactional sessions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.resolved_database_url
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.write_engine = _sqlite_engine(self.url, immediate=True)
+            self.read_engine = _sqlite_engine(self.url, immediate=False)
+        else:
+            self.write_engine = create_engine(
+                self.url,
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+                pool_pre_ping=True,
+            )
+            self.read_engine = self.write_engine
+        self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._read = sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any exception."""
+        session = self._write()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session; its transaction is always rolled back."""
+        session = self._read()
+        try:
+            yield session
+        finally:
+            session.rollback()
+            session.close()
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()

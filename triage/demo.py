@@ -1,0 +1,118 @@
+"""Demo data for the embedded default: one API key per role, simulated cases, triaged.
+
+Idempotent: keys are created once and kept in ``<data_dir>/demo-keys.json`` (mode 0600); cases
+use fixed source ids, so a second start replays instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from contracts.case import CaseIn
+from triage import audit, auth, cases
+from triage.db import Database
+from triage.lifecycle import Status
+from triage.settings import Settings
+from triage.simulator import SimConfig, Simulator
+from triage.worker import Worker
+
+DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
+
+
+@dataclass
+class DemoSummary:
+    keys: dict[str, str]
+    created: int
+    total_cases: int
+    triaged: int
+    keys_file: Path
+
+
+def _keys(db: Database, path: Path) -> dict[str, str]:
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    out: dict[str, str] = {}
+    with db.write() as s:
+        for role in auth.Role:
+            out[role.value] = auth.create_key(
+                s, f"demo-{role.value}", role.value, created_by=DEMO_ADMIN
+            ).key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(out, fh, indent=2)
+    return out
+
+
+def load(
+    settings: Settings, n_cases: int, progress: Callable[[int, int, float], None] | None = None
+) -> DemoSummary:
+    db = Database(settings)
+    try:
+        keys = _keys(db, settings.data_dir / "demo-keys.json")
+        orchestrator = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
+        created = 0
+        started = time.perf_counter()
+        sim = Simulator(SimConfig(seed=7))
+        batch: list[CaseIn] = []
+        done = 0
+        for rec in sim.cases(n_cases):
+            batch.append(CaseIn.model_validate(rec.case))
+            if len(batch) == 100 or done + len(batch) == n_cases:
+                with db.write() as s:
+                    for c in batch:
+                        created += not cases.submit(
+                            s, c, actor=orchestrator, settings=settings
+                        ).replayed
+                done += len(batch)
+                batch.clear()
+                if progress:
+                    progress(done, n_cases, started)
+        triaged = Worker(db, settings).run_once()
+        _resolve_some(db)
+        with db.read() as s:
+            total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
+        return DemoSummary(keys, created, len(total), triaged, settings.data_dir / "demo-keys.json")
+    finally:
+        db.dispose()
+
+
+def _resolve_some(db: Database) -> None:
+    """Give the demo some history: every fifth triaged case resolved by a demo agent."""
+    agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
+    with db.write() as s:
+        rows, _ = cases.list_cases(
+            s, cases.CaseFilter(status=Status.awaiting_review.value), limit=10_000
+        )
+        for row in rows[::5]:
+            cases.human_transition(
+                s,
+                row.id,
+                Status.resolved,
+                actor=agent,
+                resolution=f"Resolved by {row.queue or 'service'}: "
+                f"{row.category or row.exception_type} confirmed and handled.",
+            )
+
+
+def describe(summary: DemoSummary, host: str, port: int) -> str:
+    base = f"http://{host}:{port}"
+    lines = [
+        "",
+        f"Demo ready: {summary.total_cases} cases ({summary.created} new, {summary.triaged} "
+        "triaged now).",
+        f"  API:      {base}/v1/cases",
+        f"  API docs: {base}/docs",
+        f"  Keys ({summary.keys_file}):",
+    ]
+    lines += [f"    {role:<12} {key}" for role, key in summary.keys.items()]
+    lines.append(
+        f"  Try: curl -H 'Authorization: Bearer {summary.keys['agent']}' {base}/v1/cases?limit=5"
+    )
+    return "\n".join(lines)

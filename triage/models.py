@@ -1,0 +1,178 @@
+"""SQLAlchemy 2 table models. Schema changes go through Alembic migrations in triage/migrations.
+
+Timestamps that take part in hashing or cursors are stored as canonical UTC ISO-8601 text
+(``2026-11-26T16:20:37.123456Z``): it sorts lexicographically, compares the same on SQLite and
+PostgreSQL, and round-trips byte for byte, which the audit hash chain relies on.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Ts = String(32)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, Decimal: Numeric(18, 4)}
+
+
+class Case(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    source_system: Mapped[str] = mapped_column(String(128))
+    source_case_id: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[str] = mapped_column(String(16))
+    exception_type: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    customer_tier: Mapped[str] = mapped_column(String(1))
+    warehouse_id: Mapped[str | None] = mapped_column(String(128))
+    carrier_id: Mapped[str | None] = mapped_column(String(128))
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    invoice_id: Mapped[str | None] = mapped_column(String(128))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(String(2))
+    category: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(64))
+
+    created_at: Mapped[str] = mapped_column(Ts)
+    updated_at: Mapped[str] = mapped_column(Ts)
+    occurred_at: Mapped[str] = mapped_column(Ts)
+    triaged_at: Mapped[str | None] = mapped_column(Ts)
+    resolved_at: Mapped[str | None] = mapped_column(Ts)
+    triage_due_at: Mapped[str] = mapped_column(Ts)
+    resolution_due_at: Mapped[str] = mapped_column(Ts)
+    triage_sla_breached: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolution_sla_breached: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+    triage_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[str | None] = mapped_column(Ts)
+    suggestion_revision: Mapped[int] = mapped_column(Integer, default=0)
+    submitted_by: Mapped[str | None] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        UniqueConstraint("source_system", "source_case_id", name="uq_cases_source"),
+        Index("ix_cases_created", "created_at", "id"),
+        Index("ix_cases_status_created", "status", "created_at", "id"),
+        Index("ix_cases_type_created", "exception_type", "created_at", "id"),
+        Index("ix_cases_customer_created", "customer_id", "created_at", "id"),
+        Index("ix_cases_warehouse_created", "warehouse_id", "created_at", "id"),
+        Index("ix_cases_lease", "status", "lease_expires_at"),
+    )
+
+
+class Suggestion(Base):
+    """One stored, contract-checked suggestion per (case, revision); the latest is current."""
+
+    __tablename__ = "suggestions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[str] = mapped_column(Ts)
+    engine: Mapped[str] = mapped_column(String(16))
+    schema_version: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decisions: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (UniqueConstraint("case_id", "revision", name="uq_suggestions_case_rev"),)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[str] = mapped_column(Ts)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    revoked_at: Mapped[str | None] = mapped_column(Ts)
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained. Never updated or deleted (PostgreSQL refuses it by trigger)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(Ts, index=True)
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(128))
+    actor_role: Mapped[str | None] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(String(26), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_audit_actor", "actor_id", "seq"),)
+
+
+class AuditHead(Base):
+    """The chain head (last sequence and hash): lets verify detect truncation of the tail."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class OutboxMessage(Base):
+    """A webhook to deliver, written in the same transaction as the event it reports."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[str | None] = mapped_column(String(26), index=True)
+    target_url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[str] = mapped_column(Ts)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(Ts)
+    delivered_at: Mapped[str | None] = mapped_column(Ts)
+
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)

@@ -1,0 +1,585 @@
+"""The triage pipeline: classify → retrieve → advise → evaluate policy → store suggestion.
+
+Each stage sits behind a small Protocol so the rule-based stages here can be swapped for the
+scikit-learn classifier, the Chroma retriever, the LLM advisor and the Cedar policy layer
+without touching the flow. :func:`run_case` is idempotent per case:
+
+1. *claim* (own transaction): ``received → triaging`` with a lease; only one worker wins;
+2. *compute* (no transaction held): the stages, pure with respect to the database;
+3. *store* (own transaction): suggestion row + case fields + ``triaging → awaiting_review`` +
+   audit events + callback outbox row, only if this worker still holds the lease.
+
+A crash anywhere before (3) commits leaves the case ``triaging`` with an expiring lease; the
+worker's recovery sweep puts it back to ``received`` and it is triaged once after restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+
+from contracts.case import CaseIn, ExceptionType
+from contracts.suggestion import (
+    MATERIAL_ACTIONS,
+    Citation,
+    ClassifierView,
+    Prediction,
+    ProposedAction,
+    Provenance,
+    Routing,
+    Suggestion,
+)
+from triage import audit, cases, webhooks
+from triage.common import now_ts, to_ts
+from triage.db import Database
+from triage.lifecycle import Status
+from triage.models import Case
+from triage.models import Suggestion as SuggestionRow
+from triage.settings import Settings
+
+log = logging.getLogger("triage.pipeline")
+
+
+# ---------------------------------------------------------------- stage interfaces
+
+
+class Classifier(Protocol):
+    """Predicts category, queue and priority; may abstain per target."""
+
+    def classify(self, case: CaseIn) -> ClassifierView: ...
+
+
+class Retriever(Protocol):
+    """Returns knowledge passages relevant to the case, as citable chunks."""
+
+    def retrieve(self, case: CaseIn, k: int) -> list[Citation]: ...
+
+
+@dataclass(frozen=True)
+class AdviceInput:
+    case_id: str
+    case: CaseIn
+    classifier: ClassifierView
+    passages: list[Citation]
+    queues: list[str]
+
+
+class Advisor(Protocol):
+    """Produces a contract-checked suggestion for one case."""
+
+    def advise(self, request: AdviceInput) -> Suggestion: ...
+
+
+@dataclass(frozen=True)
+class ActionDecision:
+    """The policy layer's verdict on one proposed action."""
+
+    action_index: int
+    action_type: str
+    outcome: str  # auto_execute | needs_approval | forbidden
+    reasons: list[dict[str, str]]
+    policy_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action_index": self.action_index,
+            "action_type": self.action_type,
+            "outcome": self.outcome,
+            "reasons": self.reasons,
+            "policy_version": self.policy_version,
+        }
+
+
+class PolicyGate(Protocol):
+    """Decides, for each proposed action, whether it may run, needs approval or is forbidden."""
+
+    def evaluate(self, case: CaseIn, actions: list[ProposedAction]) -> list[ActionDecision]: ...
+
+
+# ---------------------------------------------------------------- rule-based stages
+
+QUEUE_BY_TYPE = {
+    ExceptionType.shortage: "warehouse_ops",
+    ExceptionType.partial_shipment: "warehouse_ops",
+    ExceptionType.damaged_goods: "transport",
+    ExceptionType.carrier_delay: "transport",
+    ExceptionType.address_issue: "customer_service",
+    ExceptionType.pricing_mismatch: "billing",
+    ExceptionType.duplicate_invoice: "billing",
+    ExceptionType.return_request: "returns",
+    ExceptionType.failed_integration: "integration_support",
+    ExceptionType.other: "customer_service",
+}
+
+CATEGORY_BY_TYPE = {
+    ExceptionType.shortage: "fulfilment_error",
+    ExceptionType.partial_shipment: "fulfilment_error",
+    ExceptionType.damaged_goods: "transit_damage",
+    ExceptionType.carrier_delay: "transit_delay",
+    ExceptionType.address_issue: "master_data",
+    ExceptionType.pricing_mismatch: "billing_error",
+    ExceptionType.duplicate_invoice: "billing_error",
+    ExceptionType.return_request: "customer_return",
+    ExceptionType.failed_integration: "integration_failure",
+    ExceptionType.other: "other",
+}
+
+
+def _certain(target: str, label: str) -> Prediction:
+    return Prediction(target=target, label=label, confidence=1.0, probabilities={label: 1.0})
+
+
+class RuleClassifier:
+    """Deterministic mapping from the case facts; the fallback when no trained model is active."""
+
+    version = "rules-1"
+
+    def classify(self, case: CaseIn) -> ClassifierView:
+        return ClassifierView(
+            model_version=self.version,
+            category=_certain("category", CATEGORY_BY_TYPE[case.exception_type]),
+            queue=_certain("queue", QUEUE_BY_TYPE[case.exception_type]),
+            priority=_certain("priority", cases.rule_priority(case)),
+        )
+
+
+class NoRetriever:
+    """Retrieves nothing: used until a knowledge base is configured."""
+
+    def retrieve(self, case: CaseIn, k: int) -> list[Citation]:
+        return []
+
+
+def disputed_amount(case: CaseIn) -> Decimal | None:
+    """Money at stake: stated by the source, else derived from quantity and price gaps."""
+    if case.amount_in_dispute is not None:
+        return case.amount_in_dispute.amount
+    total = Decimal(0)
+    for line in case.lines:
+        if line.unit_price is None:
+            continue
+        billed = line.invoiced_qty if line.invoiced_qty is not None else line.ordered_qty
+        received = line.delivered_qty if line.delivered_qty is not None else line.shipped_qty
+        if received is not None and billed > received:
+            total += (billed - received) * line.unit_price.amount
+        if line.invoiced_unit_price is not None and line.invoiced_qty is not None:
+            diff = line.invoiced_unit_price.amount - line.unit_price.amount
+            if diff > 0:
+                total += diff * line.invoiced_qty
+    return total if total > 0 else None
+
+
+class RuleAdvisor:
+    """Factual summary and rule-based actions from the case facts alone (no LLM)."""
+
+    def advise(self, request: AdviceInput) -> Suggestion:
+        case = request.case
+        refs = case.references
+        amount = disputed_amount(case)
+        currency = case.currency
+        facts = [
+            f"{case.exception_type.value.replace('_', ' ').capitalize()} for customer "
+            f"{refs.customer.name or refs.customer.id} (tier {refs.customer.tier.value})"
+        ]
+        for label, value in (
+            ("order", refs.order_id),
+            ("shipment", refs.shipment_id),
+            ("invoice", refs.invoice_id),
+            ("warehouse", refs.warehouse_id),
+            ("carrier", refs.carrier_id),
+        ):
+            if value:
+                facts.append(f"{label} {value}")
+        summary = ", ".join(facts) + "."
+        if amount is not None and currency:
+            summary += f" Amount in dispute {amount:.2f} {currency}."
+        queue = request.classifier.queue.label or QUEUE_BY_TYPE[case.exception_type]
+        actions: list[Any] = []
+        if (
+            amount is not None
+            and currency
+            and refs.invoice_id
+            and case.exception_type
+            in (
+                ExceptionType.shortage,
+                ExceptionType.pricing_mismatch,
+                ExceptionType.duplicate_invoice,
+                ExceptionType.damaged_goods,
+            )
+        ):
+            actions.append(
+                {
+                    "type": "issue_credit_note",
+                    "invoice_id": refs.invoice_id,
+                    "amount": str(amount),
+                    "currency": currency,
+                    "reason_code": case.exception_type.value,
+                    "rationale": "credit the disputed amount stated on the case",
+                }
+            )
+        if (
+            case.exception_type in (ExceptionType.carrier_delay, ExceptionType.damaged_goods)
+            and refs.carrier_id
+        ):
+            actions.append(
+                {
+                    "type": "contact_carrier",
+                    "carrier_id": refs.carrier_id,
+                    "shipment_id": refs.shipment_id,
+                    "subject": f"{case.exception_type.value} on shipment "
+                    f"{refs.shipment_id or 'unknown'}",
+                }
+            )
+        if case.exception_type == ExceptionType.failed_integration:
+            actions.append(
+                {
+                    "type": "escalate",
+                    "to_queue": "integration_support",
+                    "reason": "integration error needs a technical fix",
+                }
+            )
+        return Suggestion.model_validate(
+            {
+                "summary": summary,
+                "routing": Routing(
+                    queue=queue,
+                    rationale=f"{case.exception_type.value} cases go to {queue}",
+                    confidence=request.classifier.queue.confidence,
+                    source="rules",
+                ).model_dump(),
+                "category": request.classifier.category.label,
+                "priority": request.classifier.priority.label,
+                "proposed_actions": actions,
+                "next_steps": [
+                    f"Review the {case.exception_type.value.replace('_', ' ')} facts",
+                    "Confirm the proposed actions",
+                ],
+                "customer_message": None,
+                "citations": [c.model_dump() for c in request.passages],
+                "classifier": request.classifier.model_dump(),
+                "provenance": Provenance(
+                    engine="offline",
+                    fallback_reason="no LLM configured",
+                    retrieved_chunk_ids=[c.chunk_id for c in request.passages],
+                ).model_dump(),
+            }
+        )
+
+
+class ThresholdPolicy:
+    """Material actions need approval, others run automatically (until the Cedar policy lands)."""
+
+    version = "threshold-1"
+
+    def evaluate(self, case: CaseIn, actions: list[ProposedAction]) -> list[ActionDecision]:
+        out = []
+        for i, action in enumerate(actions):
+            material = action.type in MATERIAL_ACTIONS
+            out.append(
+                ActionDecision(
+                    i,
+                    action.type.value,
+                    "needs_approval" if material else "auto_execute",
+                    [
+                        {
+                            "policy_id": "material_actions_need_approval"
+                            if material
+                            else "non_material",
+                            "explanation": f"{action.type.value} is "
+                            f"{'a material' if material else 'a non-material'} action",
+                        }
+                    ],
+                    self.version,
+                )
+            )
+        return out
+
+
+@dataclass
+class Pipeline:
+    """The four stages; any of them may be replaced independently."""
+
+    classifier: Classifier = field(default_factory=RuleClassifier)
+    retriever: Retriever = field(default_factory=NoRetriever)
+    advisor: Advisor = field(default_factory=RuleAdvisor)
+    policy: PolicyGate = field(default_factory=ThresholdPolicy)
+    k: int = 5
+
+
+# ---------------------------------------------------------------- the per-case flow
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case_id: str
+    status: str  # triaged | skipped | retry | failed | lease_lost
+    detail: str | None = None
+
+
+CrashHook = Callable[[str], None]
+
+
+def _noop(_stage: str) -> None:
+    return None
+
+
+def claim(db: Database, case_id: str, worker_id: str, settings: Settings) -> bool:
+    """``received → triaging`` with a lease for this worker; False if someone else has it."""
+    now = datetime.now(UTC)
+    with db.write() as s:
+        res = s.execute(
+            update(Case)
+            .where(Case.id == case_id, Case.status == Status.received.value)
+            .values(
+                status=Status.triaging.value,
+                lease_owner=worker_id,
+                lease_expires_at=to_ts(now + timedelta(seconds=settings.lease_seconds)),
+                triage_attempts=Case.triage_attempts + 1,
+                updated_at=to_ts(now),
+                version=Case.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        attempt = s.scalar(select(Case.triage_attempts).where(Case.id == case_id))
+        audit.append(
+            s,
+            audit.PIPELINE,
+            "case.triaging",
+            {"from": "received", "to": "triaging", "worker": worker_id, "attempt": attempt},
+            case_id=case_id,
+        )
+    return True
+
+
+def run_case(
+    db: Database,
+    case_id: str,
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    worker_id: str,
+    crash_hook: CrashHook = _noop,
+) -> Outcome:
+    """Triage one case end to end (see module docstring for the idempotency contract)."""
+    if not claim(db, case_id, worker_id, settings):
+        return Outcome(case_id, "skipped", "not in received state or claimed by another worker")
+    started = time.perf_counter()
+    try:
+        with db.read() as s:
+            payload = cases.get(s, case_id).payload
+        case = CaseIn.model_validate(payload)
+        crash_hook("classify")
+        view = pipeline.classifier.classify(case)
+        crash_hook("retrieve")
+        passages = pipeline.retriever.retrieve(case, pipeline.k)
+        crash_hook("advise")
+        suggestion = pipeline.advisor.advise(
+            AdviceInput(case_id, case, view, passages, settings.queues)
+        )
+        crash_hook("policy")
+        decisions = pipeline.policy.evaluate(case, list(suggestion.proposed_actions))
+        crash_hook("store")
+    except Exception as exc:  # any stage failure: retry later or fail for good
+        log.exception("triage of case %s failed", case_id)
+        return _record_failure(db, case_id, worker_id, settings, exc)
+    return _store(
+        db,
+        case_id,
+        worker_id,
+        settings,
+        case,
+        suggestion,
+        decisions,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
+def _store(
+    db: Database,
+    case_id: str,
+    worker_id: str,
+    settings: Settings,
+    case: CaseIn,
+    suggestion: Suggestion,
+    decisions: list[ActionDecision],
+    elapsed_ms: float,
+) -> Outcome:
+    with db.write() as s:
+        row = s.get(Case, case_id)
+        if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
+            # Our lease expired and another worker took over: storing would duplicate work.
+            return Outcome(case_id, "lease_lost")
+        revision = row.suggestion_revision + 1
+        body = suggestion.model_dump(mode="json")
+        model_version = suggestion.classifier.model_version if suggestion.classifier else None
+        s.add(
+            SuggestionRow(
+                case_id=case_id,
+                revision=revision,
+                created_at=now_ts(),
+                engine=suggestion.provenance.engine,
+                schema_version=suggestion.schema_version,
+                model_version=model_version,
+                body=body,
+                decisions={"items": [d.as_dict() for d in decisions]},
+            )
+        )
+        row.suggestion_revision = revision
+        row.category = suggestion.category
+        row.queue = suggestion.routing.queue
+        if suggestion.priority:
+            cases.reprioritise(s, row, suggestion.priority, settings)
+        row.triaged_at = now_ts()
+        row.lease_owner = None
+        row.lease_expires_at = None
+        s.flush()
+        audit.append(
+            s,
+            audit.PIPELINE,
+            "suggestion.created",
+            {
+                "revision": revision,
+                "engine": suggestion.provenance.engine,
+                "fallback_reason": suggestion.provenance.fallback_reason,
+                "model_version": model_version,
+                "category": suggestion.category,
+                "queue": suggestion.routing.queue,
+                "priority": suggestion.priority,
+                "abstained": [p.target for p in _predictions(suggestion) if p.abstained],
+                "actions": [a.type.value for a in suggestion.proposed_actions],
+                "citations": [c.chunk_id for c in suggestion.citations],
+                "elapsed_ms": round(elapsed_ms, 2),
+            },
+            case_id=case_id,
+        )
+        for d in decisions:
+            audit.append(s, audit.SYSTEM, "policy.evaluated", d.as_dict(), case_id=case_id)
+        cases.transition(
+            s,
+            case_id,
+            Status.awaiting_review,
+            actor=audit.PIPELINE,
+            by_system=True,
+            reason="triage complete",
+        )
+        if row.callback_url:
+            webhooks.enqueue(
+                s,
+                event_id=f"case.triaged:{case_id}:{revision}",
+                kind="case.triaged",
+                case_id=case_id,
+                target_url=row.callback_url,
+                body={
+                    "event": "case.triaged",
+                    "event_id": f"case.triaged:{case_id}:{revision}",
+                    "case_id": case_id,
+                    "source": {"system": case.source.system, "case_id": case.source.case_id},
+                    "status": Status.awaiting_review.value,
+                    "queue": suggestion.routing.queue,
+                    "category": suggestion.category,
+                    "priority": row.priority,
+                    "summary": suggestion.summary,
+                },
+            )
+    return Outcome(case_id, "triaged")
+
+
+def _predictions(s: Suggestion) -> list[Prediction]:
+    if s.classifier is None:
+        return []
+    return [s.classifier.category, s.classifier.queue, s.classifier.priority]
+
+
+def _record_failure(
+    db: Database, case_id: str, worker_id: str, settings: Settings, exc: Exception
+) -> Outcome:
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    with db.write() as s:
+        row = s.get(Case, case_id)
+        if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
+            return Outcome(case_id, "lease_lost")
+        final = row.triage_attempts >= settings.max_triage_attempts
+        target = Status.failed if final else Status.received
+        backoff = min(300, 2**row.triage_attempts)
+        cases.transition(
+            s,
+            case_id,
+            target,
+            actor=audit.PIPELINE,
+            by_system=True,
+            reason=reason,
+            extra={"attempt": row.triage_attempts},
+            mutate=lambda r: _clear_lease(r, None if final else backoff),
+        )
+    return Outcome(case_id, "failed" if final else "retry", reason)
+
+
+def _clear_lease(row: Case, not_before_seconds: int | None) -> None:
+    row.lease_owner = None
+    # For a case back in `received`, lease_expires_at doubles as "not before" (retry backoff).
+    row.lease_expires_at = (
+        None
+        if not_before_seconds is None
+        else to_ts(datetime.now(UTC) + timedelta(seconds=not_before_seconds))
+    )
+
+
+def recover_expired_leases(db: Database, *, now: str | None = None) -> list[str]:
+    """Put cases whose triage lease expired (crashed or stuck worker) back to ``received``."""
+    now = now or now_ts()
+    with db.write() as s:
+        stale = s.scalars(
+            select(Case.id)
+            .where(Case.status == Status.triaging.value, Case.lease_expires_at < now)
+            .limit(500)
+        ).all()
+        for case_id in stale:
+            cases.transition(
+                s,
+                case_id,
+                Status.received,
+                actor=audit.SYSTEM,
+                by_system=True,
+                reason="triage lease expired; will retry",
+                mutate=lambda r: _clear_lease(r, None),
+            )
+    return list(stale)
+
+
+def next_due(db: Database, limit: int = 20) -> list[str]:
+    """Cases ready for triage, most urgent first."""
+    now = now_ts()
+    with db.read() as s:
+        return list(
+            s.scalars(
+                select(Case.id)
+                .where(Case.status == Status.received.value)
+                .where((Case.lease_expires_at.is_(None)) | (Case.lease_expires_at < now))
+                .order_by(Case.priority, Case.created_at)
+                .limit(limit)
+            )
+        )
+
+
+__all__ = [
+    "ActionDecision",
+    "AdviceInput",
+    "Advisor",
+    "Classifier",
+    "Outcome",
+    "Pipeline",
+    "PolicyGate",
+    "Retriever",
+    "next_due",
+    "recover_expired_leases",
+    "run_case",
+]

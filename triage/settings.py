@@ -1,0 +1,113 @@
+"""Typed settings, read once from the environment (prefix ``TRIAGE_``) and injected.
+
+Nothing else in the code base reads ``os.environ`` for configuration: build a ``Settings``
+(or call :func:`get_settings`) and pass it down.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+PRIORITIES = ("P1", "P2", "P3", "P4")
+
+
+class Settings(BaseSettings):
+    """Deployment configuration. Every field can be set as ``TRIAGE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; defaults to a SQLite file in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db",
+    )
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
+    # Intake limits.
+    max_body_bytes: int = 256 * 1024
+    max_batch_items: int = 500
+    page_size_default: int = 50
+    page_size_max: int = 500
+
+    # Worker.
+    worker_enabled: bool = True
+    worker_threads: int = 2
+    worker_poll_seconds: float = 1.0
+    lease_seconds: int = 120
+    max_triage_attempts: int = 5
+    fault_crash_at_stage: str | None = Field(
+        default=None,
+        description="Fault injection for tests: the worker process exits hard (os._exit) when "
+        "it reaches this pipeline stage. Refused in production.",
+    )
+
+    # SLA: hours from intake to triage and to resolution, per priority.
+    sla_triage_hours: dict[str, float] = Field(
+        default_factory=lambda: {"P1": 0.5, "P2": 2.0, "P3": 8.0, "P4": 24.0}
+    )
+    sla_resolution_hours: dict[str, float] = Field(
+        default_factory=lambda: {"P1": 4.0, "P2": 24.0, "P3": 72.0, "P4": 120.0}
+    )
+    sla_sweep_seconds: float = 30.0
+
+    # Webhooks (triage-completed callbacks and, later, action delivery).
+    webhook_secret: str = "dev-webhook-secret-change-me"  # noqa: S105 - refused outside development
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_base_seconds: float = 2.0
+    webhook_backoff_max_seconds: float = 600.0
+    callback_allow_private_hosts: bool = True
+
+    # Queues the classifier and the advisor may route to.
+    queues: list[str] = Field(
+        default_factory=lambda: [
+            "warehouse_ops",
+            "transport",
+            "billing",
+            "returns",
+            "integration_support",
+            "customer_service",
+        ]
+    )
+
+    @field_validator("sla_triage_hours", "sla_resolution_hours")
+    @classmethod
+    def _all_priorities(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = [p for p in PRIORITIES if p not in value]
+        if missing:
+            raise ValueError(f"missing SLA hours for {', '.join(missing)}")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "production" and "change-me" in self.webhook_secret:
+            raise ValueError("TRIAGE_WEBHOOK_SECRET must be set in production")
+        if self.environment == "production" and self.fault_crash_at_stage:
+            raise ValueError("TRIAGE_FAULT_CRASH_AT_STAGE is for tests only")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'triage.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
