@@ -1,1 +1,50 @@
-"""classifiers package."""
+"""Classifiers: calibrated, abstaining case classifiers, their evaluation and model registry.
+
+Public API (what the triage pipeline, the CLI and the API use):
+- :class:`CaseModel` predicts several targets (category, queue, priority) for flat case records
+  and returns ``contracts.suggestion.Prediction`` objects; :data:`CASE_FEATURE_SPEC` describes
+  the case record, :class:`FeatureSpec` any other record shape.
+- :func:`evaluate_model` / :func:`write_report` measure a model on labelled records.
+- :class:`ModelRegistry` stores verified, versioned skops artifacts with activate/rollback.
+- :func:`retrain` trains on base data plus reviewer feedback and activates only if not worse.
+- :func:`load_records` / :func:`validate_training_data` read labelled CSV/JSONL files.
+This package imports nothing of ours except ``contracts``.
+"""
+
+from classifiers.case_model import CASE_TARGETS, CaseModel
+from classifiers.data import load_records, validate_training_data
+from classifiers.errors import (
+    ClassifierError,
+    DataError,
+    IntegrityError,
+    ModelNotFittedError,
+    RegistryError,
+)
+from classifiers.evaluation import evaluate_model, write_report
+from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec, RecordFeaturizer
+from classifiers.operating_points import ABSTAIN_REASONS
+from classifiers.registry import LoadedModel, ModelRegistry, open_model
+from classifiers.retrain import RetrainResult, retrain
+
+__all__ = [
+    "ABSTAIN_REASONS",
+    "CASE_FEATURE_SPEC",
+    "CASE_TARGETS",
+    "CaseModel",
+    "ClassifierError",
+    "DataError",
+    "FeatureSpec",
+    "IntegrityError",
+    "LoadedModel",
+    "ModelNotFittedError",
+    "ModelRegistry",
+    "RecordFeaturizer",
+    "RegistryError",
+    "RetrainResult",
+    "evaluate_model",
+    "load_records",
+    "open_model",
+    "retrain",
+    "validate_training_data",
+    "write_report",
+]

@@ -1,0 +1,345 @@
+"""The multi-target case model: one feature transform, one calibrated classifier per target.
+
+This is the object the triage pipeline calls. Contract:
+- ``CaseModel(...).fit(records, embeddings=None, groups=None)`` trains every target in
+  ``targets`` on the records whose value for that target is non-empty; label sets come from the
+  data (or are checked against ``labels`` when the configuration gives them). Returns ``self``.
+- ``predict(records, embeddings=None)`` returns, per record, ``{target: Prediction}`` where
+  ``Prediction`` is ``contracts.suggestion.Prediction``: ``label`` is ``None`` exactly when
+  ``abstained`` is true, and ``abstain_reason`` is one of ``low_confidence``,
+  ``close_runner_up``, ``out_of_distribution``. ``confidence`` is the calibrated probability of
+  the top label (also when abstaining, so a reviewer sees how unsure the model was).
+- Thresholds are chosen per target and per label on held-out folds to meet
+  ``target_precision`` (default 0.95; ``label_precision[target][label]`` overrides it).
+- The transform runs once per batch and is shared by all targets; pass ``embeddings`` computed
+  once per case to reuse them for similar-case retrieval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, clone
+from sklearn.metrics import f1_score
+from sklearn.preprocessing import normalize
+from sklearn.utils.validation import check_is_fitted
+
+from classifiers.calibration import CalibratedLinearClassifier
+from classifiers.features import (
+    CASE_FEATURE_SPEC,
+    FeatureSpec,
+    Record,
+    RecordFeaturizer,
+    row_nnz_between,
+    row_norms,
+)
+from classifiers.operating_points import (
+    ThresholdStats,
+    decide_batch,
+    resolve_targets,
+    select_thresholds,
+)
+from contracts.suggestion import Prediction
+
+CASE_TARGETS: tuple[str, ...] = ("category", "queue", "priority")
+
+
+def label_of(value: Any) -> str | None:
+    """A training label as a clean string, or ``None`` for an empty cell."""
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+class CaseModel(BaseEstimator):
+    """Predict several targets for flat case records, calibrated, abstaining when unsure.
+
+    Parameters (stored as given; learned state ends in ``_``):
+    spec: the :class:`FeatureSpec`; ``None`` means the triage case record
+        (:data:`classifiers.features.CASE_FEATURE_SPEC`).
+    targets: record keys to predict.
+    labels: optional configured label set per target; training labels outside it are refused.
+    target_precision: default precision each label's threshold must reach on validation.
+    label_precision: ``{target: {label: precision}}`` overrides.
+    base, C, cv, class_weight: see :class:`CalibratedLinearClassifier`.
+    margin: below-threshold predictions whose top two are closer than this abstain with
+        ``close_runner_up`` instead of ``low_confidence``.
+    min_margin: abstain (``close_runner_up``) even above threshold when the top two are closer.
+    ood_quantile: a case whose word profile is less similar to every training class than this
+        quantile of the training cases is ``out_of_distribution``.
+    min_support: validation predictions a label needs before a threshold is trusted.
+    featurizer: a :class:`RecordFeaturizer` template (cloned; its ``spec`` is replaced).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec | None = None,
+        targets: Sequence[str] = CASE_TARGETS,
+        labels: Mapping[str, Sequence[str]] | None = None,
+        target_precision: float = 0.95,
+        label_precision: Mapping[str, Mapping[str, float]] | None = None,
+        base: str = "svc",
+        C: float = 0.5,
+        cv: int = 5,
+        class_weight: str | None = None,
+        margin: float = 0.1,
+        min_margin: float = 0.0,
+        ood_quantile: float = 0.002,
+        min_support: int = 5,
+        featurizer: RecordFeaturizer | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.targets = targets
+        self.labels = labels
+        self.target_precision = target_precision
+        self.label_precision = label_precision
+        self.base = base
+        self.C = C
+        self.cv = cv
+        self.class_weight = class_weight
+        self.margin = margin
+        self.min_margin = min_margin
+        self.ood_quantile = ood_quantile
+        self.min_support = min_support
+        self.featurizer = featurizer
+        self.random_state = random_state
+
+    # -- training ------------------------------------------------------------------------------
+    def _feature_spec(self) -> FeatureSpec:
+        return self.spec if self.spec is not None else CASE_FEATURE_SPEC
+
+    def fit(
+        self,
+        records: Sequence[Record],
+        y: Any = None,
+        *,
+        embeddings: np.ndarray | None = None,
+        groups: Sequence[Any] | None = None,
+        progress: Any = None,
+    ) -> CaseModel:
+        """Train on ``records`` (labels read from the target keys); returns ``self``.
+
+        ``groups`` (one id per record) keeps near-duplicate texts in the same validation fold.
+        ``progress`` is an optional callable ``progress(message: str)`` for long steps.
+        Raises ``ValueError`` when a target has fewer than two labels or an unconfigured label.
+        """
+        records = list(records)
+        if not self.targets:
+            raise ValueError("CaseModel needs at least one target")
+        say = progress or (lambda _msg: None)
+        spec = self._feature_spec()
+        template = self.featurizer if self.featurizer is not None else RecordFeaturizer()
+        self.featurizer_ = clone(template).set_params(spec=spec)
+        say(f"building features for {len(records)} records")
+        X = self.featurizer_.fit_transform(records, embeddings=embeddings)
+        group_arr = None if groups is None else np.asarray(groups)
+        self.estimators_: dict[str, CalibratedLinearClassifier] = {}
+        self.classes_: dict[str, np.ndarray] = {}
+        self.thresholds_: dict[str, np.ndarray] = {}
+        self.threshold_stats_: dict[str, dict[str, ThresholdStats]] = {}
+        self.validation_: dict[str, dict[str, Any]] = {}
+        for target in self.targets:
+            values = [label_of(r.get(target)) for r in records]
+            idx = np.array([i for i, v in enumerate(values) if v is not None], dtype=int)
+            y_t = np.array([values[i] for i in idx], dtype=object)
+            self._check_labels(target, y_t)
+            say(f"training target {target!r}: {len(idx)} labelled records")
+            clf = CalibratedLinearClassifier(
+                base=self.base,
+                C=self.C,
+                cv=self.cv,
+                class_weight=self.class_weight,
+                random_state=self.random_state,
+            ).fit(X[idx], y_t.astype(str), None if group_arr is None else group_arr[idx])
+            self.estimators_[target] = clf
+            self.classes_[target] = clf.classes_
+            targets = resolve_targets(
+                [str(c) for c in clf.classes_],
+                self.target_precision,
+                (self.label_precision or {}).get(target),
+            )
+            stats = select_thresholds(
+                clf.oof_y_, clf.oof_proba_, len(clf.classes_), targets, self.min_support
+            )
+            self.thresholds_[target] = np.array([s.threshold for s in stats])
+            self.threshold_stats_[target] = {
+                str(c): s for c, s in zip(clf.classes_, stats, strict=True)
+            }
+            self.validation_[target] = self._validation_summary(target, clf)
+        self._fit_ood(X)
+        self.n_records_seen_ = len(records)
+        return self
+
+    def _check_labels(self, target: str, y: np.ndarray) -> None:
+        found = sorted({str(v) for v in y})
+        if len(found) < 2:
+            raise ValueError(
+                f"target {target!r} needs at least two distinct labels, found {found or 'none'}"
+            )
+        if self.labels and target in self.labels:
+            allowed = {str(v) for v in self.labels[target]}
+            unknown = sorted(set(found) - allowed)
+            if unknown:
+                raise ValueError(f"target {target!r} has labels not in its label set: {unknown}")
+
+    def _validation_summary(self, target: str, clf: CalibratedLinearClassifier) -> dict[str, Any]:
+        """Held-out (out-of-fold) figures at the chosen thresholds: the drift baseline."""
+        proba, y = clf.oof_proba_, clf.oof_y_
+        dec = decide_batch(
+            proba, self.thresholds_[target], margin=self.margin, min_margin=self.min_margin
+        )
+        kept = dec.index >= 0
+        pred = proba.argmax(axis=1)
+        return {
+            "n": len(y),
+            "accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1_score(y, pred, average="macro")),
+            "coverage": float(kept.mean()),
+            "precision": float((dec.index[kept] == y[kept]).mean()) if kept.any() else None,
+            "temperature": clf.temperature_,
+        }
+
+    def _fit_ood(self, X: sp.csr_matrix) -> None:
+        """Learn how similar in-distribution word profiles are to the training centroids."""
+        words = self.featurizer_.split_word_block(X)
+        self.word_centroids_: np.ndarray | None = None
+        self.ood_min_similarity_ = 0.0
+        if words is None or words.shape[1] == 0:
+            return
+        first = self.targets[0]
+        clf = self.estimators_[first]
+        # centroids per class of the first target; any partition works, this one is to hand
+        rows = np.full(words.shape[0], -1)
+        rows_lab = clf.oof_index_  # only rows that had a label for the first target
+        rows[rows_lab] = clf.oof_y_
+        keep = rows >= 0
+        member = sp.csr_matrix(
+            (np.ones(keep.sum()), (rows[keep], np.flatnonzero(keep))),
+            shape=(len(clf.classes_), words.shape[0]),
+        )
+        centroids = normalize(np.asarray((member @ words).todense()))
+        self.word_centroids_ = centroids.astype(np.float32)
+        sims = self._max_similarity(words)
+        has_words = np.asarray(words.getnnz(axis=1)) > 0
+        if has_words.any():
+            self.ood_min_similarity_ = float(np.quantile(sims[has_words], self.ood_quantile))
+
+    def _max_similarity(self, words: sp.csr_matrix) -> np.ndarray:
+        """Cosine similarity of each row to its nearest class centroid (0 for an empty row)."""
+        assert self.word_centroids_ is not None
+        norms = row_norms(words)
+        norms[norms == 0] = 1.0
+        sims = np.asarray(words @ self.word_centroids_.T) / norms[:, None]
+        return np.asarray(sims.max(axis=1)).ravel()
+
+    # -- prediction ----------------------------------------------------------------------------
+    def transform(
+        self, records: Sequence[Record], *, embeddings: np.ndarray | None = None
+    ) -> sp.csr_matrix:
+        """The shared feature matrix (exposed so callers can cache it)."""
+        check_is_fitted(self, "n_records_seen_")
+        return self.featurizer_.transform(records, embeddings=embeddings)
+
+    def out_of_distribution(self, X: sp.csr_matrix) -> np.ndarray:
+        """Boolean mask: no known word at all, or farther from training data than ``ood_quantile``.
+
+        A record without any text is not OOD by itself (structured fields may still carry it).
+        """
+        fz = self.featurizer_
+        if fz.word_vectorizer_ is None or self.word_centroids_ is None:
+            return np.zeros(X.shape[0], dtype=bool)
+        n_words = len(fz.word_vectorizer_.vocabulary_)
+        n_chars = len(fz.char_vectorizer_.vocabulary_) if fz.char_vectorizer_ is not None else 0
+        nnz = row_nnz_between(X, 0, n_words)
+        # an empty word row means either no text or only unknown words; the char block tells
+        # them apart (unknown words still produce character n-grams)
+        chars = row_nnz_between(X, n_words, n_words + n_chars) > 0
+        unknown_vocab = (nnz == 0) & chars
+        far = np.zeros_like(unknown_vocab)
+        has = nnz > 0
+        if has.any():
+            words = X[np.flatnonzero(has)][:, :n_words]
+            far[has] = self._max_similarity(words) < self.ood_min_similarity_
+        return np.asarray(unknown_vocab | far)
+
+    def predict_proba(
+        self, records: Sequence[Record], *, embeddings: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per target; columns follow ``classes_[target]``."""
+        X = self.transform(records, embeddings=embeddings)
+        return {t: self.estimators_[t].predict_proba(X) for t in self.targets}
+
+    def predict(
+        self, records: Sequence[Record], *, embeddings: np.ndarray | None = None
+    ) -> list[dict[str, Prediction]]:
+        """One ``{target: Prediction}`` per record (see module contract)."""
+        X = self.transform(records, embeddings=embeddings)
+        ood = self.out_of_distribution(X)
+        per_target = {t: self._predict_target(t, X, ood) for t in self.targets}
+        return [{t: per_target[t][i] for t in self.targets} for i in range(X.shape[0])]
+
+    def _predict_target(self, target: str, X: sp.csr_matrix, ood: np.ndarray) -> list[Prediction]:
+        proba = self.estimators_[target].predict_proba(X)
+        classes = [str(c) for c in self.classes_[target]]
+        dec = decide_batch(
+            proba,
+            self.thresholds_[target],
+            ood=ood,
+            margin=self.margin,
+            min_margin=self.min_margin,
+        )
+        rounded = np.round(proba, 6).tolist()
+        out: list[Prediction] = []
+        for i, row in enumerate(rounded):
+            runner = int(dec.runner_up[i])
+            # model_construct: values are produced here and already satisfy the contract, and
+            # validating thousands of models per second would dominate the batch cost
+            out.append(
+                Prediction.model_construct(
+                    target=target,
+                    label=None if dec.index[i] < 0 else classes[int(dec.index[i])],
+                    confidence=float(dec.confidence[i]),
+                    runner_up=None if runner < 0 else classes[runner],
+                    runner_up_confidence=None if runner < 0 else float(dec.runner_up_confidence[i]),
+                    abstained=bool(dec.index[i] < 0),
+                    abstain_reason=dec.reasons[i],
+                    probabilities=dict(zip(classes, row, strict=True)),
+                )
+            )
+        return out
+
+    def predict_labels(
+        self, records: Sequence[Record], *, embeddings: np.ndarray | None = None
+    ) -> dict[str, list[str]]:
+        """Top label per target ignoring thresholds (for accuracy figures)."""
+        probas = self.predict_proba(records, embeddings=embeddings)
+        return {t: [str(self.classes_[t][j]) for j in p.argmax(axis=1)] for t, p in probas.items()}
+
+    # -- description ----------------------------------------------------------------------------
+    def label_sets(self) -> dict[str, list[str]]:
+        check_is_fitted(self, "n_records_seen_")
+        return {t: [str(c) for c in self.classes_[t]] for t in self.targets}
+
+    def thresholds_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """JSON-ready thresholds with their validation figures (for metadata and reports)."""
+        check_is_fitted(self, "n_records_seen_")
+        return {
+            t: {
+                label: {
+                    "threshold": s.threshold,
+                    "target_precision": s.target_precision,
+                    "validation_precision": s.validation_precision,
+                    "validation_coverage": s.validation_coverage,
+                    "n_predicted": s.n_predicted,
+                }
+                for label, s in stats.items()
+            }
+            for t, stats in self.threshold_stats_.items()
+        }

@@ -1,0 +1,156 @@
+"""Reading labelled CSV / JSONL files into records, with operator-readable errors.
+
+Contract:
+- :func:`load_records` accepts ``.csv`` (header row, UTF-8 with or without BOM) and ``.jsonl`` /
+  ``.ndjson`` (one JSON object per line; blank lines skipped). Any other extension, an empty
+  file, a file that is not valid UTF-8, a malformed line or a non-object JSON value raises
+  :class:`~classifiers.errors.DataError` naming the file (and line) at fault.
+- :func:`validate_training_data` checks that the named columns exist and that every label
+  column has non-empty labels with at least two distinct values.
+- :func:`file_sha256` is the training-data fingerprint stored in registry metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from classifiers.errors import DataError
+
+SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".ndjson")
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_records(path: Path | str) -> list[dict[str, Any]]:
+    """Every row of a CSV or JSONL file as a ``dict`` (CSV values are strings)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            f"{path.name}: unknown file extension {suffix or '(none)'!r}; "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path.name}: unreadable encoding (not UTF-8) at byte {exc.start}; "
+            "re-save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise DataError(f"{path.name}: the file is empty")
+    records = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
+    if not records:
+        raise DataError(f"{path.name}: the file has no data rows")
+    return records
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames:
+            raise DataError(f"{path.name}: no header row")
+        rows: list[dict[str, Any]] = []
+        for row in reader:
+            if None in row:  # more cells than header names
+                raise DataError(
+                    f"{path.name}: line {reader.line_num} has more cells than the header"
+                )
+            rows.append(dict(row))
+        return rows
+    except csv.Error as exc:
+        raise DataError(f"{path.name}: malformed CSV: {exc}") from None
+
+
+def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path.name}: line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{path.name}: line {number} is not a JSON object")
+        rows.append(value)
+    return rows
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def validate_training_data(
+    records: Sequence[dict[str, Any]],
+    *,
+    text_columns: Sequence[str],
+    label_columns: Sequence[str],
+    feature_columns: Sequence[str] = (),
+    source: str = "data",
+    require_two_classes: bool = True,
+) -> None:
+    """Raise :class:`DataError` when the records cannot train (or evaluate) a model."""
+    if not records:
+        raise DataError(f"{source}: the file has no data rows")
+    present: set[str] = set()
+    for row in records:
+        present.update(row.keys())
+    for kind, columns in (
+        ("text", text_columns),
+        ("label", label_columns),
+        ("feature", feature_columns),
+    ):
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise DataError(
+                f"{source}: missing {kind} column(s) {', '.join(missing)}; "
+                f"the file has {', '.join(sorted(present))}"
+            )
+    if not label_columns:
+        raise DataError(f"{source}: name at least one label column")
+    for column in label_columns:
+        labels = Counter(
+            str(r.get(column)).strip() for r in records if not _is_empty(r.get(column))
+        )
+        if not labels:
+            raise DataError(f"{source}: label column {column!r} is empty (no row has a label)")
+        if require_two_classes and len(labels) < 2:
+            only = next(iter(labels))
+            raise DataError(
+                f"{source}: label column {column!r} has only one class ({only!r}); "
+                "a classifier needs at least two"
+            )
+
+
+def infer_numeric_columns(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """The columns whose non-empty values all parse as numbers (others are categorical)."""
+    numeric: list[str] = []
+    for column in columns:
+        values = [r.get(column) for r in records if not _is_empty(r.get(column))]
+        if not values:
+            continue
+        try:
+            for value in values:
+                if isinstance(value, bool):
+                    raise ValueError
+                float(str(value))
+        except (TypeError, ValueError):
+            continue
+        numeric.append(column)
+    return numeric

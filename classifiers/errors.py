@@ -1,0 +1,29 @@
+"""Errors raised by the classifier package.
+
+Every error the package raises on purpose derives from :class:`ClassifierError`, so callers
+(the triage pipeline, the CLI, the API) can map them to one user-facing message without catching
+broad exceptions. The messages are written for an operator: they name the file, column or
+artifact at fault.
+"""
+
+from __future__ import annotations
+
+
+class ClassifierError(Exception):
+    """Base class of every deliberate error in ``classifiers``."""
+
+
+class DataError(ClassifierError):
+    """A training or evaluation file cannot be used (missing column, one class, bad encoding...)."""
+
+
+class ModelNotFittedError(ClassifierError):
+    """A model was asked to predict before ``fit``."""
+
+
+class RegistryError(ClassifierError):
+    """The model registry cannot satisfy a request (unknown version, nothing active...)."""
+
+
+class IntegrityError(RegistryError):
+    """An artifact failed its integrity check (hash mismatch, unknown file, untrusted types)."""

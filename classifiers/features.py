@@ -1,0 +1,368 @@
+"""Feature building for records (``list[dict]``), shared by every target of a model.
+
+Contract:
+- A record is a flat ``dict[str, object]``. Missing keys and ``None`` mean "empty": an empty
+  string for text and categorical columns, ``0.0`` for numeric columns. Records never need
+  pandas.
+- :class:`FeatureSpec` names the columns: ``text_columns`` are concatenated (in order) into one
+  document; ``categorical_columns`` are one-hot encoded (unknown values at predict time are
+  ignored, not errors); ``numeric_columns`` get a signed ``log1p`` and standard scaling, so a
+  large amount cannot dominate the text.
+- Optional dense embeddings (one row per record, computed once by the caller and reused for
+  similar-case retrieval) are L2-normalised and appended when the spec sets ``embedding_dim``.
+  A model fitted with embeddings refuses to transform without them; a model fitted without
+  embeddings ignores any that are passed, so a pipeline can always hand its vectors over.
+- The output is one CSR matrix; blocks are weighted so their scales are comparable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+Record = Mapping[str, Any]
+
+_DIGITS = re.compile(r"\d+")
+_SPACE = re.compile(r"\s+")
+_WORD_PATTERN = r"(?u)\b\w+\b"  # keep one-letter tokens: "a", "i" and masked digits ("0")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which record fields feed the model, and how.
+
+    ``embedding_dim`` is ``None`` when the model uses no precomputed embeddings; otherwise every
+    ``fit``/``transform`` call must pass an ``embeddings`` array of shape ``(n_records, dim)``.
+    """
+
+    text_columns: tuple[str, ...] = ("text",)
+    categorical_columns: tuple[str, ...] = ()
+    numeric_columns: tuple[str, ...] = ()
+    embedding_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.columns and self.embedding_dim is None:
+            raise ValueError("a FeatureSpec needs at least one column or an embedding_dim")
+        names = [*self.text_columns, *self.categorical_columns, *self.numeric_columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a column appears twice in the feature spec: {names}")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every record key the spec reads."""
+        return (*self.text_columns, *self.categorical_columns, *self.numeric_columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored in the registry metadata."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        return cls(
+            text_columns=tuple(data.get("text_columns", ())),
+            categorical_columns=tuple(data.get("categorical_columns", ())),
+            numeric_columns=tuple(data.get("numeric_columns", ())),
+            embedding_dim=data.get("embedding_dim"),
+        )
+
+
+CASE_FEATURE_SPEC = FeatureSpec(
+    text_columns=("text",),
+    categorical_columns=(
+        "exception_type",
+        "customer_tier",
+        "warehouse_id",
+        "carrier_id",
+        "source_kind",
+    ),
+    numeric_columns=("amount", "qty_gap_ratio", "price_gap_ratio", "line_count"),
+)
+"""The flat case record the triage pipeline builds from ``contracts.case.CaseIn``."""
+
+
+def normalise_text(text: str, max_chars: int) -> str:
+    """Lower-case, mask digit runs (order ids and amounts carry no class signal) and cap length.
+
+    Capping keeps the per-case cost bounded: an integration error can paste a whole stack trace.
+    """
+    text = _DIGITS.sub("0", text[:max_chars].lower())
+    return _SPACE.sub(" ", text).strip()
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and np.isnan(value):
+        return ""
+    return str(value)
+
+
+def _as_float(value: Any) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected a number, got {value!r}") from exc
+    return 0.0 if not np.isfinite(number) else number
+
+
+@dataclass
+class _Columns:
+    text: list[str] = field(default_factory=list)
+    categorical: list[list[str]] = field(default_factory=list)
+    numeric: np.ndarray | None = None
+
+
+class RecordFeaturizer(TransformerMixin, BaseEstimator):
+    """Turn records into one sparse matrix: word and character TF-IDF, one-hot, numeric, embeddings.
+
+    Parameters are stored as given (scikit-learn convention); everything learned ends in ``_``.
+    ``fit``/``transform`` take ``embeddings`` as a keyword so the caller can reuse vectors it
+    computed once per case.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec | None = None,
+        word_ngram_range: tuple[int, int] = (1, 2),
+        char_ngram_range: tuple[int, int] = (2, 5),
+        min_df: int = 1,
+        char_min_df: int = 2,
+        max_features: int | None = 300_000,
+        max_chars: int = 4_000,
+        word_weight: float = 1.0,
+        char_weight: float = 1.0,
+        categorical_weight: float = 0.5,
+        numeric_weight: float = 0.25,
+        embedding_weight: float = 1.0,
+    ) -> None:
+        self.spec = spec
+        self.word_ngram_range = word_ngram_range
+        self.char_ngram_range = char_ngram_range
+        self.min_df = min_df
+        self.char_min_df = char_min_df
+        self.max_features = max_features
+        self.max_chars = max_chars
+        self.word_weight = word_weight
+        self.char_weight = char_weight
+        self.categorical_weight = categorical_weight
+        self.numeric_weight = numeric_weight
+        self.embedding_weight = embedding_weight
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _spec(self) -> FeatureSpec:
+        return self.spec if self.spec is not None else FeatureSpec()
+
+    def _columns(self, records: Sequence[Record]) -> _Columns:
+        spec = self._spec()
+        cols = _Columns()
+        if spec.text_columns:
+            cols.text = [
+                normalise_text(
+                    " \n ".join(_as_text(r.get(c)) for c in spec.text_columns), self.max_chars
+                )
+                for r in records
+            ]
+        if spec.categorical_columns:
+            cols.categorical = [
+                [_as_text(r.get(c)).strip().lower() for c in spec.categorical_columns]
+                for r in records
+            ]
+        if spec.numeric_columns:
+            values = np.array(
+                [[_as_float(r.get(c)) for c in spec.numeric_columns] for r in records],
+                dtype=np.float64,
+            ).reshape(len(records), len(spec.numeric_columns))
+            cols.numeric = np.sign(values) * np.log1p(np.abs(values))
+        return cols
+
+    def _embedding_block(self, embeddings: np.ndarray | None, n: int) -> sp.csr_matrix | None:
+        dim = self._spec().embedding_dim
+        if dim is None:
+            return None  # fitted without embeddings: vectors passed by the pipeline are ignored
+        if embeddings is None:
+            raise ValueError(f"this model was trained with {dim}-d embeddings; pass `embeddings`")
+        arr = np.asarray(embeddings, dtype=np.float64)
+        if arr.shape != (n, dim):
+            raise ValueError(f"embeddings must have shape ({n}, {dim}), got {arr.shape}")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        arr = arr / np.where(norms == 0, 1.0, norms)
+        return sp.csr_matrix(arr * self.embedding_weight)
+
+    # -- scikit-learn API ----------------------------------------------------------------------
+    def fit(
+        self, X: Sequence[Record], y: Any = None, *, embeddings: np.ndarray | None = None
+    ) -> RecordFeaturizer:
+        """Learn vocabularies, categories and scales from ``X``; returns ``self``."""
+        self._fit_transform(X, embeddings)
+        return self
+
+    def fit_transform(
+        self,
+        X: Sequence[Record],
+        y: Any = None,
+        *,
+        embeddings: np.ndarray | None = None,
+    ) -> sp.csr_matrix:
+        return self._fit_transform(X, embeddings)
+
+    def _fit_transform(self, X: Sequence[Record], embeddings: np.ndarray | None) -> sp.csr_matrix:
+        records = list(X)
+        if not records:
+            raise ValueError("cannot fit features on zero records")
+        spec = self._spec()
+        cols = self._columns(records)
+        self.word_vectorizer_: TfidfVectorizer | None = None
+        self.char_vectorizer_: TfidfVectorizer | None = None
+        self.encoder_: OneHotEncoder | None = None
+        self.scaler_: StandardScaler | None = None
+        if spec.text_columns:
+            self.word_vectorizer_ = TfidfVectorizer(
+                ngram_range=self.word_ngram_range,
+                min_df=self.min_df,
+                sublinear_tf=True,
+                max_features=self.max_features,
+                token_pattern=_WORD_PATTERN,
+                dtype=np.float32,
+            )
+            self.char_vectorizer_ = TfidfVectorizer(
+                analyzer="char_wb",
+                ngram_range=self.char_ngram_range,
+                min_df=self.char_min_df,
+                sublinear_tf=True,
+                max_features=self.max_features,
+                dtype=np.float32,
+            )
+            try:
+                self.word_vectorizer_.fit(cols.text)
+            except ValueError:  # empty vocabulary: no text at all in the training data
+                self.word_vectorizer_ = None
+            try:
+                self.char_vectorizer_.fit(cols.text)
+            except ValueError:
+                # too few documents for min_df: fall back to keeping every n-gram
+                self.char_vectorizer_.set_params(min_df=1)
+                try:
+                    self.char_vectorizer_.fit(cols.text)
+                except ValueError:
+                    self.char_vectorizer_ = None
+        if spec.categorical_columns:
+            self.encoder_ = OneHotEncoder(handle_unknown="ignore", dtype=np.float32)
+            self.encoder_.fit(np.array(cols.categorical, dtype=object))
+        if spec.numeric_columns and cols.numeric is not None:
+            self.scaler_ = StandardScaler().fit(cols.numeric)
+        self.n_records_seen_ = len(records)
+        return self._assemble(cols, embeddings, len(records))
+
+    def transform(
+        self, X: Sequence[Record], *, embeddings: np.ndarray | None = None
+    ) -> sp.csr_matrix:
+        """Features for ``X`` as CSR; shape ``(len(X), n_features_out_)``."""
+        check_is_fitted(self, "n_records_seen_")
+        records = list(X)
+        return self._assemble(self._columns(records), embeddings, len(records))
+
+    def _assemble(self, cols: _Columns, embeddings: np.ndarray | None, n: int) -> sp.csr_matrix:
+        blocks: list[sp.spmatrix] = []
+        self_blocks = self._text_blocks(cols.text)
+        blocks.extend(self_blocks)
+        if self.encoder_ is not None:
+            blocks.append(self.encoder_.transform(np.array(cols.categorical, dtype=object)))
+            blocks[-1] = blocks[-1] * self.categorical_weight
+        if self.scaler_ is not None and cols.numeric is not None:
+            scaled = np.clip(self.scaler_.transform(cols.numeric), -5, 5)
+            blocks.append(sp.csr_matrix(scaled * self.numeric_weight))
+        emb = self._embedding_block(embeddings, n)
+        if emb is not None:
+            blocks.append(emb)
+        if not blocks:
+            return sp.csr_matrix((n, 0), dtype=np.float32)
+        return sp.hstack(blocks, format="csr", dtype=np.float32)
+
+    def _text_blocks(self, texts: list[str]) -> list[sp.spmatrix]:
+        blocks: list[sp.spmatrix] = []
+        if self.word_vectorizer_ is not None:
+            blocks.append(_tfidf(self.word_vectorizer_, texts, self.word_weight))
+        if self.char_vectorizer_ is not None:
+            blocks.append(_tfidf(self.char_vectorizer_, texts, self.char_weight))
+        return blocks
+
+    def word_block(self, X: Sequence[Record]) -> sp.csr_matrix | None:
+        """The word TF-IDF block alone (used for out-of-distribution checks)."""
+        check_is_fitted(self, "n_records_seen_")
+        if self.word_vectorizer_ is None:
+            return None
+        return self.word_vectorizer_.transform(self._columns(list(X)).text).tocsr()
+
+    def split_word_block(self, matrix: sp.csr_matrix) -> sp.csr_matrix | None:
+        """Slice the word block out of an already transformed matrix (no second tokenisation)."""
+        if self.word_vectorizer_ is None:
+            return None
+        width = len(self.word_vectorizer_.vocabulary_)
+        return matrix[:, :width]
+
+    @property
+    def n_features_out_(self) -> int:
+        check_is_fitted(self, "n_records_seen_")
+        total = 0
+        if self.word_vectorizer_ is not None:
+            total += len(self.word_vectorizer_.vocabulary_)
+        if self.char_vectorizer_ is not None:
+            total += len(self.char_vectorizer_.vocabulary_)
+        if self.encoder_ is not None:
+            total += sum(len(c) for c in self.encoder_.categories_)
+        if self.scaler_ is not None:
+            total += len(self._spec().numeric_columns)
+        if self._spec().embedding_dim is not None:
+            total += int(self._spec().embedding_dim or 0)
+        return total
+
+
+def _tfidf(vectorizer: TfidfVectorizer, texts: list[str], weight: float) -> sp.csr_matrix:
+    """``vectorizer.transform(texts) * weight`` without scikit-learn's per-call input checks.
+
+    Same arithmetic as ``TfidfVectorizer(sublinear_tf=True, norm="l2")``: counts from the fitted
+    vocabulary, ``1 + log(tf)``, times ``idf_``, row-wise L2 normalisation. The generic input
+    validation costs more than the arithmetic for a single case, and the per-case latency
+    budget is 2 ms.
+    """
+    counts = CountVectorizer.transform(vectorizer, texts).astype(np.float32)
+    counts.data = 1.0 + np.log(counts.data)
+    counts.data *= vectorizer.idf_.astype(np.float32)[counts.indices]
+    norms = row_norms(counts)
+    norms[norms == 0] = 1.0
+    counts.data /= np.repeat(norms, np.diff(counts.indptr)).astype(np.float32)
+    counts.data *= np.float32(weight)
+    return counts.tocsr()
+
+
+def row_ids(matrix: sp.csr_matrix) -> np.ndarray:
+    """Row index of every stored entry of a CSR matrix."""
+    return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+
+
+def row_norms(matrix: sp.csr_matrix) -> np.ndarray:
+    """L2 norm of each row of a CSR matrix (float64)."""
+    data = matrix.data.astype(np.float64)
+    return np.sqrt(np.bincount(row_ids(matrix), weights=data * data, minlength=matrix.shape[0]))
+
+
+def row_nnz_between(matrix: sp.csr_matrix, start: int, stop: int) -> np.ndarray:
+    """Stored entries per row whose column lies in ``[start, stop)``."""
+    inside = (matrix.indices >= start) & (matrix.indices < stop)
+    return np.bincount(row_ids(matrix)[inside], minlength=matrix.shape[0])
+
+
+def texts_of(records: Iterable[Record], columns: Sequence[str]) -> list[str]:
+    """The concatenated raw text of each record (for grouping and reports)."""
+    return [" \n ".join(_as_text(r.get(c)) for c in columns) for r in records]

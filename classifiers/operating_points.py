@@ -1,0 +1,204 @@
+"""Per-class operating points: when may the model fill a field, and when must it abstain.
+
+Contract:
+- :func:`select_thresholds` picks, for each class, the lowest confidence threshold such that the
+  predictions of that class at or above it reached the class's target precision on validation
+  data (out-of-fold predictions, never the training fit). When even the lowest-confidence
+  validation prediction keeps the precision on target, the threshold is capped at the target
+  itself (calibrated confidences carry the argument below the observed range). A class that
+  never reaches its target with at least ``min_support`` predictions gets threshold ``> 1``
+  (the model always abstains on it): we refuse rather than guess.
+- :func:`decide` applies thresholds to one probability vector and returns the label or an
+  abstention with exactly one reason, checked in this order:
+  ``out_of_distribution`` (no known vocabulary / far from the training data) →
+  ``low_confidence`` / ``close_runner_up`` (below the class threshold: ``close_runner_up`` when
+  the top two are within ``margin`` of each other, since a reviewer then only has to choose between
+  two, else ``low_confidence``) → ``close_runner_up`` even above the threshold when the margin is
+  under ``min_margin``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ABSTAIN_LOW_CONFIDENCE = "low_confidence"
+ABSTAIN_CLOSE_RUNNER_UP = "close_runner_up"
+ABSTAIN_OUT_OF_DISTRIBUTION = "out_of_distribution"
+ABSTAIN_REASONS = (ABSTAIN_LOW_CONFIDENCE, ABSTAIN_CLOSE_RUNNER_UP, ABSTAIN_OUT_OF_DISTRIBUTION)
+
+NEVER = 1.01
+"""Threshold of a class that cannot meet its precision target: confidence never reaches it."""
+
+
+@dataclass(frozen=True)
+class ThresholdStats:
+    """What validation said about one class's threshold (kept for reports and drift checks)."""
+
+    threshold: float
+    target_precision: float
+    validation_precision: float | None
+    validation_coverage: float
+    n_predicted: int
+
+
+def select_thresholds(
+    y_true: Sequence[int] | np.ndarray,
+    proba: np.ndarray,
+    n_classes: int,
+    target_precision: float | Sequence[float] = 0.95,
+    min_support: int = 5,
+) -> list[ThresholdStats]:
+    """One :class:`ThresholdStats` per class index, chosen on validation predictions.
+
+    ``y_true`` holds class indices; ``proba`` is ``(n, n_classes)``. ``target_precision`` is one
+    number or one per class. Coverage is the share of the class's own predictions kept.
+    """
+    y = np.asarray(y_true)
+    proba = np.asarray(proba)
+    if isinstance(target_precision, int | float):
+        targets = [float(target_precision)] * n_classes
+    else:
+        targets = [float(t) for t in target_precision]
+    if len(targets) != n_classes:
+        raise ValueError("need one target precision per class")
+    pred = proba.argmax(axis=1)
+    conf = proba.max(axis=1)
+    out: list[ThresholdStats] = []
+    for k in range(n_classes):
+        mask = pred == k
+        n_pred = int(mask.sum())
+        if n_pred == 0:
+            out.append(ThresholdStats(NEVER, targets[k], None, 0.0, 0))
+            continue
+        order = np.argsort(-conf[mask], kind="stable")
+        c_sorted = conf[mask][order]
+        correct = (y[mask][order] == k).astype(np.float64)
+        cum_prec = np.cumsum(correct) / np.arange(1, n_pred + 1)
+        # only cut between distinct confidences: ties are kept or dropped together
+        distinct = np.r_[c_sorted[1:] < c_sorted[:-1], True]
+        ok = (cum_prec >= targets[k]) & distinct & (np.arange(1, n_pred + 1) >= min_support)
+        if not ok.any():
+            out.append(ThresholdStats(NEVER, targets[k], None, 0.0, n_pred))
+            continue
+        last = int(np.flatnonzero(ok).max())  # largest kept set that meets the target
+        threshold = float(c_sorted[last])
+        if last == n_pred - 1:
+            # Every validation prediction of this class is kept and still meets the target, so
+            # validation says nothing about confidences below its lowest one. Rather than
+            # freezing that accidental minimum (brittle when validation is near-perfect), rely
+            # on calibration there: a calibrated confidence >= target is enough.
+            threshold = min(threshold, targets[k])
+        out.append(
+            ThresholdStats(
+                threshold=threshold,
+                target_precision=targets[k],
+                validation_precision=float(cum_prec[last]),
+                validation_coverage=(last + 1) / n_pred,
+                n_predicted=n_pred,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome for one case and one target."""
+
+    index: int | None
+    top: int
+    runner_up: int | None
+    abstain_reason: str | None
+
+
+def decide(
+    proba_row: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    *,
+    ood: bool = False,
+    margin: float = 0.1,
+    min_margin: float = 0.0,
+) -> Decision:
+    """Apply the operating point to one probability vector (see module contract)."""
+    batch = decide_batch(
+        np.asarray(proba_row, dtype=np.float64).reshape(1, -1),
+        thresholds,
+        ood=np.array([ood]),
+        margin=margin,
+        min_margin=min_margin,
+    )
+    runner = int(batch.runner_up[0])
+    index = int(batch.index[0])
+    return Decision(
+        index=None if index < 0 else index,
+        top=int(batch.top[0]),
+        runner_up=None if runner < 0 else runner,
+        abstain_reason=batch.reasons[0],
+    )
+
+
+def resolve_targets(
+    classes: Sequence[str],
+    default: float,
+    per_label: Mapping[str, float] | None,
+) -> list[float]:
+    """Target precision per class: ``per_label`` overrides ``default`` for the labels it names."""
+    per_label = dict(per_label or {})
+    for value in [default, *per_label.values()]:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"target precision must be in (0, 1], got {value}")
+    return [float(per_label.get(c, default)) for c in classes]
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """Vectorised :class:`Decision` for many rows: ``index`` is ``-1`` where the model abstains."""
+
+    index: np.ndarray
+    top: np.ndarray
+    runner_up: np.ndarray
+    confidence: np.ndarray
+    runner_up_confidence: np.ndarray
+    reasons: list[str | None]
+
+
+def decide_batch(
+    proba: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    *,
+    ood: np.ndarray | None = None,
+    margin: float = 0.1,
+    min_margin: float = 0.0,
+) -> BatchDecision:
+    """:func:`decide` for every row of ``proba`` at once (same rules, same order)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    n, k = proba.shape
+    thr = np.asarray(thresholds, dtype=np.float64)
+    rows = np.arange(n)
+    top = proba.argmax(axis=1)
+    conf = proba[rows, top]
+    if k > 1:
+        masked = proba.copy()
+        masked[rows, top] = -np.inf
+        runner = masked.argmax(axis=1)
+        runner_conf = proba[rows, runner]
+    else:
+        runner = np.full(n, -1)
+        runner_conf = np.zeros(n)
+    gap = conf - runner_conf
+    ood_mask = np.zeros(n, dtype=bool) if ood is None else np.asarray(ood, dtype=bool)
+    below = conf < thr[top]
+    close = gap < margin
+    reasons: list[str | None] = [None] * n
+    index = top.copy()
+    for i in np.flatnonzero(ood_mask | below | (gap < min_margin)):
+        if ood_mask[i]:
+            reasons[i] = ABSTAIN_OUT_OF_DISTRIBUTION
+        elif below[i]:
+            reasons[i] = ABSTAIN_CLOSE_RUNNER_UP if close[i] else ABSTAIN_LOW_CONFIDENCE
+        else:
+            reasons[i] = ABSTAIN_CLOSE_RUNNER_UP
+        index[i] = -1
+    return BatchDecision(index, top, runner, conf, runner_conf, reasons)
