@@ -1,0 +1,347 @@
+"""Classifier commands: ``train``, ``evaluate`` and the ``models`` sub-app.
+
+Mounted by ``cli/main.py`` as ``triage train``, ``triage evaluate`` and ``triage models ...``.
+Every deliberate failure (bad file, unknown version, tampered artifact) exits with code 2 and a
+one-line ``error: ...`` message on stderr, never a traceback. Progress goes to stderr so that
+``--json`` output on stdout stays machine-readable.
+
+The model directory given to ``--out`` / ``--model`` / ``--registry`` is a model registry root
+(see ``classifiers.registry``); ``--model`` also accepts one version's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from classifiers.case_model import CaseModel
+from classifiers.data import (
+    file_sha256,
+    infer_numeric_columns,
+    load_records,
+    validate_training_data,
+)
+from classifiers.errors import ClassifierError
+from classifiers.evaluation import evaluate_model, format_table, write_report
+from classifiers.features import FeatureSpec
+from classifiers.grouping import near_duplicate_groups
+from classifiers.registry import ModelRegistry, open_model
+
+SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
+
+models_app = typer.Typer(
+    help="List, inspect, activate and roll back classifier model versions.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _progress() -> Callable[[str], None]:
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    return say
+
+
+def _key(value: str | None) -> bytes | None:
+    return value.encode() if value else None
+
+
+def _parse_label_precision(items: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``TARGET:LABEL=PRECISION`` items into ``{target: {label: precision}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        try:
+            key, value = item.rsplit("=", 1)
+            target, label = key.split(":", 1)
+            out.setdefault(target, {})[label] = float(value)
+        except ValueError:
+            raise ClassifierError(
+                f"--label-precision {item!r}: expected TARGET:LABEL=PRECISION "
+                "(e.g. queue:fraud=0.99)"
+            ) from None
+    return out
+
+
+TextColumns = Annotated[
+    list[str],
+    typer.Option("--text-column", help="Text column; repeat to concatenate several."),
+]
+LabelColumns = Annotated[
+    list[str],
+    typer.Option("--label-column", help="Label column; repeat for a multi-target model."),
+]
+SigningKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar=SIGNING_KEY_ENV,
+        help="HMAC key: sign new versions / require valid signatures when loading.",
+        show_default=False,
+    ),
+]
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="Labelled CSV or JSONL file.")],
+    text_column: TextColumns,
+    label_column: LabelColumns,
+    out: Annotated[Path, typer.Option(help="Model registry directory (created if missing).")],
+    feature_columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feature-columns",
+            help="Structured column; repeat. Numeric if every value parses as a number, "
+            "else categorical.",
+        ),
+    ] = None,
+    target_precision: Annotated[
+        float, typer.Option(help="Precision each label's threshold must reach on validation.")
+    ] = 0.95,
+    label_precision: Annotated[
+        list[str] | None,
+        typer.Option(help="Per-label target, TARGET:LABEL=PRECISION; repeatable."),
+    ] = None,
+    group_near_duplicates: Annotated[
+        bool,
+        typer.Option(help="Keep near-identical texts in one validation fold (templated data)."),
+    ] = True,
+    base: Annotated[str, typer.Option(help="Linear model: svc or logreg.")] = "svc",
+    c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength.")] = 0.5,
+    cv: Annotated[int, typer.Option(help="Folds for calibration and thresholds.")] = 5,
+    activate: Annotated[bool, typer.Option(help="Activate the new version.")] = True,
+    signing_key: SigningKey = None,
+) -> None:
+    """Train a calibrated classifier on FILE and register it as a new version in --out."""
+    say = _progress()
+    try:
+        records = load_records(data)
+        features = list(feature_columns or [])
+        validate_training_data(
+            records,
+            text_columns=text_column,
+            label_columns=label_column,
+            feature_columns=features,
+            source=data.name,
+        )
+        numeric = infer_numeric_columns(records, features)
+        spec = FeatureSpec(
+            text_columns=tuple(text_column),
+            categorical_columns=tuple(c for c in features if c not in numeric),
+            numeric_columns=tuple(numeric),
+        )
+        say(f"read {len(records)} records from {data.name}")
+        groups = None
+        if group_near_duplicates and text_column:
+            groups = near_duplicate_groups(
+                [" ".join(str(r.get(c) or "") for c in text_column) for r in records]
+            )
+            say(f"{len(set(groups))} near-duplicate groups kept together in validation folds")
+        model = CaseModel(
+            spec=spec,
+            targets=tuple(label_column),
+            target_precision=target_precision,
+            label_precision=_parse_label_precision(label_precision or []),
+            base=base,
+            C=c,
+            cv=cv,
+        )
+        model.fit(records, groups=groups, progress=say)
+        say("saving the model version")
+        registry = ModelRegistry(out, _key(signing_key))
+        version = registry.save(
+            model,
+            training_data_sha256=file_sha256(data),
+            training_data_name=data.name,
+            n_training_records=len(records),
+            activate=activate,
+        )
+    except (ClassifierError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    for target in model.targets:
+        v = model.validation_[target]
+        precision = "n/a" if v["precision"] is None else f"{v['precision']:.4f}"
+        typer.echo(
+            f"{target}: {len(model.classes_[target])} labels; held-out accuracy "
+            f"{v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f}, coverage {v['coverage']:.4f} "
+            f"at precision {precision}"
+        )
+    typer.echo(f"registered {version} in {out}{' (active)' if activate else ''}")
+
+
+def _align(
+    records: list[dict[str, Any]],
+    model: CaseModel,
+    text_columns: Sequence[str],
+    label_columns: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rename the evaluation file's columns to the names the model was trained with."""
+    spec = model._feature_spec()
+    targets = list(model.targets)
+    if len(label_columns) == 1 and len(targets) == 1:
+        mapping = {label_columns[0]: targets[0]}
+    else:
+        unknown = [c for c in label_columns if c not in targets]
+        if unknown:
+            raise ClassifierError(
+                f"the model predicts {', '.join(targets)}; it has no target {', '.join(unknown)}"
+            )
+        mapping = {c: c for c in label_columns}
+    model_text = spec.text_columns[0] if spec.text_columns else None
+    aligned = []
+    for r in records:
+        row = dict(r)
+        if model_text is not None and list(text_columns) != list(spec.text_columns):
+            row[model_text] = " \n ".join(str(r.get(c) or "") for c in text_columns)
+            for extra in spec.text_columns[1:]:
+                row[extra] = ""
+        for source, target in mapping.items():
+            row[target] = r.get(source)
+        aligned.append(row)
+    return aligned, [mapping[c] for c in label_columns]
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model registry (active version) or version dir.")],
+    data: Annotated[Path, typer.Option(help="Labelled CSV or JSONL file.")],
+    text_column: TextColumns,
+    label_column: LabelColumns,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Report directory (default: <model>/reports/<version>-<data>)."),
+    ] = None,
+    drift_tolerance: Annotated[
+        float, typer.Option(help="Precision drop that counts as drift.")
+    ] = 0.02,
+    signing_key: SigningKey = None,
+) -> None:
+    """Evaluate a registered model on a labelled FILE; print metrics and write a report."""
+    say = _progress()
+    try:
+        loaded = open_model(model, _key(signing_key))
+        records = load_records(data)
+        validate_training_data(
+            records,
+            text_columns=text_column,
+            label_columns=label_column,
+            source=data.name,
+            require_two_classes=False,
+        )
+        aligned, targets = _align(records, loaded.model, text_column, label_column)
+        say(f"evaluating {loaded.version} on {len(records)} records")
+        result = evaluate_model(
+            loaded.model, aligned, targets=targets, drift_tolerance=drift_tolerance
+        )
+        result["model_version"] = loaded.version
+        report_dir = report or (model / "reports" / f"{loaded.version}-{data.stem}")
+        path = write_report(result, report_dir, model_version=loaded.version, data_name=data.name)
+        say(f"report written to {path}")
+    except (ClassifierError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        compact = {
+            **{k: v for k, v in result.items() if k != "targets"},
+            "targets": {
+                t: {k: v for k, v in m.items() if k not in ("reliability",)}
+                for t, m in result["targets"].items()
+            },
+            "report": str(path),
+        }
+        typer.echo(json.dumps(compact))
+    else:
+        typer.echo(f"model {loaded.version}")
+        typer.echo(format_table(result))
+        typer.echo(f"report: {path}")
+
+
+RegistryDir = Annotated[Path, typer.Option("--registry", help="Model registry directory.")]
+
+
+@models_app.command("list")
+def models_list(registry: RegistryDir, signing_key: SigningKey = None) -> None:
+    """List registered versions, oldest first; the active one is marked with '*'."""
+    reg = ModelRegistry(registry, _key(signing_key))
+    active = reg.active_version()
+    versions = reg.versions()
+    if not versions:
+        typer.echo(f"no model versions in {registry}")
+        return
+    for meta in versions:
+        mark = "*" if meta["version"] == active else " "
+        targets = ", ".join(
+            f"{t}({len(labels)})" for t, labels in meta.get("label_sets", {}).items()
+        )
+        typer.echo(
+            f"{mark} {meta['version']}  {meta.get('created_at', '?')}  "
+            f"{meta.get('training_data_name') or '-'}  {targets}"
+        )
+
+
+@models_app.command("show")
+def models_show(
+    registry: RegistryDir,
+    version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
+    signing_key: SigningKey = None,
+) -> None:
+    """Print a version's metadata as JSON, after verifying its integrity."""
+    reg = ModelRegistry(registry, _key(signing_key))
+    try:
+        chosen = version or reg.active_version()
+        if chosen is None:
+            raise ClassifierError(f"no active model in {registry}")
+        meta = reg.verify(chosen)
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({**meta, "active": chosen == reg.active_version()}, indent=2))
+
+
+@models_app.command("activate")
+def models_activate(
+    registry: RegistryDir,
+    version: Annotated[str, typer.Argument(help="Version id to activate.")],
+    signing_key: SigningKey = None,
+) -> None:
+    """Verify VERSION and make it the active model."""
+    reg = ModelRegistry(registry, _key(signing_key))
+    try:
+        reg.activate(version)
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"active: {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(registry: RegistryDir, signing_key: SigningKey = None) -> None:
+    """Re-activate the version that was active before the current one."""
+    reg = ModelRegistry(registry, _key(signing_key))
+    try:
+        version = reg.rollback()
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"rolled back; active: {version}")
+
+
+def standalone_app() -> typer.Typer:
+    """The commands as one app (for tests and ``python -m cli.classifier``)."""
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.add_typer(models_app, name="models")
+    return app
+
+
+if __name__ == "__main__":
+    standalone_app()()
