@@ -1,0 +1,123 @@
+"""The whole matrix of endpoints × roles (plus no key and a revoked key) against expectations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+
+from api.deps import RoleGuard
+from tests.support import bearer, sample_case
+from triage import auth
+from triage.models import AuditEvent
+
+ALL = {"orchestrator", "agent", "approver", "auditor", "admin"}
+
+# The expected policy, written out independently of the code: if a route's declared roles
+# drift from this table, the test fails.
+EXPECTED: dict[tuple[str, str], set[str]] = {
+    ("POST", "/v1/cases"): {"orchestrator", "admin"},
+    ("POST", "/v1/cases/batch"): {"orchestrator", "admin"},
+    ("GET", "/v1/cases"): ALL,
+    ("GET", "/v1/cases/{case_id}"): ALL,
+    ("POST", "/v1/cases/{case_id}/transitions"): {"agent", "admin"},
+    ("GET", "/v1/audit"): {"auditor", "admin"},
+    ("GET", "/v1/audit/verify"): {"auditor", "admin"},
+    ("GET", "/v1/audit/export"): {"auditor", "admin"},
+    ("POST", "/v1/keys"): {"admin"},
+    ("GET", "/v1/keys"): {"admin"},
+    ("DELETE", "/v1/keys/{key_id}"): {"admin"},
+    ("GET", "/v1/outbox"): {"admin"},
+    ("POST", "/v1/outbox/{message_id}/replay"): {"admin"},
+}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+
+
+def _guard(route: APIRoute) -> RoleGuard | None:
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        if isinstance(dep.call, RoleGuard):
+            return dep.call
+        stack.extend(dep.dependencies)
+    return None
+
+
+def _api_routes(routes: Any) -> Any:
+    # FastAPI >= 0.16x keeps included routers as wrappers; walk into them.
+    for r in routes:
+        if isinstance(r, APIRoute):
+            yield r
+        elif hasattr(r, "original_router"):
+            yield from _api_routes(r.original_router.routes)
+
+
+def _routes(app: Any) -> dict[tuple[str, str], APIRoute]:
+    out = {}
+    for r in _api_routes(app.routes):
+        for m in r.methods:
+            out[(m, r.path)] = r
+    return out
+
+
+def test_every_route_declares_the_expected_roles(app):
+    routes = _routes(app)
+    assert set(routes) == set(EXPECTED) | PUBLIC, "a route was added without an RBAC entry"
+    for key, route in routes.items():
+        guard = _guard(route)
+        if key in PUBLIC:
+            assert guard is None
+            continue
+        assert guard is not None, f"{key} has no role guard"
+        assert {r.value for r in guard.roles} == EXPECTED[key], key
+
+
+def _call(client, method, path, headers):
+    path = path.replace("{case_id}", "NOCASE").replace("{key_id}", "NOKEY") \
+        .replace("{message_id}", "999999")
+    body: Any = None
+    if method == "POST" and path == "/v1/cases":
+        body = sample_case(99)
+    elif method == "POST" and path.endswith("/batch"):
+        body = {"items": [sample_case(98)]}
+    elif method == "POST" and path == "/v1/keys":
+        body = {"name": "made-in-test", "role": "agent"}
+    elif method == "POST" and path.endswith("/transitions"):
+        body = {"to": "in_review"}
+    return client.request(method, path, json=body, headers=headers)
+
+
+def test_matrix_of_roles_no_key_and_revoked_key(client, keys, db):
+    with db.write() as s:
+        revoked_id = next(k.id for k in auth.list_keys(s) if k.name == "test-agent")
+        auth.revoke_key(s, revoked_id, by=auth.Principal("x", "test", auth.Role.admin).actor)
+    unknown = {"Authorization": "Bearer trg_00000000_not-a-real-key"}
+    for (method, path), allowed in EXPECTED.items():
+        for role in sorted(ALL):
+            if role == "agent":
+                continue  # revoked above: checked separately below
+            r = _call(client, method, path, bearer(keys[role]))
+            if role in allowed:
+                assert r.status_code not in (401, 403), (method, path, role, r.text)
+            else:
+                assert r.status_code == 403, (method, path, role, r.status_code)
+                assert r.json()["error"]["code"] == "forbidden"
+        for headers in ({}, unknown, bearer(keys["agent"]), {"Authorization": "Basic abc"}):
+            r = _call(client, method, path, headers)
+            assert r.status_code == 401, (method, path, headers, r.status_code)
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json()["database"] == "ok"
+
+
+def test_denials_are_audited(client, keys, db):
+    client.get("/v1/audit", headers=bearer(keys["agent"]))
+    client.get("/v1/audit", headers={"Authorization": "Bearer nope"})
+    with db.read() as s:
+        rows = s.scalars(select(AuditEvent).where(AuditEvent.action.like("auth.%"))
+                         .order_by(AuditEvent.seq)).all()
+        assert [r.action for r in rows] == ["auth.forbidden", "auth.unauthenticated"]
+        assert rows[0].actor_id == "test-agent" and rows[0].actor_role == "agent"
+        assert '"path":"/v1/audit"' in rows[0].payload
+        assert rows[1].actor_id == "anonymous"
