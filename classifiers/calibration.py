@@ -32,15 +32,23 @@ from sklearn.utils.validation import check_is_fitted
 BASES = ("svc", "logreg")
 
 
-def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 minimising the NLL of ``softmax(scores / T)`` for labels ``y``.
+def fit_temperature(scores: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> float:
+    """The temperature T > 0 minimising the cross-entropy of ``softmax(scores / T)``.
 
-    ``y`` holds column indices into ``scores``. Searched on log T in [1e-3, 1e3].
+    ``y`` holds column indices into ``scores``. With ``smoothing`` = e the target puts 1 - e on
+    the true label and spreads e over all labels (label smoothing): when the held-out folds are
+    (nearly) separable, plain NLL drives T towards 0 and makes every prediction ~1.0, which
+    does not survive a shift in wording; a small e keeps the model honest about the unseen.
+    Searched on log T in [1e-3, 1e3].
     """
+    rows = np.arange(len(y))
 
     def nll(log_t: float) -> float:
         logp = log_softmax(scores / np.exp(log_t), axis=1)
-        return float(-logp[np.arange(len(y)), y].mean())
+        true = logp[rows, y].mean()
+        if smoothing == 0.0:
+            return float(-true)
+        return float(-((1 - smoothing) * true + smoothing * logp.mean(axis=1).mean()))
 
     result = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e3)), method="bounded")
     return float(np.exp(result.x))
@@ -80,6 +88,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
     C: inverse regularisation strength of the base model.
     cv: number of folds for the held-out scores (at least 2).
     class_weight: passed to the base model (``None`` or ``"balanced"``).
+    smoothing: label smoothing of the temperature fit (see :func:`fit_temperature`).
     random_state: fold shuffling seed.
 
     Learned: ``classes_``, ``estimator_`` (fitted on all data), ``temperature_``,
@@ -93,12 +102,14 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         C: float = 0.5,
         cv: int = 5,
         class_weight: str | None = None,
+        smoothing: float = 0.01,
         random_state: int = 0,
     ) -> None:
         self.base = base
         self.C = C
         self.cv = cv
         self.class_weight = class_weight
+        self.smoothing = smoothing
         self.random_state = random_state
 
     def _make_base(self) -> Any:
@@ -142,7 +153,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
                 seen[test_idx] = True
         if not seen.any():
             raise ValueError("no fold had two classes; add more labelled examples")
-        self.temperature_ = fit_temperature(oof[seen], y_idx[seen])
+        self.temperature_ = fit_temperature(oof[seen], y_idx[seen], self.smoothing)
         self.oof_proba_ = softmax(oof[seen] / self.temperature_, axis=1)
         self.oof_y_ = y_idx[seen]
         self.oof_index_ = np.flatnonzero(seen)

@@ -67,7 +67,7 @@ class CaseModel(BaseEstimator):
     labels: optional configured label set per target; training labels outside it are refused.
     target_precision: default precision each label's threshold must reach on validation.
     label_precision: ``{target: {label: precision}}`` overrides.
-    base, C, cv, class_weight: see :class:`CalibratedLinearClassifier`.
+    base, C, cv, class_weight, smoothing: see :class:`CalibratedLinearClassifier`.
     margin: below-threshold predictions whose top two are closer than this abstain with
         ``close_runner_up`` instead of ``low_confidence``.
     min_margin: abstain (``close_runner_up``) even above threshold when the top two are closer.
@@ -88,6 +88,7 @@ class CaseModel(BaseEstimator):
         C: float = 0.5,
         cv: int = 5,
         class_weight: str | None = None,
+        smoothing: float = 0.01,
         margin: float = 0.1,
         min_margin: float = 0.0,
         ood_quantile: float = 0.002,
@@ -104,6 +105,7 @@ class CaseModel(BaseEstimator):
         self.C = C
         self.cv = cv
         self.class_weight = class_weight
+        self.smoothing = smoothing
         self.margin = margin
         self.min_margin = min_margin
         self.ood_quantile = ood_quantile
@@ -156,6 +158,7 @@ class CaseModel(BaseEstimator):
                 C=self.C,
                 cv=self.cv,
                 class_weight=self.class_weight,
+                smoothing=self.smoothing,
                 random_state=self.random_state,
             ).fit(X[idx], y_t.astype(str), None if group_arr is None else group_arr[idx])
             self.estimators_[target] = clf

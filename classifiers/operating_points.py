@@ -3,7 +3,8 @@
 Contract:
 - :func:`select_thresholds` picks, for each class, the lowest confidence threshold such that the
   predictions of that class at or above it reached the class's target precision on validation
-  data (out-of-fold predictions, never the training fit). When even the lowest-confidence
+  data (out-of-fold predictions, never the training fit), judged by the Wilson lower bound of
+  the precision so that thin evidence does not earn a threshold. When even the lowest-confidence
   validation prediction keeps the precision on target, the threshold is capped at the target
   itself (calibrated confidences carry the argument below the observed range). A class that
   never reaches its target with at least ``min_support`` predictions gets threshold ``> 1``
@@ -50,11 +51,16 @@ def select_thresholds(
     n_classes: int,
     target_precision: float | Sequence[float] = 0.95,
     min_support: int = 5,
+    z: float = 1.645,
 ) -> list[ThresholdStats]:
     """One :class:`ThresholdStats` per class index, chosen on validation predictions.
 
     ``y_true`` holds class indices; ``proba`` is ``(n, n_classes)``. ``target_precision`` is one
     number or one per class. Coverage is the share of the class's own predictions kept.
+    The target must be met by the Wilson lower confidence bound of the validation precision
+    (``z`` = 1.645: one-sided 95%), not by the point estimate, so a label with little validation
+    evidence (20 predictions, all right) does not get a threshold it has not earned; ``z=0``
+    uses the point estimate.
     """
     y = np.asarray(y_true)
     proba = np.asarray(proba)
@@ -76,10 +82,12 @@ def select_thresholds(
         order = np.argsort(-conf[mask], kind="stable")
         c_sorted = conf[mask][order]
         correct = (y[mask][order] == k).astype(np.float64)
-        cum_prec = np.cumsum(correct) / np.arange(1, n_pred + 1)
+        kept_n = np.arange(1, n_pred + 1)
+        cum_prec = np.cumsum(correct) / kept_n
+        bound = wilson_lower_bound(cum_prec, kept_n, z)
         # only cut between distinct confidences: ties are kept or dropped together
         distinct = np.r_[c_sorted[1:] < c_sorted[:-1], True]
-        ok = (cum_prec >= targets[k]) & distinct & (np.arange(1, n_pred + 1) >= min_support)
+        ok = (bound >= targets[k]) & distinct & (kept_n >= min_support)
         if not ok.any():
             out.append(ThresholdStats(NEVER, targets[k], None, 0.0, n_pred))
             continue
@@ -101,6 +109,18 @@ def select_thresholds(
             )
         )
     return out
+
+
+def wilson_lower_bound(p: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """Lower end of the Wilson score interval for a proportion ``p`` observed on ``n`` trials."""
+    p = np.asarray(p, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if z == 0:
+        return p
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return np.asarray((centre - spread) / (1 + z2 / n))
 
 
 @dataclass(frozen=True)

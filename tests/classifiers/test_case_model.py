@@ -1,0 +1,113 @@
+"""The multi-target case model: contract of predictions, abstentions and configured labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from classifiers.case_model import CaseModel
+from classifiers.evaluation import evaluate_model
+from classifiers.features import FeatureSpec
+from classifiers.operating_points import ABSTAIN_REASONS
+from contracts.suggestion import Prediction
+from tests.classifiers.conftest import synthetic_cases
+
+
+def test_predictions_follow_the_contract(case_model: CaseModel) -> None:
+    records = synthetic_cases(40, seed=7)
+    out = case_model.predict(records)
+    assert len(out) == 40
+    for row in out:
+        assert set(row) == {"category", "queue", "priority"}
+        for target, p in row.items():
+            assert isinstance(p, Prediction)
+            Prediction.model_validate(p.model_dump())  # really satisfies the contract
+            assert p.target == target
+            assert (p.label is None) == p.abstained
+            assert (p.abstain_reason is None) == (not p.abstained)
+            assert p.abstain_reason is None or p.abstain_reason in ABSTAIN_REASONS
+            assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+            assert p.confidence == pytest.approx(max(p.probabilities.values()), abs=1e-5)
+            assert p.runner_up != max(p.probabilities, key=p.probabilities.__getitem__)
+
+
+def test_learns_text_and_structured_rules(case_model: CaseModel) -> None:
+    records = synthetic_cases(200, seed=11)
+    result = evaluate_model(case_model, records)
+    assert result["targets"]["queue"]["accuracy"] > 0.97
+    # priority depends only on tier and amount: the structured features must carry it
+    assert result["targets"]["priority"]["accuracy"] > 0.9
+    cov = result["targets"]["queue"]["coverage_at_precision"]
+    assert cov["realized_precision"] is None or cov["realized_precision"] >= 0.95
+
+
+def test_gibberish_is_out_of_distribution(case_model: CaseModel) -> None:
+    record = dict(synthetic_cases(1, seed=3)[0], text="qwxz vlorp zzyzx frumious bandersnatch")
+    out = case_model.predict([record])[0]
+    assert all(p.abstain_reason == "out_of_distribution" for p in out.values())
+
+
+def test_unsure_case_abstains_with_a_reason(case_model: CaseModel) -> None:
+    # the text says shortage, the structured fields say pricing: the model must not choose
+    record = dict(
+        synthetic_cases(1, seed=5)[0],
+        text="missing units on order 1234 fewer cartons",
+        exception_type="pricing_mismatch",
+        qty_gap_ratio=0.0,
+        price_gap_ratio=0.5,
+    )
+    out = case_model.predict([record])[0]["category"]
+    assert out.abstained
+    assert out.abstain_reason in ("low_confidence", "close_runner_up")
+    assert {out.runner_up, max(out.probabilities, key=out.probabilities.__getitem__)} == {
+        "billing",
+        "inventory",
+    }
+
+
+def test_confident_case_gets_a_label(bitext_model: CaseModel) -> None:
+    out = bitext_model.predict([{"text": "I want to cancel my order 123"}])[0]["triage_category"]
+    assert out.label == "order"
+    assert not out.abstained
+
+
+def test_configured_label_set_refuses_unknown_labels(case_records: list[dict[str, Any]]) -> None:
+    model = CaseModel(targets=("queue",), labels={"queue": ["warehouse", "finance"]}, cv=3)
+    with pytest.raises(ValueError, match="not in its label set"):
+        model.fit(case_records[:80])
+
+
+def test_single_class_target_is_refused(case_records: list[dict[str, Any]]) -> None:
+    rows = [dict(r, queue="only") for r in case_records[:40]]
+    with pytest.raises(ValueError, match="at least two distinct labels"):
+        CaseModel(targets=("queue",), cv=3).fit(rows)
+
+
+def test_rows_without_a_label_are_skipped_per_target(case_records: list[dict[str, Any]]) -> None:
+    rows = [dict(r) for r in case_records[:120]]
+    for r in rows[::2]:
+        r["priority"] = ""
+    model = CaseModel(cv=3).fit(rows)
+    assert len(model.estimators_["priority"].oof_y_) == 60
+    assert len(model.estimators_["queue"].oof_y_) == 120
+
+
+def test_per_label_precision_override(case_records: list[dict[str, Any]]) -> None:
+    model = CaseModel(targets=("queue",), cv=3, label_precision={"queue": {"claims": 0.5}}).fit(
+        case_records[:160]
+    )
+    assert model.threshold_stats_["queue"]["claims"].target_precision == 0.5
+    assert model.threshold_stats_["queue"]["finance"].target_precision == 0.95
+
+
+def test_embeddings_feed_the_model(case_records: list[dict[str, Any]]) -> None:
+    # the embedding alone carries the label: a model given only embeddings must learn it
+    rows = case_records[:120]
+    labels = sorted({r["queue"] for r in rows})
+    emb = np.array([[1.0 if r["queue"] == q else 0.0 for q in labels] for r in rows])
+    spec = FeatureSpec(text_columns=(), embedding_dim=len(labels))
+    model = CaseModel(spec=spec, targets=("queue",), cv=3).fit(rows, embeddings=emb)
+    pred = model.predict_labels(rows, embeddings=emb)["queue"]
+    assert pred == [r["queue"] for r in rows]

@@ -1,0 +1,98 @@
+"""scikit-learn conventions: parameters stored as given, clone/get_params/set_params, learned
+state ending in ``_``, ``fit`` returning ``self``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from classifiers.calibration import CalibratedLinearClassifier
+from classifiers.case_model import CaseModel
+from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec, RecordFeaturizer
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        CaseModel(C=2.0, targets=("queue",), target_precision=0.9),
+        RecordFeaturizer(spec=CASE_FEATURE_SPEC, char_ngram_range=(3, 4)),
+        CalibratedLinearClassifier(base="logreg", C=3.0, cv=4),
+    ],
+)
+def test_clone_and_params_round_trip(estimator: Any) -> None:
+    params = estimator.get_params(deep=False)
+    copy = clone(estimator)
+    assert copy.get_params(deep=False) == params
+    assert copy is not estimator
+    # set_params returns the estimator and changes exactly the named parameter
+    key = "C" if "C" in params else "max_chars"
+    assert copy.set_params(**{key: 7}) is copy
+    assert copy.get_params()[key] == 7
+    assert estimator.get_params()[key] == params[key]
+    # __init__ stores only parameters: nothing learned before fit
+    assert not [a for a in vars(estimator) if a.endswith("_") and not a.startswith("_")]
+
+
+def test_fit_returns_self_and_sets_learned_state(case_records: list[dict[str, Any]]) -> None:
+    model = CaseModel(cv=3, targets=("queue",))
+    assert model.fit(case_records[:120]) is model
+    assert set(model.classes_) == {"queue"}
+    assert sorted(model.classes_["queue"]) == ["carrier_desk", "claims", "finance", "warehouse"]
+    proba = model.predict_proba(case_records[:5])["queue"]
+    assert proba.shape == (5, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_predict_before_fit_raises(case_records: list[dict[str, Any]]) -> None:
+    with pytest.raises(NotFittedError):
+        CaseModel().predict(case_records[:1])
+
+
+def test_calibrated_classifier_on_matrix() -> None:
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.normal(size=(200, 5)))
+    y = np.where(X[:, 0].toarray().ravel() > 0, "pos", "neg")
+    clf = CalibratedLinearClassifier(cv=3).fit(X, y)
+    assert list(clf.classes_) == ["neg", "pos"]
+    assert (clf.predict(X) == y).mean() > 0.9
+    assert clf.predict_proba(X).shape == (200, 2)
+    assert clf.oof_proba_.shape == (200, 2)
+    assert clf.temperature_ > 0
+
+
+def test_featurizer_blocks_and_unknown_categories(case_records: list[dict[str, Any]]) -> None:
+    fz = RecordFeaturizer(spec=CASE_FEATURE_SPEC).fit(case_records)
+    X = fz.transform(case_records[:3])
+    assert X.shape == (3, fz.n_features_out_)
+    odd = dict(case_records[0], exception_type="never_seen", amount=None, carrier_id=None)
+    assert fz.transform([odd]).shape == (1, fz.n_features_out_)  # unknown value is not an error
+
+
+def test_embeddings_required_only_when_spec_says_so(case_records: list[dict[str, Any]]) -> None:
+    records = case_records[:60]
+    emb = np.random.default_rng(1).normal(size=(60, 8))
+    spec = FeatureSpec(text_columns=("text",), embedding_dim=8)
+    with_emb = RecordFeaturizer(spec=spec).fit(records, embeddings=emb)
+    assert with_emb.transform(records, embeddings=emb).shape[1] == with_emb.n_features_out_
+    with pytest.raises(ValueError, match="embeddings"):
+        with_emb.transform(records)
+    with pytest.raises(ValueError, match="shape"):
+        with_emb.transform(records, embeddings=emb[:, :4])
+    without = RecordFeaturizer(spec=FeatureSpec(text_columns=("text",))).fit(records)
+    # a pipeline may always hand its vectors over; a model trained without them ignores them
+    a = without.transform(records, embeddings=emb)
+    b = without.transform(records)
+    assert (a != b).nnz == 0
+
+
+def test_feature_spec_validation() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        FeatureSpec(text_columns=("a",), categorical_columns=("a",))
+    with pytest.raises(ValueError, match="at least one"):
+        FeatureSpec(text_columns=())
+    assert FeatureSpec.from_dict(CASE_FEATURE_SPEC.to_dict()) == CASE_FEATURE_SPEC
