@@ -1,0 +1,634 @@
+"""The decision function and the approval checks: pure, deterministic, no I/O.
+
+``evaluate(action, context, policy) -> Decision``
+    1. Python checks the action against the catalogue, converts its amount into the base
+       currency with the dated FX table and sums the cumulative exposure (case, type, customer
+       per day), then builds one Cedar ``ActionRequest`` entity.
+    2. Cedar ``request``: a matching forbid makes the outcome ``forbidden``.
+    3. Cedar ``auto_execute``: allowed means ``auto_execute``; a matching forbid (a materiality
+       threshold, a currency rule, ...) means ``needs_approval``, and the forbids are the reasons.
+    4. For ``needs_approval`` Cedar is asked, with probe principals, which authority rules apply
+       (``approve`` for a user holding every role, and for each named approver) and which quorum
+       rules apply (``release`` for an empty approval set). If nobody may approve, the outcome is
+       ``forbidden`` (reason ``authority.no_eligible_approver``): an approval nobody can give is
+       a prohibition, and saying so is clearer than an approval request that expires.
+
+``can_approve`` asks Cedar ``approve`` for the real approver; ``quorum_status`` counts the valid
+approvals in Python (distinct approvers, bound to the current action hash, each still passing
+``approve``) and asks Cedar ``release`` whether they suffice.
+
+Fail closed: a Cedar evaluation error raises ``PolicyEvaluationError`` (Cedar would otherwise
+skip the erroring rule, and a skipped forbid permits too much); an amount that cannot be
+converted raises ``FxRateUnavailable``; an action that does not fit the catalogue raises
+``PolicyInputError``. Segregation of duties is also enforced by the engine itself, so that a
+policy file that lost its SoD rules still cannot let a requester approve their own action.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import cedarpy
+
+from policies import entities as ent
+from policies.errors import PolicyEvaluationError, PolicyInputError
+from policies.hashing import action_hash, sha256_hex
+from policies.loader import ENGINE_REASONS, ActionSpec, PolicySet, Rule
+from policies.model import (
+    RESERVED_ID_PREFIX,
+    ActionRequest,
+    Approval,
+    ApprovalCheck,
+    ApprovalRequirement,
+    Decision,
+    DecisionContext,
+    DiscountedApproval,
+    Exposure,
+    Outcome,
+    Principal,
+    QuorumStatus,
+    Reason,
+    RoleMix,
+)
+from policies.money import (
+    ExposureFigures,
+    compute_exposure,
+    days_between,
+    format_amount,
+    format_quantity,
+    parse_decimal,
+    to_base,
+)
+
+_SERVICE = ent.uid("Service", ent.SERVICE_ID)
+_PROBE_USER = ent.uid("User", ent.PROBE_USER_ID)
+_EMPTY_SET = ent.uid("ApprovalSet", ent.EMPTY_APPROVALS_ID)
+_COLLECTED_SET = ent.uid("ApprovalSet", ent.COLLECTED_APPROVALS_ID)
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation: catalogue check, FX, exposure, the Cedar entity
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Prepared:
+    action: ActionRequest
+    context: DecisionContext
+    spec: ActionSpec
+    figures: ExposureFigures
+    quantity: Decimal | None
+    entity: dict[str, Any]
+    hash: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def _check_arguments(action: ActionRequest, spec: ActionSpec) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    what = f"{action.action_type} argument"
+    for name in action.arguments:
+        if name not in spec.arguments:
+            known = ", ".join(sorted(spec.arguments)) or "none"
+            raise PolicyInputError(f"unknown {what} '{name}' (known: {known})")
+    for name, arg in spec.arguments.items():
+        if name not in action.arguments:
+            if arg.required:
+                raise PolicyInputError(f"missing required {what} '{name}'")
+            continue
+        value = action.arguments[name]
+        if arg.type == "string":
+            if not isinstance(value, str):
+                raise PolicyInputError(f"{what} '{name}' must be a string, got {value!r}")
+        elif arg.type == "boolean":
+            if not isinstance(value, bool):
+                raise PolicyInputError(f"{what} '{name}' must be true or false, got {value!r}")
+        elif arg.type == "integer":
+            value = parse_decimal(value, f"{what} '{name}'")
+            if value != value.to_integral_value():
+                raise PolicyInputError(f"{what} '{name}' must be a whole number, got {value}")
+        else:
+            value = parse_decimal(value, f"{what} '{name}'")
+        if arg.choices and str(value) not in arg.choices:
+            raise PolicyInputError(
+                f"{what} '{name}' must be one of {', '.join(arg.choices)}, got {value!r}"
+            )
+        args[name] = value
+    if spec.amount == "none" and (action.amount is not None or action.currency is not None):
+        raise PolicyInputError(f"{action.action_type} carries no amount or currency")
+    if spec.amount == "required" and (action.amount is None or action.currency is None):
+        raise PolicyInputError(f"{action.action_type} needs an amount and a currency")
+    if (action.amount is None) != (action.currency is None):
+        raise PolicyInputError("amount and currency must be given together")
+    return args
+
+
+def _prepare(
+    action: ActionRequest, context: DecisionContext, policy: PolicySet, resource_id: str
+) -> _Prepared:
+    spec = policy.actions.get(action.action_type)
+    if spec is None:
+        known = ", ".join(sorted(policy.actions))
+        raise PolicyInputError(f"unknown action type '{action.action_type}' (known: {known})")
+    args = _check_arguments(action, spec)
+    base = policy.base_currency
+    as_of_day = context.as_of.astimezone(policy.tz).date()
+    max_age = policy.manifest.fx_max_age_days
+
+    def convert(amount: Decimal, currency: str) -> Decimal:
+        return to_base(
+            amount,
+            currency,
+            base_currency=base,
+            fx=context.fx,
+            as_of=as_of_day,
+            max_age_days=max_age,
+        )
+
+    amount_base = Decimal(0)
+    if action.amount is not None and action.currency is not None:
+        amount_base = convert(action.amount, action.currency)
+
+    def is_material(action_type: str) -> bool:
+        other = policy.actions.get(action_type)
+        return other is None or other.material
+
+    figures = compute_exposure(
+        action_type=action.action_type,
+        action_id=action.action_id,
+        case_id=action.case_id,
+        customer_id=action.customer_id,
+        amount_base=amount_base,
+        material=spec.material,
+        context=context,
+        convert=convert,
+        is_material=is_material,
+        tz=policy.tz,
+    )
+    quantity = None
+    if spec.quantity_argument and spec.quantity_argument in args:
+        quantity = abs(args[spec.quantity_argument])
+    changed = context.customer.bank_details_changed_at
+    entity = ent.action_entity(
+        resource_id,
+        action_type=action.action_type,
+        material=spec.material,
+        amount_base=amount_base,
+        currency=action.currency or "",
+        quantity=quantity,
+        case_id=action.case_id,
+        origin=action.origin,
+        customer_id=action.customer_id,
+        tier=action.customer_tier,
+        blocked=context.customer.blocked,
+        bank_details_age_days=None if changed is None else days_between(changed, context.as_of),
+        exposure=figures,
+        requested_by=action.requested_by,
+        proposed_by=action.proposed_by,
+        last_edited_by=action.last_edited_by,
+        accepted_by=action.accepted_by,
+    )
+    return _Prepared(
+        action, context, spec, figures, quantity, entity, action_hash(action, policy.version)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cedar calls and reasons
+# --------------------------------------------------------------------------------------------
+
+
+def _entities(base: cedarpy.Entities, extra: Iterable[dict[str, Any]]) -> cedarpy.Entities:
+    # The per-decision entities are built by entities.py, whose output the loader's smoke test
+    # validated against the schema for every action type; re-validating each decision would
+    # double the parsing cost without checking anything new.
+    try:
+        return base.with_added_json_str(json.dumps(list(extra)))
+    except ValueError as exc:
+        raise PolicyEvaluationError(f"Cedar refused the evaluator's entities: {exc}") from exc
+
+
+def _authorize(
+    requests: list[dict[str, Any]], entities: cedarpy.Entities, policy: PolicySet
+) -> list[Any]:
+    """Evaluate requests, each against the rules of its own Cedar action, in one call per
+    action; results come back in request order. Any Cedar error aborts (fail closed)."""
+    by_stage: dict[str, list[int]] = {}
+    for k, req in enumerate(requests):
+        by_stage.setdefault(req["action"]["id"], []).append(k)
+    results: list[Any] = [None] * len(requests)
+    for stage, indexes in by_stage.items():
+        answers = cedarpy.is_authorized_batch(
+            [requests[k] for k in indexes], policy.stage_policies[stage], entities
+        )
+        for k, res in zip(indexes, answers, strict=True):
+            if res.diagnostics.errors:
+                req = requests[k]
+                raise PolicyEvaluationError(
+                    f"Cedar error on {stage} for {req['principal']['id']}: "
+                    + "; ".join(res.diagnostics.errors)
+                )
+            results[k] = res
+    return results
+
+
+def _matched(result: Any, policy: PolicySet) -> list[Rule]:
+    """The rules that determined a Cedar result (permits if allowed, forbids if denied)."""
+    ids = result.diagnostics.id_annotations_by_reason.values()
+    rules = [policy.rules[i] for i in ids if i in policy.rules]
+    return sorted(rules, key=lambda r: r.order)
+
+
+class _Values(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return f"{{{key}}}"
+
+
+def _values(p: _Prepared, policy: PolicySet) -> dict[str, str]:
+    if not p.values:
+        a, f, base = p.action, p.figures, policy.base_currency
+        p.values.update(
+            action=p.spec.label,
+            action_type=a.action_type,
+            amount=format_amount(a.amount, a.currency or "")
+            if a.amount is not None
+            else "(no amount)",
+            amount_base=format_amount(f.amount_base, base),
+            currency=a.currency or "",
+            base_currency=base,
+            tier=a.customer_tier,
+            customer=a.customer_id,
+            case=a.case_id,
+            case_action_exposure=format_amount(f.case_action, base),
+            case_all_exposure=format_amount(f.case_all, base),
+            customer_day_exposure=format_amount(f.customer_day, base),
+            quantity=format_quantity(p.quantity) if p.quantity is not None else "(no quantity)",
+        )
+    return p.values
+
+
+def _render(template: str, p: _Prepared, policy: PolicySet, **extra: str) -> str:
+    values = _Values(_values(p, policy))
+    values.update(extra)
+    return template.format_map(values)
+
+
+def _rule_reason(rule: Rule, p: _Prepared, policy: PolicySet, **extra: str) -> Reason:
+    threshold = format_amount(rule.threshold) if rule.threshold is not None else "(no threshold)"
+    text = _render(
+        rule.explain,
+        p,
+        policy,
+        threshold=threshold,
+        min_approvals=str(rule.min_approvals or 1),
+        one_of_roles=" or ".join(rule.one_of_roles) or "any role",
+        **extra,
+    )
+    return Reason(policy_id=rule.policy_id, explanation=text, effect=rule.effect)
+
+
+def _engine_reason(policy_id: str, p: _Prepared, policy: PolicySet, **extra: str) -> Reason:
+    return Reason(
+        policy_id=policy_id,
+        explanation=_render(ENGINE_REASONS[policy_id], p, policy, **extra),
+        effect="engine",
+    )
+
+
+def _with_decision_hash(decision: Decision, p: _Prepared) -> Decision:
+    """Seal a decision with sha256 over its content and the inputs it was derived from.
+
+    The action content enters through its canonical action hash (order- and trailing-zero-
+    insensitive); the fields the hash leaves out (people, origin, tier) and the context facts
+    enter as pydantic JSON, which is deterministic for equal values.
+    """
+    people = p.action.model_dump_json(
+        include={
+            "origin",
+            "customer_tier",
+            "requested_by",
+            "proposed_by",
+            "last_edited_by",
+            "accepted_by",
+        }
+    )
+    payload = "\n".join(
+        (
+            decision.model_dump_json(exclude={"decision_hash"}),
+            p.hash,
+            people,
+            p.context.as_of.isoformat(),
+            p.context.customer.model_dump_json(),
+        )
+    )
+    return decision.model_copy(update={"decision_hash": sha256_hex(payload)})
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate / evaluate_many
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(action: ActionRequest, context: DecisionContext, policy: PolicySet) -> Decision:
+    """Decide one action: ``auto_execute``, ``needs_approval`` (who, how many, by when) or
+    ``forbidden``, with the reasons. Pure and deterministic; see the module docstring."""
+    return evaluate_many([(action, context)], policy)[0]
+
+
+def evaluate_many(
+    items: Sequence[tuple[ActionRequest, DecisionContext]], policy: PolicySet
+) -> list[Decision]:
+    """Decide many actions with two batched Cedar calls (e.g. re-checking every open approval
+    after a policy change). Same result as calling ``evaluate`` on each item, in order.
+    An invalid item raises for the whole batch (``PolicyInputError`` names the item index)."""
+    prepared: list[_Prepared] = []
+    for i, (action, context) in enumerate(items):
+        try:
+            prepared.append(_prepare(action, context, policy, str(i)))
+        except PolicyInputError as exc:
+            if len(items) == 1:
+                raise
+            raise type(exc)(f"item {i}: {exc}") from exc
+    if not prepared:
+        return []
+    entities = _entities(policy.base_handle, (p.entity for p in prepared))
+    first: list[dict[str, Any]] = []
+    for i in range(len(prepared)):
+        rid = str(i)
+        first.append(ent.cedar_request(_SERVICE, "request", rid))
+        first.append(ent.cedar_request(_SERVICE, "auto_execute", rid))
+    results = _authorize(first, entities, policy)
+
+    # Second round only for actions that need approval: who may approve, which quorum applies.
+    named = policy.named_approvers
+    stride = 2 + len(named)
+    pending = [
+        i for i in range(len(prepared)) if results[2 * i].allowed and not results[2 * i + 1].allowed
+    ]
+    second: list[dict[str, Any]] = []
+    for i in pending:
+        rid = str(i)
+        second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
+        second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
+        second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in named]
+    probes = dict(zip(pending, _chunks(_authorize(second, entities, policy), stride), strict=True))
+
+    return [
+        _decide(p, results[2 * i], results[2 * i + 1], probes.get(i), policy)
+        for i, p in enumerate(prepared)
+    ]
+
+
+def _chunks(seq: list[Any], size: int) -> list[list[Any]]:
+    return [seq[k : k + size] for k in range(0, len(seq), size)]
+
+
+def _decide(
+    p: _Prepared, request: Any, auto: Any, probes: list[Any] | None, policy: PolicySet
+) -> Decision:
+    approval: ApprovalRequirement | None = None
+    outcome: Outcome
+    if not request.allowed:
+        outcome = Outcome.forbidden
+        reasons = [_rule_reason(r, p, policy) for r in _matched(request, policy)]
+        reasons = reasons or [_engine_reason("request.no_permit", p, policy)]
+    elif auto.allowed:
+        outcome = Outcome.auto_execute
+        reasons = [_rule_reason(r, p, policy) for r in _matched(auto, policy)]
+    else:
+        assert probes is not None
+        matched = _matched(auto, policy)
+        reasons = [_rule_reason(r, p, policy) for r in matched]
+        reasons = reasons or [_engine_reason("auto_execute.no_permit", p, policy)]
+        authority = _matched(probes[0], policy) if probes[0].allowed else []
+        roles = sorted({r.role for r in authority if r.role})
+        names = [
+            n for n, res in zip(policy.named_approvers, probes[2:], strict=True) if res.allowed
+        ]
+        for n, res in zip(policy.named_approvers, probes[2:], strict=True):
+            if res.allowed:
+                authority += [r for r in _matched(res, policy) if r.named_principal == n]
+        if not roles and not names:
+            outcome = Outcome.forbidden
+            reasons.append(_engine_reason("authority.no_eligible_approver", p, policy))
+        else:
+            outcome = Outcome.needs_approval
+            quorum = _matched(probes[1], policy)
+            slas = [r.sla for r in matched if r.sla is not None]
+            sla = min(slas) if slas else policy.manifest.default_sla
+            approval = ApprovalRequirement(
+                min_approvals=max([1, *(r.min_approvals or 1 for r in quorum)]),
+                eligible_roles=tuple(roles),
+                named_approvers=tuple(names),
+                role_mix=tuple(
+                    RoleMix(policy_id=r.policy_id, one_of_roles=r.one_of_roles)
+                    for r in quorum
+                    if r.one_of_roles
+                ),
+                authority=tuple(_rule_reason(r, p, policy) for r in sorted(authority, key=_order)),
+                quorum=tuple(_rule_reason(r, p, policy, approvals="0") for r in quorum),
+                sla=sla,
+                due_at=p.context.as_of + sla,
+            )
+    f = p.figures
+    exposure = Exposure(
+        base_currency=policy.base_currency,
+        amount_base=f.amount_base,
+        case_action=f.case_action,
+        case_all=f.case_all,
+        customer_day=f.customer_day,
+    )
+    decision = Decision(
+        outcome=outcome,
+        reasons=tuple(reasons),
+        approval=approval,
+        exposure=exposure,
+        policy_set_id=policy.id,
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        action_hash=p.hash,
+        decision_hash="",
+    )
+    return _with_decision_hash(decision, p)
+
+
+def _order(rule: Rule) -> int:
+    return rule.order
+
+
+# --------------------------------------------------------------------------------------------
+# Approvals
+# --------------------------------------------------------------------------------------------
+
+
+def _check_principal(principal: Principal) -> None:
+    if principal.id.startswith(RESERVED_ID_PREFIX):
+        raise PolicyInputError(f"user ids starting with '{RESERVED_ID_PREFIX}' are reserved")
+
+
+def _involved(action: ActionRequest) -> set[str]:
+    people = {action.requested_by, action.proposed_by, action.last_edited_by, action.accepted_by}
+    return {x for x in people if x is not None}
+
+
+def _approver_entity(principal: Principal, policy: PolicySet) -> dict[str, Any]:
+    roles = principal.roles & set(policy.manifest.roles)  # unknown roles grant nothing
+    return ent.user_entity(principal.id, roles, kind=principal.kind, active=principal.active)
+
+
+def _judge_approver(
+    principal: Principal,
+    result: Any,
+    probe: Any,
+    p: _Prepared,
+    policy: PolicySet,
+) -> tuple[bool, list[Reason]]:
+    """Interpret Cedar's ``approve`` answer for one approver (plus the engine's SoD guard)."""
+    extra = {
+        "approver": principal.id,
+        "approver_roles": ", ".join(sorted(principal.roles)) or "none",
+    }
+    if result.allowed:
+        if principal.id in _involved(p.action):
+            return False, [_engine_reason("sod.engine_guard", p, policy, **extra)]
+        return True, [_rule_reason(r, p, policy, **extra) for r in _matched(result, policy)]
+    forbids = _matched(result, policy)
+    if forbids:
+        return False, [_rule_reason(r, p, policy, **extra) for r in forbids]
+    eligible = sorted({r.role for r in _matched(probe, policy) if r.role}) if probe.allowed else []
+    eligible_text = ", ".join(eligible) or "none"
+    return False, [
+        _engine_reason("authority.insufficient", p, policy, eligible=eligible_text, **extra)
+    ]
+
+
+def can_approve(
+    approver: Principal,
+    action: ActionRequest,
+    context: DecisionContext,
+    existing_approvals: Sequence[Approval],
+    policy: PolicySet,
+) -> ApprovalCheck:
+    """May ``approver`` approve ``action`` now? Refused (with every reason found) when the action
+    is forbidden, the approver already approved this version of it, segregation of duties is
+    violated, the approver is not an active person, or their authority does not cover the case
+    exposure. Approvals bound to another action hash are ignored for the duplicate check."""
+    _check_principal(approver)
+    p = _prepare(action, context, policy, "0")
+    entities = _entities(
+        policy.approver_base_handle, [p.entity, _approver_entity(approver, policy)]
+    )
+    request, result, probe = _authorize(
+        [
+            ent.cedar_request(_SERVICE, "request", "0"),
+            ent.cedar_request(ent.uid("User", approver.id), "approve", "0"),
+            ent.cedar_request(_PROBE_USER, "approve", "0"),
+        ],
+        entities,
+        policy,
+    )
+    extra = {"approver": approver.id}
+    reasons: list[Reason] = []
+    allowed = True
+    if not request.allowed:
+        allowed = False
+        reasons.append(_engine_reason("approval.action_forbidden", p, policy, **extra))
+        reasons += [_rule_reason(r, p, policy) for r in _matched(request, policy)]
+    if any(a.approver.id == approver.id and a.action_hash == p.hash for a in existing_approvals):
+        allowed = False
+        reasons.append(_engine_reason("approval.duplicate", p, policy, **extra))
+    ok, judged = _judge_approver(approver, result, probe, p, policy)
+    # A permit is only a reason when nothing refused the approval.
+    if ok and allowed:
+        reasons += judged
+    elif not ok:
+        allowed = False
+        reasons += judged
+    return ApprovalCheck(allowed=allowed, approver_id=approver.id, reasons=tuple(reasons))
+
+
+def quorum_status(
+    action: ActionRequest,
+    context: DecisionContext,
+    approvals: Sequence[Approval],
+    policy: PolicySet,
+) -> QuorumStatus:
+    """Do the approvals collected so far release ``action``?
+
+    Counts each approver once (earliest approval wins, ties by approver id, so the result does
+    not depend on the order given), ignores approvals bound to another action hash, and
+    re-checks every approver against the current authority matrix and segregation of duties;
+    then asks Cedar ``release`` with the count and the roles of the counted approvers.
+    """
+    p = _prepare(action, context, policy, "0")
+    ordered = sorted(approvals, key=lambda a: (a.approved_at, a.approver.id))
+    discounted: list[DiscountedApproval] = []
+    candidates: list[Principal] = []
+    seen: set[str] = set()
+    for a in ordered:
+        _check_principal(a.approver)
+        extra = {"approver": a.approver.id}
+        if a.action_hash != p.hash:
+            reason = _engine_reason("approval.stale", p, policy, **extra)
+        elif a.approver.id in seen:
+            reason = _engine_reason("approval.duplicate", p, policy, **extra)
+        else:
+            seen.add(a.approver.id)
+            candidates.append(a.approver)
+            continue
+        discounted.append(DiscountedApproval(approver_id=a.approver.id, reasons=(reason,)))
+
+    entities = _entities(
+        policy.approver_base_handle, [p.entity, *(_approver_entity(c, policy) for c in candidates)]
+    )
+    first = [
+        ent.cedar_request(_SERVICE, "request", "0"),
+        ent.cedar_request(_PROBE_USER, "approve", "0"),
+    ]
+    first += [ent.cedar_request(ent.uid("User", c.id), "approve", "0") for c in candidates]
+    request, probe, *checks = _authorize(first, entities, policy)
+
+    counted: list[Principal] = []
+    for c, res in zip(candidates, checks, strict=True):
+        ok, reasons = _judge_approver(c, res, probe, p, policy)
+        if ok:
+            counted.append(c)
+        else:
+            discounted.append(DiscountedApproval(approver_id=c.id, reasons=tuple(reasons)))
+    known_roles = set(policy.manifest.roles)
+    roles = sorted({r for c in counted for r in c.roles & known_roles})
+    collected = ent.approval_set_entity(ent.COLLECTED_APPROVALS_ID, len(counted), roles)
+    with_set = _entities(entities, [collected])
+    release, empty = _authorize(
+        [
+            ent.cedar_request(_COLLECTED_SET, "release", "0"),
+            ent.cedar_request(_EMPTY_SET, "release", "0"),
+        ],
+        with_set,
+        policy,
+    )
+    count = str(len(counted))
+    applicable = _matched(empty, policy)
+    unmet: list[Reason] = []
+    if not request.allowed:
+        unmet.append(_engine_reason("approval.action_forbidden", p, policy))
+    if not release.allowed:
+        unmet += [_rule_reason(r, p, policy, approvals=count) for r in _matched(release, policy)]
+        if not counted:
+            unmet.append(_engine_reason("quorum.no_approval", p, policy))
+    return QuorumStatus(
+        satisfied=request.allowed and release.allowed,
+        valid_approvals=len(counted),
+        required_approvals=max([1, *(r.min_approvals or 1 for r in applicable)]),
+        counted_approvers=tuple(c.id for c in counted),
+        roles_present=tuple(roles),
+        discounted=tuple(discounted),
+        unmet=tuple(unmet),
+        released_by=tuple(_rule_reason(r, p, policy) for r in _matched(release, policy))
+        if release.allowed and request.allowed
+        else (),
+        requirement=tuple(_rule_reason(r, p, policy, approvals=count) for r in applicable),
+    )

@@ -1,0 +1,657 @@
+"""Load and validate a policy bundle: manifest, Cedar policy, Cedar schema, action catalogue.
+
+A bundle is a directory (``policies/default/`` ships with the product) holding:
+
+- ``manifest.toml``: policy set id, version, base currency, day time zone, FX max age, default
+  SLA, the roles known to the policy, and the names of the other files;
+- ``policy.cedar``: the rules, each annotated with ``@id`` and ``@explain``;
+- ``schema.cedarschema``: the Cedar schema every rule is validated against;
+- ``actions.toml``: the action types and their arguments;
+- optionally ``tests.yaml`` (or ``.json``/``.toml``): table-driven cases for ``policy test``.
+
+``load_policy_set`` checks everything it can and raises one ``PolicyLoadError`` listing every
+problem found (file, rule id, message), so a reviewer fixes a broken file in one pass. It then
+evaluates a sample action of every type against every Cedar action, so that a schema that no
+longer matches the entities the evaluator builds is a load error, not a runtime surprise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import string
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import cedarpy
+
+from policies import entities as ent
+from policies.errors import PolicyLoadError
+from policies.money import ExposureFigures, parse_duration
+
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "default"
+
+POLICY_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+KNOWN_ANNOTATIONS = frozenset({"id", "explain", "sla", "min_approvals", "one_of_roles"})
+PLACEHOLDERS = frozenset(
+    {
+        "action",
+        "action_type",
+        "amount",
+        "amount_base",
+        "currency",
+        "base_currency",
+        "threshold",
+        "tier",
+        "customer",
+        "case",
+        "case_action_exposure",
+        "case_all_exposure",
+        "customer_day_exposure",
+        "quantity",
+        "approver",
+        "approver_roles",
+        "approvals",
+        "min_approvals",
+        "one_of_roles",
+    }
+)
+"""Placeholders an ``@explain`` template may use (see docs/policies.md)."""
+
+ENGINE_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "request.no_permit": "no rule permits requesting {action}",
+        "auto_execute.no_permit": "no rule permits running {action} automatically",
+        "authority.no_eligible_approver": (
+            "no role or named approver in the authority matrix may approve {action} "
+            "{amount_base} (case exposure {case_action_exposure})"
+        ),
+        "authority.insufficient": (
+            "{approver} (roles: {approver_roles}) has no authority to approve {action} with a "
+            "case exposure of {case_action_exposure}; eligible: {eligible}"
+        ),
+        "approval.duplicate": "{approver} has already approved this action",
+        "approval.stale": (
+            "the approval by {approver} was given for a different version of this action or "
+            "policy (hash mismatch) and no longer counts"
+        ),
+        "approval.action_forbidden": "{action} is forbidden by the policy and cannot be approved",
+        "sod.engine_guard": (
+            "{approver} requested, proposed, edited or accepted this action; segregation of "
+            "duties is enforced by the engine even where a policy omits it"
+        ),
+        "quorum.no_approval": "no valid approval has been recorded yet",
+    }
+)
+"""Reasons produced by the evaluator itself; policy files may not reuse these ids."""
+
+ArgType = Literal["string", "decimal", "integer", "boolean"]
+AmountMode = Literal["required", "optional", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentSpec:
+    name: str
+    type: ArgType
+    required: bool
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One action type of the catalogue (``actions.toml``)."""
+
+    name: str
+    label: str
+    material: bool
+    amount: AmountMode
+    arguments: Mapping[str, ArgumentSpec]
+    quantity_argument: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One Cedar policy with what the evaluator needs from its annotations and scope."""
+
+    policy_id: str
+    order: int
+    """Position in the policy file; reasons are reported in this order."""
+    effect: Literal["permit", "forbid"]
+    stage: str
+    """The Cedar action the rule is scoped to: request, auto_execute, approve or release."""
+    explain: str
+    sla: timedelta | None = None
+    threshold: Decimal | None = None
+    min_approvals: int | None = None
+    one_of_roles: tuple[str, ...] = ()
+    role: str | None = None
+    """``principal in Role::"x"`` scope of an authority rule."""
+    named_principal: str | None = None
+    """``principal == User::"x"`` scope of an authority rule (a named approver)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    id: str
+    version: str
+    description: str
+    base_currency: str
+    day_timezone: str
+    fx_max_age_days: int
+    default_sla: timedelta
+    roles: tuple[str, ...]
+    policy_file: str
+    schema_file: str
+    actions_file: str
+    tests_file: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class PolicySet:
+    """A loaded, validated policy bundle, ready for ``evaluate``. Immutable and thread-safe
+    (cedarpy handles are immutable); load once and share."""
+
+    source: str
+    manifest: Manifest
+    rules: Mapping[str, Rule]
+    actions: Mapping[str, ActionSpec]
+    digest: str
+    """sha256 over the manifest, policy, schema and action catalogue files."""
+    policy_text: str
+    schema_text: str
+    tz: ZoneInfo
+    named_approvers: tuple[str, ...]
+    tests_path: Path | None
+    cedar_policies: cedarpy.PolicySet = field(repr=False)
+    """The whole policy set (validation, tooling)."""
+    stage_policies: Mapping[str, cedarpy.PolicySet] = field(repr=False)
+    """The same rules split by Cedar action. Every rule is scoped to exactly one action, so
+    evaluating a request against its stage's subset gives the same answer as against the whole
+    set, while Cedar evaluates a quarter of the rules."""
+    cedar_schema: cedarpy.Schema = field(repr=False)
+    base_entities: list[dict[str, Any]] = field(repr=False)
+    """Roles, service, probes and named approvers (for decisions)."""
+    approver_base_entities: list[dict[str, Any]] = field(repr=False)
+    """The same without named approvers (for approval checks, where the approver is added)."""
+    base_handle: cedarpy.Entities = field(repr=False)
+    approver_base_handle: cedarpy.Entities = field(repr=False)
+    """The two entity lists above, parsed once; each decision only parses its own entities."""
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def base_currency(self) -> str:
+        return self.manifest.base_currency
+
+
+def load_default_policy() -> PolicySet:
+    """The policy bundle shipped in ``policies/default/``."""
+    return load_policy_set(DEFAULT_POLICY_DIR)
+
+
+def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) -> PolicySet:
+    """Load and validate the bundle in directory ``path`` (or the bundle of its manifest file).
+
+    ``policy_file`` replaces the manifest's policy file (used by ``policy validate FILE.cedar``
+    to check a draft against the bundle's schema). Raises ``PolicyLoadError`` with every
+    problem found.
+    """
+    root = Path(path)
+    if root.is_file() and root.name.endswith(".toml"):
+        root = root.parent
+    source = str(root)
+    if not root.is_dir():
+        raise PolicyLoadError(source, [f"{root}: not a directory"])
+    problems: list[str] = []
+    manifest = _load_manifest(root / "manifest.toml", problems)
+    if manifest is None:
+        raise PolicyLoadError(source, problems)
+
+    policy_path = Path(policy_file) if policy_file is not None else root / manifest.policy_file
+    texts: dict[str, bytes] = {}
+    for label, p in (
+        ("manifest", root / "manifest.toml"),
+        ("policy", policy_path),
+        ("schema", root / manifest.schema_file),
+        ("actions", root / manifest.actions_file),
+    ):
+        try:
+            texts[label] = p.read_bytes()
+        except OSError as exc:
+            problems.append(f"{p.name}: cannot read ({exc.strerror or exc})")
+    if problems:
+        raise PolicyLoadError(source, problems)
+    digest = hashlib.sha256()
+    for label in ("manifest", "policy", "schema", "actions"):
+        digest.update(label.encode() + b"\0" + texts[label] + b"\0")
+
+    pname, sname = policy_path.name, manifest.schema_file
+    policy_text = _decode(texts["policy"], pname, problems)
+    schema_text = _decode(texts["schema"], sname, problems)
+    actions = _load_actions(texts["actions"], manifest.actions_file, problems)
+
+    schema: cedarpy.Schema | None = None
+    try:
+        schema = cedarpy.Schema.from_str(schema_text)
+    except ValueError as exc:
+        problems.append(f"{sname}: invalid Cedar schema: {exc}")
+    cedar_policies: cedarpy.PolicySet | None = None
+    try:
+        cedar_policies = cedarpy.PolicySet.from_str(policy_text)
+    except ValueError as exc:
+        problems.append(f"{pname}: invalid Cedar policy syntax: {exc}")
+
+    rules: dict[str, Rule] = {}
+    est: dict[str, Any] = {}
+    if cedar_policies is not None:
+        est = json.loads(cedarpy.policies_to_json_str(policy_text))
+        rules = _extract_rules(est, manifest, pname, problems)
+        if schema is not None:
+            result = cedarpy.validate_policies(policy_text, schema)
+            names = result.id_annotations_by_policy_id
+            for err in result.errors:
+                where = names.get(err.policy_id) or err.policy_id
+                problems.append(f"{pname} [{where}]: {err.error}")
+    if problems or schema is None or cedar_policies is None:
+        raise PolicyLoadError(source, problems)
+
+    named = tuple(sorted({r.named_principal for r in rules.values() if r.named_principal}))
+    stage_policies = _split_by_stage(est)
+    base_list = ent.base_entities(manifest.roles, named)
+    approver_base_list = ent.base_entities(manifest.roles, ())
+    try:
+        base_handle = cedarpy.Entities.from_json_str(json.dumps(base_list), schema)
+        approver_handle = cedarpy.Entities.from_json_str(json.dumps(approver_base_list), schema)
+    except ValueError as exc:
+        raise PolicyLoadError(
+            source, [f"{sname}: does not accept the role, user and approval-set entities: {exc}"]
+        ) from exc
+    tests_path = root / manifest.tests_file if manifest.tests_file else None
+    policy = PolicySet(
+        source=source,
+        manifest=manifest,
+        rules=MappingProxyType(rules),
+        actions=MappingProxyType(actions),
+        digest=digest.hexdigest(),
+        policy_text=policy_text,
+        schema_text=schema_text,
+        tz=ZoneInfo(manifest.day_timezone),
+        named_approvers=named,
+        tests_path=tests_path if tests_path and tests_path.is_file() else None,
+        cedar_policies=cedar_policies,
+        stage_policies=MappingProxyType(stage_policies),
+        cedar_schema=schema,
+        base_entities=base_list,
+        approver_base_entities=approver_base_list,
+        base_handle=base_handle,
+        approver_base_handle=approver_handle,
+    )
+    _smoke_test(policy, pname, sname, problems)
+    if problems:
+        raise PolicyLoadError(source, problems)
+    return policy
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+def _load_manifest(path: Path, problems: list[str]) -> Manifest | None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"{path.name}: cannot read ({exc.strerror or exc})")
+        return None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{path.name}: invalid TOML: {exc}")
+        return None
+    n = path.name
+    known = {
+        "id", "version", "description", "base_currency", "day_timezone", "fx_max_age_days",
+        "default_sla", "roles", "policy_file", "schema_file", "actions_file", "tests_file",
+    }  # fmt: skip
+    for key in sorted(set(data) - known):
+        problems.append(f"{n}: unknown key '{key}'")
+
+    def text(key: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{n}: '{key}' must be a non-empty string")
+            return ""
+        return value
+
+    set_id, version = text("id"), text("version")
+    base = text("base_currency")
+    if base and not re.fullmatch(r"[A-Z]{3}", base):
+        problems.append(f"{n}: base_currency '{base}' is not an ISO 4217 code")
+    tz = text("day_timezone", "UTC")
+    if tz:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"{n}: day_timezone '{tz}' is not a known IANA time zone")
+    max_age = data.get("fx_max_age_days", 7)
+    if not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 0:
+        problems.append(f"{n}: fx_max_age_days must be a non-negative integer")
+        max_age = 0
+    sla = timedelta(hours=24)
+    try:
+        sla = parse_duration(text("default_sla", "PT24H"))
+    except ValueError as exc:
+        problems.append(f"{n}: default_sla: {exc}")
+    roles = data.get("roles")
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+        problems.append(f"{n}: 'roles' must be a non-empty list of role names")
+        roles = []
+    tests_file = data.get("tests_file")
+    if tests_file is not None and not isinstance(tests_file, str):
+        problems.append(f"{n}: 'tests_file' must be a string")
+        tests_file = None
+    description = data.get("description", "")
+    manifest = Manifest(
+        id=set_id,
+        version=version,
+        description=description if isinstance(description, str) else "",
+        base_currency=base,
+        day_timezone=tz or "UTC",
+        fx_max_age_days=max_age,
+        default_sla=sla,
+        roles=tuple(roles),
+        policy_file=text("policy_file", "policy.cedar"),
+        schema_file=text("schema_file", "schema.cedarschema"),
+        actions_file=text("actions_file", "actions.toml"),
+        tests_file=tests_file,
+    )
+    return None if problems else manifest
+
+
+def _decode(raw: bytes, name: str, problems: list[str]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{name}: not UTF-8 text ({exc})")
+        return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Action catalogue
+# --------------------------------------------------------------------------------------------
+
+
+def _load_actions(raw: bytes, name: str, problems: list[str]) -> dict[str, ActionSpec]:
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{name}: invalid TOML: {exc}")
+        return {}
+    table = data.get("actions")
+    if not isinstance(table, dict) or not table:
+        problems.append(f"{name}: expected a non-empty [actions.<type>] table")
+        return {}
+    out: dict[str, ActionSpec] = {}
+    for action_type, spec in table.items():
+        where = f"{name} [actions.{action_type}]"
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        for key in sorted(
+            set(spec) - {"label", "material", "amount", "arguments", "quantity_argument"}
+        ):
+            problems.append(f"{where}: unknown key '{key}'")
+        label = spec.get("label", action_type.replace("_", " "))
+        material = spec.get("material")
+        amount = spec.get("amount", "none")
+        if not isinstance(material, bool):
+            problems.append(f"{where}: 'material' must be true or false")
+            material = True
+        if amount not in ("required", "optional", "none"):
+            problems.append(f"{where}: 'amount' must be required, optional or none")
+            amount = "required"
+        args: dict[str, ArgumentSpec] = {}
+        for arg_name, arg in (spec.get("arguments") or {}).items():
+            awhere = f"{where} argument '{arg_name}'"
+            if not isinstance(arg, dict):
+                problems.append(f"{awhere}: must be a table {{ type = ..., required = ... }}")
+                continue
+            for key in sorted(set(arg) - {"type", "required", "choices"}):
+                problems.append(f"{awhere}: unknown key '{key}'")
+            arg_type = arg.get("type")
+            if arg_type not in ("string", "decimal", "integer", "boolean"):
+                problems.append(f"{awhere}: type must be string, decimal, integer or boolean")
+                continue
+            required = arg.get("required", False)
+            choices = arg.get("choices", [])
+            if not isinstance(required, bool) or not isinstance(choices, list):
+                problems.append(f"{awhere}: 'required' must be a boolean, 'choices' a list")
+                continue
+            args[arg_name] = ArgumentSpec(arg_name, arg_type, required, tuple(map(str, choices)))
+        qarg = spec.get("quantity_argument")
+        if qarg is not None and (qarg not in args or args[qarg].type not in ("decimal", "integer")):
+            problems.append(f"{where}: quantity_argument '{qarg}' must name a numeric argument")
+            qarg = None
+        out[action_type] = ActionSpec(
+            action_type, str(label), material, amount, MappingProxyType(args), qarg
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Rules (annotations and scopes of the Cedar policies)
+# --------------------------------------------------------------------------------------------
+
+
+def _decimal_literals(node: Any) -> Iterator[str]:
+    """Every ``decimal("...")`` literal in a policy's JSON form (EST)."""
+    if isinstance(node, dict):
+        call = node.get("decimal")
+        if isinstance(call, list) and len(call) == 1 and isinstance(call[0], dict):
+            value = call[0].get("Value")
+            if isinstance(value, str):
+                yield value
+        for v in node.values():
+            yield from _decimal_literals(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _decimal_literals(v)
+
+
+def _extract_rules(
+    est: dict[str, Any], manifest: Manifest, pname: str, problems: list[str]
+) -> dict[str, Rule]:
+    if est.get("templates"):
+        problems.append(f"{pname}: policy templates (?principal/?resource) are not supported")
+    rules: dict[str, Rule] = {}
+    roles = set(manifest.roles)
+    for cedar_id, pol in est.get("staticPolicies", {}).items():
+        ann: dict[str, str] = pol.get("annotations") or {}
+        pid = ann.get("id")
+        where = f"{pname} [{pid or cedar_id}]"
+        if not pid:
+            problems.append(f'{where}: missing @id("...") annotation')
+            continue
+        if not POLICY_ID_PATTERN.match(pid):
+            problems.append(
+                f"{where}: @id must be dotted lower-case words such as 'billing.credit_note.tier_b'"
+            )
+        if pid in rules:
+            problems.append(f"{where}: duplicate @id (ids must be unique and stable)")
+        if pid in ENGINE_REASONS:
+            problems.append(f"{where}: @id is reserved for an evaluator reason")
+        for key in sorted(set(ann) - KNOWN_ANNOTATIONS):
+            known = ", ".join(sorted(KNOWN_ANNOTATIONS))
+            problems.append(f"{where}: unknown annotation @{key} (known: {known})")
+
+        action = pol.get("action", {})
+        entity = action.get("entity") or {}
+        stage = entity.get("id", "")
+        if action.get("op") != "==" or entity.get("type") != "Action":
+            problems.append(f'{where}: scope must name exactly one action: action == Action::"..."')
+        elif stage not in ent.CEDAR_ACTIONS:
+            problems.append(f"{where}: unknown action '{stage}'")
+
+        explain = ann.get("explain", "")
+        if not explain:
+            problems.append(f'{where}: missing @explain("...") annotation')
+        fields = _template_fields(explain, where, problems)
+        for f in sorted(fields - PLACEHOLDERS):
+            problems.append(f"{where}: @explain uses unknown placeholder {{{f}}}")
+
+        literals = list(_decimal_literals(pol.get("conditions", [])))
+        threshold: Decimal | None = None
+        if len(literals) == 1:
+            try:
+                threshold = Decimal(literals[0])
+            except InvalidOperation:
+                threshold = None
+        if "threshold" in fields and threshold is None:
+            problems.append(
+                f"{where}: @explain uses {{threshold}} but the rule has {len(literals)} decimal "
+                "literals (exactly one is needed)"
+            )
+
+        sla: timedelta | None = None
+        if "sla" in ann:
+            try:
+                sla = parse_duration(ann["sla"])
+            except ValueError as exc:
+                problems.append(f"{where}: @sla: {exc}")
+
+        min_approvals: int | None = None
+        one_of: tuple[str, ...] = ()
+        effect = pol.get("effect")
+        if "min_approvals" in ann or "one_of_roles" in ann:
+            if stage != "release" or effect != "forbid":
+                problems.append(f"{where}: @min_approvals/@one_of_roles belong on release forbids")
+            raw = ann.get("min_approvals", "1")
+            if raw.isdigit() and int(raw) >= 1:
+                min_approvals = int(raw)
+            else:
+                problems.append(f"{where}: @min_approvals must be a positive integer")
+            one_of = tuple(r.strip() for r in ann.get("one_of_roles", "").split(",") if r.strip())
+            for r in one_of:
+                if r not in roles:
+                    problems.append(f"{where}: @one_of_roles names unknown role '{r}'")
+
+        principal = pol.get("principal", {})
+        pent = principal.get("entity") or {}
+        role = named = None
+        if principal.get("op") == "in" and pent.get("type") == "Role":
+            role = pent.get("id")
+            if role not in roles:
+                problems.append(f'{where}: Role::"{role}" is not listed in manifest roles')
+        elif principal.get("op") == "==" and pent.get("type") == "User":
+            named = pent.get("id")
+            if stage == "approve" and str(named).startswith("__"):
+                problems.append(f"{where}: user ids starting with '__' are reserved")
+
+        rules[pid] = Rule(
+            policy_id=pid,
+            order=len(rules),
+            effect="forbid" if effect == "forbid" else "permit",
+            stage=stage,
+            explain=explain,
+            sla=sla,
+            threshold=threshold,
+            min_approvals=min_approvals,
+            one_of_roles=one_of,
+            role=role if stage == "approve" and effect == "permit" else None,
+            named_principal=named if stage == "approve" and effect == "permit" else None,
+        )
+    if not rules and not problems:
+        problems.append(f"{pname}: contains no policies")
+    return rules
+
+
+def _split_by_stage(est: dict[str, Any]) -> dict[str, cedarpy.PolicySet]:
+    by_stage: dict[str, dict[str, Any]] = {stage: {} for stage in ent.CEDAR_ACTIONS}
+    for cedar_id, pol in est.get("staticPolicies", {}).items():
+        by_stage[pol["action"]["entity"]["id"]][cedar_id] = pol
+    return {
+        stage: cedarpy.PolicySet.from_json_str(
+            json.dumps({"staticPolicies": subset, "templates": {}, "templateLinks": []})
+        )
+        for stage, subset in by_stage.items()
+    }
+
+
+def _template_fields(template: str, where: str, problems: list[str]) -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        problems.append(f"{where}: @explain is not a valid template: {exc}")
+        return set()
+
+
+# --------------------------------------------------------------------------------------------
+# Smoke test: the schema must accept what the evaluator builds, and no rule may error.
+# --------------------------------------------------------------------------------------------
+
+
+def _smoke_test(policy: PolicySet, pname: str, sname: str, problems: list[str]) -> None:
+    figures = ExposureFigures(*(Decimal("1234.5"),) * 4)
+    entities = list(policy.base_entities)
+    requests = []
+    # Each action type twice: with every optional attribute set, and with none of them.
+    for (name, spec), full in itertools.product(sorted(policy.actions.items()), (True, False)):
+        rid = f"sample-{name}-{'full' if full else 'minimal'}"
+        entities.append(
+            ent.action_entity(
+                rid,
+                action_type=name,
+                material=spec.material,
+                amount_base=figures.amount_base,
+                currency=policy.base_currency,
+                quantity=Decimal(3) if full else None,
+                case_id="CASE-SMOKE",
+                origin="suggestion" if full else "agent",
+                customer_id="CUST-SMOKE",
+                tier="B",
+                blocked=False,
+                bank_details_age_days=90 if full else None,
+                exposure=figures,
+                requested_by="u-smoke-requester",
+                proposed_by="u-smoke-proposer" if full else None,
+                last_edited_by="u-smoke-editor" if full else None,
+                accepted_by="u-smoke-accepter" if full else None,
+            )
+        )
+        service = ent.uid("Service", ent.SERVICE_ID)
+        requests += [
+            ent.cedar_request(service, "request", rid),
+            ent.cedar_request(service, "auto_execute", rid),
+            ent.cedar_request(ent.uid("User", ent.PROBE_USER_ID), "approve", rid),
+            ent.cedar_request(ent.uid("ApprovalSet", ent.EMPTY_APPROVALS_ID), "release", rid),
+        ]
+    try:
+        handle = cedarpy.Entities.from_json_str(json.dumps(entities), policy.cedar_schema)
+        results = cedarpy.is_authorized_batch(
+            requests, policy.cedar_policies, handle, schema=policy.cedar_schema
+        )
+    except ValueError as exc:
+        problems.append(
+            f"{sname}: does not accept the entities the evaluator builds "
+            f"(see policies/entities.py): {exc}"
+        )
+        return
+    for req, res in zip(requests, results, strict=True):
+        for err in res.diagnostics.errors:
+            problems.append(
+                f"{pname}: evaluation error for the {req['action']['id']} request on "
+                f"{req['resource']['id']}: {err}"
+            )
