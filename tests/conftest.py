@@ -48,8 +48,11 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded(self: socket.socket, address: Any) -> Any:
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") \
-                and not host.startswith("/"):
+        if (
+            isinstance(host, str)
+            and host not in ("127.0.0.1", "localhost", "::1")
+            and not host.startswith("/")
+        ):
             raise RuntimeError(f"network access blocked in tests: {address!r}")
         return real_connect(self, address)
 
@@ -105,8 +108,9 @@ def keys(db: Database) -> dict[str, str]:
     out = {}
     with db.write() as s:
         for role in Role:
-            out[role.value] = auth.create_key(s, f"test-{role.value}", role.value,
-                                              created_by=ADMIN_ACTOR).key
+            out[role.value] = auth.create_key(
+                s, f"test-{role.value}", role.value, created_by=ADMIN_ACTOR
+            ).key
     return out
 
 

@@ -23,8 +23,15 @@ def sample_case(n: int = 1, **overrides: Any) -> dict[str, Any]:
             "warehouse_id": "WH-1",
             "carrier_id": "DHL",
         },
-        "lines": [{"sku": "SKU-1", "ordered_qty": "40", "shipped_qty": "32",
-                   "invoiced_qty": "40", "unit_price": {"amount": "12.50", "currency": "EUR"}}],
+        "lines": [
+            {
+                "sku": "SKU-1",
+                "ordered_qty": "40",
+                "shipped_qty": "32",
+                "invoiced_qty": "40",
+                "unit_price": {"amount": "12.50", "currency": "EUR"},
+            }
+        ],
         "amount_in_dispute": {"amount": "100.00", "currency": "EUR"},
         "text": {"customer_message": "We got 32 instead of 40 units."},
         "occurred_at": "2026-11-20T09:15:00+01:00",

@@ -22,8 +22,7 @@ ALICE = Actor(ActorType.human, "alice", "agent")
 def _fill(db, n=10):
     with db.write() as s:
         for i in range(n):
-            audit.append(s, ALICE, "test.event", {"i": i, "note": "ünïcode ✓"},
-                         case_id=f"C{i % 3}")
+            audit.append(s, ALICE, "test.event", {"i": i, "note": "ünïcode ✓"}, case_id=f"C{i % 3}")
 
 
 def _verify(db):
@@ -85,8 +84,10 @@ def test_truncated_tail_detected_by_head(db):
 
 
 def _shift_from(seq: int) -> list[str]:
-    return [f"UPDATE audit_events SET seq = seq + 1000 WHERE seq >= {seq}",
-            f"UPDATE audit_events SET seq = seq - 999 WHERE seq >= {seq + 1000}"]
+    return [
+        f"UPDATE audit_events SET seq = seq + 1000 WHERE seq >= {seq}",
+        f"UPDATE audit_events SET seq = seq - 999 WHERE seq >= {seq + 1000}",
+    ]
 
 
 def test_insert_with_forged_hash_detected_after_it(db):
@@ -96,31 +97,39 @@ def test_insert_with_forged_hash_detected_after_it(db):
         prev = s.execute(text("SELECT hash FROM audit_events WHERE seq = 4")).scalar_one()
     payload = '{"i":"forged"}'
     ts = "2026-11-26T00:00:00.000000Z"
-    forged = audit.entry_hash(5, ts, "human", "mallory", "admin", None, "test.event", payload,
-                              prev)
-    _tamper(db, *_shift_from(5),
-            "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
-            " payload, prev_hash, hash) VALUES (5, :ts, 'human', 'mallory', 'admin', NULL,"
-            " 'test.event', :payload, :prev, :hash)",
-            params={"ts": ts, "payload": payload, "prev": prev, "hash": forged})
+    forged = audit.entry_hash(5, ts, "human", "mallory", "admin", None, "test.event", payload, prev)
+    _tamper(
+        db,
+        *_shift_from(5),
+        "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
+        " payload, prev_hash, hash) VALUES (5, :ts, 'human', 'mallory', 'admin', NULL,"
+        " 'test.event', :payload, :prev, :hash)",
+        params={"ts": ts, "payload": payload, "prev": prev, "hash": forged},
+    )
     res = _verify(db)
     assert not res.intact and res.first_bad_seq == 6
 
 
 def test_insert_with_junk_hash_detected_at_it(db):
     _fill(db)
-    _tamper(db, *_shift_from(5),
-            "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
-            " payload, prev_hash, hash) VALUES (5, '2026-11-26T00:00:00.000000Z', 'human', 'm',"
-            " NULL, NULL, 'x', '{}', (SELECT hash FROM audit_events WHERE seq = 4), 'beef')")
+    _tamper(
+        db,
+        *_shift_from(5),
+        "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
+        " payload, prev_hash, hash) VALUES (5, '2026-11-26T00:00:00.000000Z', 'human', 'm',"
+        " NULL, NULL, 'x', '{}', (SELECT hash FROM audit_events WHERE seq = 4), 'beef')",
+    )
     assert _verify(db).first_bad_seq == 5
 
 
 def test_reorder_detected(db):
     _fill(db)
-    _tamper(db, "UPDATE audit_events SET seq = 1005 WHERE seq = 5",
-            "UPDATE audit_events SET seq = 5 WHERE seq = 6",
-            "UPDATE audit_events SET seq = 6 WHERE seq = 1005")
+    _tamper(
+        db,
+        "UPDATE audit_events SET seq = 1005 WHERE seq = 5",
+        "UPDATE audit_events SET seq = 5 WHERE seq = 6",
+        "UPDATE audit_events SET seq = 6 WHERE seq = 1005",
+    )
     res = _verify(db)
     assert not res.intact and res.first_bad_seq == 5
 
@@ -128,8 +137,10 @@ def test_reorder_detected(db):
 def test_database_refuses_update_and_delete(db):
     """PostgreSQL refuses UPDATE, DELETE and TRUNCATE by trigger; SQLite refuses UPDATE/DELETE."""
     _fill(db, 3)
-    statements = ["UPDATE audit_events SET actor_id = 'x' WHERE seq = 1",
-                  "DELETE FROM audit_events WHERE seq = 1"]
+    statements = [
+        "UPDATE audit_events SET actor_id = 'x' WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 1",
+    ]
     if not db.is_sqlite:
         statements.append("TRUNCATE audit_events")
     for stmt in statements:
@@ -164,13 +175,25 @@ def _offline_verify(lines: list[dict]) -> bool:
     """An auditor's own verifier, written from the documented rule only."""
     prev = "0" * 64
     for e in lines:
-        doc = {k: e[k] for k in ("action", "actor_id", "actor_role", "actor_type", "case_id",
-                                 "prev_hash", "seq", "ts")}
+        doc = {
+            k: e[k]
+            for k in (
+                "action",
+                "actor_id",
+                "actor_role",
+                "actor_type",
+                "case_id",
+                "prev_hash",
+                "seq",
+                "ts",
+            )
+        }
         text_ = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         # payload is embedded verbatim as stored canonical JSON
         text_ = text_[:-1] + ',"payload":' + e["payload"] + "}"
-        ordered = json.dumps(json.loads(text_), sort_keys=True, separators=(",", ":"),
-                             ensure_ascii=False)
+        ordered = json.dumps(
+            json.loads(text_), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         if e["prev_hash"] != prev or hashlib.sha256(ordered.encode()).hexdigest() != e["hash"]:
             return False
         prev = e["hash"]
@@ -184,8 +207,9 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     assert v["intact"] is True and v["events"] == 12 + 5  # + the five key creations
     page = client.get("/v1/audit", params={"case_id": "C1", "limit": 2}, headers=h).json()
     assert [e["payload"]["i"] for e in page["items"]] == [1, 4]
-    nxt = client.get("/v1/audit", params={"case_id": "C1", "limit": 2,
-                                          "cursor": page["next_cursor"]}, headers=h).json()
+    nxt = client.get(
+        "/v1/audit", params={"case_id": "C1", "limit": 2, "cursor": page["next_cursor"]}, headers=h
+    ).json()
     assert [e["payload"]["i"] for e in nxt["items"]] == [7, 10] and nxt["next_cursor"] is None
     by_action = client.get("/v1/audit", params={"action": "api_key.created"}, headers=h).json()
     assert len(by_action["items"]) == 5
@@ -195,8 +219,11 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     assert len(events) == 17 and _offline_verify(events)
     events[3]["payload"] = events[3]["payload"].replace("0", "1")
     assert not _offline_verify(events)
-    rows = list(csv.DictReader(io.StringIO(
-        client.get("/v1/audit/export", params={"format": "csv"}, headers=h).text)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(client.get("/v1/audit/export", params={"format": "csv"}, headers=h).text)
+        )
+    )
     assert len(rows) == 17
     for r in rows:
         r["seq"] = int(r["seq"])

@@ -69,8 +69,14 @@ def test_batch_with_mixed_items(client, keys, db):
     client.post("/v1/cases", json=sample_case(3), headers=h)
     bad = sample_case(4)
     bad["lines"][0]["ordered_qty"] = "-5"
-    items = [sample_case(1), bad, sample_case(3), sample_case(3, title="different"),
-             {"not": "a case"}, sample_case(5)]
+    items = [
+        sample_case(1),
+        bad,
+        sample_case(3),
+        sample_case(3, title="different"),
+        {"not": "a case"},
+        sample_case(5),
+    ]
     r = client.post("/v1/cases/batch", json={"items": items}, headers=h)
     assert r.status_code == 202, r.text
     body = r.json()
@@ -97,10 +103,15 @@ def test_batch_limits(client, keys, settings, db):
 
 
 def test_batch_of_501_items_is_refused_by_count(client, keys, settings, db):
-    small = {"source": {"system": "s", "case_id": "x"}, "exception_type": "other",
-             "references": {"customer": {"id": "c"}}, "occurred_at": "2026-01-01T00:00:00Z"}
-    r = client.post("/v1/cases/batch", json={"items": [small] * 501},
-                    headers=bearer(keys["orchestrator"]))
+    small = {
+        "source": {"system": "s", "case_id": "x"},
+        "exception_type": "other",
+        "references": {"customer": {"id": "c"}},
+        "occurred_at": "2026-01-01T00:00:00Z",
+    }
+    r = client.post(
+        "/v1/cases/batch", json={"items": [small] * 501}, headers=bearer(keys["orchestrator"])
+    )
     assert r.status_code == 422
     assert r.json()["error"]["fields"] == [{"field": "items", "problem": "at most 500 items"}]
     assert _count(db, Case) == 0
@@ -111,12 +122,18 @@ def test_bad_input_gets_field_level_4xx_and_writes_nothing(client, keys, db):
     cases: list[tuple[Any, str]] = [
         (sample_case(exception_type="lost_parcel"), "exception_type"),
         (sample_case(occurred_at="2026-11-20T09:15:00"), "occurred_at"),
-        (sample_case(amount_in_dispute={"amount": "10", "currency": "EURO"}),
-         "amount_in_dispute.currency"),
-        (sample_case(amount_in_dispute={"amount": "10", "currency": "ABC"}),
-         "amount_in_dispute.currency"),
-        (sample_case(amount_in_dispute={"amount": "-1", "currency": "EUR"}),
-         "amount_in_dispute.amount"),
+        (
+            sample_case(amount_in_dispute={"amount": "10", "currency": "EURO"}),
+            "amount_in_dispute.currency",
+        ),
+        (
+            sample_case(amount_in_dispute={"amount": "10", "currency": "ABC"}),
+            "amount_in_dispute.currency",
+        ),
+        (
+            sample_case(amount_in_dispute={"amount": "-1", "currency": "EUR"}),
+            "amount_in_dispute.amount",
+        ),
         (sample_case(lines=[{"sku": "A", "ordered_qty": "many"}]), "lines[0].ordered_qty"),
         (sample_case(surprise=1), "surprise"),
         (sample_case(callback_url="not a url"), "callback_url"),
@@ -126,8 +143,9 @@ def test_bad_input_gets_field_level_4xx_and_writes_nothing(client, keys, db):
         assert r.status_code == 422, (field, r.text)
         fields = [f["field"] for f in r.json()["error"]["fields"]]
         assert field in fields, (field, fields)
-    mixed = sample_case(lines=[{"sku": "A", "ordered_qty": "1",
-                                "unit_price": {"amount": "1", "currency": "USD"}}])
+    mixed = sample_case(
+        lines=[{"sku": "A", "ordered_qty": "1", "unit_price": {"amount": "1", "currency": "USD"}}]
+    )
     r = client.post("/v1/cases", json=mixed, headers=h)
     assert r.status_code == 422 and "one currency" in r.json()["error"]["message"]
     assert _count(db, Case) == 0
@@ -135,14 +153,19 @@ def test_bad_input_gets_field_level_4xx_and_writes_nothing(client, keys, db):
 
 def test_malformed_json_wrong_type_and_content_type(client, keys, db):
     h = bearer(keys["orchestrator"])
-    r = client.post("/v1/cases", content=b'{"source": ', headers={**h, "Content-Type":
-                                                                  "application/json"})
+    r = client.post(
+        "/v1/cases", content=b'{"source": ', headers={**h, "Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
-    r = client.post("/v1/cases", content=b"[1, 2]", headers={**h, "Content-Type":
-                                                             "application/json"})
+    r = client.post(
+        "/v1/cases", content=b"[1, 2]", headers={**h, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422
-    r = client.post("/v1/cases", content=b"source=x", headers={
-        **h, "Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/v1/cases",
+        content=b"source=x",
+        headers={**h, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415 and r.json()["error"]["fields"][0]["field"] == "Content-Type"
     assert _count(db, Case) == 0
 
@@ -158,8 +181,11 @@ def test_payload_over_256_kib_is_413(client, keys, db):
             yield b"y" * 1024
         yield b'"}}'
 
-    r = client.post("/v1/cases", content=chunks(), headers={
-        **bearer(keys["orchestrator"]), "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/cases",
+        content=chunks(),
+        headers={**bearer(keys["orchestrator"]), "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
     assert _count(db, Case) == 0
 
@@ -174,8 +200,9 @@ def test_list_filters_and_cursor_pagination(client, keys):
     for i in range(7):
         etype = "shortage" if i % 2 == 0 else "carrier_delay"
         refs = sample_case()["references"] | {"warehouse_id": f"WH-{i % 3}"}
-        r = client.post("/v1/cases", json=sample_case(i, exception_type=etype, references=refs),
-                        headers=h)
+        r = client.post(
+            "/v1/cases", json=sample_case(i, exception_type=etype, references=refs), headers=h
+        )
         assert r.status_code == 202
     a = bearer(keys["agent"])
     seen: list[str] = []
@@ -196,11 +223,13 @@ def test_list_filters_and_cursor_pagination(client, keys):
     assert {c["exception_type"] for c in only["items"]} == {"carrier_delay"}
     wh = client.get("/v1/cases", params={"warehouse_id": "WH-0"}, headers=a).json()
     assert len(wh["items"]) == 3
-    status = client.get("/v1/cases", params={"status": "received", "customer_id": "CUST-1"},
-                        headers=a).json()
+    status = client.get(
+        "/v1/cases", params={"status": "received", "customer_id": "CUST-1"}, headers=a
+    ).json()
     assert len(status["items"]) == 7
-    future = client.get("/v1/cases", params={"created_from": "2099-01-01T00:00:00Z"},
-                        headers=a).json()
+    future = client.get(
+        "/v1/cases", params={"created_from": "2099-01-01T00:00:00Z"}, headers=a
+    ).json()
     assert future["items"] == []
     bad = client.get("/v1/cases", params={"created_from": "2026-01-01T00:00:00"}, headers=a)
     assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "created_from"

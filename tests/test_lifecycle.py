@@ -21,14 +21,20 @@ def _submit(client, keys, n=1) -> str:
 
 
 def _move(client, keys, case_id, to, **extra):
-    return client.post(f"/v1/cases/{case_id}/transitions", json={"to": to, **extra},
-                       headers=bearer(keys["agent"]))
+    return client.post(
+        f"/v1/cases/{case_id}/transitions", json={"to": to, **extra}, headers=bearer(keys["agent"])
+    )
 
 
 def _actions(db, case_id):
     with db.read() as s:
-        return list(s.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)
-                              .order_by(AuditEvent.seq)))
+        return list(
+            s.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.case_id == case_id)
+                .order_by(AuditEvent.seq)
+            )
+        )
 
 
 def test_full_lifecycle_with_an_audit_event_per_transition(client, keys, db, settings):
@@ -52,9 +58,16 @@ def test_full_lifecycle_with_an_audit_event_per_transition(client, keys, db, set
     again = _move(client, keys, case_id, "in_review")
     assert again.status_code == 409
     assert _actions(db, case_id) == [
-        "case.received", "case.triaging", "suggestion.created", "policy.evaluated",
-        "case.awaiting_review", "case.in_review", "case.awaiting_review", "case.escalated",
-        "case.in_review", "case.resolved",
+        "case.received",
+        "case.triaging",
+        "suggestion.created",
+        "policy.evaluated",
+        "case.awaiting_review",
+        "case.in_review",
+        "case.awaiting_review",
+        "case.escalated",
+        "case.in_review",
+        "case.resolved",
     ]
     detail = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["auditor"])).json()
     assert detail["resolution"] == "credited 8 units" and detail["resolved_at"]
@@ -72,16 +85,18 @@ def test_every_pair_of_states_obeys_the_tables(db, settings):
     with db.write() as s:
         from contracts.case import CaseIn
 
-        res = cases.submit(s, CaseIn.model_validate(sample_case()), actor=audit.SYSTEM,
-                           settings=settings)
+        res = cases.submit(
+            s, CaseIn.model_validate(sample_case()), actor=audit.SYSTEM, settings=settings
+        )
     for by_system, table in ((True, SYSTEM_TRANSITIONS), (False, HUMAN_TRANSITIONS)):
         for target in Status:
             allowed = target in table.get(Status.received, frozenset())
             with db.write() as s:
                 sp = s.begin_nested()
                 try:
-                    cases.transition(s, res.case.id, target, actor=audit.SYSTEM,
-                                     by_system=by_system)
+                    cases.transition(
+                        s, res.case.id, target, actor=audit.SYSTEM, by_system=by_system
+                    )
                     ok = True
                 except InvalidTransition:
                     ok = False
@@ -113,8 +128,12 @@ def test_racing_transitions_exactly_one_wins(db, settings, keys, client):
         try:
             with db.write() as s:
                 cases.human_transition(
-                    s, case_id, Status.in_review, expected_version=version,
-                    actor=audit.Actor(audit.ActorType.human, f"agent-{n}", "agent"))
+                    s,
+                    case_id,
+                    Status.in_review,
+                    expected_version=version,
+                    actor=audit.Actor(audit.ActorType.human, f"agent-{n}", "agent"),
+                )
             results.append("ok")
         except InvalidTransition:
             results.append("conflict")
@@ -127,7 +146,10 @@ def test_racing_transitions_exactly_one_wins(db, settings, keys, client):
     assert sorted(results) == ["conflict"] * 5 + ["ok"]
     with db.read() as s:
         assert cases.get(s, case_id).version == version + 1
-        claims = s.scalars(select(AuditEvent.seq).where(
-            AuditEvent.case_id == case_id, AuditEvent.action == "case.in_review")).all()
+        claims = s.scalars(
+            select(AuditEvent.seq).where(
+                AuditEvent.case_id == case_id, AuditEvent.action == "case.in_review"
+            )
+        ).all()
         assert len(claims) == 1
         assert audit.verify(s).intact

@@ -1,4 +1,4 @@
-"""The whole matrix of endpoints × roles (plus no key and a revoked key) against expectations."""
+"""The whole matrix of endpoints by roles (plus no key and a revoked key) against expectations."""
 
 from __future__ import annotations
 
@@ -74,8 +74,11 @@ def test_every_route_declares_the_expected_roles(app):
 
 
 def _call(client, method, path, headers):
-    path = path.replace("{case_id}", "NOCASE").replace("{key_id}", "NOKEY") \
+    path = (
+        path.replace("{case_id}", "NOCASE")
+        .replace("{key_id}", "NOKEY")
         .replace("{message_id}", "999999")
+    )
     body: Any = None
     if method == "POST" and path == "/v1/cases":
         body = sample_case(99)
@@ -115,8 +118,9 @@ def test_denials_are_audited(client, keys, db):
     client.get("/v1/audit", headers=bearer(keys["agent"]))
     client.get("/v1/audit", headers={"Authorization": "Bearer nope"})
     with db.read() as s:
-        rows = s.scalars(select(AuditEvent).where(AuditEvent.action.like("auth.%"))
-                         .order_by(AuditEvent.seq)).all()
+        rows = s.scalars(
+            select(AuditEvent).where(AuditEvent.action.like("auth.%")).order_by(AuditEvent.seq)
+        ).all()
         assert [r.action for r in rows] == ["auth.forbidden", "auth.unauthenticated"]
         assert rows[0].actor_id == "test-agent" and rows[0].actor_role == "agent"
         assert '"path":"/v1/audit"' in rows[0].payload

@@ -1,0 +1,176 @@
+"""Triage pipeline seams: one idempotent run per case, retries, failure, lease recovery, SLA."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from contracts.case import CaseIn
+from contracts.suggestion import Suggestion
+from tests.support import sample_case
+from triage import audit, cases
+from triage.common import to_ts
+from triage.lifecycle import Status
+from triage.models import AuditEvent, Case, OutboxMessage
+from triage.models import Suggestion as SuggestionRow
+from triage.pipeline import Pipeline, RuleAdvisor, recover_expired_leases, run_case
+from triage.simulator import Simulator
+from triage.worker import Worker
+
+ORCH = audit.Actor(audit.ActorType.integration, "orch", "orchestrator")
+
+
+def _submit(db, settings, **overrides) -> str:
+    with db.write() as s:
+        return cases.submit(
+            s, CaseIn.model_validate(sample_case(**overrides)), actor=ORCH, settings=settings
+        ).case.id
+
+
+def _count(db, model, **where) -> int:
+    with db.read() as s:
+        stmt = select(func.count()).select_from(model)
+        for k, v in where.items():
+            stmt = stmt.where(getattr(model, k) == v)
+        return int(s.scalar(stmt))
+
+
+def test_run_case_stores_suggestion_and_is_idempotent(db, settings):
+    case_id = _submit(db, settings, callback_url="http://127.0.0.1:9/hook")
+    out = run_case(db, case_id, Pipeline(), settings, worker_id="w1")
+    assert out.status == "triaged"
+    again = run_case(db, case_id, Pipeline(), settings, worker_id="w2")
+    assert again.status == "skipped"
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.status == Status.awaiting_review.value
+        assert (row.queue, row.category, row.priority) == (
+            "warehouse_ops",
+            "fulfilment_error",
+            "P2",
+        )
+        sugg = cases.current_suggestion(s, row)
+        assert sugg is not None and sugg.revision == 1
+        body = Suggestion.model_validate(sugg.body)
+        assert body.proposed_actions[0].type.value == "issue_credit_note"
+        assert str(body.proposed_actions[0].amount) == "100.00"
+        assert sugg.decisions["items"][0]["outcome"] == "needs_approval"
+        created = s.scalars(
+            select(AuditEvent).where(
+                AuditEvent.case_id == case_id, AuditEvent.action == "suggestion.created"
+            )
+        )
+        events = list(created)
+        assert len(events) == 1 and '"model_version":"rules-1"' in events[0].payload
+    assert _count(db, SuggestionRow, case_id=case_id) == 1
+    assert _count(db, OutboxMessage, case_id=case_id) == 1
+
+
+class Boom:
+    def __init__(self, times: int) -> None:
+        self.left = times
+
+    def advise(self, request):
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("advisor exploded")
+        return RuleAdvisor().advise(request)
+
+
+def test_failure_retries_then_succeeds(db, settings):
+    case_id = _submit(db, settings)
+    pipe = Pipeline(advisor=Boom(1))
+    out = run_case(db, case_id, pipe, settings, worker_id="w")
+    assert out.status == "retry" and "advisor exploded" in (out.detail or "")
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.status == "received" and row.lease_expires_at is not None  # backoff
+    with db.write() as s:  # pretend the backoff elapsed
+        s.get(Case, case_id).lease_expires_at = to_ts(datetime.now(UTC) - timedelta(seconds=1))
+    assert run_case(db, case_id, pipe, settings, worker_id="w").status == "triaged"
+    assert _count(db, SuggestionRow, case_id=case_id) == 1
+
+
+def test_failure_after_max_attempts_marks_failed_with_reason(db, settings):
+    settings.max_triage_attempts = 2
+    case_id = _submit(db, settings)
+    pipe = Pipeline(advisor=Boom(10))
+    assert run_case(db, case_id, pipe, settings, worker_id="w").status == "retry"
+    with db.write() as s:
+        s.get(Case, case_id).lease_expires_at = None
+    assert run_case(db, case_id, pipe, settings, worker_id="w").status == "failed"
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.status == "failed" and "advisor exploded" in (row.status_reason or "")
+    # a person can send it back for another try, which starts the attempt count afresh
+    with db.write() as s:
+        cases.human_transition(s, case_id, Status.received, actor=ORCH, reason="fixed")
+    assert run_case(db, case_id, Pipeline(), settings, worker_id="w").status == "triaged"
+
+
+def test_expired_lease_is_recovered_and_triaged_once(db, settings):
+    case_id = _submit(db, settings)
+    # a worker claimed it and died: status triaging, lease in the past
+    with db.write() as s:
+        row = s.get(Case, case_id)
+        row.status, row.lease_owner = "triaging", "dead-worker"
+        row.lease_expires_at = to_ts(datetime.now(UTC) - timedelta(seconds=5))
+    assert run_case(db, case_id, Pipeline(), settings, worker_id="w").status == "skipped"
+    assert recover_expired_leases(db) == [case_id]
+    assert run_case(db, case_id, Pipeline(), settings, worker_id="w").status == "triaged"
+    assert _count(db, SuggestionRow, case_id=case_id) == 1
+
+
+def test_lease_lost_to_another_worker_does_not_store(db, settings):
+    case_id = _submit(db, settings)
+
+    class Slow:
+        def advise(self, request):
+            # meanwhile, the lease expired and another worker took over
+            with db.write() as s:
+                s.get(Case, case_id).lease_owner = "other-worker"
+            return RuleAdvisor().advise(request)
+
+    out = run_case(db, case_id, Pipeline(advisor=Slow()), settings, worker_id="w")
+    assert out.status == "lease_lost"
+    assert _count(db, SuggestionRow, case_id=case_id) == 0
+
+
+def test_worker_drains_simulated_cases_with_all_exception_types(db, settings):
+    sim = Simulator()
+    with db.write() as s:
+        for rec in sim.cases(60):
+            cases.submit(s, CaseIn.model_validate(rec.case), actor=ORCH, settings=settings)
+    assert Worker(db, settings).run_once() == 60
+    assert _count(db, Case, status="awaiting_review") == 60
+    assert _count(db, SuggestionRow) == 60
+    with db.read() as s:
+        assert audit.verify(s).intact
+
+
+def test_sla_breaches_flagged_once_and_audited(db, settings):
+    case_id = _submit(db, settings)
+    later = to_ts(datetime.now(UTC) + timedelta(days=30))
+    with db.write() as s:
+        assert cases.flag_sla_breaches(s, now=later) == 2  # triage and resolution
+    with db.write() as s:
+        assert cases.flag_sla_breaches(s, now=later) == 0
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.triage_sla_breached and row.resolution_sla_breached
+        kinds = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "case.sla_breached")
+        ).all()
+        assert sorted('"kind":"triage"' in k for k in kinds) == [False, True]
+
+
+def test_tier_a_and_large_amount_raise_priority(db, settings):
+    refs = sample_case()["references"] | {"customer": {"id": "C9", "tier": "A"}}
+    case_id = _submit(
+        db, settings, references=refs, amount_in_dispute={"amount": "25000", "currency": "EUR"}
+    )
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.priority == "P1"  # shortage P2, tier A and large amount bump it
+        assert row.triage_due_at < row.resolution_due_at

@@ -1,0 +1,138 @@
+"""Signed webhook delivery from the outbox against a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.support import bearer, sample_case
+from triage import webhooks
+from triage.models import AuditEvent, OutboxMessage
+from triage.pipeline import Pipeline, run_case
+from triage.settings import Settings
+
+
+class Receiver:
+    """Answers with the queued status codes (then 204), recording every request."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), body))
+                code = outer.statuses.pop(0) if outer.statuses else 204
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(statuses: list[int]) -> Receiver:
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def _triage_with_callback(client, keys, db, settings, url: str) -> str:
+    r = client.post(
+        "/v1/cases", json=sample_case(callback_url=url), headers=bearer(keys["orchestrator"])
+    )
+    case_id = r.json()["case_id"]
+    assert run_case(db, case_id, Pipeline(), settings, worker_id="w").status == "triaged"
+    return case_id
+
+
+def _drain(db, settings, rounds: int) -> int:
+    delivered = 0
+    with httpx.Client() as c:
+        for _ in range(rounds):
+            delivered += webhooks.deliver_due(db, settings, c)
+    return delivered
+
+
+def test_delivery_is_signed_and_retried_until_success(client, keys, db, settings, receiver):
+    rx = receiver([500, 503])
+    case_id = _triage_with_callback(client, keys, db, settings, rx.url)
+    assert _drain(db, settings, 3) == 1
+    assert len(rx.requests) == 3
+    headers, body = rx.requests[-1]
+    assert webhooks.verify_signature(
+        settings.webhook_secret,
+        headers["X-Triage-Timestamp"],
+        body.decode(),
+        headers["X-Triage-Signature"],
+    )
+    assert not webhooks.verify_signature(
+        "wrong-secret", headers["X-Triage-Timestamp"], body.decode(), headers["X-Triage-Signature"]
+    )
+    payload = json.loads(body)
+    assert payload["case_id"] == case_id and payload["event"] == "case.triaged"
+    assert headers["X-Triage-Event-Id"] == payload["event_id"]
+    # every retry carried the same event id, so the receiver can de-duplicate
+    assert {h["X-Triage-Event-Id"] for h, _ in rx.requests} == {payload["event_id"]}
+    assert _drain(db, settings, 2) == 0 and len(rx.requests) == 3  # delivered exactly once
+
+
+def test_dead_letter_then_admin_replay(client, keys, db, settings, receiver):
+    rx = receiver([500, 500, 500])  # webhook_max_attempts is 3 in tests
+    _triage_with_callback(client, keys, db, settings, rx.url)
+    assert _drain(db, settings, 5) == 0
+    admin = bearer(keys["admin"])
+    dead = client.get("/v1/outbox", params={"status": "dead"}, headers=admin).json()["items"]
+    assert len(dead) == 1 and dead[0]["attempts"] == 3 and dead[0]["last_error"] == "HTTP 500"
+    again = client.post(f"/v1/outbox/{dead[0]['id']}/replay", headers=admin)
+    assert again.status_code == 200 and again.json()["status"] == "pending"
+    twice = client.post(f"/v1/outbox/{dead[0]['id']}/replay", headers=admin)
+    assert twice.status_code == 409
+    assert _drain(db, settings, 1) == 1
+    with db.read() as s:
+        actions = s.scalars(
+            select(AuditEvent.action)
+            .where(AuditEvent.action.like("webhook.%"))
+            .order_by(AuditEvent.seq)
+        ).all()
+        assert actions == ["webhook.dead_lettered", "webhook.replayed", "webhook.delivered"]
+        assert s.scalar(select(OutboxMessage.status)) == "delivered"
+
+
+def test_unreachable_receiver_is_retried_with_backoff(client, keys, db, settings):
+    settings.webhook_backoff_base_seconds = 60
+    _triage_with_callback(client, keys, db, settings, "http://127.0.0.1:9/closed")
+    assert _drain(db, settings, 3) == 0
+    with db.read() as s:
+        msg = s.scalars(select(OutboxMessage)).one()
+        assert msg.attempts == 1 and msg.status == "pending"  # next try is ~60 s away
+        assert "ConnectError" in (msg.last_error or "")
+
+
+def test_backoff_grows_and_is_capped():
+    settings = Settings(webhook_backoff_base_seconds=2, webhook_backoff_max_seconds=30)
+    values = [webhooks.backoff_seconds(settings, n) for n in range(1, 8)]
+    assert 1.5 <= values[0] <= 2.5 and 3 <= values[1] <= 5
+    assert max(values) <= 36 and values[-1] >= 24
