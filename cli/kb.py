@@ -1,0 +1,200 @@
+"""``triage kb``: ingest, search and inspect the knowledge base.
+
+Mounted by the main CLI with ``app.add_typer(kb.app, name="kb")``. Options fall back to the
+``TRIAGE_CHROMA_PATH``, ``TRIAGE_CHROMA_URL`` and ``TRIAGE_ENCODER`` environment variables (the
+CLI is the process boundary, the only place where the environment is read).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from retrieval.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from retrieval.knowledge import KnowledgeBase
+
+app = typer.Typer(
+    help="Knowledge base: ingest documents, search what would be retrieved, show statistics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ChromaPath = Annotated[
+    Path,
+    typer.Option("--chroma-path", envvar="TRIAGE_CHROMA_PATH", help="Embedded Chroma folder."),
+]
+ChromaUrl = Annotated[
+    str | None,
+    typer.Option("--chroma-url", envvar="TRIAGE_CHROMA_URL", help="Chroma server URL."),
+]
+EncoderName = Annotated[
+    str,
+    typer.Option(
+        "--encoder",
+        envvar="TRIAGE_ENCODER",
+        help="builtin:lsa-char-v1 (default), hashing, minilm, or a fitted encoder folder.",
+    ),
+]
+
+
+def _kb(chroma_path: Path, chroma_url: str | None, encoder: str) -> KnowledgeBase:
+    from retrieval.embeddings import EncoderConfig, load_encoder
+    from retrieval.knowledge import KnowledgeBase
+    from retrieval.store import ChromaConfig, open_client
+
+    config = ChromaConfig(path=chroma_path, url=chroma_url)
+    return KnowledgeBase(
+        open_client(config),
+        load_encoder(EncoderConfig(name=encoder)),
+        config.knowledge_collection,
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .pdf).")],
+    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_url: ChromaUrl = None,
+    encoder: EncoderName = "builtin:lsa-char-v1",
+) -> None:
+    """Ingest documents; unchanged documents are skipped, changed ones replaced."""
+    from retrieval.knowledge import DocumentOutcome, expand_paths
+
+    try:
+        kb = _kb(chroma_path, chroma_url, encoder)
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    files = expand_paths(paths)
+    if not files:
+        raise _fail("no supported files (.md, .txt, .pdf) under the given paths")
+    done = 0
+
+    def progress(outcome: DocumentOutcome) -> None:
+        nonlocal done
+        done += 1
+        colour = typer.colors.RED if outcome.status == "error" else None
+        detail = outcome.error or (
+            f"{outcome.doc_id} v{outcome.version}: +{outcome.chunks_added} "
+            f"-{outcome.chunks_removed} chunks"
+        )
+        typer.secho(f"[{done}/{len(files)}] {outcome.status:9s} {detail}", fg=colour)
+
+    report = kb.ingest(files, progress=progress)
+    typer.echo(
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.errors)} errors; {report.chunks_added} chunks added, "
+        f"{report.chunks_removed} removed; {kb.count()} chunks in the knowledge base"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Query text, e.g. a customer message.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=50, help="Passages to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_url: ChromaUrl = None,
+    encoder: EncoderName = "builtin:lsa-char-v1",
+) -> None:
+    """Show what would be retrieved for TEXT and why (cosine score, document, chunk id)."""
+    try:
+        kb = _kb(chroma_path, chroma_url, encoder)
+        passages = kb.search(text, k)
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "query": text,
+                    "encoder": kb.encoder.fingerprint,
+                    "score": "cosine similarity (1 = same direction)",
+                    "results": [p.model_dump() for p in passages],
+                },
+                indent=2,
+            )
+        )
+        return
+    if not passages:
+        typer.echo("no passages: the knowledge base is empty (run `triage kb ingest knowledge/`)")
+        return
+    for rank, p in enumerate(passages, start=1):
+        typer.secho(
+            f"{rank}. score {p.score:.3f}  {p.doc_id} v{p.version}  {p.chunk_id}", bold=True
+        )
+        typer.echo(f"   {p.heading}")
+        snippet = " ".join(p.text.split())
+        typer.echo(f"   {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_url: ChromaUrl = None,
+    encoder: EncoderName = "builtin:lsa-char-v1",
+) -> None:
+    """Chunks, documents (with versions) and the encoder of the knowledge base."""
+    try:
+        info = _kb(chroma_path, chroma_url, encoder).stats()
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"collection {info.collection}: {info.chunks} chunks from {len(info.documents)} "
+        f"documents; encoder {info.encoder} ({info.encoder_dim} dims)"
+    )
+    for doc_id, version in info.documents.items():
+        typer.echo(f"  {doc_id}  v{version}")
+
+
+@app.command("fit-encoder")
+def fit_encoder(
+    corpus: Annotated[
+        list[Path], typer.Argument(help="Text files (one text per line) and/or knowledge folders.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the encoder to.")],
+    dim: Annotated[int, typer.Option("--dim", min=8, max=1024)] = 256,
+) -> None:
+    """Fit a TF-IDF + SVD encoder on your own texts (then use it with --encoder FOLDER).
+
+    A collection built with one encoder must be re-ingested to use another.
+    """
+    from retrieval.chunking import chunk_document, load_document
+    from retrieval.embeddings import LsaConfig, LsaEncoder
+    from retrieval.knowledge import expand_paths
+
+    texts: list[str] = []
+    for path in expand_paths(corpus):
+        try:
+            if path.suffix.lower() == ".txt" and not path.name.startswith("_"):
+                texts.extend(
+                    line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+                )
+            else:
+                texts.extend(c.embed_text for c in chunk_document(load_document(path)))
+        except (OSError, UnicodeDecodeError, RetrievalError) as exc:
+            raise _fail(f"{path}: {exc}") from exc
+    try:
+        encoder = LsaEncoder.fit(texts, LsaConfig(dim=dim))
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    encoder.save(out)
+    typer.echo(
+        f"fitted on {len(texts)} texts: vocabulary {len(encoder.vocabulary)}, dim {encoder.dim}, "
+        f"fingerprint {encoder.fingerprint} -> {out}"
+    )
