@@ -1,0 +1,126 @@
+"""Classifier speed benchmark: batch cases/s and median ms per single case, default model.
+
+Usage (from the repository root):
+    nice .venv/bin/python bench/classifier_speed.py [--bitext PATH] [--n-train 3000]
+
+Builds realistic flat case records (the shape the triage pipeline passes: ``text`` = title +
+customer message + operator notes + integration error, plus the structured fields) from the
+Bitext customer messages shipped in classifiers/fixtures, trains the default three-target
+CaseModel (category, queue, priority) and times ``CaseModel.predict``: one call on a batch of
+5,000 cases, then 1,000 single-case calls. Prints the figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers.case_model import CaseModel
+
+FIXTURE = Path(__file__).parents[1] / "classifiers" / "fixtures" / "bitext" / "bench_train_2023.csv"
+
+QUEUES = {
+    "order": "order_desk",
+    "delivery_shipping": "logistics",
+    "billing_invoice": "finance",
+    "payment": "finance",
+    "returns_refunds": "returns",
+    "account": "customer_care",
+    "general_contact": "customer_care",
+    "feedback_complaint": "customer_care",
+    "other": "customer_care",
+}
+ERRORS = [
+    "",
+    "EDI 856 rejected: segment HL missing",
+    "HTTP 502 from carrier API after 3 retries",
+    "IDoc status 51: price condition PR00 missing",
+]
+
+
+def build_cases(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        row = rows[rng.randrange(len(rows))]
+        tier = rng.choice(["A", "B", "C"])
+        amount = rng.choice([0.0, 80.0, 450.0, 2_500.0, 18_000.0])
+        title = f"{row['intent'].replace('_', ' ')} case {i}"
+        notes = rng.choice(
+            ["customer called twice", "see attached photos", "", "awaiting ERP sync"]
+        )
+        text = " \n ".join([title, row["text"], notes, rng.choice(ERRORS)])
+        out.append(
+            {
+                "text": text,
+                "exception_type": rng.choice(
+                    ["shortage", "pricing_mismatch", "carrier_delay", "other"]
+                ),
+                "customer_tier": tier,
+                "warehouse_id": f"WH{rng.randint(1, 6)}",
+                "carrier_id": rng.choice(["DHL", "UPS", "DSV", ""]),
+                "source_kind": rng.choice(["erp", "wms", "tms"]),
+                "amount": amount,
+                "qty_gap_ratio": rng.random() * 0.5,
+                "price_gap_ratio": rng.random() * 0.2,
+                "line_count": rng.randint(1, 12),
+                "category": row["triage_category"],
+                "queue": QUEUES[row["triage_category"]],
+                "priority": "high"
+                if tier == "A" or amount > 10_000
+                else rng.choice(["normal", "low"]),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bitext", type=Path, default=FIXTURE)
+    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--singles", type=int, default=1000)
+    args = parser.parse_args()
+    with args.bitext.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    train = build_cases(rows, args.n_train, seed=0)
+    test = build_cases(rows, args.batch, seed=1)
+    started = time.perf_counter()
+    model = CaseModel().fit(train)
+    fit_s = time.perf_counter() - started
+    mean_words = np.mean([len(c["text"].split()) for c in test])
+    print(
+        f"cores visible: {os.cpu_count()}; trained on {len(train)} cases in {fit_s:.1f}s; "
+        f"mean text length {mean_words:.0f} words"
+    )
+    model.predict(test[:50])  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        model.predict(test)
+        best = min(best, time.perf_counter() - started)
+    print(
+        f"batch: {len(test)} cases in {best:.3f}s = {len(test) / best:,.0f} cases/s "
+        "(best of 3; 3 targets each)"
+    )
+    times = []
+    for case in test[: args.singles]:
+        started = time.perf_counter()
+        model.predict([case])
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1000
+    print(
+        f"single case: median {np.median(ms):.3f} ms, p95 {np.percentile(ms, 95):.3f} ms, "
+        f"p99 {np.percentile(ms, 99):.3f} ms over {len(ms)} calls"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The train / evaluate / models commands end to end on small CSV and JSONL files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.classifier import standalone_app
+from tests.classifiers.conftest import bitext_rows, synthetic_cases
+
+runner = CliRunner()
+app = standalone_app()
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bitext_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("bitext")
+    rows = bitext_rows(24, seed=1)
+    train = [{"message": r["text"], "topic": r["triage_category"]} for r in rows[:500]]
+    test = [{"body": r["text"], "label": r["triage_category"]} for r in rows[500:]]
+    return _write_csv(base / "train.csv", train), _write_csv(base / "test.csv", test)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, bitext_files: tuple[Path, Path]) -> Path:
+    out = tmp_path_factory.mktemp("registry")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(bitext_files[0]),
+            "--text-column",
+            "message",
+            "--label-column",
+            "topic",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "registered" in result.stdout
+    assert "training target 'topic'" in result.stderr  # progress on stderr
+    return out
+
+
+def test_evaluate_json_keys_and_report(
+    trained: Path, bitext_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(trained),
+            "--data",
+            str(bitext_files[1]),
+            "--text-column",
+            "body",
+            "--label-column",
+            "label",
+            "--json",
+            "--report",
+            str(tmp_path / "rep"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)  # exactly one JSON object on stdout
+    for key in ("accuracy", "macro_f1", "per_class", "coverage_at_precision", "ece"):
+        assert key in payload
+    assert payload["accuracy"] > 0.8
+    cov = payload["coverage_at_precision"]
+    assert cov["target_precision"] == 0.95
+    assert {"coverage", "realized_precision", "drift"} <= set(cov)
+    some = next(iter(payload["per_class"].values()))
+    assert set(some) == {"precision", "recall", "f1", "support"}
+    for name in ("report.md", "confusion_topic.png", "reliability_topic.png", "metrics.json"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert (tmp_path / "rep" / "confusion_topic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_table(trained: Path, bitext_files: tuple[Path, Path]) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(trained),
+            "--data",
+            str(bitext_files[1]),
+            "--text-column",
+            "body",
+            "--label-column",
+            "label",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "macro-F1" in result.stdout and "coverage at precision 0.95" in result.stdout
+    assert list((trained / "reports").iterdir())  # default report dir next to the model
+
+
+def test_train_multi_target_jsonl_with_features(tmp_path: Path) -> None:
+    rows = synthetic_cases(160, seed=9)
+    data = _write_jsonl(tmp_path / "cases.jsonl", rows)
+    out = tmp_path / "reg"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--text-column",
+            "text",
+            "--label-column",
+            "queue",
+            "--label-column",
+            "priority",
+            "--feature-columns",
+            "customer_tier",
+            "--feature-columns",
+            "amount",
+            "--out",
+            str(out),
+            "--cv",
+            "3",
+            "--label-precision",
+            "queue:claims=0.9",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["models", "show", "--registry", str(out)])
+    meta = json.loads(shown.stdout)
+    assert meta["targets"] == ["queue", "priority"]
+    assert meta["feature_spec"]["numeric_columns"] == ["amount"]
+    assert meta["feature_spec"]["categorical_columns"] == ["customer_tier"]
+    assert meta["thresholds"]["queue"]["claims"]["target_precision"] == 0.9
+    evaluated = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(data),
+            "--text-column",
+            "text",
+            "--label-column",
+            "queue",
+            "--label-column",
+            "priority",
+            "--json",
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert set(json.loads(evaluated.stdout)["targets"]) == {"queue", "priority"}
+
+
+def test_models_list_activate_rollback(trained: Path, bitext_files: tuple[Path, Path]) -> None:
+    first = runner.invoke(app, ["models", "show", "--registry", str(trained)])
+    v1 = json.loads(first.stdout)["version"]
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(bitext_files[0]),
+            "--text-column",
+            "message",
+            "--label-column",
+            "topic",
+            "--out",
+            str(trained),
+            "--no-activate",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    listed = runner.invoke(app, ["models", "list", "--registry", str(trained)]).stdout
+    versions = [line.lstrip("* ").split()[0] for line in listed.splitlines()]
+    assert v1 in versions and len(versions) == 2
+    assert f"* {v1}" in listed
+    v2 = next(v for v in versions if v != v1)
+    assert runner.invoke(app, ["models", "activate", "--registry", str(trained), v2]).exit_code == 0
+    rolled = runner.invoke(app, ["models", "rollback", "--registry", str(trained)])
+    assert rolled.exit_code == 0 and v1 in rolled.stdout
+    bad = runner.invoke(app, ["models", "activate", "--registry", str(trained), "v-nope"])
+    assert bad.exit_code == 2 and "not a valid model version id" in bad.stderr
+
+
+def _bad_file(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    good = [{"text": "cancel order", "label": "order"}, {"text": "refund", "label": "refund"}]
+    if kind == "missing column":
+        return _write_csv(tmp_path / "a.csv", [{"text": "x", "other": "y"}] * 2), "missing label"
+    if kind == "empty labels":
+        return _write_csv(tmp_path / "b.csv", [{"text": "x", "label": ""}] * 3), "is empty"
+    if kind == "one class":
+        return _write_csv(tmp_path / "c.csv", [{"text": "x", "label": "a"}] * 3), "only one class"
+    if kind == "encoding":
+        path = tmp_path / "d.csv"
+        path.write_bytes("text,label\ncaf\u00e9,a\n".encode("latin-1"))
+        return path, "unreadable encoding"
+    if kind == "empty file":
+        path = tmp_path / "e.csv"
+        path.write_text("")
+        return path, "empty"
+    if kind == "extension":
+        return _write_jsonl(tmp_path / "f.xlsx", good), "unknown file extension"
+    if kind == "bad jsonl":
+        path = tmp_path / "g.jsonl"
+        path.write_text('{"text": "a", "label": "x"}\n{not json\n')
+        return path, "line 2 is not valid JSON"
+    raise AssertionError(kind)
+
+
+_KINDS = ["missing column", "empty labels", "encoding", "empty file", "extension", "bad jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    # one class is refused for training only: a one-class evaluation set is legitimate
+    [("train", k) for k in [*_KINDS, "one class"]] + [("evaluate", k) for k in _KINDS],
+)
+def test_bad_files_exit_2_with_one_line(
+    tmp_path: Path, trained: Path, kind: str, command: str
+) -> None:
+    path, expected = _bad_file(tmp_path, kind)
+    args = ["--data", str(path), "--text-column", "text", "--label-column", "label"]
+    args += ["--out", str(tmp_path / "o")] if command == "train" else ["--model", str(trained)]
+    result = runner.invoke(app, [command, *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert path.name in errors[0]

@@ -1,0 +1,138 @@
+"""The registry: safe format, integrity check, signatures, activate and roll back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import skops.io as sio
+
+from classifiers.case_model import CaseModel
+from classifiers.errors import IntegrityError, RegistryError
+from classifiers.registry import ModelRegistry, load_trusted_artifact, open_model
+
+
+class Planted:
+    """A type no allow-list names: stands for an attacker's payload class."""
+
+    def __init__(self) -> None:
+        self.payload = "echo owned"
+
+
+def test_save_load_round_trip(tmp_path: Path, bitext_model: CaseModel) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(bitext_model, training_data_sha256="ab" * 32, activate=True)
+    loaded = reg.load()
+    assert loaded.version == version
+    meta = loaded.metadata
+    for key in (
+        "artifact_sha256",
+        "training_data_sha256",
+        "label_sets",
+        "thresholds",
+        "created_at",
+        "library_versions",
+        "feature_spec",
+        "validation",
+    ):
+        assert key in meta
+    assert meta["label_sets"]["triage_category"] == bitext_model.label_sets()["triage_category"]
+    records = [{"text": "where is my refund"}, {"text": "cancel order 42"}]
+    before = bitext_model.predict(records)
+    after = loaded.model.predict(records)
+    assert [r["triage_category"].model_dump() for r in before] == [
+        r["triage_category"].model_dump() for r in after
+    ]
+
+
+def test_tampered_artifact_is_refused(tmp_path: Path, bitext_model: CaseModel) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(bitext_model, activate=True)
+    artifact = tmp_path / "versions" / version / "model.skops"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match"):
+        reg.load()
+
+
+def test_replaced_artifact_with_untrusted_type_is_refused(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(bitext_model, activate=True)
+    vdir = tmp_path / "versions" / version
+    sio.dump(Planted(), vdir / "model.skops")
+    # even with the metadata hash "fixed up" by the attacker, the allow-list refuses the type
+    meta = json.loads((vdir / "metadata.json").read_text())
+    meta["artifact_sha256"] = hashlib.sha256((vdir / "model.skops").read_bytes()).hexdigest()
+    (vdir / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="not allowed"):
+        reg.load()
+
+
+def test_unknown_artifact_without_metadata_is_refused(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    sio.dump(bitext_model, stray / "model.skops")
+    with pytest.raises(IntegrityError, match="not a registered version"):
+        open_model(stray)
+    reg = ModelRegistry(tmp_path / "reg")
+    version = reg.save(bitext_model)
+    (tmp_path / "reg" / "versions" / version / "metadata.json").unlink()
+    with pytest.raises(IntegrityError, match="no metadata"):
+        reg.load(version)
+    with pytest.raises(IntegrityError, match="not a readable skops artifact"):
+        load_trusted_artifact(_not_skops(tmp_path))
+
+
+def _not_skops(tmp_path: Path) -> Path:
+    bogus = tmp_path / "bogus.skops"
+    bogus.write_bytes(b"\x80\x04not a zip file")  # e.g. a pickle stream renamed
+    return bogus
+
+
+def test_signatures(tmp_path: Path, bitext_model: CaseModel) -> None:
+    unsigned = ModelRegistry(tmp_path)
+    version = unsigned.save(bitext_model, activate=True)
+    with pytest.raises(IntegrityError, match="unsigned"):
+        ModelRegistry(tmp_path, signing_key=b"secret").load(version)
+    signed = ModelRegistry(tmp_path, signing_key=b"secret")
+    v2 = signed.save(bitext_model)
+    assert signed.load(v2).version == v2
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        ModelRegistry(tmp_path, signing_key=b"other").load(v2)
+    meta_path = tmp_path / "versions" / v2 / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["thresholds"]["triage_category"]["order"]["threshold"] = 0.0  # silent loosening
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        signed.load(v2)
+
+
+def test_activate_and_rollback(tmp_path: Path, bitext_model: CaseModel) -> None:
+    reg = ModelRegistry(tmp_path)
+    with pytest.raises(RegistryError, match="no active model"):
+        reg.load()
+    v1 = reg.save(bitext_model, activate=True)
+    v2 = reg.save(bitext_model, activate=True)
+    v3 = reg.save(bitext_model)
+    assert reg.active_version() == v2
+    reg.activate(v3)
+    assert reg.rollback() == v2
+    assert reg.rollback() == v1  # steps further back, does not toggle
+    with pytest.raises(RegistryError, match="no earlier"):
+        reg.rollback()
+    assert [m["version"] for m in reg.versions()] == [v1, v2, v3]
+    assert (tmp_path / "ACTIVE").read_text().strip() == v1
+
+
+def test_crafted_version_ids_are_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    for bad in ("../../etc", "v1", "v20260101T000000000000Z-zzzzzzzz"):
+        with pytest.raises(RegistryError):
+            reg.activate(bad)
