@@ -11,6 +11,7 @@ from api import errors
 from api.deps import AppContext
 from api.middleware import RequestLimits
 from api.routes import audit, cases, health, keys, outbox
+from triage import auth
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings, get_settings
@@ -37,7 +38,9 @@ def create_app(
     db = db or Database(settings)
     run_worker = settings.worker_enabled if start_worker is None else start_worker
     worker = Worker(db, settings, pipeline) if run_worker else None
-    ctx = AppContext(settings=settings, db=db, worker=worker)
+    ctx = AppContext(
+        settings=settings, db=db, worker=worker, keys=auth.KeyCache(settings.auth_cache_seconds)
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -23,6 +23,7 @@ class AppContext:
     settings: Settings
     db: Database
     worker: Worker | None
+    keys: auth.KeyCache
 
     def notify_worker(self) -> None:
         if self.worker is not None:
@@ -65,8 +66,7 @@ class RoleGuard:
                 "missing API key: send 'Authorization: Bearer <key>'", field="Authorization"
             )
         try:
-            with ctx.db.read() as s:
-                principal = auth.authenticate(s, raw.strip())
+            principal = ctx.keys.authenticate(ctx.db, raw.strip())
         except AuthenticationFailed as exc:
             _deny(ctx, request, ANONYMOUS, "auth.unauthenticated", exc.message)
             raise AuthenticationFailed(exc.message, field="Authorization") from exc

@@ -10,10 +10,11 @@ hash and the event's own sequence number::
 verbatim). The first event's ``prev_hash`` is 64 zeros. Anyone can re-verify an export with this
 rule alone; ``docs/audit.md`` shows a ten-line verifier.
 
-Concurrency contract: appends are serialised so the chain can never fork. On PostgreSQL a
-transaction-scoped advisory lock is taken right before the append (and held to commit); on SQLite
-the write session already holds the database write lock (``BEGIN IMMEDIATE``). Call
-:func:`append` as late as possible in a transaction: the lock is held until commit.
+Concurrency contract: appends are serialised so the chain can never fork. On PostgreSQL the
+``audit_head`` row is locked (``SELECT ... FOR UPDATE``) right before the append and held to
+commit; on SQLite the write session already holds the database write lock
+(``BEGIN IMMEDIATE``). Call :func:`append` as late as possible in a transaction: the lock is
+held until commit.
 
 Tamper evidence: :func:`verify` walks the chain and reports the first sequence number where it
 breaks (edited, deleted, inserted or reordered rows); the ``audit_head`` row catches a truncated
@@ -33,14 +34,13 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from triage.common import canonical_json, now_ts
 from triage.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
-_PG_LOCK_KEY = 0x7472_6961_6765  # "triage" — any constant shared by all writers
 
 
 class ActorType(enum.StrEnum):
@@ -92,6 +92,21 @@ def entry_hash(*fields: Any) -> str:
     return hashlib.sha256(canonical_entry(*fields).encode("utf-8")).hexdigest()
 
 
+_HEAD = text("SELECT seq, hash FROM audit_head WHERE id = 1")
+_HEAD_FOR_UPDATE = text("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+_COLUMNS = "seq, ts, actor_type, actor_id, actor_role, case_id, action, payload, prev_hash, hash"
+_VALUES = (
+    ":seq, :ts, :actor_type, :actor_id, :actor_role, :case_id, :action, :payload, :prev_hash, :hash"
+)
+_INSERT = text(f"INSERT INTO audit_events ({_COLUMNS}) VALUES ({_VALUES})")
+_MOVE_HEAD = text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1")
+# PostgreSQL: one round trip for both writes.
+_INSERT_AND_MOVE_HEAD = text(
+    f"WITH ins AS (INSERT INTO audit_events ({_COLUMNS}) VALUES ({_VALUES})) "
+    "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"
+)
+
+
 def append(
     session: Session,
     actor: Actor,
@@ -100,34 +115,38 @@ def append(
     *,
     case_id: str | None = None,
 ) -> int:
-    """Append one event inside the caller's transaction and return its sequence number."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    head_seq, head_hash = session.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-    ).one()
+    """Append one event inside the caller's transaction and return its sequence number.
+
+    On PostgreSQL the head row is read ``FOR UPDATE``: the row lock serialises appenders until
+    the transaction ends, so two transactions can never chain onto the same predecessor.
+    """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    head = session.execute(_HEAD_FOR_UPDATE if postgres else _HEAD).one()
+    head_seq: int = head[0]
+    head_hash: str = head[1]
     seq = head_seq + 1
     ts = now_ts()
     body = canonical_json(payload or {})
     digest = entry_hash(
         seq, ts, actor.type.value, actor.id, actor.role, case_id, action, body, head_hash
     )
-    session.execute(
-        insert(AuditEvent).values(
-            seq=seq,
-            ts=ts,
-            actor_type=actor.type.value,
-            actor_id=actor.id,
-            actor_role=actor.role,
-            case_id=case_id,
-            action=action,
-            payload=body,
-            prev_hash=head_hash,
-            hash=digest,
-        )
-    )
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+    params = {
+        "seq": seq,
+        "ts": ts,
+        "actor_type": actor.type.value,
+        "actor_id": actor.id,
+        "actor_role": actor.role,
+        "case_id": case_id,
+        "action": action,
+        "payload": body,
+        "prev_hash": head_hash,
+        "hash": digest,
+    }
+    if postgres:
+        session.execute(_INSERT_AND_MOVE_HEAD, params)
+    else:
+        session.execute(_INSERT, params)
+        session.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
     return seq
 
 

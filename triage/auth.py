@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 from triage import audit
 from triage.audit import Actor, ActorType
 from triage.common import new_id, now_ts
+from triage.db import Database
 from triage.errors import AuthenticationFailed, NotFound, ValidationFailed
 from triage.models import ApiKey
 
@@ -125,3 +128,37 @@ def revoke_key(session: Session, key_id: str, *, by: Actor) -> ApiKey:
 
 def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
+class KeyCache:
+    """Process-local cache of authenticated keys, so a request costs no key lookup query.
+
+    Entries live ``ttl`` seconds. A revocation made through this process invalidates the cache
+    at once; one made elsewhere (another API replica, the CLI) takes effect within ``ttl``.
+    ``ttl=0`` disables caching. Only successful lookups are cached.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, db: Database, raw: str) -> Principal:
+        digest = hash_key(raw)
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with db.read() as s:
+            principal = authenticate(s, raw)
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[digest] = (now + self.ttl, principal)
+        return principal
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._entries.clear()

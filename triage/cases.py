@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -68,8 +68,14 @@ def sla_due(settings: Settings, created: datetime, priority: str) -> tuple[str, 
 
 
 @dataclass(frozen=True)
+class CaseRef:
+    id: str
+    status: str
+
+
+@dataclass(frozen=True)
 class IntakeResult:
-    case: Case
+    case: CaseRef
     replayed: bool
 
 
@@ -78,23 +84,29 @@ def _scoped_key(actor: Actor, key: str | None) -> str | None:
     return None if key is None else f"{actor.id}:{key}"
 
 
-def _existing(session: Session, case: CaseIn, scoped_key: str | None) -> Case | None:
-    if scoped_key is not None:
-        found = session.scalar(select(Case).where(Case.idempotency_key == scoped_key))
-        if found is not None:
-            return found
-    return session.scalar(
-        select(Case).where(
-            Case.source_system == case.source.system, Case.source_case_id == case.source.case_id
-        )
+_EXISTING_COLS = (Case.id, Case.status, Case.request_hash, Case.idempotency_key)
+
+
+def _existing(session: Session, case: CaseIn, scoped_key: str | None) -> Any:
+    """The stored case this submission repeats, if any (one indexed query).
+
+    A match on the Idempotency-Key wins over a match on the source ids.
+    """
+    by_source = and_(
+        Case.source_system == case.source.system, Case.source_case_id == case.source.case_id
     )
+    cond = by_source if scoped_key is None else or_(Case.idempotency_key == scoped_key, by_source)
+    rows = session.execute(select(*_EXISTING_COLS).where(cond).limit(2)).all()
+    if not rows:
+        return None
+    return next((r for r in rows if scoped_key and r.idempotency_key == scoped_key), rows[0])
 
 
 def _replay_or_conflict(
-    existing: Case, digest: str, scoped_key: str | None, case: CaseIn
+    existing: Any, digest: str, scoped_key: str | None, case: CaseIn
 ) -> IntakeResult:
     if existing.request_hash == digest:
-        return IntakeResult(existing, replayed=True)
+        return IntakeResult(CaseRef(existing.id, existing.status), replayed=True)
     if scoped_key is not None and existing.idempotency_key == scoped_key:
         raise IdempotencyConflict(
             "Idempotency-Key was already used for a different payload",
@@ -121,8 +133,9 @@ def submit(
 
     Replays (same Idempotency-Key or same source ids, same payload) return the stored case with
     ``replayed=True``; the same key or source ids with a different payload raise
-    :class:`IdempotencyConflict`. A concurrent duplicate that loses the insert race is resolved
-    the same way by re-reading inside a savepoint.
+    :class:`IdempotencyConflict`. If a concurrent identical submission wins the insert race,
+    the unique constraints raise ``IntegrityError``: retry in a fresh transaction (see
+    :func:`triage.intake.submit_one`) and the retry resolves to a replay or a conflict.
     """
     digest = request_hash(case)
     scoped = _scoped_key(actor, idempotency_key)
@@ -134,69 +147,66 @@ def submit(
     priority = rule_priority(case)
     triage_due, resolution_due = sla_due(settings, created, priority)
     refs = case.references
-    row = Case(
-        id=new_id(),
-        source_system=case.source.system,
-        source_case_id=case.source.case_id,
-        idempotency_key=scoped,
-        request_hash=digest,
-        schema_version=case.schema_version,
-        exception_type=case.exception_type.value,
-        customer_id=refs.customer.id,
-        customer_tier=refs.customer.tier.value,
-        warehouse_id=refs.warehouse_id,
-        carrier_id=refs.carrier_id,
-        order_id=refs.order_id,
-        invoice_id=refs.invoice_id,
-        amount=case.amount_in_dispute.amount if case.amount_in_dispute else None,
-        currency=case.currency,
-        payload=case.model_dump(mode="json"),
-        callback_url=str(case.callback_url) if case.callback_url else None,
-        status=Status.received.value,
-        priority=priority,
-        created_at=to_ts(created),
-        updated_at=to_ts(created),
-        occurred_at=to_ts(case.occurred_at),
-        triage_due_at=triage_due,
-        resolution_due_at=resolution_due,
-        triage_sla_breached=False,
-        resolution_sla_breached=False,
-        triage_attempts=0,
-        suggestion_revision=0,
-        submitted_by=actor.id,
-        version=1,
+    case_id = new_id()
+    # Core insert: the ORM unit of work costs more than the whole INSERT on the intake path.
+    session.execute(
+        insert(Case),
+        [
+            {
+                "id": case_id,
+                "source_system": case.source.system,
+                "source_case_id": case.source.case_id,
+                "idempotency_key": scoped,
+                "request_hash": digest,
+                "schema_version": case.schema_version,
+                "exception_type": case.exception_type.value,
+                "customer_id": refs.customer.id,
+                "customer_tier": refs.customer.tier.value,
+                "warehouse_id": refs.warehouse_id,
+                "carrier_id": refs.carrier_id,
+                "order_id": refs.order_id,
+                "invoice_id": refs.invoice_id,
+                "amount": case.amount_in_dispute.amount if case.amount_in_dispute else None,
+                "currency": case.currency,
+                "payload": case.model_dump(mode="json"),
+                "callback_url": str(case.callback_url) if case.callback_url else None,
+                "status": Status.received.value,
+                "priority": priority,
+                "created_at": to_ts(created),
+                "updated_at": to_ts(created),
+                "occurred_at": to_ts(case.occurred_at),
+                "triage_due_at": triage_due,
+                "resolution_due_at": resolution_due,
+                "triage_sla_breached": False,
+                "resolution_sla_breached": False,
+                "triage_attempts": 0,
+                "suggestion_revision": 0,
+                "submitted_by": actor.id,
+                "version": 1,
+            }
+        ],
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        # Lost a race against an identical submission: the winner's row is visible now.
-        existing = _existing(session, case, scoped)
-        if existing is None:
-            raise
-        return _replay_or_conflict(existing, digest, scoped, case)
     audit.append(
         session,
         actor,
         "case.received",
         {
-            "source_system": row.source_system,
-            "source_case_id": row.source_case_id,
-            "exception_type": row.exception_type,
+            "source_system": case.source.system,
+            "source_case_id": case.source.case_id,
+            "exception_type": case.exception_type.value,
             "request_hash": digest,
             "priority": priority,
         },
-        case_id=row.id,
+        case_id=case_id,
     )
-    return IntakeResult(row, replayed=False)
+    return IntakeResult(CaseRef(case_id, Status.received.value), replayed=False)
 
 
 @dataclass
 class BatchItemResult:
     index: int
     outcome: str  # created | replayed | invalid | conflict
-    case: Case | None = None
+    case: CaseRef | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -246,8 +256,17 @@ def submit_batch(
             continue
         key = f"{idempotency_key}:{i}" if idempotency_key else None
         try:
-            with session.begin_nested():
-                res = submit(session, case, actor=actor, settings=settings, idempotency_key=key)
+            try:
+                with session.begin_nested():
+                    res = submit(session, case, actor=actor, settings=settings, idempotency_key=key)
+            except IntegrityError:
+                # A concurrent identical submission committed first: resolve against it.
+                existing = _existing(session, case, _scoped_key(actor, key))
+                if existing is None:
+                    raise
+                res = _replay_or_conflict(
+                    existing, request_hash(case), _scoped_key(actor, key), case
+                )
         except IdempotencyConflict as exc:
             results.append(
                 BatchItemResult(

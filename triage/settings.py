@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 20
 
+    # Authentication: seconds a verified API key stays cached in a process (0 disables).
+    auth_cache_seconds: float = 5.0
+
     # Intake limits.
     max_body_bytes: int = 256 * 1024
     max_batch_items: int = 500

@@ -21,7 +21,7 @@ from api.schemas import (
     TransitionRequest,
 )
 from contracts.case import CaseIn, ExceptionType
-from triage import cases
+from triage import cases, intake
 from triage.auth import Principal
 from triage.common import to_ts
 from triage.errors import ValidationFailed
@@ -105,11 +105,10 @@ def submit_case(
     principal: Annotated[Principal, Depends(allow(R.orchestrator, R.admin))],
     idempotency_key: IdempotencyKey = None,
 ) -> IntakeResponse:
-    with ctx.db.write() as s:
-        result = cases.submit(
-            s, case, actor=principal.actor, settings=ctx.settings, idempotency_key=idempotency_key
-        )
-        case_id, status = result.case.id, Status(result.case.status)
+    result = intake.submit_one(
+        ctx.db, case, actor=principal.actor, settings=ctx.settings, idempotency_key=idempotency_key
+    )
+    case_id, status = result.case.id, Status(result.case.status)
     url = _status_url(request, case_id)
     response.headers["Location"] = url
     if result.replayed:
@@ -147,24 +146,23 @@ def submit_batch(
     principal: Annotated[Principal, Depends(allow(R.orchestrator, R.admin))],
     idempotency_key: IdempotencyKey = None,
 ) -> BatchResponse:
-    with ctx.db.write() as s:
-        results = cases.submit_batch(
-            s,
-            batch.items,
-            actor=principal.actor,
-            settings=ctx.settings,
-            idempotency_key=idempotency_key,
+    results = intake.submit_many(
+        ctx.db,
+        batch.items,
+        actor=principal.actor,
+        settings=ctx.settings,
+        idempotency_key=idempotency_key,
+    )
+    items = [
+        BatchItem(
+            index=r.index,
+            outcome=r.outcome,
+            case_id=r.case.id if r.case else None,
+            status_url=_status_url(request, r.case.id) if r.case else None,
+            errors=r.errors,
         )
-        items = [
-            BatchItem(
-                index=r.index,
-                outcome=r.outcome,
-                case_id=r.case.id if r.case else None,
-                status_url=_status_url(request, r.case.id) if r.case else None,
-                errors=r.errors,
-            )
-            for r in results
-        ]
+        for r in results
+    ]
     counts = {
         k: sum(1 for i in items if i.outcome == k)
         for k in ("created", "replayed", "invalid", "conflict")

@@ -42,4 +42,6 @@ def list_keys(ctx: ContextDep, _p: Admin) -> list[KeyInfo]:
 @router.delete("/{key_id}", response_model=KeyInfo, responses=ERRORS, summary="Revoke an API key")
 def revoke_key(key_id: str, ctx: ContextDep, principal: Admin) -> KeyInfo:
     with ctx.db.write() as s:
-        return _info(auth.revoke_key(s, key_id, by=principal.actor))
+        info = _info(auth.revoke_key(s, key_id, by=principal.actor))
+    ctx.keys.invalidate()
+    return info

@@ -1,0 +1,5 @@
+"""ASGI entry point for process managers: ``uvicorn api.asgi:app`` (settings from TRIAGE_*)."""
+
+from api.app import create_app
+
+app = create_app()

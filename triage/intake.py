@@ -1,0 +1,53 @@
+"""Intake flows that own their transaction: used by the API and the CLI.
+
+The only thing these add to :mod:`triage.cases` is the transaction boundary and the one retry
+that resolves a lost insert race (two identical submissions at the same instant): the retry
+sees the winner's row and answers replay or conflict like any later duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from contracts.case import CaseIn
+from triage import cases
+from triage.audit import Actor
+from triage.db import Database
+from triage.settings import Settings
+
+
+def submit_one(
+    db: Database,
+    case: CaseIn,
+    *,
+    actor: Actor,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> cases.IntakeResult:
+    for attempt in range(2):
+        try:
+            with db.write() as s:
+                return cases.submit(
+                    s, case, actor=actor, settings=settings, idempotency_key=idempotency_key
+                )
+        except IntegrityError:
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def submit_many(
+    db: Database,
+    items: Sequence[Any],
+    *,
+    actor: Actor,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> list[cases.BatchItemResult]:
+    with db.write() as s:
+        return cases.submit_batch(
+            s, items, actor=actor, settings=settings, idempotency_key=idempotency_key
+        )
