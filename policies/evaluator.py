@@ -558,13 +558,27 @@ def quorum_status(
 ) -> QuorumStatus:
     """Do the approvals collected so far release ``action``?
 
-    Counts each approver once (earliest approval wins, ties by approver id, so the result does
-    not depend on the order given), ignores approvals bound to another action hash, and
-    re-checks every approver against the current authority matrix and segregation of duties;
-    then asks Cedar ``release`` with the count and the roles of the counted approvers.
+    Counts each approver once (the earliest approval wins, ties broken by a total order on the
+    approval, so the result does not depend on the order given), ignores approvals bound to
+    another action hash, and re-checks every approver against the current authority matrix and
+    segregation of duties; then asks Cedar ``release`` with the count and the roles of the
+    counted approvers.
     """
     p = _prepare(action, context, policy, "0")
-    ordered = sorted(approvals, key=lambda a: (a.approved_at, a.approver.id))
+    # A total order (not just time and id): the same person may appear twice at the same
+    # instant with different roles (a role change), and the result must not depend on the
+    # order the caller listed the approvals in.
+    ordered = sorted(
+        approvals,
+        key=lambda a: (
+            a.approved_at,
+            a.approver.id,
+            a.action_hash,
+            sorted(a.approver.roles),
+            a.approver.kind,
+            a.approver.active,
+        ),
+    )
     discounted: list[DiscountedApproval] = []
     candidates: list[Principal] = []
     seen: set[str] = set()
@@ -594,6 +608,9 @@ def quorum_status(
     counted: list[Principal] = []
     for c, res in zip(candidates, checks, strict=True):
         ok, reasons = _judge_approver(c, res, probe, p, policy)
+        if not request.allowed:  # as in can_approve: nobody validly approves a forbidden action
+            ok = False
+            reasons = [_engine_reason("approval.action_forbidden", p, policy, approver=c.id)]
         if ok:
             counted.append(c)
         else:
