@@ -137,7 +137,8 @@ def submit(
     the unique constraints raise ``IntegrityError``: retry in a fresh transaction (see
     :func:`triage.intake.submit_one`) and the retry resolves to a replay or a conflict.
     """
-    digest = request_hash(case)
+    dumped = case.model_dump(mode="json")
+    digest = hashlib.sha256(canonical_json(dumped).encode()).hexdigest()
     scoped = _scoped_key(actor, idempotency_key)
     existing = _existing(session, case, scoped)
     if existing is not None:
@@ -168,7 +169,7 @@ def submit(
                 "invoice_id": refs.invoice_id,
                 "amount": case.amount_in_dispute.amount if case.amount_in_dispute else None,
                 "currency": case.currency,
-                "payload": case.model_dump(mode="json"),
+                "payload": dumped,
                 "callback_url": str(case.callback_url) if case.callback_url else None,
                 "status": Status.received.value,
                 "priority": priority,

@@ -13,8 +13,9 @@ transaction via :meth:`Database.write` / :meth:`Database.read`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,29 @@ class Database:
             )
             self.read_engine = self.write_engine
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._sqlite_writer = threading.RLock()
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on any exception."""
-        session = self._write()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        """A session whose transaction commits on success and rolls back on any exception.
+
+        On SQLite, writers in this process also queue on a lock: SQLite's own busy handler
+        sleeps in growing steps while it waits, which turns write contention into 100 ms+
+        tail latencies; a lock hands over the moment the previous writer commits. Writers in
+        other processes (CLI, workers) still wait on SQLite's busy timeout.
+        """
+        lock = self._sqlite_writer if self.is_sqlite else nullcontext()
+        with lock:
+            session = self._write()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
