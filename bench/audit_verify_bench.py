@@ -1,0 +1,104 @@
+"""Audit chain verification speed at 100k and 1M events, SQLite and PostgreSQL.
+
+Events are generated with valid hashes and bulk-loaded (generation is not what is measured),
+then ``audit.verify`` walks the whole chain. Prints events/s per size and database, and the
+time per event, which should stay flat as the chain grows (verification is linear).
+
+    .venv/bin/python bench/audit_verify_bench.py --sizes 100000 1000000 --db sqlite --db postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from triage import audit, migrate  # noqa: E402
+from triage.common import canonical_json  # noqa: E402
+from triage.db import Database  # noqa: E402
+from triage.settings import Settings  # noqa: E402
+
+PG = os.environ.get("TRIAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def load(db: Database, n: int, batch: int = 20_000) -> None:
+    prev = audit.GENESIS
+    ts = "2026-11-26T12:00:00.000000Z"
+    rows = []
+    insert = text(
+        "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
+        " payload, prev_hash, hash) VALUES (:seq, :ts, :actor_type, :actor_id, :actor_role,"
+        " :case_id, :action, :payload, :prev_hash, :hash)")
+    for seq in range(1, n + 1):
+        payload = canonical_json({"from": "received", "to": "triaging", "attempt": seq % 3})
+        case_id = f"01M8CB8FFK54SQPHH3AY{seq % 100000:06d}"
+        h = audit.entry_hash(seq, ts, "ai", "triage-pipeline", None, case_id, "case.triaging",
+                             payload, prev)
+        rows.append({"seq": seq, "ts": ts, "actor_type": "ai", "actor_id": "triage-pipeline",
+                     "actor_role": None, "case_id": case_id, "action": "case.triaging",
+                     "payload": payload, "prev_hash": prev, "hash": h})
+        prev = h
+        if len(rows) == batch or seq == n:
+            with db.write() as s:
+                s.execute(insert, rows)
+            rows.clear()
+    with db.write() as s:
+        s.execute(text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
+                  {"s": n, "h": prev})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
+    ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument("--repeat", type=int, default=3, help="verify runs per size (median quoted)")
+    args = ap.parse_args()
+    for kind in args.db or ["sqlite", "postgres"]:
+        for n in args.sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                schema = None
+                if kind == "sqlite":
+                    url = f"sqlite:///{tmp}/audit.db"
+                else:
+                    schema = f"bench_audit_{secrets.token_hex(3)}"
+                    eng = create_engine(PG, isolation_level="AUTOCOMMIT")
+                    with eng.connect() as c:
+                        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+                    url = f"{PG}?options=-csearch_path%3D{schema}"
+                settings = Settings(database_url=url, data_dir=Path(tmp))
+                migrate.upgrade(settings)
+                db = Database(settings)
+                t0 = time.perf_counter()
+                load(db, n)
+                print(f"{kind:<8} loaded {n:>9,} events in {time.perf_counter() - t0:6.1f}s",
+                      file=sys.stderr, flush=True)
+                times = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    with db.read() as s:
+                        res = audit.verify(s)
+                    times.append(time.perf_counter() - t0)
+                    assert res.intact and res.events == n, res
+                times.sort()
+                med = times[len(times) // 2]
+                print(f"{kind:<8} verify {n:>9,} events: median {med:6.2f}s "
+                      f"({n / med:>9,.0f} events/s, {med / n * 1e6:5.2f} us/event)", flush=True)
+                db.dispose()
+                if schema:
+                    eng = create_engine(PG, isolation_level="AUTOCOMMIT")
+                    with eng.connect() as c:
+                        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                    eng.dispose()
+
+
+if __name__ == "__main__":
+    main()
