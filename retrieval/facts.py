@@ -27,6 +27,8 @@ from itertools import combinations
 from contracts.case import CaseIn, LineItem
 
 ID_PATTERN = re.compile(r"\b[A-Z][A-Z0-9]{1,9}(?:-[A-Z0-9]{1,12}){1,4}\b")
+# A number standing alone (not part of an id such as A-12-3 or SO-778812).
+_FREE_NUMBER = re.compile(r"(?<![\w-])(?:\d[\d.,]*\d|\d)(?![\w-])")
 _CENT = Decimal("0.01")
 _QTY = Decimal("0.000001")
 _DOC_KEYS = ("invoice", "order", "shipment", "sku", "tracking", "purchase", "credit", "po")
@@ -164,7 +166,7 @@ def extract_facts(case: CaseIn) -> CaseFacts:
     for text in free_texts:
         if text:
             facts.mentioned_ids.update(ID_PATTERN.findall(text))
-            for m in re.finditer(r"\d[\d.,]*\d|\d", text):
+            for m in _FREE_NUMBER.finditer(text):
                 parsed = parse_decimal(m.group(0))
                 if parsed is not None:
                     facts.mentioned_numbers.add(money(parsed))

@@ -59,6 +59,20 @@ ACTION_TYPES = (
 _QTY_FIELDS = ("ordered_qty", "picked_qty", "shipped_qty", "delivered_qty", "invoiced_qty")
 
 
+def _error_label(exc: BaseException) -> str:
+    """A stable, vendor-neutral label for a retryable failure (goes into provenance)."""
+    import openai
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection error"
+    if isinstance(exc, openai.RateLimitError):
+        return "rate limited (HTTP 429)"
+    return f"server error (HTTP {status})" if status else type(exc).__name__
+
+
 class LLMConfig(BaseModel):
     """Connection and behaviour of the LLM advisor (OpenAI, Azure OpenAI, vLLM, Ollama,
     llama.cpp: anything speaking the chat-completions API)."""
@@ -360,8 +374,7 @@ class LLMAdvisor:
                 )
             except retryable as exc:
                 outcome.latency_ms += (time.perf_counter() - start) * 1000
-                status = getattr(exc, "status_code", None)
-                label = f"{type(exc).__name__}" + (f" {status}" if status else "")
+                label = _error_label(exc)
                 if attempt >= self.config.max_retries:
                     outcome.transport_error = f"{label} after {attempt + 1} attempts"
                     return outcome
@@ -376,7 +389,7 @@ class LLMAdvisor:
                 continue
             except openai.APIStatusError as exc:
                 outcome.latency_ms += (time.perf_counter() - start) * 1000
-                outcome.transport_error = f"{type(exc).__name__} {exc.status_code}"
+                outcome.transport_error = f"HTTP {exc.status_code} ({type(exc).__name__})"
                 return outcome
             except (
                 ValidationError,
