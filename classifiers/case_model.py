@@ -33,6 +33,7 @@ from classifiers.features import (
     FeatureSpec,
     Record,
     RecordFeaturizer,
+    row_ids,
     row_nnz_between,
     row_norms,
 )
@@ -55,6 +56,14 @@ def label_of(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _column_prefix(X: sp.csr_matrix, width: int) -> sp.csr_matrix:
+    """``X[:, :width]`` for a CSR matrix in one construction (slicing builds two)."""
+    keep = X.indices < width
+    counts = np.bincount(row_ids(X)[keep], minlength=X.shape[0])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((X.data[keep], X.indices[keep], indptr), shape=(X.shape[0], width))
 
 
 class CaseModel(BaseEstimator):
@@ -268,8 +277,9 @@ class CaseModel(BaseEstimator):
         far = np.zeros_like(unknown_vocab)
         has = nnz > 0
         if has.any():
-            words = X[np.flatnonzero(has)][:, :n_words]
-            far[has] = self._max_similarity(words) < self.ood_min_similarity_
+            far = (
+                self._max_similarity(_column_prefix(X, n_words)) < self.ood_min_similarity_
+            ) & has
         return np.asarray(unknown_vocab | far)
 
     def predict_proba(

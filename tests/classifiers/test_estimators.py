@@ -96,3 +96,26 @@ def test_feature_spec_validation() -> None:
     with pytest.raises(ValueError, match="at least one"):
         FeatureSpec(text_columns=())
     assert FeatureSpec.from_dict(CASE_FEATURE_SPEC.to_dict()) == CASE_FEATURE_SPEC
+
+
+def test_fast_transforms_equal_scikit_learn(case_records: list[dict[str, Any]]) -> None:
+    # the featurizer's own per-word char n-gram counts, TF-IDF arithmetic and one-hot lookups
+    # must give exactly what the fitted scikit-learn transformers give
+    fz = RecordFeaturizer(spec=CASE_FEATURE_SPEC).fit(case_records)
+    records = [
+        *case_records[:50],
+        dict(case_records[0], text="  Ünïcode\ttabs\n\nnew  lines  x "),
+        dict(case_records[1], text=""),
+        dict(case_records[2], exception_type="unseen", customer_tier=None),
+    ]
+    cols = fz._columns(records)
+    assert fz.word_vectorizer_ is not None and fz.char_vectorizer_ is not None
+    expected = [
+        fz.word_vectorizer_.transform(cols.text) * fz.word_weight,
+        fz.char_vectorizer_.transform(cols.text) * fz.char_weight,
+        fz.encoder_.transform(np.array(cols.categorical, dtype=object)) * fz.categorical_weight,
+    ]
+    got = [*fz._text_blocks(cols.text), fz._one_hot(cols.categorical)]
+    for want, have in zip(expected, got, strict=True):
+        assert want.shape == have.shape
+        assert abs(want - have).max() < 1e-6
