@@ -27,7 +27,7 @@ policy file that lost its SoD rules still cannot let a requester approve their o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -56,12 +56,13 @@ from policies.model import (
 )
 from policies.money import (
     ExposureFigures,
+    ceil4,
     compute_exposure,
     days_between,
     format_amount,
     format_quantity,
+    fx_rate,
     parse_decimal,
-    to_base,
 )
 
 _SERVICE = ent.uid("Service", ent.SERVICE_ID)
@@ -138,15 +139,15 @@ def _prepare(
     as_of_day = context.as_of.astimezone(policy.tz).date()
     max_age = policy.manifest.fx_max_age_days
 
+    rates: dict[str, Decimal] = {}  # one table lookup per currency, not per ledger row
+
     def convert(amount: Decimal, currency: str) -> Decimal:
-        return to_base(
-            amount,
-            currency,
-            base_currency=base,
-            fx=context.fx,
-            as_of=as_of_day,
-            max_age_days=max_age,
-        )
+        rate = rates.get(currency)
+        if rate is None:
+            rate = rates[currency] = fx_rate(
+                currency, base_currency=base, fx=context.fx, as_of=as_of_day, max_age_days=max_age
+            )
+        return ceil4(amount * rate)
 
     amount_base = Decimal(0)
     if action.amount is not None and action.currency is not None:
@@ -212,23 +213,28 @@ def _entities(base: cedarpy.Entities, extra: Iterable[dict[str, Any]]) -> cedarp
 
 
 def _authorize(
-    requests: list[dict[str, Any]], entities: cedarpy.Entities, policy: PolicySet
+    requests: list[dict[str, Any]],
+    entities: cedarpy.Entities,
+    policy: PolicySet,
+    types: Sequence[str],
 ) -> list[Any]:
-    """Evaluate requests, each against the rules of its own Cedar action, in one call per
-    action; results come back in request order. Any Cedar error aborts (fail closed)."""
-    by_stage: dict[str, list[int]] = {}
+    """Evaluate requests in order; ``types[k]`` is the action type of request k's resource.
+
+    Each request goes to the rules of its own Cedar action and action type (see
+    ``PolicySet.sliced_policies``), one cedarpy call per group. Any Cedar error aborts the
+    decision (fail closed)."""
+    groups: dict[tuple[str, str], list[int]] = {}
     for k, req in enumerate(requests):
-        by_stage.setdefault(req["action"]["id"], []).append(k)
+        groups.setdefault((req["action"]["id"], types[k]), []).append(k)
     results: list[Any] = [None] * len(requests)
-    for stage, indexes in by_stage.items():
-        answers = cedarpy.is_authorized_batch(
-            [requests[k] for k in indexes], policy.stage_policies[stage], entities
-        )
+    for key, indexes in groups.items():
+        rules = policy.sliced_policies.get(key) or policy.stage_policies[key[0]]
+        answers = cedarpy.is_authorized_batch([requests[k] for k in indexes], rules, entities)
         for k, res in zip(indexes, answers, strict=True):
             if res.diagnostics.errors:
                 req = requests[k]
                 raise PolicyEvaluationError(
-                    f"Cedar error on {stage} for {req['principal']['id']}: "
+                    f"Cedar error on {key[0]} for {req['principal']['id']}: "
                     + "; ".join(res.diagnostics.errors)
                 )
             results[k] = res
@@ -242,38 +248,48 @@ def _matched(result: Any, policy: PolicySet) -> list[Rule]:
     return sorted(rules, key=lambda r: r.order)
 
 
-class _Values(dict[str, str]):
+def _money(value: Decimal | None, currency: str | None) -> str:
+    return format_amount(value, currency or "") if value is not None else "(no amount)"
+
+
+_PLACEHOLDERS: dict[str, Callable[[_Prepared, PolicySet], str]] = {
+    "action": lambda p, _: p.spec.label,
+    "action_type": lambda p, _: p.action.action_type,
+    "amount": lambda p, _: _money(p.action.amount, p.action.currency),
+    "amount_base": lambda p, pol: _money(p.figures.amount_base, pol.base_currency),
+    "currency": lambda p, _: p.action.currency or "",
+    "base_currency": lambda _, pol: pol.base_currency,
+    "tier": lambda p, _: p.action.customer_tier,
+    "customer": lambda p, _: p.action.customer_id,
+    "case": lambda p, _: p.action.case_id,
+    "case_action_exposure": lambda p, pol: _money(p.figures.case_action, pol.base_currency),
+    "case_all_exposure": lambda p, pol: _money(p.figures.case_all, pol.base_currency),
+    "customer_day_exposure": lambda p, pol: _money(p.figures.customer_day, pol.base_currency),
+    "quantity": lambda p, _: (
+        format_quantity(p.quantity) if p.quantity is not None else "(no quantity)"
+    ),
+}
+
+
+class _Placeholders(dict[str, str]):
+    """Values for one explanation: ``extra`` first, then the action's placeholders, computed
+    on first use and cached on the prepared action (most templates use two or three)."""
+
+    def __init__(self, p: _Prepared, policy: PolicySet, extra: dict[str, str]) -> None:
+        super().__init__(extra)
+        self.p = p
+        self.policy = policy
+
     def __missing__(self, key: str) -> str:
-        return f"{{{key}}}"
-
-
-def _values(p: _Prepared, policy: PolicySet) -> dict[str, str]:
-    if not p.values:
-        a, f, base = p.action, p.figures, policy.base_currency
-        p.values.update(
-            action=p.spec.label,
-            action_type=a.action_type,
-            amount=format_amount(a.amount, a.currency or "")
-            if a.amount is not None
-            else "(no amount)",
-            amount_base=format_amount(f.amount_base, base),
-            currency=a.currency or "",
-            base_currency=base,
-            tier=a.customer_tier,
-            customer=a.customer_id,
-            case=a.case_id,
-            case_action_exposure=format_amount(f.case_action, base),
-            case_all_exposure=format_amount(f.case_all, base),
-            customer_day_exposure=format_amount(f.customer_day, base),
-            quantity=format_quantity(p.quantity) if p.quantity is not None else "(no quantity)",
-        )
-    return p.values
+        cache = self.p.values
+        if key not in cache:
+            fn = _PLACEHOLDERS.get(key)
+            cache[key] = fn(self.p, self.policy) if fn else f"{{{key}}}"
+        return cache[key]
 
 
 def _render(template: str, p: _Prepared, policy: PolicySet, **extra: str) -> str:
-    values = _Values(_values(p, policy))
-    values.update(extra)
-    return template.format_map(values)
+    return template.format_map(_Placeholders(p, policy, extra))
 
 
 def _rule_reason(rule: Rule, p: _Prepared, policy: PolicySet, **extra: str) -> Reason:
@@ -287,11 +303,12 @@ def _rule_reason(rule: Rule, p: _Prepared, policy: PolicySet, **extra: str) -> R
         one_of_roles=" or ".join(rule.one_of_roles) or "any role",
         **extra,
     )
-    return Reason(policy_id=rule.policy_id, explanation=text, effect=rule.effect)
+    # model_construct: the fields are built right here from validated data.
+    return Reason.model_construct(policy_id=rule.policy_id, explanation=text, effect=rule.effect)
 
 
 def _engine_reason(policy_id: str, p: _Prepared, policy: PolicySet, **extra: str) -> Reason:
-    return Reason(
+    return Reason.model_construct(
         policy_id=policy_id,
         explanation=_render(ENGINE_REASONS[policy_id], p, policy, **extra),
         effect="engine",
@@ -360,7 +377,9 @@ def evaluate_many(
         rid = str(i)
         first.append(ent.cedar_request(_SERVICE, "request", rid))
         first.append(ent.cedar_request(_SERVICE, "auto_execute", rid))
-    results = _authorize(first, entities, policy)
+    results = _authorize(
+        first, entities, policy, [p.action.action_type for p in prepared for _ in "ra"]
+    )
 
     # Second round only for actions that need approval: who may approve, which quorum applies.
     named = policy.named_approvers
@@ -374,7 +393,9 @@ def evaluate_many(
         second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
         second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
         second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in named]
-    probes = dict(zip(pending, _chunks(_authorize(second, entities, policy), stride), strict=True))
+    second_types = [prepared[i].action.action_type for i in pending for _ in range(stride)]
+    answers = _authorize(second, entities, policy, second_types)
+    probes = dict(zip(pending, _chunks(answers, stride), strict=True))
 
     return [
         _decide(p, results[2 * i], results[2 * i + 1], probes.get(i), policy)
@@ -419,12 +440,12 @@ def _decide(
             quorum = _matched(probes[1], policy)
             slas = [r.sla for r in matched if r.sla is not None]
             sla = min(slas) if slas else policy.manifest.default_sla
-            approval = ApprovalRequirement(
+            approval = ApprovalRequirement.model_construct(
                 min_approvals=max([1, *(r.min_approvals or 1 for r in quorum)]),
                 eligible_roles=tuple(roles),
                 named_approvers=tuple(names),
                 role_mix=tuple(
-                    RoleMix(policy_id=r.policy_id, one_of_roles=r.one_of_roles)
+                    RoleMix.model_construct(policy_id=r.policy_id, one_of_roles=r.one_of_roles)
                     for r in quorum
                     if r.one_of_roles
                 ),
@@ -434,14 +455,16 @@ def _decide(
                 due_at=p.context.as_of + sla,
             )
     f = p.figures
-    exposure = Exposure(
+    # model_construct throughout: every field is computed right here from validated inputs,
+    # and re-validating the nested models would cost more than the Cedar call.
+    exposure = Exposure.model_construct(
         base_currency=policy.base_currency,
         amount_base=f.amount_base,
         case_action=f.case_action,
         case_all=f.case_all,
         customer_day=f.customer_day,
     )
-    decision = Decision(
+    decision = Decision.model_construct(
         outcome=outcome,
         reasons=tuple(reasons),
         approval=approval,
@@ -529,6 +552,7 @@ def can_approve(
         ],
         entities,
         policy,
+        [action.action_type] * 3,
     )
     extra = {"approver": approver.id}
     reasons: list[Reason] = []
@@ -603,7 +627,7 @@ def quorum_status(
         ent.cedar_request(_PROBE_USER, "approve", "0"),
     ]
     first += [ent.cedar_request(ent.uid("User", c.id), "approve", "0") for c in candidates]
-    request, probe, *checks = _authorize(first, entities, policy)
+    request, probe, *checks = _authorize(first, entities, policy, [action.action_type] * len(first))
 
     counted: list[Principal] = []
     for c, res in zip(candidates, checks, strict=True):
@@ -626,6 +650,7 @@ def quorum_status(
         ],
         with_set,
         policy,
+        [action.action_type] * 2,
     )
     count = str(len(counted))
     applicable = _matched(empty, policy)

@@ -71,12 +71,13 @@ def action_hash(action: ActionRequest, policy_version: str) -> str:
         "v": ACTION_HASH_FORMAT,
         "action_id": action.action_id,
         "action_type": action.action_type,
-        "arguments": dict(action.arguments),
-        "amount": action.amount,
+        "arguments": {k: _canonical(v) for k, v in action.arguments.items()},
+        "amount": None if action.amount is None else {"$num": canonical_decimal(action.amount)},
         "currency": action.currency,
         "case_id": action.case_id,
         "customer_id": action.customer_id,
         "evidence_ids": sorted(set(action.evidence_ids)),
         "policy_version": policy_version,
     }
-    return sha256_hex(canonical_json(doc))
+    # Same bytes as canonical_json(doc), without walking the already-canonical parts again.
+    return sha256_hex(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False))

@@ -48,13 +48,29 @@ def to_base(
     as_of: date,
     max_age_days: int,
 ) -> Decimal:
-    """Convert ``amount`` in ``currency`` into ``base_currency`` as of the given date.
+    """Convert ``amount`` in ``currency`` into ``base_currency`` as of the given date, rounded
+    up to 4 places. Raises ``FxRateUnavailable`` as ``fx_rate`` does."""
+    rate = fx_rate(
+        currency, base_currency=base_currency, fx=fx, as_of=as_of, max_age_days=max_age_days
+    )
+    return ceil4(amount * rate)
+
+
+def fx_rate(
+    currency: str,
+    *,
+    base_currency: str,
+    fx: FxTable | None,
+    as_of: date,
+    max_age_days: int,
+) -> Decimal:
+    """Units of ``base_currency`` per unit of ``currency`` on ``as_of`` (1 for the base itself).
 
     Raises ``FxRateUnavailable`` when the table is missing, has another base currency, has no
     rate for the currency on or before ``as_of``, or only a rate older than ``max_age_days``.
     """
     if currency == base_currency:
-        return ceil4(amount)
+        return Decimal(1)
     if fx is None:
         raise FxRateUnavailable(
             f"amount in {currency} needs an FX table into {base_currency}, but none was given"
@@ -79,7 +95,7 @@ def to_base(
             f"the latest {currency}->{base_currency} rate is from {best.valid_from.isoformat()}, "
             f"{age} days before {as_of.isoformat()} (maximum age {max_age_days} days)"
         )
-    return ceil4(amount * best.rate)
+    return best.rate
 
 
 def ceil4(value: Decimal) -> Decimal:

@@ -305,7 +305,8 @@ def test_amount_beyond_cedar_decimal_range_is_refused(policy: PolicySet) -> None
 def _with_stage(policy: PolicySet, stage: str, text: str) -> PolicySet:
     stages = dict(policy.stage_policies)
     stages[stage] = cedarpy.PolicySet.from_str(text)
-    return dataclasses.replace(policy, stage_policies=stages)
+    # Drop the per-type slices so that every request reaches the replaced stage.
+    return dataclasses.replace(policy, stage_policies=stages, sliced_policies={})
 
 
 def test_a_cedar_evaluation_error_aborts_the_decision(policy: PolicySet) -> None:
@@ -338,6 +339,19 @@ def test_engine_enforces_segregation_of_duties_even_without_sod_rules(policy: Po
     )
     assert not status.satisfied
     assert status.valid_approvals == 0
+
+
+def test_type_slices_decide_exactly_like_the_whole_stage(policy: PolicySet) -> None:
+    from policies.testing import run_policy_tests
+
+    assert policy.tests_path is not None
+    unsliced = dataclasses.replace(policy, sliced_policies={})
+    sliced_report = run_policy_tests(policy, policy.tests_path)
+    unsliced_report = run_policy_tests(unsliced, policy.tests_path)
+    assert unsliced_report.ok
+    assert [r.summary for r in unsliced_report.results] == [
+        r.summary for r in sliced_report.results
+    ]
 
 
 def test_nobody_may_approve_means_forbidden(policy: PolicySet) -> None:

@@ -1,0 +1,277 @@
+"""Benchmark the policy layer: single decisions (p50/p99) and batched evaluation (decisions/s).
+
+Usage (from the repository root):
+
+    nice .venv/bin/python bench/policy_bench.py [--policy DIR] [--single 3000] [--batch 250]
+        [--batches 20] [--pin-cpu 0]
+
+Targets (issue 5): a single decision with the default policy p99 < 1 ms; batched evaluation
+(re-checking every open approval after a policy change) >= 10,000 decisions/s on one core.
+The script also measures cedarpy's own batch call (one request per entity, 250 entities) as the
+floor the evaluator is built on. Synthetic actions only: no data set is needed. Everything runs
+in this one process and thread; ``--pin-cpu`` additionally pins it to one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import cedarpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies import (
+    DEFAULT_POLICY_DIR,
+    ActionRequest,
+    Approval,
+    DecisionContext,
+    ExposureItem,
+    FxRate,
+    FxTable,
+    Outcome,
+    Principal,
+    action_hash,
+    can_approve,
+    evaluate,
+    evaluate_many,
+    load_policy_set,
+    quorum_status,
+)
+from policies import entities as ent
+from policies.evaluator import _prepare
+
+AS_OF = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
+FX = FxTable(
+    base_currency="EUR",
+    rates=(
+        FxRate(currency="USD", rate=Decimal("0.92"), valid_from=date(2025, 6, 1)),
+        FxRate(currency="GBP", rate=Decimal("1.17"), valid_from=date(2025, 6, 1)),
+    ),
+)
+ARGS = {"invoice_id": "INV-1", "reason_code": "SHORTAGE"}
+
+
+def ledger(n: int) -> tuple[ExposureItem, ...]:
+    """A realistic exposure ledger: earlier actions on the case and the customer's day."""
+    return tuple(
+        ExposureItem(
+            action_id=f"P{i}",
+            action_type="issue_credit_note" if i % 2 else "refund",
+            case_id="CASE-1" if i % 3 == 0 else f"CASE-{i}",
+            customer_id="CUST-1",
+            amount=Decimal(150 + 10 * i),
+            currency="EUR" if i % 4 else "USD",
+            at=AS_OF - timedelta(hours=i),
+            status="executed",
+        )
+        for i in range(n)
+    )
+
+
+def credit(amount: str, i: int = 0, currency: str = "EUR") -> ActionRequest:
+    return ActionRequest(
+        action_id=f"ACT-{i}",
+        action_type="issue_credit_note",
+        arguments=ARGS,
+        amount=Decimal(amount),
+        currency=currency,
+        case_id=f"CASE-{i % 40}",
+        customer_id=f"CUST-{i % 25}",
+        customer_tier="ABC"[i % 3],
+        requested_by="u-agent",
+    )
+
+
+def percentiles(samples_ns: list[int]) -> dict[str, float]:
+    s = sorted(samples_ns)
+
+    def pick(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))] / 1000
+
+    return {
+        "p50_us": pick(0.50),
+        "p90_us": pick(0.90),
+        "p99_us": pick(0.99),
+        "max_us": s[-1] / 1000,
+    }
+
+
+def time_each(fn: Callable[[], object], n: int, warmup: int = 100) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t)
+    return percentiles(samples)
+
+
+def throughput(fn: Callable[[], int], rounds: int) -> dict[str, float]:
+    fn()  # warm-up
+    rates, cpu_rates = [], []
+    for _ in range(rounds):
+        t, c = time.perf_counter(), time.process_time()
+        count = fn()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        rates.append(count / wall)
+        cpu_rates.append(count / cpu if cpu > 0 else float("nan"))
+    return {
+        "median_per_s": statistics.median(rates),
+        "best_per_s": max(rates),
+        "median_per_cpu_s": statistics.median(cpu_rates),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--policy", default=str(DEFAULT_POLICY_DIR))
+    ap.add_argument("--single", type=int, default=3000, help="timed single decisions per scenario")
+    ap.add_argument("--batch", type=int, default=250, help="actions per evaluate_many call")
+    ap.add_argument("--batches", type=int, default=20, help="timed evaluate_many calls")
+    ap.add_argument("--ledger", type=int, default=12, help="exposure ledger rows per decision")
+    ap.add_argument("--pin-cpu", type=int, default=None, help="pin the process to this CPU")
+    ap.add_argument("--json", action="store_true", help="print results as JSON")
+    opts = ap.parse_args()
+    if opts.pin_cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {opts.pin_cpu})
+
+    policy = load_policy_set(opts.policy)
+    rows = ledger(opts.ledger)
+    ctx = DecisionContext(as_of=AS_OF, fx=FX, prior_actions=rows)
+    results: dict[str, object] = {
+        "policy": f"{policy.id} {policy.version} ({len(policy.rules)} rules)",
+        "python": platform.python_version(),
+        "cedarpy": getattr(cedarpy, "__version__", "4.x"),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "ledger_rows": opts.ledger,
+    }
+
+    # ---- single decisions, by outcome
+    scenarios = {
+        "auto_execute (credit 400 EUR)": credit("400"),
+        "needs_approval (credit 12,400 EUR)": credit("12400", 1),
+        "needs_approval + quorum (credit 60,000 USD)": credit("60000", 2, "USD"),
+        "forbidden (write-off 150,000 EUR)": credit("150000", 3).model_copy(
+            update={"action_type": "write_off", "arguments": {"reason_code": "X"}}
+        ),
+    }
+    single: dict[str, dict[str, float]] = {}
+    all_samples: list[int] = []
+    for label, action in scenarios.items():
+        outcome = evaluate(action, ctx, policy).outcome.value
+        samples = []
+        for _ in range(100):
+            evaluate(action, ctx, policy)
+        for _ in range(opts.single):
+            t = time.perf_counter_ns()
+            evaluate(action, ctx, policy)
+            samples.append(time.perf_counter_ns() - t)
+        all_samples += samples
+        single[f"{label} -> {outcome}"] = percentiles(samples)
+    single["all scenarios"] = percentiles(all_samples)
+    results["single_decision"] = single
+
+    # ---- approval checks
+    big = credit("60000", 2)
+    h = action_hash(big, policy.version)
+    fc = Principal(id="u-fc", roles=frozenset({"finance_controller"}))
+    cfo = Principal(id="u-cfo", roles=frozenset({"cfo"}))
+    approvals = [Approval(approver=p, action_hash=h, approved_at=AS_OF) for p in (fc, cfo)]
+    results["can_approve"] = time_each(
+        lambda: can_approve(cfo, big, ctx, approvals[:1], policy), opts.single
+    )
+    results["quorum_status (2 approvals)"] = time_each(
+        lambda: quorum_status(big, ctx, approvals, policy), opts.single
+    )
+
+    # ---- batches: re-checking open approvals (all need approval) and a mixed queue
+    open_approvals = [
+        (credit(str(11000 + 37 * i), i), DecisionContext(as_of=AS_OF, fx=FX, prior_actions=rows))
+        for i in range(opts.batch)
+    ]
+    mixed = [
+        (
+            credit(str(200 + 331 * i % 80000), i),
+            DecisionContext(as_of=AS_OF, fx=FX, prior_actions=rows),
+        )
+        for i in range(opts.batch)
+    ]
+    outcomes = [d.outcome for d in evaluate_many(open_approvals, policy)]
+    assert all(o == Outcome.needs_approval for o in outcomes), "bench data drifted"
+    mix = {o.value: 0 for o in Outcome}
+    for d in evaluate_many(mixed, policy):
+        mix[d.outcome.value] += 1
+    results["batch_recheck_open_approvals"] = throughput(
+        lambda: len(evaluate_many(open_approvals, policy)), opts.batches
+    )
+    results["batch_mixed_queue"] = {
+        **throughput(lambda: len(evaluate_many(mixed, policy)), opts.batches),
+        "outcomes": mix,
+    }
+
+    # ---- cedarpy floor: its batch call, one auto_execute request per entity (250 entities)
+    prepared = [_prepare(a, c, policy, str(i)) for i, (a, c) in enumerate(open_approvals)]
+    entity_json = json.dumps([p.entity for p in prepared])
+    requests = [
+        ent.cedar_request(ent.uid("Service", ent.SERVICE_ID), "auto_execute", str(i))
+        for i in range(len(prepared))
+    ]
+
+    def cedar_floor() -> int:
+        handle = policy.base_handle.with_added_json_str(entity_json)
+        cedarpy.is_authorized_batch(requests, policy.stage_policies["auto_execute"], handle)
+        return len(requests)
+
+    results["cedarpy_batch_floor (parse 250 entities + 250 auto_execute requests)"] = throughput(
+        cedar_floor, opts.batches
+    )
+    results["loadavg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    if opts.json:
+        print(json.dumps(results, indent=2, default=str))
+        return
+    print(
+        f"policy {results['policy']}; Python {results['python']}; cpus {results['cpu_count']}; "
+        f"load avg {results['loadavg_1m_at_start']:.2f} -> {results['loadavg_1m_at_end']:.2f}"
+    )
+    print(
+        f"\nsingle decision (evaluate), {opts.single} runs per scenario, ledger {opts.ledger} rows:"
+    )
+    for label, p in single.items():
+        print(
+            f"  {label:62s} p50 {p['p50_us']:7.1f} us  p99 {p['p99_us']:7.1f} us"
+            f"  max {p['max_us']:8.1f} us"
+        )
+    for key in ("can_approve", "quorum_status (2 approvals)"):
+        p = results[key]  # type: ignore[assignment]
+        print(f"  {key:62s} p50 {p['p50_us']:7.1f} us  p99 {p['p99_us']:7.1f} us")
+    print(f"\nbatched evaluate_many, {opts.batch} actions per call, {opts.batches} calls:")
+    for key in (
+        "batch_recheck_open_approvals",
+        "batch_mixed_queue",
+        "cedarpy_batch_floor (parse 250 entities + 250 auto_execute requests)",
+    ):
+        r = results[key]  # type: ignore[assignment]
+        extra = f"  outcomes {r['outcomes']}" if "outcomes" in r else ""
+        print(
+            f"  {key:70s} {r['median_per_s']:8.0f}/s median, {r['best_per_s']:8.0f}/s best, "
+            f"{r['median_per_cpu_s']:8.0f}/CPU-s{extra}"
+        )
+    gc.collect()
+
+
+if __name__ == "__main__":
+    main()
