@@ -37,23 +37,37 @@ def load(db: Database, n: int, batch: int = 20_000) -> None:
     insert = text(
         "INSERT INTO audit_events (seq, ts, actor_type, actor_id, actor_role, case_id, action,"
         " payload, prev_hash, hash) VALUES (:seq, :ts, :actor_type, :actor_id, :actor_role,"
-        " :case_id, :action, :payload, :prev_hash, :hash)")
+        " :case_id, :action, :payload, :prev_hash, :hash)"
+    )
     for seq in range(1, n + 1):
         payload = canonical_json({"from": "received", "to": "triaging", "attempt": seq % 3})
         case_id = f"01M8CB8FFK54SQPHH3AY{seq % 100000:06d}"
-        h = audit.entry_hash(seq, ts, "ai", "triage-pipeline", None, case_id, "case.triaging",
-                             payload, prev)
-        rows.append({"seq": seq, "ts": ts, "actor_type": "ai", "actor_id": "triage-pipeline",
-                     "actor_role": None, "case_id": case_id, "action": "case.triaging",
-                     "payload": payload, "prev_hash": prev, "hash": h})
+        h = audit.entry_hash(
+            seq, ts, "ai", "triage-pipeline", None, case_id, "case.triaging", payload, prev
+        )
+        rows.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "actor_type": "ai",
+                "actor_id": "triage-pipeline",
+                "actor_role": None,
+                "case_id": case_id,
+                "action": "case.triaging",
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": h,
+            }
+        )
         prev = h
         if len(rows) == batch or seq == n:
             with db.write() as s:
                 s.execute(insert, rows)
             rows.clear()
     with db.write() as s:
-        s.execute(text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
-                  {"s": n, "h": prev})
+        s.execute(
+            text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"), {"s": n, "h": prev}
+        )
 
 
 def main() -> None:
@@ -79,8 +93,11 @@ def main() -> None:
                 db = Database(settings)
                 t0 = time.perf_counter()
                 load(db, n)
-                print(f"{kind:<8} loaded {n:>9,} events in {time.perf_counter() - t0:6.1f}s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{kind:<8} loaded {n:>9,} events in {time.perf_counter() - t0:6.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 times = []
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
@@ -90,8 +107,11 @@ def main() -> None:
                     assert res.intact and res.events == n, res
                 times.sort()
                 med = times[len(times) // 2]
-                print(f"{kind:<8} verify {n:>9,} events: median {med:6.2f}s "
-                      f"({n / med:>9,.0f} events/s, {med / n * 1e6:5.2f} us/event)", flush=True)
+                print(
+                    f"{kind:<8} verify {n:>9,} events: median {med:6.2f}s "
+                    f"({n / med:>9,.0f} events/s, {med / n * 1e6:5.2f} us/event)",
+                    flush=True,
+                )
                 db.dispose()
                 if schema:
                     eng = create_engine(PG, isolation_level="AUTOCOMMIT")

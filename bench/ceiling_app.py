@@ -19,9 +19,11 @@ from triage.settings import Settings
 settings = Settings(database_url=os.environ["TRIAGE_DATABASE_URL"])
 db = Database(settings)
 with db.write() as s:
-    s.execute(text("CREATE TABLE IF NOT EXISTS ceiling (id INTEGER PRIMARY KEY, body TEXT)")
-              if db.is_sqlite else
-              text("CREATE TABLE IF NOT EXISTS ceiling (id BIGSERIAL PRIMARY KEY, body TEXT)"))
+    s.execute(
+        text("CREATE TABLE IF NOT EXISTS ceiling (id INTEGER PRIMARY KEY, body TEXT)")
+        if db.is_sqlite
+        else text("CREATE TABLE IF NOT EXISTS ceiling (id BIGSERIAL PRIMARY KEY, body TEXT)")
+    )
 
 app = FastAPI()
 

@@ -67,24 +67,60 @@ def _drop(schema: str | None) -> None:
 
 
 def start_product(url: str, port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "TRIAGE_DATABASE_URL": url, "TRIAGE_DATA_DIR": str(workdir),
-           "TRIAGE_WORKER_ENABLED": "false"}
-    subprocess.run([PY, "-m", "cli.main", "db", "upgrade"], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
-    out = subprocess.run([PY, "-m", "cli.main", "keys", "create", "--name", "bench",
-                          "--role", "orchestrator"], env=env, check=True, cwd=ROOT,
-                         capture_output=True, text=True).stdout
+    env = {
+        **os.environ,
+        "TRIAGE_DATABASE_URL": url,
+        "TRIAGE_DATA_DIR": str(workdir),
+        "TRIAGE_WORKER_ENABLED": "false",
+    }
+    subprocess.run(
+        [PY, "-m", "cli.main", "db", "upgrade"], env=env, check=True, cwd=ROOT, capture_output=True
+    )
+    out = subprocess.run(
+        [PY, "-m", "cli.main", "keys", "create", "--name", "bench", "--role", "orchestrator"],
+        env=env,
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     key = next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
-    proc = subprocess.Popen([PY, "-m", "uvicorn", "api.asgi:app", "--port", str(port),
-                             "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "api.asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
     _wait(f"http://127.0.0.1:{port}/healthz")
     return proc, key
 
 
 def start_ceiling(url: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TRIAGE_DATABASE_URL": url}
-    proc = subprocess.Popen([PY, "-m", "uvicorn", "bench.ceiling_app:app", "--port", str(port),
-                             "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "bench.ceiling_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
     _wait(f"http://127.0.0.1:{port}/healthz")
     return proc
 
@@ -99,11 +135,17 @@ async def load(base: str, key: str, clients: int, seconds: float, tag: str) -> d
         nonlocal counter, errors
         while time.perf_counter() < stop:
             counter += 1
-            body = json.dumps(sample_case(counter, source={"system": f"bench-{tag}",
-                                                           "case_id": f"{tag}-{counter}"}))
+            body = json.dumps(
+                sample_case(
+                    counter, source={"system": f"bench-{tag}", "case_id": f"{tag}-{counter}"}
+                )
+            )
             t0 = time.perf_counter()
-            r = await c.post("/v1/cases", content=body, headers={
-                "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            r = await c.post(
+                "/v1/cases",
+                content=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 202:
                 errors += 1
@@ -145,17 +187,25 @@ def main() -> None:
                     asyncio.run(load("http://127.0.0.1:8702", key, n, 1.0, f"w{n}c"))
                     p = asyncio.run(load("http://127.0.0.1:8701", key, n, args.seconds, f"p{n}"))
                     c = asyncio.run(load("http://127.0.0.1:8702", key, n, args.seconds, f"c{n}"))
-                    row = {"db": kind, "clients": n, "product": p, "ceiling": c,
-                           "ratio": p["rps"] / c["rps"]}
+                    row = {
+                        "db": kind,
+                        "clients": n,
+                        "product": p,
+                        "ceiling": c,
+                        "ratio": p["rps"] / c["rps"],
+                    }
                     rows.append(row)
                     if args.json:
                         print(json.dumps(row))
                     else:
-                        print(f"{kind:<8} clients={n:<3} product {p['rps']:7.0f} req/s "
-                              f"p50 {p['p50_ms']:6.1f} ms p99 {p['p99_ms']:6.1f} ms | ceiling "
-                              f"{c['rps']:7.0f} req/s p50 {c['p50_ms']:6.1f} ms p99 "
-                              f"{c['p99_ms']:6.1f} ms | ratio {row['ratio']:.2f} | errors "
-                              f"{p['errors']}/{c['errors']}", flush=True)
+                        print(
+                            f"{kind:<8} clients={n:<3} product {p['rps']:7.0f} req/s "
+                            f"p50 {p['p50_ms']:6.1f} ms p99 {p['p99_ms']:6.1f} ms | ceiling "
+                            f"{c['rps']:7.0f} req/s p50 {c['p50_ms']:6.1f} ms p99 "
+                            f"{c['p99_ms']:6.1f} ms | ratio {row['ratio']:.2f} | errors "
+                            f"{p['errors']}/{c['errors']}",
+                            flush=True,
+                        )
             finally:
                 for proc in (product, ceiling):
                     proc.terminate()

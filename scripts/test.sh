@@ -6,8 +6,13 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 ./scripts/ensure-postgres.sh
 export TRIAGE_TEST_POSTGRES_URL=${TRIAGE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
-echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
-echo "== mypy"; .venv/bin/mypy
-echo "== import-linter"; .venv/bin/lint-imports
+# One command per line: under `set -e` a failure inside an `a && b` list would not stop us.
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== import-linter"
+.venv/bin/lint-imports
 echo "== pytest"
 exec .venv/bin/pytest "$@"
