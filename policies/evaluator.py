@@ -293,6 +293,8 @@ def _render(template: str, p: _Prepared, policy: PolicySet, **extra: str) -> str
 
 
 def _rule_reason(rule: Rule, p: _Prepared, policy: PolicySet, **extra: str) -> Reason:
+    if rule.static_reason is not None:
+        return rule.static_reason
     threshold = format_amount(rule.threshold) if rule.threshold is not None else "(no threshold)"
     text = _render(
         rule.explain,

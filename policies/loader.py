@@ -36,7 +36,8 @@ import cedarpy
 
 from policies import entities as ent
 from policies.errors import PolicyLoadError
-from policies.money import ExposureFigures, parse_duration
+from policies.model import Reason
+from policies.money import ExposureFigures, format_amount, parse_duration
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "default"
 
@@ -66,6 +67,8 @@ PLACEHOLDERS = frozenset(
     }
 )
 """Placeholders an ``@explain`` template may use (see docs/policies.md)."""
+STATIC_PLACEHOLDERS = frozenset({"threshold", "base_currency", "min_approvals", "one_of_roles"})
+"""Placeholders that depend on the rule and the policy only, never on the action."""
 
 ENGINE_REASONS: Mapping[str, str] = MappingProxyType(
     {
@@ -137,6 +140,9 @@ class Rule:
     """``principal in Role::"x"`` scope of an authority rule."""
     named_principal: str | None = None
     """``principal == User::"x"`` scope of an authority rule (a named approver)."""
+    static_reason: Reason | None = None
+    """The rendered reason, when ``explain`` uses only placeholders that do not depend on the
+    action (threshold, base currency, quorum annotations): rendered once at load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,8 +570,24 @@ def _extract_rules(
             if stage == "approve" and str(named).startswith("__"):
                 problems.append(f"{where}: user ids starting with '__' are reserved")
 
+        static_reason = None
+        if (
+            explain
+            and fields <= STATIC_PLACEHOLDERS
+            and not (threshold is None and "threshold" in fields)
+        ):
+            text = explain.format(
+                threshold=format_amount(threshold) if threshold is not None else "",
+                base_currency=manifest.base_currency,
+                min_approvals=str(min_approvals or 1),
+                one_of_roles=" or ".join(one_of) or "any role",
+            )
+            static_reason = Reason(
+                policy_id=pid, explanation=text, effect="forbid" if effect == "forbid" else "permit"
+            )
         rules[pid] = Rule(
             policy_id=pid,
+            static_reason=static_reason,
             order=len(rules),
             effect="forbid" if effect == "forbid" else "permit",
             stage=stage,
