@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import PolicyLoadError, load_policy_set
+from policies import PolicyLoadError, PolicySet, load_policy_set
 
 
 def _edit(path: Path, old: str, new: str, count: int = 1) -> None:
@@ -24,7 +24,7 @@ def _problems(bundle: Path) -> list[str]:
     return info.value.problems
 
 
-def test_default_bundle_loads(policy) -> None:
+def test_default_bundle_loads(policy: PolicySet) -> None:
     assert policy.id == "default"
     assert re.fullmatch(r"[0-9a-f]{64}", policy.digest)
     assert len(policy.rules) >= 35
@@ -32,7 +32,7 @@ def test_default_bundle_loads(policy) -> None:
     assert policy.rules["billing.credit_note.tier_b"].threshold == 5000
 
 
-def test_digest_changes_with_any_policy_file(bundle_copy: Path, policy) -> None:
+def test_digest_changes_with_any_policy_file(bundle_copy: Path, policy: PolicySet) -> None:
     assert load_policy_set(bundle_copy).digest == policy.digest
     _edit(bundle_copy / "actions.toml", 'label = "credit note"', 'label = "credit memo"')
     assert load_policy_set(bundle_copy).digest != policy.digest

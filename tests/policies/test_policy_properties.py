@@ -84,6 +84,7 @@ def _base(amount: Decimal, currency: str) -> Decimal:
     return (amount * RATES[currency]).quantize(Decimal("0.0001"), rounding=ROUND_CEILING)
 
 
+SplitCase = tuple[ActionRequest, DecisionContext, dict[str, Decimal]]
 money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal(150000), places=2)
 tiers = st.sampled_from("ABC")
 currencies = st.sampled_from(sorted(RATES))
@@ -91,7 +92,7 @@ material_types = st.sampled_from(sorted(ARGS))
 
 
 @st.composite
-def split_actions(draw: st.DrawFn) -> tuple[ActionRequest, DecisionContext, dict[str, Decimal]]:
+def split_actions(draw: st.DrawFn) -> SplitCase:
     """A material action whose total is split into 1-4 parts on one case (earlier parts in the
     ledger, in random states), plus unrelated ledger noise; returns the oracle's figures."""
     action_type = draw(material_types)
@@ -194,7 +195,7 @@ def _within_limits(action: ActionRequest, f: dict[str, Decimal]) -> bool:
 
 @FAST
 @given(split_actions())
-def test_no_material_action_runs_automatically_above_a_limit(case) -> None:
+def test_no_material_action_runs_automatically_above_a_limit(case: SplitCase) -> None:
     action, context, figures = case
     decision = evaluate(action, context, POLICY)
     assert decision.exposure.case_action == figures["case_action"]
@@ -207,7 +208,9 @@ def test_no_material_action_runs_automatically_above_a_limit(case) -> None:
 
 @FAST
 @given(split_actions(), st.randoms(use_true_random=False))
-def test_evaluate_is_deterministic_and_order_insensitive(case, rnd: random.Random) -> None:
+def test_evaluate_is_deterministic_and_order_insensitive(
+    case: SplitCase, rnd: random.Random
+) -> None:
     action, context, _ = case
     first = evaluate(action, context, POLICY)
     assert evaluate(action, context, POLICY) == first
@@ -226,7 +229,7 @@ def test_evaluate_is_deterministic_and_order_insensitive(case, rnd: random.Rando
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(split_actions(), min_size=1, max_size=6))
-def test_evaluate_many_agrees_with_evaluate(cases) -> None:
+def test_evaluate_many_agrees_with_evaluate(cases: list[SplitCase]) -> None:
     items = [(a, c) for a, c, _ in cases]
     assert evaluate_many(items, POLICY) == [evaluate(a, c, POLICY) for a, c in items]
 
@@ -237,7 +240,9 @@ role_sets = st.frozensets(st.sampled_from(ALL_ROLES))
 
 @FAST
 @given(split_actions(), people, role_sets, st.booleans())
-def test_segregation_of_duties_always_holds(case, person: str, roles, suggested: bool) -> None:
+def test_segregation_of_duties_always_holds(
+    case: SplitCase, person: str, roles: frozenset[str], suggested: bool
+) -> None:
     action, context, _ = case
     action = action.model_copy(
         update={
@@ -275,7 +280,7 @@ approver_profiles = st.fixed_dictionaries(
 
 
 @st.composite
-def approval_scenarios(draw: st.DrawFn):
+def approval_scenarios(draw: st.DrawFn) -> tuple[ActionRequest, list[Approval]]:
     action_type = draw(st.sampled_from(["issue_credit_note", "refund", "write_off"]))
     amount = draw(st.decimals(min_value=Decimal(1), max_value=Decimal(400000), places=2))
     action = ActionRequest(
@@ -303,7 +308,9 @@ def approval_scenarios(draw: st.DrawFn):
 
 @FAST
 @given(approval_scenarios(), st.randoms(use_true_random=False))
-def test_quorum_needs_count_and_mix_of_valid_distinct_approvers(scenario, rnd) -> None:
+def test_quorum_needs_count_and_mix_of_valid_distinct_approvers(
+    scenario: tuple[ActionRequest, list[Approval]], rnd: random.Random
+) -> None:
     action, approvals = scenario
     context = DecisionContext(as_of=AS_OF)
     status = quorum_status(action, context, approvals, POLICY)
@@ -327,7 +334,7 @@ def test_quorum_needs_count_and_mix_of_valid_distinct_approvers(scenario, rnd) -
 
 @FAST
 @given(split_actions())
-def test_decision_requirement_is_exactly_what_releases(case) -> None:
+def test_decision_requirement_is_exactly_what_releases(case: SplitCase) -> None:
     action, context, _ = case
     decision = evaluate(action, context, POLICY)
     if decision.outcome != Outcome.needs_approval:
