@@ -384,33 +384,44 @@ def evaluate_many(
     )
 
     # Second round only for actions that need approval: who may approve, which quorum applies.
-    named = policy.named_approvers
-    stride = 2 + len(named)
     pending = [
         i for i in range(len(prepared)) if results[2 * i].allowed and not results[2 * i + 1].allowed
     ]
     second: list[dict[str, Any]] = []
+    second_types: list[str] = []
+    spans: dict[int, tuple[int, tuple[str, ...]]] = {}
     for i in pending:
-        rid = str(i)
+        rid, action_type = str(i), prepared[i].action.action_type
+        names = policy.named_approvers_by_type.get(action_type, policy.named_approvers)
+        spans[i] = (len(second), names)
         second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
         second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
-        second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in named]
-    second_types = [prepared[i].action.action_type for i in pending for _ in range(stride)]
+        second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in names]
+        second_types += [action_type] * (2 + len(names))
     answers = _authorize(second, entities, policy, second_types)
-    probes = dict(zip(pending, _chunks(answers, stride), strict=True))
 
-    return [
-        _decide(p, results[2 * i], results[2 * i + 1], probes.get(i), policy)
-        for i, p in enumerate(prepared)
-    ]
+    decisions = []
+    for i, p in enumerate(prepared):
+        probes: _Probes | None = None
+        if i in spans:
+            start, names = spans[i]
+            named = tuple(zip(names, answers[start + 2 : start + 2 + len(names)], strict=True))
+            probes = _Probes(answers[start], answers[start + 1], named)
+        decisions.append(_decide(p, results[2 * i], results[2 * i + 1], probes, policy))
+    return decisions
 
 
-def _chunks(seq: list[Any], size: int) -> list[list[Any]]:
-    return [seq[k : k + size] for k in range(0, len(seq), size)]
+@dataclass(frozen=True, slots=True)
+class _Probes:
+    """Cedar's answers about who may approve an action and which quorum rules apply."""
+
+    all_roles: Any
+    empty_set: Any
+    named: tuple[tuple[str, Any], ...]
 
 
 def _decide(
-    p: _Prepared, request: Any, auto: Any, probes: list[Any] | None, policy: PolicySet
+    p: _Prepared, request: Any, auto: Any, probes: _Probes | None, policy: PolicySet
 ) -> Decision:
     approval: ApprovalRequirement | None = None
     outcome: Outcome
@@ -426,12 +437,10 @@ def _decide(
         matched = _matched(auto, policy)
         reasons = [_rule_reason(r, p, policy) for r in matched]
         reasons = reasons or [_engine_reason("auto_execute.no_permit", p, policy)]
-        authority = _matched(probes[0], policy) if probes[0].allowed else []
+        authority = _matched(probes.all_roles, policy) if probes.all_roles.allowed else []
         roles = sorted({r.role for r in authority if r.role})
-        names = [
-            n for n, res in zip(policy.named_approvers, probes[2:], strict=True) if res.allowed
-        ]
-        for n, res in zip(policy.named_approvers, probes[2:], strict=True):
+        names = [n for n, res in probes.named if res.allowed]
+        for n, res in probes.named:
             if res.allowed:
                 authority += [r for r in _matched(res, policy) if r.named_principal == n]
         if not roles and not names:
@@ -439,7 +448,7 @@ def _decide(
             reasons.append(_engine_reason("authority.no_eligible_approver", p, policy))
         else:
             outcome = Outcome.needs_approval
-            quorum = _matched(probes[1], policy)
+            quorum = _matched(probes.empty_set, policy)
             slas = [r.sla for r in matched if r.sla is not None]
             sla = min(slas) if slas else policy.manifest.default_sla
             approval = ApprovalRequirement.model_construct(

@@ -176,6 +176,9 @@ class PolicySet:
     schema_text: str
     tz: ZoneInfo
     named_approvers: tuple[str, ...]
+    named_approvers_by_type: Mapping[str, tuple[str, ...]]
+    """Per action type, the named approvers whose authority rules can apply to it (only these
+    are probed when deciding who may approve)."""
     tests_path: Path | None
     cedar_policies: cedarpy.PolicySet = field(repr=False)
     """The whole policy set (validation, tooling)."""
@@ -281,6 +284,7 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
     named = tuple(sorted({r.named_principal for r in rules.values() if r.named_principal}))
     stage_policies = _split_by_stage(est)
     sliced_policies = _slice_by_type(est, actions)
+    named_by_type = _named_by_type(est, actions)
     base_list = ent.base_entities(manifest.roles, named)
     approver_base_list = ent.base_entities(manifest.roles, ())
     try:
@@ -301,6 +305,7 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
         schema_text=schema_text,
         tz=ZoneInfo(manifest.day_timezone),
         named_approvers=named,
+        named_approvers_by_type=MappingProxyType(named_by_type),
         tests_path=tests_path if tests_path and tests_path.is_file() else None,
         cedar_policies=cedar_policies,
         stage_policies=MappingProxyType(stage_policies),
@@ -632,6 +637,20 @@ def _slice_by_type(
                     subset[cedar_id] = pol
             out[(stage, action_type)] = _policy_set(subset)
     return out
+
+
+def _named_by_type(est: dict[str, Any], action_types: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    named: list[tuple[str, frozenset[str] | None]] = []
+    for pol in est.get("staticPolicies", {}).values():
+        principal = pol.get("principal", {})
+        entity = principal.get("entity") or {}
+        is_approve = (pol.get("action", {}).get("entity") or {}).get("id") == "approve"
+        if is_approve and principal.get("op") == "==" and entity.get("type") == "User":
+            named.append((entity.get("id", ""), _pinned_types(pol)))
+    return {
+        t: tuple(sorted({n for n, types in named if types is None or t in types}))
+        for t in action_types
+    }
 
 
 def _policy_set(static: dict[str, Any]) -> cedarpy.PolicySet:
