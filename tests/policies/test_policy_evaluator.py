@@ -396,3 +396,18 @@ def test_format_amount_and_duration() -> None:
     for bad in ("PT", "P1W", "24h", "PT0H", "P1M"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+def test_ids_with_quotes_and_unicode_are_data_not_syntax(policy: PolicySet) -> None:
+    # Ids go to Cedar in structured form, never spliced into policy or request text.
+    sneaky = 'u-1" || true || "'
+    action = credit(
+        requested_by=sneaky, case_id='CASE "42" ∑', customer_id="客户-1", proposed_by="ü-bot"
+    )
+    d = evaluate(action, CTX, policy)
+    assert d.outcome == Outcome.needs_approval
+    check = can_approve(Principal(id=sneaky, roles=frozenset({"cfo"})), action, CTX, [], policy)
+    assert not check.allowed
+    assert [r.policy_id for r in check.reasons] == ["sod.requester"]
+    other = can_approve(Principal(id="u-1", roles=frozenset({"cfo"})), action, CTX, [], policy)
+    assert other.allowed
