@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from api import errors
 from api.deps import AppContext
 from api.middleware import RequestLimits
-from api.routes import audit, cases, health, keys, outbox
+from api.routes import audit, cases, health, keys, models, outbox
 from triage import auth
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings, get_settings
+from triage.stages import default_pipeline
 from triage.worker import Worker
 
 DESCRIPTION = """
@@ -37,6 +38,7 @@ def create_app(
     settings = settings or get_settings()
     db = db or Database(settings)
     run_worker = settings.worker_enabled if start_worker is None else start_worker
+    pipeline = pipeline or default_pipeline(settings)
     worker = Worker(db, settings, pipeline) if run_worker else None
     ctx = AppContext(
         settings=settings, db=db, worker=worker, keys=auth.KeyCache(settings.auth_cache_seconds)
@@ -61,6 +63,6 @@ def create_app(
     app.state.ctx = ctx
     errors.install(app)
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
-    for r in (cases.router, audit.router, keys.router, outbox.router, health.router):
+    for r in (cases.router, models.router, audit.router, keys.router, outbox.router, health.router):
         app.include_router(r)
     return app

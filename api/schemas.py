@@ -72,6 +72,10 @@ class CaseSummary(BaseModel):
     triaged_at: str | None
     resolved_at: str | None
     sla: SLAView
+    model_version: str | None = None
+    abstain_reasons: dict[str, str] | None = Field(
+        default=None, description="Targets the classifier abstained on, with the reason."
+    )
     version: int
 
 

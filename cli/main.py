@@ -14,6 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import classifier as classifier_cli
+from cli import kb as kb_cli
+from cli import policy as policy_cli
 from triage.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -27,6 +30,11 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.command("train")(classifier_cli.train)
+app.command("evaluate")(classifier_cli.evaluate)
+app.add_typer(classifier_cli.models_app, name="models")
+app.add_typer(policy_cli.policy_app, name="policy")
+app.add_typer(kb_cli.app, name="kb")
 
 ADMIN_CLI = "cli-admin"
 
@@ -329,7 +337,9 @@ def worker_cmd(
 
     _logging()
     settings = _settings()
-    w = Worker(Database(settings), settings)
+    from triage.stages import default_pipeline
+
+    w = Worker(Database(settings), settings, default_pipeline(settings))
     if once:
         typer.echo(f"triaged {w.run_once()} cases")
         return
@@ -346,6 +356,51 @@ def worker_cmd(
     while not stop:
         time.sleep(0.5)
     w.stop()
+
+
+@app.command("retrain")
+def retrain_cmd(
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base training data (CSV/JSONL); default: "
+            "the data the default model was trained on."
+        ),
+    ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option("--eval", help="Fixed evaluation set; default: the one stored at set-up."),
+    ] = None,
+) -> None:
+    """Retrain on base data + reviewer overrides; activate only if not worse on the eval set."""
+    from classifiers import ClassifierError
+    from triage import audit, classification
+    from triage.db import Database
+
+    settings = _settings()
+    db = Database(settings)
+    try:
+        with db.read() as s:
+            result = classification.retrain_from_feedback(
+                settings, s, base, eval_data, progress=lambda msg, *a: typer.echo(msg, err=True)
+            )
+    except (ClassifierError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    with db.write() as s:
+        audit.append(
+            s,
+            audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+            "model.retrained",
+            {
+                "candidate_version": result.candidate_version,
+                "activated": result.activated,
+                "reason": result.reason,
+            },
+        )
+    typer.echo(f"candidate {result.candidate_version}: {result.reason}")
+    for check in result.checks:
+        typer.echo(f"  - {check}")
+    raise typer.Exit(0)
 
 
 @app.command("demo")

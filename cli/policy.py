@@ -7,6 +7,7 @@ Mounted by cli/main.py as ``app.add_typer(policy_app, name="policy")``:
     triage policy explain --type issue_credit_note --amount 12400 --currency EUR --tier B \\
         --case CASE-1 --customer CUST-1 --requested-by u-agent --arg invoice_id=INV-1 \\
         --arg reason_code=SHORTAGE
+    triage policy explain --type refund --amount 3000 --currency USD --tier A --fx USD=0.92
     triage policy explain --input action.json          # {"action": {...}, "context": {...}}
 
 Exit codes: 0 success, 1 validation or test failure, 2 bad usage or unreadable input.
@@ -119,12 +120,12 @@ def run_tests_cmd(
         raise typer.Exit(1)
 
 
-def _parse_args(pairs: list[str]) -> dict[str, Any]:
+def _parse_args(pairs: list[str], option: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--arg expects key=value, got {pair!r}")
+            raise typer.BadParameter(f"{option} expects key=value, got {pair!r}")
         out[key] = value
     return out
 
@@ -146,6 +147,10 @@ def explain_cmd(
     customer_id: Annotated[str, typer.Option("--customer", help="Customer id.")] = "CUST-CLI",
     requested_by: Annotated[str, typer.Option(help="Requesting user id.")] = "cli-user",
     arg: Annotated[list[str] | None, typer.Option(help="Action argument key=value.")] = None,
+    fx: Annotated[
+        list[str] | None,
+        typer.Option(help="FX rate CUR=RATE (base units per unit), valid on the as-of date."),
+    ] = None,
     as_of: Annotated[
         str | None, typer.Option(help="Decision time (ISO 8601); default now.")
     ] = None,
@@ -169,7 +174,7 @@ def explain_cmd(
                 raise typer.BadParameter("give --input FILE or at least --type")
             action_doc = {
                 "action_type": action_type,
-                "arguments": _parse_args(arg or []),
+                "arguments": _parse_args(arg or [], "--arg"),
                 "amount": Decimal(amount) if amount is not None else None,
                 "currency": currency.upper() if currency else None,
                 "case_id": case_id,
@@ -178,9 +183,19 @@ def explain_cmd(
                 "requested_by": requested_by,
             }
             context_doc = {}
+        when = as_of or datetime.now(UTC).isoformat()
+        if fx:
+            day = datetime.fromisoformat(when).date().isoformat()
+            context_doc["fx"] = {
+                "base_currency": policy.base_currency,
+                "rates": [
+                    {"currency": cur.upper(), "rate": rate, "valid_from": day}
+                    for cur, rate in _parse_args(fx, "--fx").items()
+                ],
+            }
         # The CLI is the one place where "now" is a sensible default; the evaluator never
         # reads the clock itself.
-        context_doc.setdefault("as_of", as_of or datetime.now(UTC).isoformat())
+        context_doc.setdefault("as_of", when)
         action = ActionRequest.model_validate(action_doc)
         context = DecisionContext.model_validate(context_doc)
         decision = evaluate(action, context, policy)

@@ -22,6 +22,12 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/cases"): ALL,
     ("GET", "/v1/cases/{case_id}"): ALL,
     ("POST", "/v1/cases/{case_id}/transitions"): {"agent", "admin"},
+    ("POST", "/v1/cases/{case_id}/overrides"): {"agent", "admin"},
+    ("GET", "/v1/models"): {"admin", "auditor"},
+    ("POST", "/v1/models/{version}/activate"): {"admin"},
+    ("POST", "/v1/models/rollback"): {"admin"},
+    ("POST", "/v1/models/{version}/evaluate"): {"admin"},
+    ("POST", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},
@@ -78,6 +84,7 @@ def _call(client, method, path, headers):
         path.replace("{case_id}", "NOCASE")
         .replace("{key_id}", "NOKEY")
         .replace("{message_id}", "999999")
+        .replace("{version}", "v20990101T000000000000Z-deadbeef")
     )
     body: Any = None
     if method == "POST" and path == "/v1/cases":
@@ -88,6 +95,10 @@ def _call(client, method, path, headers):
         body = {"name": "made-in-test", "role": "agent"}
     elif method == "POST" and path.endswith("/transitions"):
         body = {"to": "in_review"}
+    elif method == "POST" and path.endswith("/overrides"):
+        body = {"queue": "billing", "reason": "matrix"}
+    elif method == "POST" and path.endswith("/evaluate"):
+        body = {"records": [{"text": "x", "queue": "billing"}]}
     return client.request(method, path, json=body, headers=headers)
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.case import CaseIn
-from triage import audit, auth, cases
+from triage import audit, auth, cases, classification
 from triage.db import Database
 from triage.lifecycle import Status
 from triage.settings import Settings
 from triage.simulator import SimConfig, Simulator
+from triage.stages import default_pipeline
 from triage.worker import Worker
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
@@ -56,6 +57,15 @@ def load(
     db = Database(settings)
     try:
         keys = _keys(db, settings.data_dir / "demo-keys.json")
+        if classification.registry(settings).active_version() is None:
+            version = classification.train_default_model(settings)
+            with db.write() as s:
+                audit.append(
+                    s,
+                    DEMO_ADMIN,
+                    "model.activated",
+                    {"version": version, "reason": "default demo model"},
+                )
         orchestrator = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
         created = 0
         started = time.perf_counter()
@@ -74,7 +84,7 @@ def load(
                 batch.clear()
                 if progress:
                     progress(done, n_cases, started)
-        triaged = Worker(db, settings).run_once()
+        triaged = Worker(db, settings, default_pipeline(settings)).run_once()
         _resolve_some(db)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)

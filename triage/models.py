@@ -83,6 +83,8 @@ class Case(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[str | None] = mapped_column(Ts)
     suggestion_revision: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    abstain_reasons: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     submitted_by: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -176,3 +178,19 @@ class OutboxMessage(Base):
     delivered_at: Mapped[str | None] = mapped_column(Ts)
 
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+class LabelFeedback(Base):
+    """A reviewer's final value for one target of one case: training data for retraining."""
+
+    __tablename__ = "label_feedback"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    target: Mapped[str] = mapped_column(String(32))
+    predicted: Mapped[str | None] = mapped_column(String(64))
+    final: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    actor_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(Ts)

@@ -434,10 +434,7 @@ def _store(
             )
         )
         row.suggestion_revision = revision
-        row.category = suggestion.category
-        row.queue = suggestion.routing.queue
-        if suggestion.priority:
-            cases.reprioritise(s, row, suggestion.priority, settings)
+        _apply_classification(s, row, suggestion, settings)
         row.triaged_at = now_ts()
         row.lease_owner = None
         row.lease_expires_at = None
@@ -491,6 +488,24 @@ def _store(
                 },
             )
     return Outcome(case_id, "triaged")
+
+
+def _apply_classification(s: Any, row: Case, suggestion: Suggestion, settings: Settings) -> None:
+    """The case's routing fields hold the classifier's answer, or nothing where it abstained
+    (with the reason kept on the case); the advisor's own routing stays in the suggestion."""
+    view = suggestion.classifier
+    if view is None:
+        row.category = suggestion.category
+        row.queue = suggestion.routing.queue
+        return
+    row.model_version = view.model_version
+    preds = (view.category, view.queue, view.priority)
+    reasons = {p.target: p.abstain_reason or "abstained" for p in preds if p.abstained}
+    row.abstain_reasons = reasons or None
+    row.category = None if view.category.abstained else view.category.label
+    row.queue = None if view.queue.abstained else view.queue.label
+    if not view.priority.abstained and view.priority.label:
+        cases.reprioritise(s, row, view.priority.label, settings)
 
 
 def _predictions(s: Suggestion) -> list[Prediction]:

@@ -73,6 +73,8 @@ def summary(row: Case) -> CaseSummary:
             triage_breached=row.triage_sla_breached,
             resolution_breached=row.resolution_sla_breached,
         ),
+        model_version=row.model_version,
+        abstain_reasons=row.abstain_reasons,
         version=row.version,
     )
 

@@ -97,3 +97,11 @@ def test_explain_bad_input_exits_2() -> None:
     result = runner.invoke(policy_app, args)
     assert result.exit_code == 2  # credit note without currency
     assert "needs an amount and a currency" in result.output
+
+
+def test_explain_with_fx_flag() -> None:
+    args = ["explain", "--type", "refund", "--amount", "3000", "--currency", "USD"]
+    args += ["--tier", "A", "--fx", "USD=0.92", "--as-of", "2025-06-02T10:00:00Z"]
+    result = runner.invoke(policy_app, args)
+    assert result.exit_code == 0, result.output
+    assert "refund 3,000 USD (2,760 EUR) is in a foreign currency" in result.output

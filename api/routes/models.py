@@ -1,0 +1,215 @@
+"""Classifier models: versions, activation, rollback, evaluation, retraining (admins), and
+reviewer overrides on cases (agents)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ContextDep, R, allow
+from api.routes.cases import ERRORS, summary
+from api.schemas import CaseSummary
+from classifiers import ClassifierError, evaluate_model
+from triage import audit, classification
+from triage.auth import Principal
+from triage.errors import Conflict, NotFound, ValidationFailed
+
+router = APIRouter(tags=["classifier"])
+Admin = Annotated[Principal, Depends(allow(R.admin))]
+
+
+class OverrideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(default=None, max_length=64)
+    queue: str | None = Field(default=None, max_length=64)
+    priority: str | None = Field(default=None, max_length=2)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post(
+    "/v1/cases/{case_id}/overrides",
+    response_model=CaseSummary,
+    responses=ERRORS,
+    summary="Set the final category, queue or priority (becomes a training label)",
+)
+def override_case(
+    case_id: str,
+    body: OverrideRequest,
+    ctx: ContextDep,
+    principal: Annotated[Principal, Depends(allow(R.agent, R.admin))],
+) -> CaseSummary:
+    with ctx.db.write() as s:
+        row = classification.override(
+            s,
+            case_id,
+            actor=principal.actor,
+            reason=body.reason,
+            settings=ctx.settings,
+            category=body.category,
+            queue=body.queue,
+            priority=body.priority,
+        )
+        return summary(row)
+
+
+class ModelInfo(BaseModel):
+    version: str
+    active: bool
+    created_at: str | None
+    training_data_name: str | None
+    n_training_records: int | None
+    label_sets: dict[str, list[str]]
+    metrics: dict[str, Any]
+    classified: int = 0
+    override_rate: float | None = None
+    closed: int = 0
+    precision_at_close: dict[str, float | None] = Field(default_factory=dict)
+
+
+@router.get(
+    "/v1/models",
+    response_model=list[ModelInfo],
+    responses=ERRORS,
+    summary="Model versions with their metrics, override rate and precision-at-close",
+)
+def list_models(
+    ctx: ContextDep, _p: Annotated[Principal, Depends(allow(R.admin, R.auditor))]
+) -> list[ModelInfo]:
+    reg = classification.registry(ctx.settings)
+    active = reg.active_version()
+    with ctx.db.read() as s:
+        stats = {m.model_version: m for m in classification.model_stats(s)}
+    out = []
+    for meta in reg.versions():
+        st = stats.get(meta["version"])
+        out.append(
+            ModelInfo(
+                version=meta["version"],
+                active=meta["version"] == active,
+                created_at=meta.get("created_at"),
+                training_data_name=meta.get("training_data_name"),
+                n_training_records=meta.get("n_training_records"),
+                label_sets=meta.get("label_sets", {}),
+                metrics=meta.get("metrics", {}),
+                classified=st.classified if st else 0,
+                override_rate=st.override_rate if st else None,
+                closed=st.closed if st else 0,
+                precision_at_close=st.precision_at_close if st else {},
+            )
+        )
+    return out
+
+
+def _registry_call(ctx: Any, principal: Principal, action: str, fn: Any) -> dict[str, Any]:
+    try:
+        result = fn()
+    except ClassifierError as exc:
+        text = str(exc)
+        if "not found" in text or "no model" in text or "unknown" in text:
+            raise NotFound(text) from exc
+        raise Conflict(text) from exc
+    with ctx.db.write() as s:
+        audit.append(s, principal.actor, action, result)
+    return result
+
+
+@router.post("/v1/models/{version}/activate", responses=ERRORS, summary="Activate a version")
+def activate_model(version: str, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    reg = classification.registry(ctx.settings)
+
+    def go() -> dict[str, Any]:
+        previous = reg.active_version()
+        reg.activate(version)
+        return {"version": version, "previous": previous}
+
+    return _registry_call(ctx, principal, "model.activated", go)
+
+
+@router.post(
+    "/v1/models/rollback",
+    responses=ERRORS,
+    summary="Re-activate the version that was active before the current one",
+)
+def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    reg = classification.registry(ctx.settings)
+
+    def go() -> dict[str, Any]:
+        previous = reg.active_version()
+        return {"version": reg.rollback(), "previous": previous}
+
+    return _registry_call(ctx, principal, "model.rolled_back", go)
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=5000,
+        description=(
+            "Case records (see classifiers.CASE_FEATURE_SPEC) with the labels to score against."
+        ),
+    )
+
+
+@router.post(
+    "/v1/models/{version}/evaluate",
+    responses=ERRORS,
+    summary="Evaluate a version on labelled case records",
+)
+def evaluate(
+    version: str, body: EvaluateRequest, ctx: ContextDep, principal: Admin
+) -> dict[str, Any]:
+    reg = classification.registry(ctx.settings)
+    try:
+        loaded = reg.load(version)
+    except ClassifierError as exc:
+        raise NotFound(str(exc)) from exc
+    targets = [t for t in loaded.model.targets if all(t in r for r in body.records)]
+    if not targets:
+        raise ValidationFailed(
+            "records carry none of the model's targets",
+            fields={"records": f"need one of {list(loaded.model.targets)}"},
+        )
+    try:
+        metrics = evaluate_model(loaded.model, body.records, targets=targets)
+    except (ClassifierError, ValueError, KeyError) as exc:
+        raise ValidationFailed(str(exc), fields={"records": str(exc)}) from exc
+    with ctx.db.write() as s:
+        audit.append(
+            s,
+            principal.actor,
+            "model.evaluated",
+            {"version": version, "records": len(body.records), "targets": targets},
+        )
+    return {"version": version, "metrics": metrics}
+
+
+@router.post(
+    "/v1/models/retrain",
+    responses=ERRORS,
+    summary="Retrain on base data + reviewer labels; activates only if not worse",
+)
+def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    try:
+        with ctx.db.read() as s:
+            result = classification.retrain_from_feedback(ctx.settings, s)
+    except ClassifierError as exc:
+        raise Conflict(str(exc)) from exc
+    out = {
+        "candidate_version": result.candidate_version,
+        "previous_version": result.active_version,
+        "activated": result.activated,
+        "reason": result.reason,
+        "checks": list(result.checks),
+        "n_base": result.n_base,
+        "n_feedback": result.n_feedback,
+        "candidate_metrics": result.candidate_metrics,
+        "active_metrics": result.active_metrics,
+    }
+    with ctx.db.write() as s:
+        audit.append(s, principal.actor, "model.retrained", out)
+    return out

@@ -1,0 +1,415 @@
+"""The classifier stage: the registry's active model behind the pipeline's ``Classifier`` seam,
+the default demo model, reviewer feedback and retraining.
+
+The model registry lives in ``<data_dir>/models``. Next to it, ``base_training.jsonl`` and
+``eval.jsonl`` hold the labelled records the default model was trained on and the fixed
+evaluation set that ``triage retrain`` must not get worse on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from classifiers import CaseModel, LoadedModel, ModelRegistry, RetrainResult, retrain
+from classifiers.data import load_records
+from contracts.case import CaseIn
+from contracts.suggestion import ClassifierView, Prediction
+from triage import audit, cases
+from triage.audit import Actor
+from triage.common import now_ts
+from triage.errors import ValidationFailed
+from triage.lifecycle import Status
+from triage.models import Case, LabelFeedback
+from triage.models import Suggestion as SuggestionRow
+from triage.pipeline import RuleClassifier
+from triage.settings import PRIORITIES, Settings
+from triage.simulator import SimConfig, Simulator
+
+log = logging.getLogger("triage.classification")
+
+TARGETS = ("category", "queue", "priority")
+
+
+def case_record(case: CaseIn) -> dict[str, Any]:
+    """The flat record the case model reads (``classifiers.CASE_FEATURE_SPEC``)."""
+    text = case.text
+    parts = [case.title, text.customer_message, text.operator_notes, text.integration_error]
+    ordered = shipped = Decimal(0)
+    price_gap = Decimal(0)
+    for line in case.lines:
+        ordered += line.ordered_qty
+        got = line.delivered_qty if line.delivered_qty is not None else line.shipped_qty
+        shipped += got if got is not None else line.ordered_qty
+        if line.unit_price and line.invoiced_unit_price and line.unit_price.amount > 0:
+            gap = (
+                line.invoiced_unit_price.amount - line.unit_price.amount
+            ) / line.unit_price.amount
+            price_gap = max(price_gap, gap)
+    return {
+        "text": "\n".join(p for p in parts if p),
+        "exception_type": case.exception_type.value,
+        "customer_tier": case.references.customer.tier.value,
+        "warehouse_id": case.references.warehouse_id or "",
+        "carrier_id": case.references.carrier_id or "",
+        "source_kind": case.source.kind.value,
+        "amount": float(case.amount_in_dispute.amount) if case.amount_in_dispute else 0.0,
+        "qty_gap_ratio": float(1 - shipped / ordered) if ordered > 0 else 0.0,
+        "price_gap_ratio": float(price_gap),
+        "line_count": len(case.lines),
+    }
+
+
+class ModelClassifier:
+    """A registry model behind the ``Classifier`` seam. Abstentions are passed through as is."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.version = loaded.version
+
+    def classify(self, case: CaseIn) -> ClassifierView:
+        pred = self.loaded.model.predict([case_record(case)])[0]
+        fallback = RuleClassifier().classify(case)
+        view: dict[str, Prediction] = {}
+        for target in TARGETS:
+            # A target the model was not trained for keeps the rule-based answer.
+            view[target] = pred.get(target) or getattr(fallback, target)
+        return ClassifierView(model_version=self.version, **view)
+
+
+class ClassifierProvider:
+    """Hands the pipeline the active model and reloads it when the registry's pointer moves.
+
+    Reload is cheap to check (one small file read) and happens at most every ``check_seconds``.
+    """
+
+    def __init__(self, settings: Settings, check_seconds: float = 5.0) -> None:
+        self.registry = registry(settings)
+        self.check_seconds = check_seconds
+        self._lock = threading.Lock()
+        self._current: ModelClassifier | None = None
+        self._checked = 0.0
+
+    def classify(self, case: CaseIn) -> ClassifierView:
+        return self.current().classify(case)
+
+    def current(self) -> ModelClassifier | RuleClassifier:
+        import time
+
+        now = time.monotonic()
+        if now - self._checked >= self.check_seconds:
+            with self._lock:
+                self._checked = now
+                active = self.registry.active_version()
+                if active is None:
+                    self._current = None
+                elif self._current is None or self._current.version != active:
+                    self._current = ModelClassifier(self.registry.load(active))
+                    log.info("classifier model %s loaded", active)
+        return self._current if self._current is not None else RuleClassifier()
+
+
+def registry(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.data_dir / "models")
+
+
+def _labelled_records(sim_records: Iterable[Any]) -> list[dict[str, Any]]:
+    out = []
+    for rec in sim_records:
+        row = case_record(CaseIn.model_validate(rec.case))
+        row.update(rec.labels)
+        row["case_id"] = rec.case["source"]["case_id"]
+        out.append(row)
+    return out
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def base_data_path(settings: Settings) -> Path:
+    return settings.data_dir / "models" / "base_training.jsonl"
+
+
+def eval_data_path(settings: Settings) -> Path:
+    return settings.data_dir / "models" / "eval.jsonl"
+
+
+def train_default_model(
+    settings: Settings,
+    n_train: int = 3000,
+    n_eval: int = 1000,
+    progress: Callable[..., Any] | None = None,
+) -> str:
+    """Train the demo model on simulated operator history and activate it; returns the version.
+
+    Training and evaluation cases come from different simulator seeds (different customers,
+    orders and message choices), so the stored evaluation figures are not training-set figures.
+    """
+    train = _labelled_records(Simulator(SimConfig(seed=101)).cases(n_train))
+    held_out = _labelled_records(Simulator(SimConfig(seed=202)).cases(n_eval))
+    _write_jsonl(base_data_path(settings), train)
+    _write_jsonl(eval_data_path(settings), held_out)
+    model = CaseModel(
+        targets=TARGETS, labels={"queue": settings.queues, "priority": list(PRIORITIES)}
+    )
+    model.fit(train, progress=progress)
+    from classifiers import evaluate_model
+
+    metrics = evaluate_model(model, held_out)
+    return registry(settings).save(
+        model,
+        training_data_name="simulator seed 101",
+        n_training_records=len(train),
+        metrics={
+            t: {
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "ece": m["ece"],
+                "coverage_at_precision": m["coverage_at_precision"]["coverage"],
+                "realized_precision": m["coverage_at_precision"]["realized_precision"],
+                "eval_set": "simulator seed 202",
+            }
+            for t, m in metrics["targets"].items()
+        },
+        activate=True,
+    )
+
+
+# ---------------------------------------------------------------- reviewer feedback
+
+
+def override(
+    session: Session,
+    case_id: str,
+    *,
+    actor: Actor,
+    reason: str,
+    settings: Settings,
+    category: str | None = None,
+    queue: str | None = None,
+    priority: str | None = None,
+) -> Case:
+    """An agent sets the final category, queue or priority; each change becomes a label.
+
+    The label row keeps who, why, what the model said and which model said it, so
+    ``triage retrain`` can learn from it and the override rate can be tracked per model.
+    """
+    if not reason.strip():
+        raise ValidationFailed("an override needs a reason", fields={"reason": "required"})
+    changes = {
+        k: v
+        for k, v in (("category", category), ("queue", queue), ("priority", priority))
+        if v is not None
+    }
+    if not changes:
+        raise ValidationFailed(
+            "nothing to override: give category, queue or priority",
+            fields={"category": "one of category, queue, priority"},
+        )
+    if queue is not None and queue not in settings.queues:
+        raise ValidationFailed(
+            f"unknown queue {queue!r}", fields={"queue": f"one of {', '.join(settings.queues)}"}
+        )
+    if priority is not None and priority not in PRIORITIES:
+        raise ValidationFailed(
+            f"unknown priority {priority!r}", fields={"priority": f"one of {', '.join(PRIORITIES)}"}
+        )
+    row = cases.get(session, case_id)
+    if row.status in (Status.received.value, Status.triaging.value, Status.resolved.value):
+        raise ValidationFailed(
+            f"a case in status {row.status} cannot be overridden", fields={"status": row.status}
+        )
+    predicted = _predicted(session, row)
+    for target, value in changes.items():
+        session.add(
+            LabelFeedback(
+                case_id=case_id,
+                target=target,
+                predicted=predicted.get(target),
+                final=value,
+                model_version=row.model_version,
+                actor_id=actor.id,
+                reason=reason,
+                created_at=now_ts(),
+            )
+        )
+    before = {t: getattr(row, t) for t in changes}
+    if "priority" in changes:
+        cases.reprioritise(session, row, changes.pop("priority"), settings)
+    for target, value in changes.items():
+        setattr(row, target, value)
+    if row.abstain_reasons:
+        # an agent's value replaces the abstention it answered
+        row.abstain_reasons = {t: r for t, r in row.abstain_reasons.items() if t not in before}
+        row.abstain_reasons = row.abstain_reasons or None
+    row.version += 1
+    row.updated_at = now_ts()
+    session.flush()
+    audit.append(
+        session,
+        actor,
+        "case.overridden",
+        {
+            "changes": {
+                t: {"from": before[t], "to": v}
+                for t, v in {
+                    **changes,
+                    **({"priority": row.priority} if "priority" in before else {}),
+                }.items()
+            },
+            "model_version": row.model_version,
+            "reason": reason,
+        },
+        case_id=case_id,
+    )
+    return row
+
+
+def _predicted(session: Session, row: Case) -> dict[str, str | None]:
+    sugg = cases.current_suggestion(session, row)
+    clf = (sugg.body or {}).get("classifier") if sugg else None
+    if not clf:
+        return {}
+    return {t: (clf.get(t) or {}).get("label") for t in TARGETS}
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model_version: str
+    classified: int
+    overridden_cases: int
+    override_rate: float | None
+    closed: int
+    precision_at_close: dict[str, float | None]
+
+
+def model_stats(session: Session) -> list[ModelStats]:
+    """Per model version: how often agents overrode it, and how often it was right at close.
+
+    Precision-at-close for a target = share of resolved, non-abstained predictions whose label
+    equals the case's final value.
+    """
+    rows = session.execute(
+        select(
+            Case.id,
+            Case.model_version,
+            Case.status,
+            Case.category,
+            Case.queue,
+            Case.priority,
+            SuggestionRow.body,
+        )
+        .join(
+            SuggestionRow,
+            (SuggestionRow.case_id == Case.id)
+            & (SuggestionRow.revision == Case.suggestion_revision),
+        )
+        .where(Case.model_version.is_not(None))
+    ).all()
+    overridden = {
+        (cid, mv)
+        for cid, mv in session.execute(
+            select(LabelFeedback.case_id, LabelFeedback.model_version)
+        ).all()
+    }
+    acc: dict[str, dict[str, Any]] = {}
+    row: Any
+    for row in rows:
+        cid, mv, status, category, queue, priority, body = row
+        s = acc.setdefault(
+            mv,
+            {
+                "n": 0,
+                "over": 0,
+                "closed": 0,
+                "hit": dict.fromkeys(TARGETS, 0),
+                "tot": dict.fromkeys(TARGETS, 0),
+            },
+        )
+        s["n"] += 1
+        s["over"] += (cid, mv) in overridden
+        if status != Status.resolved.value:
+            continue
+        s["closed"] += 1
+        final = {"category": category, "queue": queue, "priority": priority}
+        for t in TARGETS:
+            label = ((body or {}).get("classifier") or {}).get(t, {}).get("label")
+            if label is None:
+                continue
+            s["tot"][t] += 1
+            s["hit"][t] += label == final[t]
+    return [
+        ModelStats(
+            mv,
+            s["n"],
+            s["over"],
+            s["over"] / s["n"] if s["n"] else None,
+            s["closed"],
+            {t: (s["hit"][t] / s["tot"][t] if s["tot"][t] else None) for t in TARGETS},
+        )
+        for mv, s in sorted(acc.items())
+    ]
+
+
+def feedback_records(session: Session) -> list[dict[str, Any]]:
+    """Reviewer labels as training records: the case's features plus the labels people gave.
+
+    A target counts as labelled when an agent overrode it (the latest override wins) or, on a
+    resolved case, when the agent closed the case with that value. Unlabelled targets stay
+    missing (the model trains each target on the rows that have it) rather than being filled
+    with the model's own guesses.
+    """
+    latest: dict[str, dict[str, str]] = {}
+    for cid, target, final in session.execute(
+        select(LabelFeedback.case_id, LabelFeedback.target, LabelFeedback.final).order_by(
+            LabelFeedback.id
+        )
+    ).all():
+        latest.setdefault(cid, {})[target] = final
+    out = []
+    for cid, labels in latest.items():
+        row = session.get(Case, cid)
+        if row is None:
+            continue
+        rec = case_record(CaseIn.model_validate(row.payload))
+        if row.status == Status.resolved.value:
+            rec.update({t: getattr(row, t) for t in TARGETS if getattr(row, t)})
+        rec.update(labels)
+        rec["case_id"] = cid
+        out.append(rec)
+    return out
+
+
+def retrain_from_feedback(
+    settings: Settings,
+    session: Session,
+    base: Path | None = None,
+    eval_path: Path | None = None,
+    progress: Callable[..., Any] | None = None,
+) -> RetrainResult:
+    """Train on base data + reviewer labels; activate only if not worse on the fixed eval set."""
+    base_rows = load_records(base or base_data_path(settings))
+    eval_rows = load_records(eval_path or eval_data_path(settings))
+    feedback = feedback_records(session)
+    return retrain(
+        base_rows,
+        feedback,
+        eval_rows,
+        registry(settings),
+        id_key="case_id",
+        training_data_name=f"base + {len(feedback)} reviewer labels",
+        progress=progress,
+    )
