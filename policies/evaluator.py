@@ -257,6 +257,12 @@ _PLACEHOLDERS: dict[str, Callable[[_Prepared, PolicySet], str]] = {
     "action_type": lambda p, _: p.action.action_type,
     "amount": lambda p, _: _money(p.action.amount, p.action.currency),
     "amount_base": lambda p, pol: _money(p.figures.amount_base, pol.base_currency),
+    "amount_and_base": lambda p, pol: (
+        _money(p.action.amount, p.action.currency)
+        if p.action.currency in (None, pol.base_currency)
+        else f"{_money(p.action.amount, p.action.currency)} = "
+        f"{_money(p.figures.amount_base, pol.base_currency)}"
+    ),
     "currency": lambda p, _: p.action.currency or "",
     "base_currency": lambda _, pol: pol.base_currency,
     "tier": lambda p, _: p.action.customer_tier,

@@ -49,6 +49,7 @@ PLACEHOLDERS = frozenset(
         "action_type",
         "amount",
         "amount_base",
+        "amount_and_base",
         "currency",
         "base_currency",
         "threshold",

@@ -149,7 +149,7 @@ def test_manifest_problems(bundle_copy: Path) -> None:
     manifest = bundle_copy / "manifest.toml"
     _edit(manifest, 'base_currency = "EUR"', 'base_currency = "euro"')
     _edit(manifest, 'day_timezone = "UTC"', 'day_timezone = "Mars/Olympus"')
-    _edit(manifest, 'version = "2025.06.0"', 'versoin = "2025.06.0"')
+    _edit(manifest, 'version = "2025.06.1"', 'versoin = "2025.06.1"')
     problems = _problems(bundle_copy)
     text = "\n".join(problems)
     assert "manifest.toml: base_currency 'euro' is not an ISO 4217 code" in text
