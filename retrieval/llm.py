@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -108,6 +109,15 @@ class AdvisorDraft(BaseModel):
     next_steps: list[str] = Field(description="Short imperative steps for the agent.")
     customer_message: str = Field(description="Draft message to the customer.")
     citations: list[str] = Field(description="chunk_id values of the passages relied on.")
+
+
+@lru_cache(maxsize=1)
+def advisor_draft_schema() -> dict[str, Any]:
+    """The JSON schema the model must follow (named for function/json_schema modes)."""
+    schema = AdvisorDraft.model_json_schema()
+    schema["title"] = "AdvisorDraft"
+    schema["description"] = "A grounded triage suggestion for one case."
+    return schema
 
 
 @dataclass
@@ -273,8 +283,11 @@ class LLMAdvisor:
         if http_async_client is not None:
             kwargs["http_async_client"] = http_async_client
         self._chat = ChatOpenAI(**kwargs)
+        # A JSON-schema dict (built once) rather than the pydantic class: with the class, the
+        # SDK regenerates the schema on every call (~7 ms of CPU per case) and raises on bad
+        # output; with the dict, LangChain hands back the raw JSON and we validate it below.
         self._structured = self._chat.with_structured_output(
-            AdvisorDraft, method=config.structured_method, include_raw=True
+            advisor_draft_schema(), method=config.structured_method, include_raw=True
         )
 
     # -- public ----------------------------------------------------------------------------

@@ -43,6 +43,15 @@ _PHONE_CONTEXT = re.compile(
 _PHONE_SHAPED = re.compile(r"^\+|[\s().-]")
 _CARD_CONTEXT = re.compile(r"(card|visa|mastercard|amex|credit|debit|cc)\b", re.IGNORECASE)
 _CARD_GROUPED = re.compile(r"^\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}$")
+_GATES = {
+    "EMAIL_ADDRESS": re.compile(r"@"),
+    "PHONE_NUMBER": re.compile(r"\d(?:[\s().+/-]*\d){5,}"),
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\s?\d{2}"),
+    "CREDIT_CARD": re.compile(r"\d(?:[\s-]*\d){11,}"),
+    "IP_ADDRESS": re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|:[0-9a-fA-F]*:"),
+}
+"""A recognizer runs only when its gate matches: each gate is looser than the recognizer's
+own patterns, so a gate never hides an entity the recognizer would have found."""
 _PLACEHOLDER = re.compile(r"<(EMAIL|PHONE|IBAN|CARD|IP)_\d+>")
 
 
@@ -133,6 +142,11 @@ class Redactor:
             return []
         hits: list[tuple[int, int, str, float]] = []
         for rec in self._recognizers:
+            # Cheap gates first: most case text holds no candidate at all, and the phone
+            # matcher (one pass per region) is the costliest recognizer by far.
+            gate = _GATES.get(rec.supported_entities[0])
+            if gate is not None and not gate.search(text):
+                continue
             for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):
                 if res.score < self.config.min_score:
                     continue
