@@ -19,7 +19,7 @@ from triage.db import Database
 from triage.lifecycle import Status
 from triage.settings import Settings
 from triage.simulator import SimConfig, Simulator
-from triage.stages import default_pipeline
+from triage.stages import REPO_KNOWLEDGE, RetrievalStage, default_pipeline
 from triage.worker import Worker
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
@@ -84,8 +84,15 @@ def load(
                 batch.clear()
                 if progress:
                     progress(done, n_cases, started)
-        triaged = Worker(db, settings, default_pipeline(settings)).run_once()
+        pipe = default_pipeline(settings)
+        if isinstance(pipe.retriever, RetrievalStage):
+            docs = settings.knowledge_dir or REPO_KNOWLEDGE
+            if docs.exists():
+                pipe.retriever.ingest([docs])
+        worker = Worker(db, settings, pipe)
+        triaged = worker.run_once()
         _resolve_some(db)
+        worker.index_resolved()
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
         return DemoSummary(keys, created, len(total), triaged, settings.data_dir / "demo-keys.json")

@@ -38,7 +38,7 @@ Ts = String(32)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, Decimal: Numeric(18, 4)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, Decimal: Numeric(18, 4)}
 
 
 class Case(Base):
@@ -85,6 +85,8 @@ class Case(Base):
     suggestion_revision: Mapped[int] = mapped_column(Integer, default=0)
     model_version: Mapped[str | None] = mapped_column(String(64), index=True)
     abstain_reasons: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    injection_flags: Mapped[list[Any] | None] = mapped_column(JSON)
+    indexed_at: Mapped[str | None] = mapped_column(Ts)
     submitted_by: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -96,6 +98,7 @@ class Case(Base):
         Index("ix_cases_customer_created", "customer_id", "created_at", "id"),
         Index("ix_cases_warehouse_created", "warehouse_id", "created_at", "id"),
         Index("ix_cases_lease", "status", "lease_expires_at"),
+        Index("ix_cases_to_index", "status", "indexed_at"),
     )
 
 

@@ -57,9 +57,13 @@ class Classifier(Protocol):
 
 
 class Retriever(Protocol):
-    """Returns knowledge passages relevant to the case, as citable chunks."""
+    """Finds knowledge passages and similar resolved cases for the case.
 
-    def retrieve(self, case: CaseIn, k: int) -> list[Citation]: ...
+    The result is handed to the advisor as is: retriever and advisor come as a matched pair
+    (the rule advisor ignores it; the retrieval package's advisor cites from it).
+    """
+
+    def retrieve(self, case: CaseIn, k: int) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class AdviceInput:
     case_id: str
     case: CaseIn
     classifier: ClassifierView
-    passages: list[Citation]
+    retrieved: Any
     queues: list[str]
 
 
@@ -151,7 +155,7 @@ class RuleClassifier:
 
 
 class NoRetriever:
-    """Retrieves nothing: used until a knowledge base is configured."""
+    """Retrieves nothing: for tests and deployments without a knowledge base."""
 
     def retrieve(self, case: CaseIn, k: int) -> list[Citation]:
         return []
@@ -262,12 +266,10 @@ class RuleAdvisor:
                     "Confirm the proposed actions",
                 ],
                 "customer_message": None,
-                "citations": [c.model_dump() for c in request.passages],
+                "citations": [],
                 "classifier": request.classifier.model_dump(),
                 "provenance": Provenance(
-                    engine="offline",
-                    fallback_reason="no LLM configured",
-                    retrieved_chunk_ids=[c.chunk_id for c in request.passages],
+                    engine="offline", fallback_reason="rules only"
                 ).model_dump(),
             }
         )
@@ -458,6 +460,16 @@ def _store(
             },
             case_id=case_id,
         )
+        if suggestion.injection_flags:
+            # Instructions hidden in case text are data, never commands: flag and audit them.
+            row.injection_flags = list(suggestion.injection_flags)
+            audit.append(
+                s,
+                audit.PIPELINE,
+                "case.injection_flagged",
+                {"flags": list(suggestion.injection_flags)},
+                case_id=case_id,
+            )
         for d in decisions:
             audit.append(s, audit.SYSTEM, "policy.evaluated", d.as_dict(), case_id=case_id)
         cases.transition(

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
@@ -82,6 +82,34 @@ class Settings(BaseSettings):
             "customer_service",
         ]
     )
+
+    # Retrieval and the advisor. No LLM configured = the offline engine.
+    chroma_path: Path | None = Field(
+        default=None, description="Embedded Chroma folder; default <data_dir>/chroma."
+    )
+    chroma_url: str | None = Field(
+        default=None, description="A Chroma server, e.g. http://chroma:8000; wins over chroma_path."
+    )
+    encoder: str = Field(
+        default="builtin:lsa-char-v1",
+        description="Text encoder for retrieval (see docs/retrieval.md).",
+    )
+    retrieval_enabled: bool = True
+    redaction_enabled: bool = True
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_seconds: float = 30.0
+    llm_max_retries: int = 2
+    llm_concurrency: int = 8
+    knowledge_dir: Path | None = Field(
+        default=None,
+        description="Documents `triage demo` ingests; default: the shipped demo knowledge base.",
+    )
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_model)
 
     @field_validator("sla_triage_hours", "sla_resolution_hours")
     @classmethod

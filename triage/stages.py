@@ -1,16 +1,182 @@
 """Build the production pipeline from settings: the stage implementations the deployment has.
 
-Kept apart from :mod:`triage.pipeline` so the flow itself never depends on how a stage is
-configured (and tests can build pipelines from fakes).
+Kept apart from :mod:`triage.pipeline` so the flow never depends on how a stage is configured
+(and tests can build pipelines from fakes). Heavy resources (Chroma, encoders, LLM clients) are
+opened lazily on first use, so processes that never triage pay nothing for them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from contracts.case import CaseIn
+from contracts.suggestion import Suggestion
+from retrieval.advice import AdvisorConfig
+from retrieval.embeddings import EncoderConfig
+from retrieval.llm import LLMConfig
+from retrieval.redaction import RedactionConfig
+from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
+from retrieval.store import ChromaConfig
 from triage.classification import ClassifierProvider
-from triage.pipeline import Pipeline
+from triage.pipeline import QUEUE_BY_TYPE, AdviceInput, NoRetriever, Pipeline, RuleAdvisor
 from triage.settings import Settings
+
+log = logging.getLogger("triage.stages")
+T = TypeVar("T")
+
+REPO_KNOWLEDGE = Path(__file__).resolve().parents[1] / "knowledge"
+
+
+class AsyncBridge:
+    """One event loop in a background thread for the async advisor.
+
+    Worker threads block on :meth:`run`; the coroutines share one loop, so the advisor's
+    concurrency limit and HTTP connection pool work across all of them.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="advisor-loop", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure()).result(timeout)
+
+
+def retrieval_config(settings: Settings) -> RetrievalConfig:
+    llm = None
+    if settings.llm_configured:
+        assert settings.llm_model is not None
+        llm = LLMConfig(
+            base_url=settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value()
+            if settings.llm_api_key
+            else "not-needed",
+            timeout_s=settings.llm_timeout_seconds,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+        )
+    return RetrievalConfig(
+        chroma=ChromaConfig(
+            path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
+        ),
+        encoder=EncoderConfig(name=settings.encoder),
+        redaction=RedactionConfig(enabled=settings.redaction_enabled),
+        advisor=AdvisorConfig(
+            rule_queues={t.value: q for t, q in QUEUE_BY_TYPE.items()},
+            integration_queue="integration_support",
+        ),
+        llm=llm,
+    )
+
+
+class RetrievalStage:
+    """The retrieval package behind the pipeline's ``Retriever`` and ``Advisor`` seams."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._service: RetrievalService | None = None
+        self._lock = threading.Lock()
+        self.bridge = AsyncBridge()
+
+    @property
+    def service(self) -> RetrievalService:
+        with self._lock:
+            if self._service is None:
+                self._service = RetrievalService(retrieval_config(self.settings))
+            return self._service
+
+    def retrieve(self, case: CaseIn, k: int) -> Retrieved:
+        # one vector per case, shared by the knowledge base and the similar-case index
+        return self.service.retrieve(case)
+
+    def advise(self, request: AdviceInput) -> Suggestion:
+        retrieved = request.retrieved if isinstance(request.retrieved, Retrieved) else None
+        return self.bridge.run(
+            self.service.advise(
+                request.case, request.case_id, request.classifier, request.queues, retrieved
+            )
+        )
+
+    def index_resolved(self, items: list[tuple[str, CaseIn, dict[str, Any], str | None]]) -> None:
+        """Add resolved cases (id, case, metadata, resolution) to the similar-case index."""
+        svc = self.service
+        svc.cases.add_many([(cid, svc.case_text(c), meta, res) for cid, c, meta, res in items])
+
+    def ingest(self, paths: list[Path]) -> Any:
+        return self.service.kb.ingest(paths)
 
 
 def default_pipeline(settings: Settings) -> Pipeline:
-    """The active registry model (rules until one is trained); other stages as configured."""
-    return Pipeline(classifier=ClassifierProvider(settings))
+    """The active registry model (rules until one is trained), retrieval and the advisor
+    (LLM when configured, else the offline engine)."""
+    if not settings.retrieval_enabled:
+        return Pipeline(
+            classifier=ClassifierProvider(settings), retriever=NoRetriever(), advisor=RuleAdvisor()
+        )
+    stage = RetrievalStage(settings)
+    return Pipeline(classifier=ClassifierProvider(settings), retriever=stage, advisor=stage)
+
+
+def index_resolved_cases(db: Any, stage: RetrievalStage, limit: int = 200) -> int:
+    """Put resolved, not yet indexed cases into the similar-case index with their resolution.
+
+    Chroma is written first and the row marked after, so a crash in between re-indexes the
+    same case (an idempotent upsert by case id) rather than losing it.
+    """
+    from sqlalchemy import select, update
+
+    from triage.common import now_ts
+    from triage.lifecycle import Status
+    from triage.models import Case
+
+    with db.read() as s:
+        rows = s.execute(
+            select(
+                Case.id,
+                Case.payload,
+                Case.exception_type,
+                Case.queue,
+                Case.category,
+                Case.resolution,
+            )
+            .where(Case.status == Status.resolved.value, Case.indexed_at.is_(None))
+            .limit(limit)
+        ).all()
+    if not rows:
+        return 0
+    items = [
+        (
+            r.id,
+            CaseIn.model_validate(r.payload),
+            {
+                "exception_type": r.exception_type,
+                "queue": r.queue or "",
+                "category": r.category or "",
+            },
+            r.resolution,
+        )
+        for r in rows
+    ]
+    stage.index_resolved(items)
+    with db.write() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id.in_([r.id for r in rows]))
+            .values(indexed_at=now_ts())
+            .execution_options(synchronize_session=False)
+        )
+    return len(rows)

@@ -91,6 +91,15 @@ class Worker:
                 done += out.status == "triaged"
         return done
 
+    def index_resolved(self) -> int:
+        """Feed resolved cases to the similar-case index, when the pipeline has one."""
+        from triage.stages import RetrievalStage, index_resolved_cases
+
+        stage = self.pipeline.retriever
+        if isinstance(stage, RetrievalStage):
+            return index_resolved_cases(self.db, stage)
+        return 0
+
     def _triage_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -110,6 +119,7 @@ class Worker:
                         pipeline.recover_expired_leases(self.db)
                         with self.db.write() as s:
                             cases.flag_sla_breaches(s)
+                        self.index_resolved()
                         last_sweep = time.monotonic()
                     webhooks.deliver_due(self.db, self.settings, client)
                 except Exception:
