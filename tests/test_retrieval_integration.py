@@ -38,7 +38,7 @@ def test_offline_advisor_cites_knowledge_and_learns_from_resolved_cases(db, sett
         body = sugg.body
     assert body["provenance"]["engine"] == "offline"
     assert body["citations"], "the shortage SOP should be cited"
-    assert set(c["chunk_id"] for c in body["citations"]) <= set(
+    assert {c["chunk_id"] for c in body["citations"]} <= set(
         body["provenance"]["retrieved_chunk_ids"]
     )
     assert "SO-1" in body["customer_message"]
