@@ -117,10 +117,9 @@ class CaseIndex:
         self, vectors: np.ndarray, k: int = 5, *, exclude_case_id: str | None = None
     ) -> list[list[SimilarCaseHit]]:
         rows = as_rows(vectors)
-        total = self._collection.count()
-        if k <= 0 or total == 0:
+        if k <= 0:
             return [[] for _ in rows]
-        n = min(total, k + (1 if exclude_case_id else 0))
+        n = k + (1 if exclude_case_id else 0)  # Chroma returns fewer when it has fewer
         result = self._collection.query(
             query_embeddings=rows,
             n_results=n,

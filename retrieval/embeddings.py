@@ -37,6 +37,8 @@ from retrieval.errors import EncoderError
 BUILTIN_DIR = Path(__file__).parent / "models"
 DEFAULT_ENCODER = "builtin:lsa-char-v1"
 _DIGITS = re.compile(r"\d+")
+_MULTI_SPACE = re.compile(r"\s\s+")
+_FAST_PATH_MAX = 16
 
 
 def normalise_text(text: str) -> str:
@@ -121,6 +123,7 @@ class LsaEncoder:
             dtype=np.float32,
         )
         self._vectorizer.idf_ = self.idf
+        self._components_t = np.ascontiguousarray(self.components.T)
         digest = hashlib.sha256()
         digest.update(config.model_dump_json().encode())
         digest.update(json.dumps(vocabulary, sort_keys=True).encode())
@@ -167,8 +170,40 @@ class LsaEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) <= _FAST_PATH_MAX:
+            return _l2(np.vstack([self._encode_one(t) for t in texts]))
         sparse = self._vectorizer.transform([normalise_text(t) for t in texts])
         return _l2(np.asarray(sparse @ self.components.T))
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        """Same numbers as the scikit-learn path for one text, without its per-call overhead
+        (validation, sparse matrix construction): ~10x faster for the single-case pipeline.
+        Mirrors ``TfidfVectorizer(analyzer="char_wb", sublinear_tf=True, norm="l2")``."""
+        counts: dict[int, int] = {}
+        vocab = self.vocabulary
+        lo, hi = self.config.ngram_min, self.config.ngram_max
+        for word in _MULTI_SPACE.sub(" ", normalise_text(text)).split():
+            w = f" {word} "
+            w_len = len(w)
+            for n in range(lo, hi + 1):
+                offset = 0
+                idx = vocab.get(w[0:n])
+                if idx is not None:
+                    counts[idx] = counts.get(idx, 0) + 1
+                while offset + n < w_len:
+                    offset += 1
+                    idx = vocab.get(w[offset : offset + n])
+                    if idx is not None:
+                        counts[idx] = counts.get(idx, 0) + 1
+                if offset == 0:  # a word shorter than n counts once (as scikit-learn does)
+                    break
+        if not counts:
+            return np.zeros(self.dim, dtype=np.float32)
+        cols = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        weights = (np.log(tf) + 1.0) * self.idf[cols]
+        weights /= np.linalg.norm(weights)
+        return (self._components_t[cols].T @ weights.astype(np.float32)).astype(np.float32)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}

@@ -80,10 +80,10 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         (
             "payment_details",
-            r"\b(change|update|replace|switch|use|send (it|the money|payment) to|new|correct|"
-            r"different)\b[^.\n]{0,40}\b(iban|bank (details|account)|account (number|details)|"
-            r"beneficiary|sort code|swift|bic|routing number|payment details|bankverbindung|"
-            r"kontonummer)\b",
+            r"\b(change|update|replace|switch|send (it|the money|the payment|payment) to|new|"
+            r"correct|different)\b[^.\n]{0,40}\b(iban|bank (details|account)|account number|"
+            r"beneficiary|sort code|swift code|bic|routing number|payment details|"
+            r"bankverbindung|kontonummer)\b",
         ),
         (
             "payment_details",

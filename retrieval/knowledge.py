@@ -233,8 +233,9 @@ class KnowledgeBase:
         rows = as_rows(vectors)
         if not rows:
             return []
-        if k <= 0 or self._collection.count() == 0:
+        if k <= 0:
             return [[] for _ in rows]
+        # No count() round trip first: Chroma returns fewer hits (or none) when it has fewer.
         result = self._collection.query(
             query_embeddings=rows,
             n_results=k,

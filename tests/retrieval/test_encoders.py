@@ -104,3 +104,21 @@ def test_hashing_encoder_shape() -> None:
 
 def test_normalise_text() -> None:
     assert normalise_text("Order 12345 and SKU-9") == "order 0 and sku-0"
+
+
+def test_single_text_fast_path_matches_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.embeddings as embeddings
+
+    enc = load_encoder()
+    texts = [
+        "We received 32 units instead of 40 but were billed for 40.",
+        "  multiple   spaces\tand\nnewlines  ",
+        "a",
+        "Übergröße café",
+        "",
+        "EDI 856 rejected: segment N1 missing",
+    ]
+    fast = np.vstack([enc.encode([t]) for t in texts])
+    monkeypatch.setattr(embeddings, "_FAST_PATH_MAX", 0)
+    slow = enc.encode(texts)
+    assert np.allclose(fast, slow, atol=1e-5)
