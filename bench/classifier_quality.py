@@ -6,7 +6,9 @@ Usage (from the repository root, data outside the repo):
         --banking77 ../shared/data/banking77/train.csv
 
 For each fold it trains the reference baseline (word 1-2 + char_wb 2-5 TF-IDF, LinearSVC C=1)
-and the default CaseModel on the same training part and scores both on the held-out part.
+and the default CaseModel on the same training part and scores both on the held-out part; with
+``--bitext-embeddings`` / ``--banking77-embeddings`` (all-MiniLM-L6-v2 vectors made by
+bench/classifier_encode.py, the optional extra) it also scores CaseModel + those embeddings.
 Bitext folds keep near-duplicate groups (masked token multisets) on one side; a stricter
 "keyword hold-out" grouping (texts grouped by their rarest content word) is reported as well.
 Nothing here tunes on the held-out parts: the CaseModel runs with its defaults.
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline, make_union
 from sklearn.svm import LinearSVC
 
@@ -71,81 +73,119 @@ def run_folds(
     label: str,
     splits: list[tuple[np.ndarray, np.ndarray]],
     groups: list[int] | None,
-) -> dict[str, Any]:
+    embeddings: np.ndarray | None = None,
+    verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Baseline, default CaseModel and (with ``embeddings``) CaseModel + embeddings per fold."""
     texts = np.array([r["text"] for r in rows], dtype=object)
     y = np.array([r[label] for r in rows], dtype=object)
-    base_f1, base_acc, ours = [], [], []
-    fit_seconds = []
+    recs = [{"text": r["text"], label: r[label]} for r in rows]
+    variants: dict[str, list[dict[str, float]]] = {"baseline": [], "CaseModel": []}
+    if embeddings is not None:
+        variants["CaseModel+MiniLM"] = []
     for k, (tr, te) in enumerate(splits):
-        b = baseline().fit(texts[tr], y[tr])
-        pb = b.predict(texts[te])
-        base_f1.append(f1_score(y[te], pb, average="macro"))
-        base_acc.append(accuracy_score(y[te], pb))
-        train_rows = [{"text": rows[i]["text"], label: rows[i][label]} for i in tr]
-        test_rows = [{"text": rows[i]["text"], label: rows[i][label]} for i in te]
         started = time.perf_counter()
-        model = CaseModel(spec=FeatureSpec(text_columns=("text",)), targets=(label,))
-        model.fit(train_rows, groups=None if groups is None else [groups[i] for i in tr])
-        fit_seconds.append(time.perf_counter() - started)
-        ours.append(evaluate_model(model, test_rows)["targets"][label])
-        m = ours[-1]
-        print(
-            f"  fold {k}: baseline macro-F1 {base_f1[-1]:.4f} acc {base_acc[-1]:.4f} | ours "
-            f"macro-F1 {m['macro_f1']:.4f} acc {m['accuracy']:.4f} ECE {m['ece']:.4f} coverage "
-            f"{m['coverage_at_precision']['coverage']:.4f} @ realized precision "
-            f"{m['coverage_at_precision']['realized_precision']} (fit {fit_seconds[-1]:.1f}s)",
-            flush=True,
+        pred = baseline().fit(texts[tr], y[tr]).predict(texts[te])
+        variants["baseline"].append(
+            {
+                "macro_f1": f1_score(y[te], pred, average="macro"),
+                "accuracy": accuracy_score(y[te], pred),
+                "fit_seconds": time.perf_counter() - started,
+            }
         )
-
-    def mean(key: str) -> float:
-        return float(np.mean([m[key] for m in ours]))
-
-    def cov(key: str) -> float:
-        return float(np.mean([m["coverage_at_precision"][key] or 0.0 for m in ours]))
-
+        fold_groups = None if groups is None else [groups[i] for i in tr]
+        for name in list(variants)[1:]:
+            emb = embeddings if name.endswith("MiniLM") else None
+            spec = FeatureSpec(
+                text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
+            )
+            started = time.perf_counter()
+            model = CaseModel(spec=spec, targets=(label,)).fit(
+                [recs[i] for i in tr],
+                embeddings=None if emb is None else emb[tr],
+                groups=fold_groups,
+            )
+            fit_seconds = time.perf_counter() - started
+            m = evaluate_model(
+                model, [recs[i] for i in te], embeddings=None if emb is None else emb[te]
+            )["targets"][label]
+            cov = m["coverage_at_precision"]
+            variants[name].append(
+                {
+                    "macro_f1": m["macro_f1"],
+                    "accuracy": m["accuracy"],
+                    "ece": m["ece"],
+                    "coverage": cov["coverage"],
+                    "realized_precision": cov["realized_precision"] or 0.0,
+                    "oracle_coverage": cov["oracle_coverage"],
+                    "fit_seconds": fit_seconds,
+                }
+            )
+        if verbose:
+            print(
+                f"  fold {k}: "
+                + " | ".join(
+                    f"{n} acc {v[-1]['accuracy']:.4f} macro-F1 {v[-1]['macro_f1']:.4f}"
+                    for n, v in variants.items()
+                ),
+                flush=True,
+            )
     return {
-        "baseline_macro_f1": float(np.mean(base_f1)),
-        "baseline_accuracy": float(np.mean(base_acc)),
-        "macro_f1": mean("macro_f1"),
-        "accuracy": mean("accuracy"),
-        "ece": mean("ece"),
-        "coverage": cov("coverage"),
-        "realized_precision": cov("realized_precision"),
-        "oracle_coverage": cov("oracle_coverage"),
-        "fit_seconds": float(np.mean(fit_seconds)),
+        n: {key: float(np.mean([f[key] for f in v])) for key in v[0]} for n, v in variants.items()
     }
 
 
-def report(name: str, r: dict[str, Any]) -> None:
-    print(
-        f"{name}: baseline macro-F1 {r['baseline_macro_f1']:.4f} acc {r['baseline_accuracy']:.4f}"
-        f" | CaseModel macro-F1 {r['macro_f1']:.4f} acc {r['accuracy']:.4f} ECE {r['ece']:.4f}"
-        f" coverage@0.95 {r['coverage']:.4f} (realized precision {r['realized_precision']:.4f},"
-        f" oracle coverage {r['oracle_coverage']:.4f}) fit {r['fit_seconds']:.1f}s",
-        flush=True,
-    )
+def report(title: str, result: dict[str, dict[str, float]]) -> None:
+    print(title)
+    for name, r in result.items():
+        line = f"  {name:<17} macro-F1 {r['macro_f1']:.4f}  accuracy {r['accuracy']:.4f}"
+        if "ece" in r:
+            line += (
+                f"  ECE {r['ece']:.4f}  coverage@0.95 {r['coverage']:.4f} (realized precision "
+                f"{r['realized_precision']:.4f}; oracle coverage {r['oracle_coverage']:.4f})"
+            )
+        line += f"  fit {r['fit_seconds']:.1f}s"
+        print(line, flush=True)
 
 
-def bitext(path: Path, folds: int) -> None:
+def bitext(path: Path, folds: int, embeddings: np.ndarray | None) -> None:
     rows = read_csv(path)
     texts = [r["text"] for r in rows]
     y = np.array([r["triage_category"] for r in rows])
+    kw_groups = keyword_groups(texts)
     for name, groups in (
         ("near-duplicate groups", near_duplicate_groups(texts)),
-        ("keyword hold-out groups", keyword_groups(texts)),
+        ("keyword hold-out groups", kw_groups),
     ):
         print(f"Bitext triage_category, {folds}-fold CV over {len(set(groups))} {name}")
         splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
         splits = list(splitter.split(np.zeros(len(y)), y, groups))
-        report(f"Bitext [{name}]", run_folds(rows, "triage_category", splits, groups))
+        result = run_folds(rows, "triage_category", splits, groups, embeddings)
+        report(f"Bitext [{name}], mean over folds:", result)
+    # Both grouped CVs saturate (~0.999) although the reference baseline scores 0.879 on the
+    # hidden release. Training on a small share of the phrasings and testing on the rest puts
+    # the baseline near that reference, so it is a closer proxy for a shift in wording.
+    splits = []
+    for seed in range(3):
+        tr, te = next(
+            GroupShuffleSplit(1, train_size=0.05, random_state=seed).split(y, y, kw_groups)
+        )
+        splits.append((tr, te))
+    print("Bitext low-resource proxy: train on 5% of keyword groups, test on the rest, 3 seeds")
+    result = run_folds(rows, "triage_category", splits, kw_groups, embeddings)
+    report("Bitext [low-resource keyword hold-out], mean over seeds:", result)
 
 
-def banking77(path: Path, folds: int) -> None:
+def banking77(path: Path, folds: int, embeddings: np.ndarray | None) -> None:
     rows = read_csv(path)
     y = np.array([r["category"] for r in rows])
     print(f"BANKING77, stratified {folds}-fold CV on the official train split ({len(rows)} rows)")
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
-    report("BANKING77", run_folds(rows, "category", splits, None))
+    report("BANKING77, mean over folds:", run_folds(rows, "category", splits, None, embeddings))
+
+
+def _load(path: Path | None) -> np.ndarray | None:
+    return None if path is None else np.load(path)
 
 
 def main() -> None:
@@ -157,12 +197,24 @@ def main() -> None:
         "--banking77", type=Path, default=Path("../shared/data/banking77/train.csv")
     )
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--bitext-embeddings",
+        type=Path,
+        default=None,
+        help=".npy from bench/classifier_encode.py (optional extra)",
+    )
+    parser.add_argument(
+        "--banking77-embeddings",
+        type=Path,
+        default=None,
+        help=".npy from bench/classifier_encode.py (optional extra)",
+    )
     parser.add_argument("--only", choices=("bitext", "banking77"), default=None)
     args = parser.parse_args()
     if args.only in (None, "bitext"):
-        bitext(args.bitext, args.folds)
+        bitext(args.bitext, args.folds, _load(args.bitext_embeddings))
     if args.only in (None, "banking77"):
-        banking77(args.banking77, args.folds)
+        banking77(args.banking77, args.folds, _load(args.banking77_embeddings))
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
         char_weight: float = 1.0,
         categorical_weight: float = 0.5,
         numeric_weight: float = 0.25,
-        embedding_weight: float = 1.0,
+        embedding_weight: float = 2.0,
     ) -> None:
         self.spec = spec
         self.word_ngram_range = word_ngram_range
