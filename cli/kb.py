@@ -181,7 +181,7 @@ def fit_encoder(
     texts: list[str] = []
     for path in expand_paths(corpus):
         try:
-            if path.suffix.lower() == ".txt" and not path.name.startswith("_"):
+            if path.suffix.lower() == ".txt":
                 texts.extend(
                     line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
                 )

@@ -3,6 +3,10 @@
 Real network calls are blocked twice over: vcrpy runs with ``record_mode="none"`` (an
 unrecorded request fails) and the socket guard below refuses any connection or DNS lookup that
 is not loopback, so a forgotten cassette can never reach a real endpoint.
+
+Re-recording (docs/retrieval.md): ``TRIAGE_RECORD_LLM=1`` switches vcrpy to
+``record_mode="once"`` (only missing cassettes are recorded) and lifts the socket guard; the
+endpoint comes from ``TRIAGE_LLM_BASE_URL``, ``TRIAGE_LLM_MODEL`` and ``TRIAGE_LLM_API_KEY``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import vcr
 from retrieval.embeddings import Encoder, load_encoder
 from retrieval.knowledge import KnowledgeBase, Passage
 from retrieval.store import ChromaConfig, open_client
+from tests.retrieval.llm_recording import RECORDING
 
 HERE = Path(__file__).parent
 KNOWLEDGE = HERE.parents[1] / "knowledge"
@@ -26,6 +31,8 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @pytest.fixture(autouse=True)
 def _socket_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    if RECORDING:
+        return
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo
 
@@ -94,7 +101,7 @@ def demo_passages() -> list[Passage]:
 def cassette_vcr() -> vcr.VCR:
     return vcr.VCR(
         cassette_library_dir=str(CASSETTES),
-        record_mode="none",
+        record_mode="once" if RECORDING else "none",
         match_on=["method", "scheme", "host", "port", "path"],
         filter_headers=["authorization"],
         decode_compressed_response=True,

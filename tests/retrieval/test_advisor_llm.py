@@ -7,6 +7,7 @@ in order (record_mode="none": an unexpected request fails the test).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,9 +20,17 @@ from retrieval.advice import AdviceRequest
 from retrieval.knowledge import Passage
 from retrieval.llm import LLMAdvisor, LLMConfig
 from retrieval.redaction import Redactor
+from tests.retrieval.llm_recording import RECORDING
 from tests.retrieval.retrieval_case_factory import QUEUES, make_case
 
-BASE_URL = "http://llm.test/v1"
+# Replaying needs no endpoint; re-recording (TRIAGE_RECORD_LLM=1) talks to the real one.
+BASE_URL = (
+    os.environ.get("TRIAGE_LLM_BASE_URL", "http://llm.test/v1")
+    if RECORDING
+    else ("http://llm.test/v1")
+)
+MODEL = os.environ.get("TRIAGE_LLM_MODEL", "gpt-4o-mini") if RECORDING else "gpt-4o-mini"
+API_KEY = os.environ.get("TRIAGE_LLM_API_KEY", "") if RECORDING else "sk-test-not-a-real-key"
 
 
 class Sleeps:
@@ -74,8 +83,8 @@ def advisor(
 ) -> LLMAdvisor:
     config = LLMConfig(
         base_url=BASE_URL,
-        model="gpt-4o-mini",
-        api_key="sk-test-not-a-real-key",  # type: ignore[arg-type]
+        model=MODEL,
+        api_key=API_KEY,  # type: ignore[arg-type]
         timeout_s=5,
         max_retries=2,
         backoff_base_s=0.25,
