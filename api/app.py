@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from api import errors
 from api.deps import AppContext
 from api.middleware import RequestLimits
-from api.routes import audit, cases, health, keys, models, outbox
+from api.routes import actions, audit, cases, health, keys, models, outbox
+from triage import actions as actions_service
 from triage import auth
 from triage.db import Database
 from triage.pipeline import Pipeline
@@ -46,6 +47,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Load the policy now (a broken bundle fails start-up, not a request) and audit a
+        # change of the active policy, re-checking open approvals under it.
+        policy = actions_service.load_policy(settings)
+        with db.write() as s:
+            actions_service.record_policy_activation(s, policy, settings)
         if worker is not None:
             worker.start()
         try:
@@ -63,6 +69,14 @@ def create_app(
     app.state.ctx = ctx
     errors.install(app)
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
-    for r in (cases.router, models.router, audit.router, keys.router, outbox.router, health.router):
+    for r in (
+        cases.router,
+        actions.router,
+        models.router,
+        audit.router,
+        keys.router,
+        outbox.router,
+        health.router,
+    ):
         app.include_router(r)
     return app

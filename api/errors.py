@@ -58,6 +58,8 @@ def _triage_error(_request: Request, exc: Exception) -> JSONResponse:
     elif "field" in details:
         extra["fields"] = [{"field": details["field"], "problem": exc.message}]
     extra.update({k: v for k, v in details.items() if k != "field"})
+    if isinstance(exc, PermissionDenied) and "reasons" in details:
+        extra["reasons"] = details["reasons"]
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
     return JSONResponse(
         error_body(exc.code, exc.message, **extra), _status_for(exc), headers=headers

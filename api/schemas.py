@@ -108,6 +108,11 @@ class KeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     role: str
+    authorities: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description=("Policy roles for approvals, e.g. finance_approver, finance_controller, cfo."),
+    )
 
 
 class KeyCreated(BaseModel):
@@ -126,6 +131,7 @@ class KeyInfo(BaseModel):
     created_at: str
     created_by: str | None
     revoked_at: str | None
+    authorities: list[str] | None = None
 
 
 class AuditEventOut(BaseModel):

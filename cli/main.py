@@ -91,6 +91,14 @@ def _redact(url: str) -> str:
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")],
     role: Annotated[str, typer.Option("--role", help="orchestrator|agent|approver|auditor|admin")],
+    authority: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--authority",
+            help="Policy role for approvals, repeatable (finance_approver, "
+            "inventory_manager, finance_controller, cfo).",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from triage import audit, auth
@@ -101,7 +109,11 @@ def keys_create(
     try:
         with db.write() as s:
             k = auth.create_key(
-                s, name, role, created_by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
+                s,
+                name,
+                role,
+                authorities=authority,
+                created_by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
             )
     except ValidationFailed as exc:
         raise _fail(exc.message) from exc

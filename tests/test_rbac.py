@@ -24,6 +24,20 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/cases/{case_id}/transitions"): {"agent", "admin"},
     ("POST", "/v1/cases/{case_id}/overrides"): {"agent", "admin"},
     ("GET", "/v1/models"): {"admin", "auditor"},
+    ("GET", "/v1/actions"): ALL,
+    ("GET", "/v1/actions/{action_id}"): ALL,
+    ("POST", "/v1/cases/{case_id}/actions"): {"agent", "admin"},
+    ("POST", "/v1/actions/{action_id}/request"): {"agent", "admin"},
+    ("PATCH", "/v1/actions/{action_id}"): {"agent", "admin"},
+    ("POST", "/v1/actions/{action_id}/cancel"): {"agent", "admin"},
+    ("POST", "/v1/actions/{action_id}/approve"): {"approver", "admin"},
+    ("POST", "/v1/actions/{action_id}/reject"): {"approver", "admin"},
+    ("POST", "/v1/actions/{action_id}/outcome"): {"orchestrator", "admin"},
+    ("GET", "/v1/approvals"): {"approver", "admin"},
+    ("GET", "/v1/policy"): {"approver", "auditor", "admin"},
+    ("POST", "/v1/policy/recheck"): {"admin"},
+    ("PUT", "/v1/fx-rates"): {"admin"},
+    ("GET", "/v1/fx-rates"): {"approver", "auditor", "admin"},
     ("POST", "/v1/models/{version}/activate"): {"admin"},
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
@@ -84,6 +98,7 @@ def _call(client, method, path, headers):
         path.replace("{case_id}", "NOCASE")
         .replace("{key_id}", "NOKEY")
         .replace("{message_id}", "999999")
+        .replace("{action_id}", "NOACTION")
         .replace("{version}", "v20990101T000000000000Z-deadbeef")
     )
     body: Any = None
@@ -95,6 +110,16 @@ def _call(client, method, path, headers):
         body = {"name": "made-in-test", "role": "agent"}
     elif method == "POST" and path.endswith("/transitions"):
         body = {"to": "in_review"}
+    elif path.endswith("/actions") or method == "PATCH":
+        body = {"action": {"type": "refund", "amount": "1", "currency": "EUR"}}
+    elif path.endswith(("/approve", "/reject")):
+        body = {"action_hash": "0" * 64, "reason": "matrix"}
+    elif path.endswith("/cancel"):
+        body = {"reason": "matrix"}
+    elif path.endswith("/outcome"):
+        body = {"status": "done"}
+    elif path == "/v1/fx-rates" and method == "PUT":
+        body = {"currency": "USD", "rate": "0.9", "valid_from": "2026-01-01"}
     elif method == "POST" and path.endswith("/overrides"):
         body = {"queue": "billing", "reason": "matrix"}
     elif method == "POST" and path.endswith("/evaluate"):

@@ -49,6 +49,8 @@ class Principal:
     key_id: str
     name: str
     role: Role
+    authorities: tuple[str, ...] = ()
+    """Policy roles held for approvals (e.g. finance_approver); see policies/default."""
 
     @property
     def actor(self) -> Actor:
@@ -68,7 +70,14 @@ class CreatedKey:
     created_at: str
 
 
-def create_key(session: Session, name: str, role: str, *, created_by: Actor) -> CreatedKey:
+def create_key(
+    session: Session,
+    name: str,
+    role: str,
+    *,
+    created_by: Actor,
+    authorities: list[str] | None = None,
+) -> CreatedKey:
     """Create a key; the raw key is returned once and never stored."""
     name = name.strip()
     if not name or len(name) > 128:
@@ -90,6 +99,7 @@ def create_key(session: Session, name: str, role: str, *, created_by: Actor) -> 
         key_hash=hash_key(raw),
         created_at=now_ts(),
         created_by=created_by.id,
+        authorities=sorted(set(authorities or [])) or None,
     )
     session.add(row)
     session.flush()
@@ -97,7 +107,13 @@ def create_key(session: Session, name: str, role: str, *, created_by: Actor) -> 
         session,
         created_by,
         "api_key.created",
-        {"key_id": row.id, "name": name, "role": role_value.value, "prefix": prefix},
+        {
+            "key_id": row.id,
+            "name": name,
+            "role": role_value.value,
+            "prefix": prefix,
+            "authorities": row.authorities,
+        },
     )
     return CreatedKey(row.id, name, role_value, raw, row.created_at)
 
@@ -105,7 +121,7 @@ def create_key(session: Session, name: str, role: str, *, created_by: Actor) -> 
 def authenticate(session: Session, raw: str) -> Principal:
     """Resolve a raw key to its principal; raises AuthenticationFailed for unknown/revoked keys."""
     row = session.execute(
-        select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.revoked_at).where(
+        select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.revoked_at, ApiKey.authorities).where(
             ApiKey.key_hash == hash_key(raw)
         )
     ).one_or_none()
@@ -113,7 +129,7 @@ def authenticate(session: Session, raw: str) -> Principal:
         raise AuthenticationFailed("unknown API key")
     if row.revoked_at is not None:
         raise AuthenticationFailed("API key has been revoked")
-    return Principal(row.id, row.name, Role(row.role))
+    return Principal(row.id, row.name, Role(row.role), tuple(row.authorities or ()))
 
 
 def revoke_key(session: Session, key_id: str, *, by: Actor) -> ApiKey:

@@ -24,6 +24,16 @@ from triage.worker import Worker
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
 
+# (label, API role, policy authorities): two approvers so quorum and four-eyes can be shown.
+DEMO_KEYS: list[tuple[str, str, list[str]]] = [
+    ("orchestrator", "orchestrator", []),
+    ("agent", "agent", []),
+    ("approver", "approver", ["finance_approver", "inventory_manager"]),
+    ("controller", "approver", ["finance_controller"]),
+    ("auditor", "auditor", []),
+    ("admin", "admin", []),
+]
+
 
 @dataclass
 class DemoSummary:
@@ -40,9 +50,9 @@ def _keys(db: Database, path: Path) -> dict[str, str]:
         return stored
     out: dict[str, str] = {}
     with db.write() as s:
-        for role in auth.Role:
-            out[role.value] = auth.create_key(
-                s, f"demo-{role.value}", role.value, created_by=DEMO_ADMIN
+        for label, role, authorities in DEMO_KEYS:
+            out[label] = auth.create_key(
+                s, f"demo-{label}", role, created_by=DEMO_ADMIN, authorities=authorities
             ).key
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

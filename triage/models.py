@@ -7,6 +7,7 @@ PostgreSQL, and round-trips byte for byte, which the audit hash chain relies on.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -131,6 +133,7 @@ class ApiKey(Base):
     created_at: Mapped[str] = mapped_column(Ts)
     created_by: Mapped[str | None] = mapped_column(String(128))
     revoked_at: Mapped[str | None] = mapped_column(Ts)
+    authorities: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class AuditEvent(Base):
@@ -197,3 +200,72 @@ class LabelFeedback(Base):
     actor_id: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[str] = mapped_column(Ts)
+
+
+class ActionRow(Base):
+    """A proposed or requested action on a case, and where it stands with the policy layer."""
+
+    __tablename__ = "actions"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    origin: Mapped[str] = mapped_column(String(16))
+    suggestion_revision: Mapped[int | None] = mapped_column(Integer)
+    action_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    material: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(20))
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+    proposed_by: Mapped[str | None] = mapped_column(String(128))
+    last_edited_by: Mapped[str | None] = mapped_column(String(128))
+    accepted_by: Mapped[str | None] = mapped_column(String(128))
+    policy_version: Mapped[str | None] = mapped_column(String(64))
+    action_hash: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    due_at: Mapped[str | None] = mapped_column(Ts)
+    reminded_at: Mapped[str | None] = mapped_column(Ts)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    escalated_to: Mapped[list[Any] | None] = mapped_column(JSON)
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
+    executed_at: Mapped[str | None] = mapped_column(Ts)
+    created_at: Mapped[str] = mapped_column(Ts)
+    updated_at: Mapped[str] = mapped_column(Ts)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        Index("ix_actions_status_due", "status", "due_at"),
+        Index("ix_actions_customer_created", "customer_id", "created_at"),
+    )
+
+
+class ActionApproval(Base):
+    """One approver's decision on one action, bound to the action hash they saw."""
+
+    __tablename__ = "action_approvals"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    action_id: Mapped[str] = mapped_column(ForeignKey("actions.id"), index=True)
+    approver_id: Mapped[str] = mapped_column(String(128))
+    approver_roles: Mapped[list[Any] | None] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    action_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(Ts)
+
+    __table_args__ = (
+        UniqueConstraint("action_id", "approver_id", "action_hash", name="uq_approval_once"),
+    )
+
+
+class FxRateRow(Base):
+    """Dated FX rates into the policy's base currency (``rate`` base units per unit)."""
+
+    __tablename__ = "fx_rates"
+
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    valid_from: Mapped[date] = mapped_column(Date, primary_key=True)
+    rate: Mapped[Decimal] = mapped_column(Numeric(18, 8))
+    created_by: Mapped[str | None] = mapped_column(String(128))

@@ -36,7 +36,7 @@ from contracts.suggestion import (
     Routing,
     Suggestion,
 )
-from triage import audit, cases, webhooks
+from triage import actions, audit, cases, webhooks
 from triage.common import now_ts, to_ts
 from triage.db import Database
 from triage.lifecycle import Status
@@ -437,6 +437,9 @@ def _store(
         )
         row.suggestion_revision = revision
         _apply_classification(s, row, suggestion, settings)
+        actions.propose_from_suggestion(
+            s, case_id, row.customer_id, list(suggestion.proposed_actions), revision
+        )
         row.triaged_at = now_ts()
         row.lease_owner = None
         row.lease_expires_at = None

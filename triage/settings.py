@@ -107,6 +107,22 @@ class Settings(BaseSettings):
         description="Documents `triage demo` ingests; default: the shipped demo knowledge base.",
     )
 
+    # Governed actions.
+    policy_dir: Path | None = Field(
+        default=None, description="Policy bundle; default: the shipped policies/default."
+    )
+    action_webhook_url: str | None = Field(
+        default=None,
+        description="Where released actions "
+        "are delivered (signed); unset = receivers pull "
+        "GET /v1/actions?status=approved.",
+    )
+    approval_reminder_fraction: float = Field(default=0.5, gt=0, lt=1)
+    approval_max_escalations: int = Field(default=2, ge=0)
+    approval_escalation_roles: list[str] = Field(
+        default_factory=lambda: ["finance_controller", "cfo"]
+    )
+
     @property
     def llm_configured(self) -> bool:
         return bool(self.llm_model)

@@ -22,6 +22,7 @@ from retrieval.llm import LLMConfig
 from retrieval.redaction import RedactionConfig
 from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
 from retrieval.store import ChromaConfig
+from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
 from triage.pipeline import QUEUE_BY_TYPE, AdviceInput, NoRetriever, Pipeline, RuleAdvisor
 from triage.settings import Settings
@@ -123,12 +124,18 @@ class RetrievalStage:
 def default_pipeline(settings: Settings) -> Pipeline:
     """The active registry model (rules until one is trained), retrieval and the advisor
     (LLM when configured, else the offline engine)."""
+    gate = CedarGate(settings)
     if not settings.retrieval_enabled:
         return Pipeline(
-            classifier=ClassifierProvider(settings), retriever=NoRetriever(), advisor=RuleAdvisor()
+            classifier=ClassifierProvider(settings),
+            retriever=NoRetriever(),
+            advisor=RuleAdvisor(),
+            policy=gate,
         )
     stage = RetrievalStage(settings)
-    return Pipeline(classifier=ClassifierProvider(settings), retriever=stage, advisor=stage)
+    return Pipeline(
+        classifier=ClassifierProvider(settings), retriever=stage, advisor=stage, policy=gate
+    )
 
 
 def index_resolved_cases(db: Any, stage: RetrievalStage, limit: int = 200) -> int:

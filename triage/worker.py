@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
-from triage import cases, pipeline, webhooks
+from triage import actions, cases, pipeline, webhooks
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings
@@ -119,6 +119,7 @@ class Worker:
                         pipeline.recover_expired_leases(self.db)
                         with self.db.write() as s:
                             cases.flag_sla_breaches(s)
+                            actions.sweep_sla(s, self.settings)
                         self.index_resolved()
                         last_sweep = time.monotonic()
                     webhooks.deliver_due(self.db, self.settings, client)

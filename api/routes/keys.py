@@ -29,7 +29,9 @@ def _info(k: object) -> KeyInfo:
 )
 def create_key(body: KeyCreate, ctx: ContextDep, principal: Admin) -> KeyCreated:
     with ctx.db.write() as s:
-        k = auth.create_key(s, body.name, body.role, created_by=principal.actor)
+        k = auth.create_key(
+            s, body.name, body.role, created_by=principal.actor, authorities=body.authorities
+        )
     return KeyCreated(id=k.id, name=k.name, role=k.role.value, key=k.key, created_at=k.created_at)
 
 
