@@ -102,6 +102,7 @@ def load(
         worker = Worker(db, settings, pipe)
         triaged = worker.run_once()
         _resolve_some(db)
+        _request_some(db, settings)
         worker.index_resolved()
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
@@ -126,6 +127,32 @@ def _resolve_some(db: Database) -> None:
                 resolution=f"Resolved by {row.queue or 'service'}: "
                 f"{row.category or row.exception_type} confirmed and handled.",
             )
+
+
+def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
+    """Give approvers an inbox: a demo agent accepts some suggested credit notes and refunds."""
+    from sqlalchemy import select
+
+    from triage import actions
+    from triage.models import ActionRow, Case
+
+    agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
+    policy = actions.load_policy(settings)
+    with db.write() as s:
+        actions.record_policy_activation(s, policy, settings)
+        ids = s.scalars(
+            select(ActionRow.id)
+            .join(Case, Case.id == ActionRow.case_id)
+            .where(
+                ActionRow.status == actions.PROPOSED,
+                ActionRow.action_type.in_(["issue_credit_note", "refund"]),
+                Case.status == Status.awaiting_review.value,
+            )
+            .order_by(ActionRow.id)
+            .limit(n)
+        ).all()
+        for action_id in ids:
+            actions.request(s, action_id, actor=agent, policy=policy, settings=settings)
 
 
 def describe(summary: DemoSummary, host: str, port: int) -> str:
