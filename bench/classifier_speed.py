@@ -45,8 +45,13 @@ ERRORS = [
 ]
 
 
-def build_cases(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+def build_cases(
+    rows: list[dict[str, Any]], n: int, seed: int, extra_words: int = 0
+) -> list[dict[str, Any]]:
+    """Flat case records; ``extra_words`` appends that many words of other customers' messages
+    as operator notes, to time longer cases."""
     rng = random.Random(seed)
+    vocabulary = [w for r in rows[:2000] for w in r["text"].split()]
     out = []
     for i in range(n):
         row = rows[rng.randrange(len(rows))]
@@ -56,6 +61,8 @@ def build_cases(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str,
         notes = rng.choice(
             ["customer called twice", "see attached photos", "", "awaiting ERP sync"]
         )
+        if extra_words:
+            notes += " " + " ".join(rng.choices(vocabulary, k=extra_words))
         text = " \n ".join([title, row["text"], notes, rng.choice(ERRORS)])
         out.append(
             {
@@ -87,11 +94,12 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--singles", type=int, default=1000)
+    parser.add_argument("--extra-words", type=int, default=0, help="lengthen each case's notes")
     args = parser.parse_args()
     with args.bitext.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    train = build_cases(rows, args.n_train, seed=0)
-    test = build_cases(rows, args.batch, seed=1)
+    train = build_cases(rows, args.n_train, seed=0, extra_words=args.extra_words)
+    test = build_cases(rows, args.batch, seed=1, extra_words=args.extra_words)
     started = time.perf_counter()
     model = CaseModel().fit(train)
     fit_s = time.perf_counter() - started

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -363,6 +364,8 @@ def _tfidf(vectorizer: TfidfVectorizer, texts: list[str], weight: float) -> sp.c
     """
     if _fast_char_wb_ok(vectorizer):
         counts = _char_wb_counts(vectorizer, texts)
+    elif _fast_word_ok(vectorizer):
+        counts = _word_counts(vectorizer, texts)
     else:
         counts = CountVectorizer.transform(vectorizer, texts).astype(np.float32)
     counts.data = 1.0 + np.log(counts.data)
@@ -374,7 +377,7 @@ def _tfidf(vectorizer: TfidfVectorizer, texts: list[str], weight: float) -> sp.c
     return counts.tocsr()
 
 
-_CHAR_CACHES: weakref.WeakKeyDictionary[TfidfVectorizer, dict[str, list[int]]] = (
+_CHAR_CACHES: weakref.WeakKeyDictionary[TfidfVectorizer, dict[str, array[int]]] = (
     weakref.WeakKeyDictionary()
 )
 _CHAR_CACHE_LIMIT = 200_000  # words per fitted vectorizer; cleared wholesale when exceeded
@@ -388,6 +391,46 @@ def _fast_char_wb_ok(vectorizer: TfidfVectorizer) -> bool:
         and vectorizer.preprocessor is None
         and not vectorizer.binary
     )
+
+
+def _fast_word_ok(vectorizer: TfidfVectorizer) -> bool:
+    return (
+        vectorizer.analyzer == "word"
+        and vectorizer.lowercase
+        and vectorizer.strip_accents is None
+        and vectorizer.preprocessor is None
+        and vectorizer.tokenizer is None
+        and vectorizer.stop_words is None
+        and not vectorizer.binary
+    )
+
+
+def _word_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_matrix:
+    """The word n-gram count matrix ``CountVectorizer.transform`` would give (same tokens and
+    n-gram joining), with plain dictionary lookups instead of per-document analyzer calls."""
+    vocab = vectorizer.vocabulary_
+    token = re.compile(vectorizer.token_pattern)
+    min_n, max_n = vectorizer.ngram_range
+    indices = array("i")
+    indptr = array("q", [0])
+    get = vocab.get
+    for doc in texts:
+        tokens = token.findall(doc.lower())
+        grams: list[str] = tokens if min_n == 1 else []
+        for n in range(max(2, min_n), max_n + 1):
+            grams = grams + [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        indices.extend([i for i in map(get, grams) if i is not None])
+        indptr.append(len(indices))
+    matrix = sp.csr_matrix(
+        (
+            np.ones(len(indices), dtype=np.float32),
+            np.frombuffer(indices, dtype=np.int32),
+            np.frombuffer(indptr, dtype=np.int64),
+        ),
+        shape=(len(texts), len(vocab)),
+    )
+    matrix.sum_duplicates()
+    return matrix
 
 
 def _wb_ngrams(word: str, min_n: int, max_n: int) -> list[str]:
@@ -419,13 +462,14 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
         cache = _CHAR_CACHES.setdefault(vectorizer, {})
     vocab = vectorizer.vocabulary_
     min_n, max_n = vectorizer.ngram_range
-    indices: list[int] = []
-    indptr = [0]
+    # array('i') extends by memcpy and converts to numpy without a copy
+    indices = array("i")
+    indptr = array("q", [0])
     for doc in texts:
         for word in doc.lower().split():
             ids = cache.get(word)
             if ids is None:
-                ids = [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab]
+                ids = array("i", [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab])
                 if len(cache) >= _CHAR_CACHE_LIMIT:
                     cache.clear()
                 cache[word] = ids
@@ -434,8 +478,8 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
     matrix = sp.csr_matrix(
         (
             np.ones(len(indices), dtype=np.float32),
-            np.asarray(indices, dtype=np.int32),
-            np.asarray(indptr, dtype=np.int64),
+            np.frombuffer(indices, dtype=np.int32),
+            np.frombuffer(indptr, dtype=np.int64),
         ),
         shape=(len(texts), len(vocab)),
     )
