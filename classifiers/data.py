@@ -8,6 +8,7 @@ Contract:
 - :func:`validate_training_data` checks that the named columns exist and that every label
   column has non-empty labels with at least two distinct values.
 - :func:`file_sha256` is the training-data fingerprint stored in registry metadata.
+- :data:`BITEXT_FIXTURE` is the shipped Bitext sample (read it with :func:`load_records`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from typing import Any
 from classifiers.errors import DataError
 
 SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".ndjson")
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+BITEXT_FIXTURE = FIXTURES / "bitext" / "bench_train_2023.csv"
+"""Bitext customer-support sample (CDLA-Sharing-1.0; licence and NOTICE.md beside it): columns
+``text, intent, category, flags, release, triage_category``; 6,509 rows. Shipped for tests, the
+demo model and realistic customer messages in the simulator."""
 
 
 def file_sha256(path: Path | str) -> str:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import csv
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from classifiers.case_model import CaseModel
+from classifiers.data import BITEXT_FIXTURE
 from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec
 
-BITEXT = Path(__file__).parents[2] / "classifiers" / "fixtures" / "bitext" / "bench_train_2023.csv"
+BITEXT = BITEXT_FIXTURE
 
 
 def bitext_rows(per_intent: int, seed: int = 0) -> list[dict[str, Any]]:
