@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -24,6 +24,7 @@ class AppContext:
     db: Database
     worker: Worker | None
     keys: auth.KeyCache
+    jobs: dict[str, Any] = field(default_factory=dict)
 
     def notify_worker(self) -> None:
         if self.worker is not None:

@@ -81,7 +81,13 @@ def _currency(value: str) -> str:
 CurrencyCode = Annotated[
     str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)
 ]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Identifier = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=128, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
+"""A business id: 1-128 characters, no control characters (they break logs, CSV and policies)."""
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 LongText = Annotated[str, StringConstraints(max_length=20_000)]
 NonNegativeQty = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]

@@ -88,8 +88,10 @@ Qty = Annotated[Decimal, Field(max_digits=18, decimal_places=6)]
 
 class _Action(_Model):
     rationale: str = Field(default="", max_length=1000)
-    evidence: list[str] = Field(
-        default_factory=list, description="Chunk ids or case fields that justify the action."
+    evidence: list[Identifier] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Chunk ids or case fields that justify the action.",
     )
 
 

@@ -4,6 +4,7 @@ labels, per-model override rate and precision-at-close, activation, retraining."
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,15 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
     )
     assert client.post("/v1/models/not-a-version/activate", headers=admin).status_code in (404, 409)
     r = client.post("/v1/models/retrain", headers=admin)
-    assert r.status_code == 200, r.text
-    body = r.json()
+    assert r.status_code == 202, r.text
+    assert client.post("/v1/models/retrain", headers=admin).status_code == 409  # one at a time
+    for _ in range(600):
+        state = client.get("/v1/models/retrain", headers=admin).json()
+        if state["status"] != "running":
+            break
+        time.sleep(0.1)
+    assert state["status"] == "done", state
+    body = state["result"]
     assert body["previous_version"] == with_model
     assert isinstance(body["activated"], bool) and body["reason"]
     reg = classification.registry(settings)

@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
     ("POST", "/v1/models/retrain"): {"admin"},
+    ("GET", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},

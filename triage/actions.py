@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -81,7 +81,24 @@ def _money(action: ProposedAction) -> tuple[Decimal | None, str | None]:
 
 
 def to_request(row: ActionRow, case: CaseIn) -> policies.ActionRequest:
-    """Map a stored action onto the policy layer's input (see docs/policies.md section 9)."""
+    """Map a stored action onto the policy layer's input (see docs/policies.md section 9).
+
+    Raises ValidationFailed (422) when the action cannot be expressed to the policy layer;
+    an input the policy layer refuses must never surface as a server error.
+    """
+    try:
+        return _to_request(row, case)
+    except ValidationError as exc:
+        fields = {
+            "action." + ".".join(str(p) for p in e["loc"]): e["msg"]
+            for e in exc.errors(include_url=False)
+        }
+        raise ValidationFailed(
+            "the action does not fit the policy layer's input", fields=fields
+        ) from exc
+
+
+def _to_request(row: ActionRow, case: CaseIn) -> policies.ActionRequest:
     action = ACTION_ADAPTER.validate_python(row.body)
     amount, currency = _money(action)
     arguments = action.model_dump(
@@ -970,30 +987,30 @@ class CedarGate:
         out = []
         for i, action in enumerate(actions):
             amount, currency = _money(action)
-            req = policies.ActionRequest(
-                action_type=action.type.value,
-                arguments=action.model_dump(
-                    exclude={"type", "rationale", "evidence", "amount", "currency", "value"},
-                    exclude_none=True,
-                ),
-                amount=amount,
-                currency=currency,
-                case_id=case.source.case_id,
-                customer_id=case.references.customer.id,
-                customer_tier=case.references.customer.tier.value,
-                evidence_ids=tuple(action.evidence),
-                origin="suggestion",
-                requested_by=audit.PIPELINE.id,
-                proposed_by=audit.PIPELINE.id,
-            )
-            ctx = policies.DecisionContext(as_of=datetime.now(UTC))
             try:
+                req = policies.ActionRequest(
+                    action_type=action.type.value,
+                    arguments=action.model_dump(
+                        exclude={"type", "rationale", "evidence", "amount", "currency", "value"},
+                        exclude_none=True,
+                    ),
+                    amount=amount,
+                    currency=currency,
+                    case_id=case.source.case_id,
+                    customer_id=case.references.customer.id,
+                    customer_tier=case.references.customer.tier.value,
+                    evidence_ids=tuple(action.evidence),
+                    origin="suggestion",
+                    requested_by=audit.PIPELINE.id,
+                    proposed_by=audit.PIPELINE.id,
+                )
+                ctx = policies.DecisionContext(as_of=datetime.now(UTC))
                 d = policies.evaluate(req, ctx, policy)
                 outcome = d.outcome.value
                 reasons = [
                     {"policy_id": r.policy_id, "explanation": r.explanation} for r in d.reasons
                 ]
-            except policies.PolicyInputError as exc:
+            except (policies.PolicyInputError, ValidationError) as exc:
                 outcome = "needs_review"
                 reasons = [{"policy_id": "input", "explanation": str(exc)}]
             out.append(ActionDecision(i, action.type.value, outcome, reasons, policy.version))

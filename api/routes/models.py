@@ -3,6 +3,7 @@ reviewer overrides on cases (agents)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -14,6 +15,7 @@ from api.schemas import CaseSummary
 from classifiers import ClassifierError, evaluate_model
 from triage import audit, classification
 from triage.auth import Principal
+from triage.common import now_ts
 from triage.errors import Conflict, NotFound, ValidationFailed
 
 router = APIRouter(tags=["classifier"])
@@ -188,28 +190,73 @@ def evaluate(
     return {"version": version, "metrics": metrics}
 
 
+class RetrainJob:
+    """The one retraining job a process runs at a time (training takes seconds to minutes)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state: dict[str, Any] = {"status": "idle"}
+
+    def start(self, ctx: Any, principal: Principal) -> dict[str, Any]:
+        if not self.lock.acquire(blocking=False):
+            raise Conflict("a retraining job is already running", field="status")
+        self.state = {"status": "running", "started_by": principal.actor.id, "started_at": now_ts()}
+        threading.Thread(
+            target=self._run, args=(ctx, principal), daemon=True, name="retrain"
+        ).start()
+        return dict(self.state)
+
+    def _run(self, ctx: Any, principal: Principal) -> None:
+        try:
+            with ctx.db.read() as s:
+                result = classification.retrain_from_feedback(ctx.settings, s)
+            out = {
+                "candidate_version": result.candidate_version,
+                "previous_version": result.active_version,
+                "activated": result.activated,
+                "reason": result.reason,
+                "checks": list(result.checks),
+                "n_base": result.n_base,
+                "n_feedback": result.n_feedback,
+                "candidate_metrics": result.candidate_metrics,
+                "active_metrics": result.active_metrics,
+            }
+            with ctx.db.write() as s:
+                audit.append(s, principal.actor, "model.retrained", out)
+            self.state = {**self.state, "status": "done", "finished_at": now_ts(), "result": out}
+        except Exception as exc:  # reported to the admin through GET, and audited
+            self.state = {
+                **self.state,
+                "status": "failed",
+                "finished_at": now_ts(),
+                "error": str(exc),
+            }
+            with ctx.db.write() as s:
+                audit.append(s, principal.actor, "model.retrain_failed", {"error": str(exc)})
+        finally:
+            self.lock.release()
+
+
+def _job(ctx: Any) -> RetrainJob:
+    # one job per application instance (tests build many apps in one process)
+    job: RetrainJob | None = ctx.jobs.get("retrain")
+    if job is None:
+        job = ctx.jobs.setdefault("retrain", RetrainJob())
+    return job
+
+
 @router.post(
     "/v1/models/retrain",
+    status_code=202,
     responses=ERRORS,
-    summary="Retrain on base data + reviewer labels; activates only if not worse",
+    summary="Start retraining on base data + reviewer labels (activates only if not worse)",
 )
 def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
-    try:
-        with ctx.db.read() as s:
-            result = classification.retrain_from_feedback(ctx.settings, s)
-    except ClassifierError as exc:
-        raise Conflict(str(exc)) from exc
-    out = {
-        "candidate_version": result.candidate_version,
-        "previous_version": result.active_version,
-        "activated": result.activated,
-        "reason": result.reason,
-        "checks": list(result.checks),
-        "n_base": result.n_base,
-        "n_feedback": result.n_feedback,
-        "candidate_metrics": result.candidate_metrics,
-        "active_metrics": result.active_metrics,
-    }
-    with ctx.db.write() as s:
-        audit.append(s, principal.actor, "model.retrained", out)
-    return out
+    return _job(ctx).start(ctx, principal)
+
+
+@router.get(
+    "/v1/models/retrain", responses=ERRORS, summary="State and result of the last retraining job"
+)
+def retrain_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
+    return dict(_job(ctx).state)
