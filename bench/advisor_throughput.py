@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from contracts.case import CaseIn  # noqa: E402
 from retrieval.advice import AdviceRequest  # noqa: E402
 from retrieval.chunking import Chunk  # noqa: E402
+from retrieval.embeddings import EncoderConfig  # noqa: E402
 from retrieval.knowledge import Passage  # noqa: E402
 from retrieval.llm import LLMAdvisor, LLMConfig  # noqa: E402
 from retrieval.redaction import RedactionSession  # noqa: E402
@@ -317,12 +318,16 @@ def random_case(i: int, texts: list[str], rng: random.Random) -> CaseIn:
     )
 
 
-def offline_bench(data: Path, n_cases: int, n_chunks: int, n_similar: int) -> None:
+def offline_bench(data: Path, n_cases: int, n_chunks: int, n_similar: int, encoder: str) -> None:
     with data.open(encoding="utf-8") as fh:
         texts = [row["text"] for row in csv.DictReader(fh)]
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
-        service = RetrievalService(RetrievalConfig(chroma=ChromaConfig(path=Path(tmp))))
+        service = RetrievalService(
+            RetrievalConfig(
+                chroma=ChromaConfig(path=Path(tmp)), encoder=EncoderConfig(name=encoder)
+            )
+        )
         start = time.perf_counter()
         service.kb.ingest([ROOT / "knowledge"])
         synthetic = []
@@ -413,6 +418,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=3000)
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--similar", type=int, default=5_000)
+    parser.add_argument(
+        "--encoder", default="builtin:lsa-char-v1", help="e.g. minilm (needs the optional extra)"
+    )
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     args = parser.parse_args()
@@ -428,7 +436,7 @@ def main() -> None:
             stub.terminate()
             stub.join(5)
     if not args.skip_offline:
-        offline_bench(args.data, args.cases, args.chunks, args.similar)
+        offline_bench(args.data, args.cases, args.chunks, args.similar, args.encoder)
 
 
 if __name__ == "__main__":

@@ -342,17 +342,18 @@ class LLMAdvisor:
             return self._finish(suggestion, usage, [], repair=False)
 
         # One repair attempt with the violations fed back.
-        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+        from langchain_core.messages import AIMessage, HumanMessage
 
         rendered = self.repair_prompt.render(
             violations="\n".join(f"- {v}" for v in violations),
             previous_answer=first.raw_text[:6000] or "(no parseable answer)",
         )
+        # One user turn (not a second system message: several OpenAI-compatible servers
+        # accept a system message only at the start of the conversation).
         repair_messages = [
             *messages,
             AIMessage(content=first.raw_text or "(empty)"),
-            SystemMessage(content=rendered.system),
-            HumanMessage(content=rendered.user),
+            HumanMessage(content=f"{rendered.system}\n\n{rendered.user}"),
         ]
         async with self._semaphore:
             second = await self._call(repair_messages)
@@ -449,6 +450,10 @@ class LLMAdvisor:
             ) as exc:
                 # The SDK's own parse step (json_schema mode) raises on malformed or cut output.
                 outcome.latency_ms += (time.perf_counter() - start) * 1000
+                usage = getattr(getattr(exc, "completion", None), "usage", None)
+                if usage is not None:  # a cut-off answer still cost its tokens
+                    outcome.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+                    outcome.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
                 first_lines = " ".join(str(exc).splitlines()[:2])[:300]
                 outcome.problem = f"malformed_output: {type(exc).__name__}: {first_lines}"
                 if "refus" in str(exc).lower():

@@ -189,6 +189,7 @@ async def test_truncated_json_is_repaired(
     assert len(p.contract_violations) == 1 and p.contract_violations[0].startswith(
         "malformed_output"
     )
+    assert (p.prompt_tokens, p.completion_tokens) == (1881 + 1873, 240 + 262)
     repair_prompt = rec.prompt(1)
     assert "CONTRACT VIOLATIONS" in repair_prompt and "malformed_output" in repair_prompt
 
