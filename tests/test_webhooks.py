@@ -136,3 +136,14 @@ def test_backoff_grows_and_is_capped():
     values = [webhooks.backoff_seconds(settings, n) for n in range(1, 8)]
     assert 1.5 <= values[0] <= 2.5 and 3 <= values[1] <= 5
     assert max(values) <= 36 and values[-1] >= 24
+
+
+def test_private_callback_targets_refused_when_configured(client, keys, db, settings, receiver):
+    settings.callback_allow_private_hosts = False
+    rx = receiver([])
+    _triage_with_callback(client, keys, db, settings, rx.url)
+    assert _drain(db, settings, 2) == 0
+    assert rx.requests == []  # nothing was sent into the private network
+    with db.read() as s:
+        msg = s.scalars(select(OutboxMessage)).one()
+        assert msg.status == "dead" and "non-public address" in (msg.last_error or "")

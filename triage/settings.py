@@ -69,7 +69,11 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 8
     webhook_backoff_base_seconds: float = 2.0
     webhook_backoff_max_seconds: float = 600.0
-    callback_allow_private_hosts: bool = True
+    callback_allow_private_hosts: bool = Field(
+        default=True,
+        description="Allow case callback URLs that resolve to loopback/private addresses. "
+        "Set false in production so a caller cannot make the server probe its own network.",
+    )
 
     # Queues the classifier and the advisor may route to.
     queues: list[str] = Field(

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import random
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -115,12 +118,37 @@ def _claim(db: Database, settings: Settings, limit: int) -> list[OutboxMessage]:
         return rows
 
 
+def private_target(url: str) -> str | None:
+    """Why ``url`` points into a private network (loopback, RFC 1918, link-local...), or None."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved:
+            return f"{host} resolves to a non-public address ({addr})"
+    return None
+
+
 def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit: int = 50) -> int:
-    """Send every due message once; returns how many were delivered."""
+    """Send every due message once; returns how many were delivered.
+
+    Case callbacks come from callers: unless ``callback_allow_private_hosts`` is set, one that
+    resolves to a private address is dead-lettered at once (SSRF guard), checked at send time
+    so a DNS change after intake cannot get around it. Action deliveries go to the configured
+    ``action_webhook_url`` and are trusted.
+    """
     delivered = 0
     for msg in _claim(db, settings, limit):
         ts = int(time.time())
         error: str | None = None
+        if msg.kind == "case.triaged" and not settings.callback_allow_private_hosts:
+            refused = private_target(msg.target_url)
+            if refused is not None:
+                _record(db, settings, msg.id, f"refused: {refused}", final=True)
+                continue
         try:
             resp = client.post(
                 msg.target_url,
@@ -142,7 +170,9 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit
     return delivered
 
 
-def _record(db: Database, settings: Settings, msg_id: int, error: str | None) -> int:
+def _record(
+    db: Database, settings: Settings, msg_id: int, error: str | None, *, final: bool = False
+) -> int:
     with db.write() as s:
         msg = s.get(OutboxMessage, msg_id)
         if msg is None or msg.status != "pending":
@@ -161,7 +191,7 @@ def _record(db: Database, settings: Settings, msg_id: int, error: str | None) ->
             )
             return 1
         msg.last_error = error
-        if msg.attempts >= settings.webhook_max_attempts:
+        if final or msg.attempts >= settings.webhook_max_attempts:
             msg.status = "dead"
             audit.append(
                 s,
