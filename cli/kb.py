@@ -162,6 +162,30 @@ def stats(
         typer.echo(f"  {doc_id}  v{version}")
 
 
+@app.command()
+def reindex(
+    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_url: ChromaUrl = None,
+    encoder: EncoderName = "builtin:lsa-char-v1",
+) -> None:
+    """Re-embed the knowledge base and the similar-case index with --encoder (after switching
+    encoders; ids, texts and metadata are kept)."""
+    from retrieval.cases import CaseIndex
+    from retrieval.embeddings import EncoderConfig, load_encoder
+    from retrieval.knowledge import KnowledgeBase
+    from retrieval.store import ChromaConfig, open_client
+
+    try:
+        config = ChromaConfig(path=chroma_path, url=chroma_url)
+        client = open_client(config)
+        enc = load_encoder(EncoderConfig(name=encoder))
+        chunks = KnowledgeBase.reindex(client, enc, config.knowledge_collection)
+        cases = CaseIndex.reindex(client, enc, config.cases_collection)
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"re-embedded {chunks} chunks and {cases} cases with {enc.fingerprint}")
+
+
 @app.command("fit-encoder")
 def fit_encoder(
     corpus: Annotated[

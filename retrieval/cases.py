@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.suggestion import SimilarCase
 from retrieval.embeddings import Encoder
-from retrieval.store import as_rows, open_collection
+from retrieval.store import as_rows, open_collection, reindex_collection
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -153,3 +153,8 @@ class CaseIndex:
 
     def count(self) -> int:
         return int(self._collection.count())
+
+    @staticmethod
+    def reindex(client: ClientAPI, encoder: Encoder, collection: str = "similar_cases") -> int:
+        """Re-embed every stored case (already redacted) with ``encoder``."""
+        return reindex_collection(client, collection, encoder, lambda document, _meta: document)

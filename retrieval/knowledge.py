@@ -23,7 +23,7 @@ from contracts.suggestion import Citation
 from retrieval.chunking import SUPPORTED_SUFFIXES, Chunk, chunk_document, load_document
 from retrieval.embeddings import Encoder
 from retrieval.errors import IngestError
-from retrieval.store import as_rows, open_collection
+from retrieval.store import as_rows, open_collection, reindex_collection
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -282,3 +282,13 @@ class KnowledgeBase:
 
     def count(self) -> int:
         return int(self._collection.count())
+
+    @staticmethod
+    def reindex(client: ClientAPI, encoder: Encoder, collection: str = "knowledge") -> int:
+        """Re-embed the whole collection with ``encoder`` (see ``store.reindex_collection``)."""
+
+        def embed_text(document: str, meta: dict[str, Any]) -> str:
+            heading = str(meta.get("heading") or "")
+            return f"{heading}\n{document}" if heading else document
+
+        return reindex_collection(client, collection, encoder, embed_text)

@@ -15,6 +15,7 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -109,9 +110,9 @@ def open_collection(client: ClientAPI, name: str, encoder: Encoder) -> Collectio
         stored_fp = _stored_fingerprint(stored)
         if stored_fp is not None and stored_fp != encoder.fingerprint:
             raise EncoderError(
-                f"collection {name!r} was built with encoder {stored_fp}, the configured encoder "
-                f"is {encoder.fingerprint}: re-index it (triage kb reindex) or configure the "
-                "original encoder"
+                f"collection {name!r} was built with encoder {stored_fp}, the configured "
+                f"encoder is {encoder.fingerprint}: re-index it (triage kb reindex --encoder "
+                "...) or configure the original encoder"
             )
         return client.get_collection(name, embedding_function=ef)  # type: ignore[arg-type]
     return client.create_collection(
@@ -120,6 +121,57 @@ def open_collection(client: ClientAPI, name: str, encoder: Encoder) -> Collectio
         configuration={"hnsw": {"space": "cosine"}},
         metadata={"encoder_fingerprint": encoder.fingerprint, "encoder_dim": encoder.dim},
     )
+
+
+def reindex_collection(
+    client: ClientAPI,
+    name: str,
+    encoder: Encoder,
+    embed_text: Callable[[str, dict[str, Any]], str],
+    *,
+    batch: int = 1000,
+) -> int:
+    """Re-embed every entry of ``name`` with ``encoder`` (to switch encoders); returns the count.
+
+    Ids, documents and metadata are kept; ``embed_text(document, metadata)`` rebuilds the text
+    that was embedded. The new vectors go into a temporary collection first; only when it is
+    complete is the old collection dropped and the new one renamed, so a failure half-way
+    leaves the old collection untouched (and the temporary one to be dropped on the next try).
+    """
+    names = {c.name for c in client.list_collections()}
+    if name not in names:
+        return 0
+    old = client.get_collection(name, embedding_function=None)
+    tmp_name = f"{name}__reindex"
+    if tmp_name in names:
+        client.delete_collection(tmp_name)
+    new = client.create_collection(
+        tmp_name,
+        embedding_function=TriageEmbeddingFunction(encoder),  # type: ignore[arg-type]
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"encoder_fingerprint": encoder.fingerprint, "encoder_dim": encoder.dim},
+    )
+    total = 0
+    offset = 0
+    while True:
+        page = old.get(include=["documents", "metadatas"], limit=batch, offset=offset)
+        ids = list(page["ids"])
+        if not ids:
+            break
+        docs = [d or "" for d in page["documents"] or []]
+        metas = [dict(m or {}) for m in page["metadatas"] or []]
+        vectors = encoder.encode([embed_text(d, m) for d, m in zip(docs, metas, strict=True)])
+        new.add(
+            ids=ids,
+            documents=docs,
+            embeddings=as_rows(vectors),
+            metadatas=metas,  # type: ignore[arg-type]
+        )
+        total += len(ids)
+        offset += len(ids)
+    client.delete_collection(name)
+    new.modify(name=name)
+    return total
 
 
 def _stored_fingerprint(collection: Collection) -> str | None:

@@ -200,3 +200,30 @@ def test_reopened_store_survives_copy(
     shutil.copytree(chroma_config.path, copy)
     again = KnowledgeBase(open_client(ChromaConfig(path=copy)), encoder)
     assert again.ingest([knowledge_dir / "returns-policy.md"]).unchanged == 1
+
+
+def test_reindex_switches_the_encoder(
+    kb: KnowledgeBase, knowledge_dir: Path, chroma_config: ChromaConfig, encoder: Encoder
+) -> None:
+    kb.ingest([knowledge_dir])
+    client = open_client(chroma_config)
+    CaseIndex(client, encoder).add_resolved("C-1", "pallet crushed in transit", {}, "credited")
+    other = HashingEncoder(n_features=512)
+    with pytest.raises(EncoderError):
+        KnowledgeBase(client, other)
+    chunks = kb.count()
+    assert KnowledgeBase.reindex(client, other) == chunks
+    assert CaseIndex.reindex(client, other) == 1
+    switched = KnowledgeBase(client, other)
+    assert switched.stats().encoder == other.fingerprint
+    # Same vectors as a fresh ingest with the new encoder, hence the same ranking.
+    fresh = KnowledgeBase(open_client(ChromaConfig(path=chroma_config.path.parent / "f")), other)
+    fresh.ingest([knowledge_dir])
+    query = "the pallet arrived crushed and wet"
+    assert [p.chunk_id for p in switched.search(query, k=5)] == [
+        p.chunk_id for p in fresh.search(query, k=5)
+    ]
+    assert switched.ingest([knowledge_dir]).unchanged == 11  # metadata survived
+    assert CaseIndex(client, other).similar("crushed pallet", k=1)[0].resolution == "credited"
+    with pytest.raises(EncoderError):
+        KnowledgeBase(client, encoder)
