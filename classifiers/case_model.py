@@ -36,7 +36,9 @@ from classifiers.features import (
     row_ids,
     row_nnz_between,
     row_norms,
+    texts_of,
 )
+from classifiers.grouping import near_duplicate_groups
 from classifiers.operating_points import (
     ThresholdStats,
     decide_batch,
@@ -83,6 +85,9 @@ class CaseModel(BaseEstimator):
     ood_quantile: a case whose word profile is less similar to every training class than this
         quantile of the training cases is ``out_of_distribution``.
     min_support: validation predictions a label needs before a threshold is trusted.
+    group_near_duplicates: when ``fit`` gets no ``groups``, group records whose text is the same
+        after masking numbers and names (:mod:`classifiers.grouping`), so that templated
+        near-copies never sit on both sides of a validation fold.
     featurizer: a :class:`RecordFeaturizer` template (cloned; its ``spec`` is replaced).
     """
 
@@ -102,6 +107,7 @@ class CaseModel(BaseEstimator):
         min_margin: float = 0.0,
         ood_quantile: float = 0.002,
         min_support: int = 5,
+        group_near_duplicates: bool = True,
         featurizer: RecordFeaturizer | None = None,
         random_state: int = 0,
     ) -> None:
@@ -119,6 +125,7 @@ class CaseModel(BaseEstimator):
         self.min_margin = min_margin
         self.ood_quantile = ood_quantile
         self.min_support = min_support
+        self.group_near_duplicates = group_near_duplicates
         self.featurizer = featurizer
         self.random_state = random_state
 
@@ -137,7 +144,8 @@ class CaseModel(BaseEstimator):
     ) -> CaseModel:
         """Train on ``records`` (labels read from the target keys); returns ``self``.
 
-        ``groups`` (one id per record) keeps near-duplicate texts in the same validation fold.
+        ``groups`` (one id per record) keeps records of a group in the same validation fold;
+        by default near-duplicate texts are grouped (see ``group_near_duplicates``).
         ``progress`` is an optional callable ``progress(message: str)`` for long steps.
         Raises ``ValueError`` when a target has fewer than two labels or an unconfigured label.
         """
@@ -150,6 +158,8 @@ class CaseModel(BaseEstimator):
         self.featurizer_ = clone(template).set_params(spec=spec)
         say(f"building features for {len(records)} records")
         X = self.featurizer_.fit_transform(records, embeddings=embeddings)
+        if groups is None and self.group_near_duplicates and spec.text_columns:
+            groups = near_duplicate_groups(texts_of(records, spec.text_columns))
         group_arr = None if groups is None else np.asarray(groups)
         self.estimators_: dict[str, CalibratedLinearClassifier] = {}
         self.classes_: dict[str, np.ndarray] = {}

@@ -29,7 +29,6 @@ from classifiers.data import (
 from classifiers.errors import ClassifierError
 from classifiers.evaluation import evaluate_model, format_table, write_report
 from classifiers.features import FeatureSpec
-from classifiers.grouping import near_duplicate_groups
 from classifiers.registry import ModelRegistry, open_model
 
 SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
@@ -141,12 +140,6 @@ def train(
             numeric_columns=tuple(numeric),
         )
         say(f"read {len(records)} records from {data.name}")
-        groups = None
-        if group_near_duplicates and text_column:
-            groups = near_duplicate_groups(
-                [" ".join(str(r.get(c) or "") for c in text_column) for r in records]
-            )
-            say(f"{len(set(groups))} near-duplicate groups kept together in validation folds")
         model = CaseModel(
             spec=spec,
             targets=tuple(label_column),
@@ -155,8 +148,9 @@ def train(
             base=base,
             C=c,
             cv=cv,
+            group_near_duplicates=group_near_duplicates,
         )
-        model.fit(records, groups=groups, progress=say)
+        model.fit(records, progress=say)
         say("saving the model version")
         registry = ModelRegistry(out, _key(signing_key))
         version = registry.save(
