@@ -165,7 +165,8 @@ def reindex_collection(
             ids=ids,
             documents=docs,
             embeddings=as_rows(vectors),
-            metadatas=metas,  # type: ignore[arg-type]
+            # Chroma refuses empty metadata dicts (entries added without metadata).
+            metadatas=[m or {"reindexed": True} for m in metas],  # type: ignore[arg-type]
         )
         total += len(ids)
         offset += len(ids)
