@@ -166,7 +166,7 @@ def reindex_collection(
             documents=docs,
             embeddings=as_rows(vectors),
             # Chroma refuses empty metadata dicts (entries added without metadata).
-            metadatas=[m or {"reindexed": True} for m in metas],  # type: ignore[arg-type]
+            metadatas=[m or {"reindexed": True} for m in metas],
         )
         total += len(ids)
         offset += len(ids)
