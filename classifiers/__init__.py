@@ -17,7 +17,6 @@ from classifiers.errors import (
     ClassifierError,
     DataError,
     IntegrityError,
-    ModelNotFittedError,
     RegistryError,
 )
 from classifiers.evaluation import evaluate_model, write_report
@@ -36,7 +35,6 @@ __all__ = [
     "FeatureSpec",
     "IntegrityError",
     "LoadedModel",
-    "ModelNotFittedError",
     "ModelRegistry",
     "RecordFeaturizer",
     "RegistryError",

@@ -130,7 +130,8 @@ class CaseModel(BaseEstimator):
         self.random_state = random_state
 
     # -- training ------------------------------------------------------------------------------
-    def _feature_spec(self) -> FeatureSpec:
+    def feature_spec(self) -> FeatureSpec:
+        """The spec in force: ``spec`` or, when it is ``None``, the triage case record's."""
         return self.spec if self.spec is not None else CASE_FEATURE_SPEC
 
     def fit(
@@ -153,7 +154,7 @@ class CaseModel(BaseEstimator):
         if not self.targets:
             raise ValueError("CaseModel needs at least one target")
         say = progress or (lambda _msg: None)
-        spec = self._feature_spec()
+        spec = self.feature_spec()
         template = self.featurizer if self.featurizer is not None else RecordFeaturizer()
         self.featurizer_ = clone(template).set_params(spec=spec)
         say(f"building features for {len(records)} records")

@@ -17,10 +17,6 @@ class DataError(ClassifierError):
     """A training or evaluation file cannot be used (missing column, one class, bad encoding...)."""
 
 
-class ModelNotFittedError(ClassifierError):
-    """A model was asked to predict before ``fit``."""
-
-
 class RegistryError(ClassifierError):
     """The model registry cannot satisfy a request (unknown version, nothing active...)."""
 

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ class ModelRegistry:
                 "thresholds": model.thresholds_dict(),
                 "validation": model.validation_,
                 "metrics": dict(metrics or {}),
-                "feature_spec": model._feature_spec().to_dict(),
+                "feature_spec": model.feature_spec().to_dict(),
                 "params": _json_params(model),
                 "library_versions": library_versions(),
                 **dict(extra or {}),
@@ -189,9 +190,7 @@ class ModelRegistry:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)  # the version appears complete or not at all
         except BaseException:
-            for child in staging.glob("*"):
-                child.unlink(missing_ok=True)
-            staging.rmdir() if staging.exists() else None
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         if activate:
             self.activate(version)

@@ -180,7 +180,7 @@ def _align(
     label_columns: Sequence[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rename the evaluation file's columns to the names the model was trained with."""
-    spec = model._feature_spec()
+    spec = model.feature_spec()
     targets = list(model.targets)
     if len(label_columns) == 1 and len(targets) == 1:
         mapping = {label_columns[0]: targets[0]}
