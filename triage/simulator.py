@@ -12,11 +12,13 @@ Deterministic for a given seed.
 # ruff: noqa: E501  (realistic message templates read better unwrapped)
 from __future__ import annotations
 
+import csv
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from contracts.case import ExceptionType
@@ -213,6 +215,38 @@ class SimConfig:
     currency: str = "EUR"
     source_system: str = "o2c-sim"
     start: datetime = field(default_factory=lambda: datetime(2026, 10, 1, 8, 0, tzinfo=UTC))
+    real_messages: dict[str, list[str]] = field(default_factory=dict)
+    """Real customer messages per root cause (see :func:`bitext_messages`)."""
+    real_message_rate: float = 0.35
+    """Share of cases whose customer message is a real one when one is available."""
+
+
+# Bitext intents whose messages fit a root cause of ours (real wording, not templates).
+BITEXT_INTENTS: dict[str, tuple[str, ...]] = {
+    "transit_delay": ("track_order", "delivery_period"),
+    "customs_hold": ("delivery_period",),
+    "address_data": ("change_shipping_address", "set_up_shipping_address"),
+    "customer_return": ("get_refund", "check_refund_policy", "track_refund"),
+    "general_inquiry": ("contact_customer_service", "contact_human_agent", "delivery_options"),
+    "price_master_data": ("check_invoice",),
+    "contract_discount_missing": ("check_invoice",),
+    "duplicate_billing": ("get_invoice", "payment_issue"),
+    "pick_error": ("complaint",),
+    "transit_damage": ("complaint",),
+}
+
+
+def bitext_messages(path: Path) -> dict[str, list[str]]:
+    """Real customer messages from the Bitext sample (CSV with ``text`` and ``intent``), grouped
+    by the root causes in :data:`BITEXT_INTENTS`."""
+    by_intent: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            by_intent.setdefault(row["intent"], []).append(row["text"])
+    return {
+        cause: [t for intent in intents for t in by_intent.get(intent, [])]
+        for cause, intents in BITEXT_INTENTS.items()
+    }
 
 
 @dataclass
@@ -317,6 +351,9 @@ class Simulator:
             "loc": rng.randint(1, 40),
         }
         message = rng.choice(CUSTOMER_MESSAGES[category]).format(**fmt) or None
+        real = self.config.real_messages.get(category)
+        if real and rng.random() < self.config.real_message_rate:
+            message = rng.choice(real)
         priority_level = urgency
         if cust["tier"] == "A":
             priority_level -= 1
