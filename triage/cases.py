@@ -16,7 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -121,6 +123,13 @@ def _replay_or_conflict(
     )
 
 
+def _insert_ignoring_duplicates(session: Session) -> Any:
+    # RETURNING tells "inserted" from "skipped" reliably on both engines (rowcount does not).
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(Case).on_conflict_do_nothing().returning(Case.id)
+    return sqlite_insert(Case).on_conflict_do_nothing().returning(Case.id)
+
+
 def submit(
     session: Session,
     case: CaseIn,
@@ -140,53 +149,55 @@ def submit(
     dumped = case.model_dump(mode="json")
     digest = hashlib.sha256(canonical_json(dumped).encode()).hexdigest()
     scoped = _scoped_key(actor, idempotency_key)
-    existing = _existing(session, case, scoped)
-    if existing is not None:
-        return _replay_or_conflict(existing, digest, scoped, case)
-
     created = datetime.now(UTC)
     priority = rule_priority(case)
     triage_due, resolution_due = sla_due(settings, created, priority)
     refs = case.references
     case_id = new_id()
-    # Core insert: the ORM unit of work costs more than the whole INSERT on the intake path.
-    session.execute(
-        insert(Case),
-        [
-            {
-                "id": case_id,
-                "source_system": case.source.system,
-                "source_case_id": case.source.case_id,
-                "idempotency_key": scoped,
-                "request_hash": digest,
-                "schema_version": case.schema_version,
-                "exception_type": case.exception_type.value,
-                "customer_id": refs.customer.id,
-                "customer_tier": refs.customer.tier.value,
-                "warehouse_id": refs.warehouse_id,
-                "carrier_id": refs.carrier_id,
-                "order_id": refs.order_id,
-                "invoice_id": refs.invoice_id,
-                "amount": case.amount_in_dispute.amount if case.amount_in_dispute else None,
-                "currency": case.currency,
-                "payload": dumped,
-                "callback_url": str(case.callback_url) if case.callback_url else None,
-                "status": Status.received.value,
-                "priority": priority,
-                "created_at": to_ts(created),
-                "updated_at": to_ts(created),
-                "occurred_at": to_ts(case.occurred_at),
-                "triage_due_at": triage_due,
-                "resolution_due_at": resolution_due,
-                "triage_sla_breached": False,
-                "resolution_sla_breached": False,
-                "triage_attempts": 0,
-                "suggestion_revision": 0,
-                "submitted_by": actor.id,
-                "version": 1,
-            }
-        ],
+    # Insert first and let the unique constraints answer "seen before?": the common case (a new
+    # case) costs one statement. ON CONFLICT DO NOTHING (SQLite and PostgreSQL) also settles
+    # two identical submissions racing each other without an error. Core, not the ORM: its
+    # unit of work costs more than the whole INSERT on this path.
+    result = session.connection().execute(
+        _insert_ignoring_duplicates(session),
+        {
+            "id": case_id,
+            "source_system": case.source.system,
+            "source_case_id": case.source.case_id,
+            "idempotency_key": scoped,
+            "request_hash": digest,
+            "schema_version": case.schema_version,
+            "exception_type": case.exception_type.value,
+            "customer_id": refs.customer.id,
+            "customer_tier": refs.customer.tier.value,
+            "warehouse_id": refs.warehouse_id,
+            "carrier_id": refs.carrier_id,
+            "order_id": refs.order_id,
+            "invoice_id": refs.invoice_id,
+            "amount": case.amount_in_dispute.amount if case.amount_in_dispute else None,
+            "currency": case.currency,
+            "payload": dumped,
+            "callback_url": str(case.callback_url) if case.callback_url else None,
+            "status": Status.received.value,
+            "priority": priority,
+            "created_at": to_ts(created),
+            "updated_at": to_ts(created),
+            "occurred_at": to_ts(case.occurred_at),
+            "triage_due_at": triage_due,
+            "resolution_due_at": resolution_due,
+            "triage_sla_breached": False,
+            "resolution_sla_breached": False,
+            "triage_attempts": 0,
+            "suggestion_revision": 0,
+            "submitted_by": actor.id,
+            "version": 1,
+        },
     )
+    if result.first() is None:
+        existing = _existing(session, case, scoped)
+        if existing is None:  # pragma: no cover - a constraint fired but no row matches
+            raise IdempotencyConflict("the case conflicts with a stored case", field="source")
+        return _replay_or_conflict(existing, digest, scoped, case)
     audit.append(
         session,
         actor,
