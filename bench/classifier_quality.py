@@ -80,7 +80,7 @@ def run_folds(
     texts = np.array([r["text"] for r in rows], dtype=object)
     y = np.array([r[label] for r in rows], dtype=object)
     recs = [{"text": r["text"], label: r[label]} for r in rows]
-    variants: dict[str, list[dict[str, float]]] = {"baseline": [], "CaseModel": []}
+    variants: dict[str, list[dict[str, float | None]]] = {"baseline": [], "CaseModel": []}
     if embeddings is not None:
         variants["CaseModel+MiniLM"] = []
     for k, (tr, te) in enumerate(splits):
@@ -116,7 +116,8 @@ def run_folds(
                     "accuracy": m["accuracy"],
                     "ece": m["ece"],
                     "coverage": cov["coverage"],
-                    "realized_precision": cov["realized_precision"] or 0.0,
+                    # None when every prediction abstained: left out of the mean, not a zero
+                    "realized_precision": cov["realized_precision"],
                     "oracle_coverage": cov["oracle_coverage"],
                     "fit_seconds": fit_seconds,
                 }
@@ -130,9 +131,13 @@ def run_folds(
                 ),
                 flush=True,
             )
-    return {
-        n: {key: float(np.mean([f[key] for f in v])) for key in v[0]} for n, v in variants.items()
-    }
+    return {n: {key: _mean([f[key] for f in v]) for key in v[0]} for n, v in variants.items()}
+
+
+def _mean(values: list[float | None]) -> float:
+    """Mean of the values that exist (NaN when none do)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else float("nan")
 
 
 def report(title: str, result: dict[str, dict[str, float]]) -> None:
