@@ -227,3 +227,30 @@ def test_reindex_switches_the_encoder(
     assert CaseIndex(client, other).similar("crushed pallet", k=1)[0].resolution == "credited"
     with pytest.raises(EncoderError):
         KnowledgeBase(client, encoder)
+
+
+def test_chroma_default_onnx_embedding_is_never_used(
+    monkeypatch: pytest.MonkeyPatch,
+    chroma_config: ChromaConfig,
+    encoder: Encoder,
+    knowledge_dir: Path,
+) -> None:
+    """Chroma's default embedding downloads an ONNX model at first use: it must never run."""
+    from chromadb.api import types
+    from chromadb.utils.embedding_functions import onnx_mini_lm_l6_v2
+
+    def refuse_init(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError("Chroma's default ONNX embedding was built")
+
+    def refuse_call(self: object, input: object) -> None:  # Chroma checks this signature
+        raise AssertionError("Chroma's default embedding was called")
+
+    monkeypatch.setattr(onnx_mini_lm_l6_v2.ONNXMiniLM_L6_V2, "__init__", refuse_init)
+    monkeypatch.setattr(types.DefaultEmbeddingFunction, "__call__", refuse_call)
+    kb = KnowledgeBase(open_client(chroma_config), encoder)
+    kb.ingest([knowledge_dir / "shortage-sop.md"])
+    again = KnowledgeBase(open_client(chroma_config), encoder)
+    assert again.search("missing units", k=1)[0].doc_id == "SOP-SHT-001"
+    index = CaseIndex(open_client(chroma_config), encoder)
+    index.add_resolved("C-1", "short delivery", {}, "reshipped")
+    assert index.similar("short delivery", k=1)[0].case_id == "C-1"
