@@ -118,7 +118,8 @@ def test_db_upgrade_and_current(env):
     from triage import migrate
 
     head = ScriptDirectory.from_config(
-        migrate.alembic_config(env.resolved_database_url)).get_current_head()
+        migrate.alembic_config(env.resolved_database_url)
+    ).get_current_head()
     r = runner.invoke(app, ["db", "upgrade"])
     assert r.exit_code == 0 and f"database at {head}" in r.output
     assert runner.invoke(app, ["db", "current"]).output.strip() == head
