@@ -95,8 +95,11 @@ def check_suggestion(
         (f"proposed_actions[{i}].rationale", a.rationale)
         for i, a in enumerate(suggestion.proposed_actions)
     ]
+    known = doc_ids | retrieved
+    if suggestion.classifier is not None:
+        known.add(suggestion.classifier.model_version)  # rationales may name the model
     for path, text in prose:
-        out.extend(check_prose(text, path, f, doc_ids | retrieved))
+        out.extend(check_prose(text, path, f, known))
     return out
 
 

@@ -31,7 +31,7 @@ EXPECTED_ACTIONS = {
 }
 
 
-def _view(queue: str | None, abstained: bool = False) -> ClassifierView:
+def _view(queue: str | None, abstained: bool = False, version: str = "cm-test-1") -> ClassifierView:
     def pred(target: str, label: str | None) -> Prediction:
         return Prediction(
             target=target,
@@ -42,7 +42,7 @@ def _view(queue: str | None, abstained: bool = False) -> ClassifierView:
         )
 
     return ClassifierView(
-        model_version="cm-test-1",
+        model_version=version,
         category=pred("category", "logistics"),
         queue=pred("queue", queue),
         priority=pred("priority", "high"),
@@ -141,6 +141,15 @@ def test_routing_uses_the_classifier_unless_it_abstains() -> None:
     )
     assert abstained.routing.queue == "warehouse" and abstained.routing.source == "rules"
     assert "abstained (low_confidence)" in abstained.routing.rationale
+
+    # An id-like model version in the rationale is not an invented reference.
+    versioned = OfflineAdvisor().suggest(
+        AdviceRequest(
+            case=case, case_id="c", queues=QUEUES, classifier=_view("claims", version="CM-2026-11")
+        )
+    )
+    assert "CM-2026-11" in versioned.routing.rationale
+    assert versioned.provenance.contract_violations == []
 
     unknown = OfflineAdvisor().suggest(
         AdviceRequest(case=case, case_id="c", queues=["billing"], classifier=_view("claims"))
