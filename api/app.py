@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.console.routes import install as install_console
 from api.deps import AppContext
 from api.middleware import RequestLimits
 from api.routes import actions, audit, cases, health, keys, models, outbox
@@ -79,4 +80,5 @@ def create_app(
         health.router,
     ):
         app.include_router(r)
+    install_console(app)
     return app

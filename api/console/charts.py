@@ -1,0 +1,201 @@
+"""Server-side SVG charts for the dashboard: no JavaScript, no external library.
+
+Every chart is an ``<svg role="img">`` with a ``<title>`` and ``<desc>`` summarising it for
+screen readers; the dashboard also prints the numbers as a table beside each chart. Text is
+escaped here because the markup is passed to the template as safe HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+
+from markupsafe import Markup
+
+# Colour-blind-safe palette (Okabe-Ito), then greys for overflow series.
+PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#000000",
+    "#999999",
+    "#666666",
+)
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** (len(str(int(value))) - 1)
+    for step in (1, 2, 2.5, 5, 10):
+        top = step * magnitude
+        if top >= value:
+            return float(top)
+    return float(value)
+
+
+def _fmt(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.1f}"
+
+
+def stacked_bars(
+    title: str,
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    width: int = 720,
+    height: int = 260,
+) -> Markup:
+    """Vertical stacked bars: one bar per category (e.g. day), one colour per series."""
+    left, right, top, bottom = 44, 10, 10, 48
+    plot_w, plot_h = width - left - right, height - top - bottom
+    totals = [sum(s[i] for s in series.values()) for i in range(len(categories))]
+    ymax = _nice_max(max(totals, default=0))
+    n = max(1, len(categories))
+    slot = plot_w / n
+    bar_w = max(1.0, slot * 0.75)
+    parts = [
+        _head(title, f"{sum(totals):,.0f} in total over {len(categories)} periods", width, height)
+    ]
+    for k in range(5):
+        v = ymax * k / 4
+        y = top + plot_h - plot_h * v / ymax
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{_fmt(v)}</text>'
+        )
+    label_every = max(1, n // 10)
+    for i, cat in enumerate(categories):
+        x = left + slot * i + (slot - bar_w) / 2
+        y = top + plot_h
+        for j, (name, values) in enumerate(series.items()):
+            v = values[i]
+            if v <= 0:
+                continue
+            h = plot_h * v / ymax
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'fill="{PALETTE[j % len(PALETTE)]}"><title>{escape(cat)} · {escape(name)}: '
+                f"{_fmt(v)}</title></rect>"
+            )
+        if i % label_every == 0:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 14}" class="axis" '
+                f'text-anchor="middle">{escape(cat[5:] if len(cat) == 10 else cat)}</text>'
+            )
+    parts.append(_legend(list(series), left, height - 14, width))
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
+
+
+def hbars(
+    title: str,
+    items: Sequence[tuple[str, float]],
+    *,
+    width: int = 340,
+    unit: str = "",
+    max_value: float | None = None,
+    color: str = PALETTE[0],
+) -> Markup:
+    """Horizontal bars with labels: top-N lists, rates (``max_value=1`` and unit ``%``)."""
+    row_h, label_w, value_w = 24, 120, 56
+    height = max(1, len(items)) * row_h + 8
+    vmax = max_value if max_value is not None else _nice_max(max((v for _, v in items), default=0))
+    plot_w = width - label_w - value_w
+    desc = "; ".join(f"{k}: {_value(v, unit)}" for k, v in items[:10]) or "no data"
+    parts = [_head(title, desc, width, height)]
+    if not items:
+        parts.append('<text x="4" y="18" class="axis">No data in this range</text>')
+    for i, (label, v) in enumerate(items):
+        y = 4 + i * row_h
+        w = 0 if vmax <= 0 else plot_w * min(v, vmax) / vmax
+        short = label if len(label) <= 18 else label[:17] + "…"
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" class="label" text-anchor="end">'
+            f"<title>{escape(label)}</title>{escape(short)}</text>"
+            f'<rect x="{label_w}" y="{y + 3}" width="{plot_w}" height="{row_h - 8}" class="track"/>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="{color}">'
+            f"<title>{escape(label)}: {_value(v, unit)}</title></rect>"
+            f'<text x="{label_w + plot_w + 6}" y="{y + 15}" class="value">{_value(v, unit)}</text>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
+
+
+def paired_bars(
+    title: str,
+    items: Sequence[tuple[str, float | None, float | None]],
+    *,
+    width: int = 720,
+    unit: str = "h",
+) -> Markup:
+    """Two bars per row (median and 90th percentile), e.g. stage durations in hours."""
+    row_h, label_w, value_w = 34, 170, 110
+    height = max(1, len(items)) * row_h + 30
+    vmax = _nice_max(max((b or a or 0 for _, a, b in items), default=0))
+    plot_w = width - label_w - value_w
+    desc = "; ".join(f"{k}: median {_value(a, unit)}, p90 {_value(b, unit)}" for k, a, b in items)
+    parts = [_head(title, desc, width, height)]
+    for i, (label, p50, p90) in enumerate(items):
+        y = 4 + i * row_h
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 17}" class="label" text-anchor="end">'
+            f"{escape(label)}</text>"
+        )
+        for j, (v, color) in enumerate(((p50, PALETTE[0]), (p90, PALETTE[1]))):
+            w = 0 if not v or vmax <= 0 else plot_w * v / vmax
+            parts.append(
+                f'<rect x="{label_w}" y="{y + 4 + j * 12}" width="{w:.1f}" height="10" '
+                f'fill="{color}"><title>{escape(label)} {"median" if j == 0 else "p90"}: '
+                f"{_value(v, unit)}</title></rect>"
+            )
+        parts.append(
+            f'<text x="{label_w + plot_w + 6}" y="{y + 17}" class="value">'
+            f"{_value(p50, unit)} / {_value(p90, unit)}</text>"
+        )
+    parts.append(_legend(["median", "90th percentile"], label_w, height - 10, width))
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
+
+
+def _value(v: float | None, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "%":
+        return f"{v * 100:.1f}%"
+    if unit == "h":
+        return f"{v:.1f} h" if v < 100 else f"{v:,.0f} h"
+    return _fmt(v) + (f" {unit}" if unit else "")
+
+
+def _head(title: str, desc: str, width: int, height: int) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="100%" role="img" class="chart" preserveAspectRatio="xMinYMin meet">'
+        f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>"
+    )
+
+
+def _legend(names: list[str], x0: int, y: int, width: int) -> str:
+    out = []
+    x = x0
+    for j, name in enumerate(names):
+        label = name if len(name) <= 22 else name[:21] + "…"
+        w = 18 + 7 * len(label)
+        if x + w > width:
+            break
+        out.append(
+            f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{x + 14}" y="{y}" class="legend">{escape(label)}</text>'
+        )
+        x += w
+    return "".join(out)
