@@ -204,7 +204,8 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     _fill(db, 12)
     h = bearer(keys["auditor"])
     v = client.get("/v1/audit/verify", headers=h).json()
-    assert v["intact"] is True and v["events"] == 12 + 5  # + the five key creations
+    # + the five key creations and the policy activation (+ its re-check) at app start-up
+    assert v["intact"] is True and v["events"] == 12 + 5 + 2
     page = client.get("/v1/audit", params={"case_id": "C1", "limit": 2}, headers=h).json()
     assert [e["payload"]["i"] for e in page["items"]] == [1, 4]
     nxt = client.get(
@@ -216,7 +217,7 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     jsonl = client.get("/v1/audit/export", params={"format": "jsonl"}, headers=h)
     assert jsonl.headers["content-type"].startswith("application/x-ndjson")
     events = [json.loads(line) for line in jsonl.text.splitlines()]
-    assert len(events) == 17 and _offline_verify(events)
+    assert len(events) == 19 and _offline_verify(events)
     events[3]["payload"] = events[3]["payload"].replace("0", "1")
     assert not _offline_verify(events)
     rows = list(
@@ -224,7 +225,7 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
             io.StringIO(client.get("/v1/audit/export", params={"format": "csv"}, headers=h).text)
         )
     )
-    assert len(rows) == 17
+    assert len(rows) == 19
     for r in rows:
         r["seq"] = int(r["seq"])
         r["actor_role"] = r["actor_role"] or None

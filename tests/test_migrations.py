@@ -8,6 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
+import triage.users  # noqa: F401 - registers the console tables on Base.metadata
 from triage import migrate
 from triage.models import Base
 
