@@ -249,3 +249,16 @@ def test_bad_files_exit_2_with_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert path.name in errors[0]
+
+
+def test_signing_key_from_the_environment(tmp_path: Path, bitext_files: tuple[Path, Path]) -> None:
+    out = tmp_path / "signed"
+    args = ["train", "--data", str(bitext_files[0]), "--text-column", "message",
+            "--label-column", "topic", "--out", str(out), "--cv", "3"]  # fmt: skip
+    assert runner.invoke(app, args, env={"TRIAGE_MODEL_SIGNING_KEY": "k1"}).exit_code == 0
+    ok = runner.invoke(app, ["models", "show", "--registry", str(out)], env={
+        "TRIAGE_MODEL_SIGNING_KEY": "k1"})  # fmt: skip
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["signature"]
+    wrong = runner.invoke(app, ["models", "show", "--registry", str(out)], env={
+        "TRIAGE_MODEL_SIGNING_KEY": "k2"})  # fmt: skip
+    assert wrong.exit_code == 2 and "invalid signature" in wrong.stderr

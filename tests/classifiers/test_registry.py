@@ -136,3 +136,15 @@ def test_crafted_version_ids_are_refused(tmp_path: Path) -> None:
     for bad in ("../../etc", "v1", "v20260101T000000000000Z-zzzzzzzz"):
         with pytest.raises(RegistryError):
             reg.activate(bad)
+
+
+def test_open_model_accepts_a_root_or_a_version_dir(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    reg = ModelRegistry(tmp_path)
+    v1 = reg.save(bitext_model, activate=True)
+    v2 = reg.save(bitext_model)
+    assert open_model(tmp_path).version == v1  # the active one
+    assert open_model(tmp_path / "versions" / v2).version == v2
+    with pytest.raises(RegistryError, match="neither"):
+        open_model(tmp_path / "versions")
