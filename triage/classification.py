@@ -104,6 +104,10 @@ class ClassifierProvider:
         self._current: ModelClassifier | None = None
         self._checked = 0.0
 
+    def warm_up(self) -> None:
+        """Load the active model now (seconds), not on the first case's clock."""
+        self.current()
+
     def classify(self, case: CaseIn) -> ClassifierView:
         return self.current().classify(case)
 

@@ -100,12 +100,23 @@ class RetrievalStage:
                 self._service = RetrievalService(retrieval_config(self.settings))
             return self._service
 
+    def warm_up(self) -> None:
+        """Open Chroma and load the encoder before the first case."""
+        _ = self.service
+
     def retrieve(self, case: CaseIn, k: int) -> Retrieved:
         # one vector per case, shared by the knowledge base and the similar-case index
         return self.service.retrieve(case)
 
     def advise(self, request: AdviceInput) -> Suggestion:
         retrieved = request.retrieved if isinstance(request.retrieved, Retrieved) else None
+        svc = self.service
+        if svc.advisor is svc.offline:
+            # No LLM: the offline engine is synchronous; skip the hop through the event loop.
+            got = retrieved if retrieved is not None else svc.retrieve(request.case)
+            return svc.offline.suggest(
+                svc.request(request.case, request.case_id, request.classifier, request.queues, got)
+            )
         return self.bridge.run(
             self.service.advise(
                 request.case, request.case_id, request.classifier, request.queues, retrieved

@@ -52,7 +52,15 @@ class Worker:
         """Wake the workers: new cases were committed."""
         self._wake.set()
 
+    def warm_up(self) -> None:
+        """Load models and open stores before the first case arrives."""
+        for stage in (self.pipeline.classifier, self.pipeline.retriever):
+            warm = getattr(stage, "warm_up", None)
+            if callable(warm):
+                warm()
+
     def start(self) -> None:
+        self.warm_up()
         for n in range(max(1, self.settings.worker_threads)):
             t = threading.Thread(target=self._triage_loop, name=f"triage-worker-{n}", daemon=True)
             t.start()
