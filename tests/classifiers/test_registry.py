@@ -11,7 +11,22 @@ import skops.io as sio
 
 from classifiers.case_model import CaseModel
 from classifiers.errors import IntegrityError, RegistryError
+from classifiers.features import FeatureSpec, RecordFeaturizer
 from classifiers.registry import ModelRegistry, load_trusted_artifact, open_model
+from tests.classifiers.conftest import bitext_rows
+
+
+@pytest.fixture(scope="module")
+def bitext_model() -> CaseModel:
+    """A deliberately small model: registry tests exercise files, not accuracy, and the size of
+    the n-gram vocabularies is what makes saving and loading slow."""
+    featurizer = RecordFeaturizer(char_ngram_range=(3, 3), max_features=3000)
+    return CaseModel(
+        spec=FeatureSpec(text_columns=("text",)),
+        targets=("triage_category",),
+        cv=3,
+        featurizer=featurizer,
+    ).fit(bitext_rows(12))
 
 
 class Planted:
