@@ -121,7 +121,10 @@ def append(
     the transaction ends, so two transactions can never chain onto the same predecessor.
     """
     postgres = session.get_bind().dialect.name == "postgresql"
-    head = session.execute(_HEAD_FOR_UPDATE if postgres else _HEAD).one()
+    # Core statements on the session's connection: same transaction, none of the ORM's
+    # per-statement bookkeeping (this runs for every state change in the product).
+    conn = session.connection()
+    head = conn.execute(_HEAD_FOR_UPDATE if postgres else _HEAD).one()
     head_seq: int = head[0]
     head_hash: str = head[1]
     seq = head_seq + 1
@@ -143,10 +146,10 @@ def append(
         "hash": digest,
     }
     if postgres:
-        session.execute(_INSERT_AND_MOVE_HEAD, params)
+        conn.execute(_INSERT_AND_MOVE_HEAD, params)
     else:
-        session.execute(_INSERT, params)
-        session.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
+        conn.execute(_INSERT, params)
+        conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
     return seq
 
 

@@ -46,7 +46,8 @@ IdempotencyKey = Annotated[
 
 
 def _status_url(request: Request, case_id: str) -> str:
-    return str(request.url_for("get_case", case_id=case_id))
+    # Same URL as url_for("get_case"), without searching the route table on every intake.
+    return f"{str(request.base_url).rstrip('/')}/v1/cases/{case_id}"
 
 
 def summary(row: Case) -> CaseSummary:
