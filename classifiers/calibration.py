@@ -99,7 +99,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         base: str = "svc",
-        C: float = 0.5,
+        C: float = 1.0,
         cv: int = 5,
         class_weight: str | None = None,
         smoothing: float = 0.01,

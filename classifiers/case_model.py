@@ -99,7 +99,7 @@ class CaseModel(BaseEstimator):
         target_precision: float = 0.95,
         label_precision: Mapping[str, Mapping[str, float]] | None = None,
         base: str = "svc",
-        C: float = 0.5,
+        C: float = 1.0,
         cv: int = 5,
         class_weight: str | None = None,
         smoothing: float = 0.01,

@@ -116,7 +116,7 @@ def train(
         typer.Option(help="Keep near-identical texts in one validation fold (templated data)."),
     ] = True,
     base: Annotated[str, typer.Option(help="Linear model: svc or logreg.")] = "svc",
-    c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength.")] = 0.5,
+    c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength.")] = 1.0,
     cv: Annotated[int, typer.Option(help="Folds for calibration and thresholds.")] = 5,
     activate: Annotated[bool, typer.Option(help="Activate the new version.")] = True,
     signing_key: SigningKey = None,
