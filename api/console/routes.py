@@ -925,8 +925,8 @@ def audit_page(
         return redirect(request, f"{COOKIE_PATH}/audit", exc.message, "error")
     with ctx.db.read() as s:
         rows = audit.list_events(s, f, limit + 1)
-    events = [audit.event_dict(e) for e in rows[:limit]]
-    nxt = rows[limit - 1].seq if len(rows) > limit else None
+        events = [audit.event_dict(e) for e in rows[:limit]]
+    nxt = events[-1]["seq"] if len(rows) > limit else None
     verified = request.app.state.console_verify
     return render(
         request,
