@@ -43,7 +43,11 @@ def create_app(
     pipeline = pipeline or default_pipeline(settings)
     worker = Worker(db, settings, pipeline) if run_worker else None
     ctx = AppContext(
-        settings=settings, db=db, worker=worker, keys=auth.KeyCache(settings.auth_cache_seconds)
+        settings=settings,
+        db=db,
+        worker=worker,
+        keys=auth.KeyCache(settings.auth_cache_seconds),
+        limiter=auth.RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
 
     @asynccontextmanager

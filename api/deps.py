@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from fastapi import Depends, Request
 from triage import audit, auth
 from triage.auth import Principal, Role
 from triage.db import Database
-from triage.errors import AuthenticationFailed, PermissionDenied
+from triage.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from triage.settings import Settings
 from triage.worker import Worker
 
@@ -24,6 +25,7 @@ class AppContext:
     db: Database
     worker: Worker | None
     keys: auth.KeyCache
+    limiter: auth.RateLimiter
     jobs: dict[str, Any] = field(default_factory=dict)
 
     def notify_worker(self) -> None:
@@ -71,6 +73,13 @@ class RoleGuard:
         except AuthenticationFailed as exc:
             _deny(ctx, request, ANONYMOUS, "auth.unauthenticated", exc.message)
             raise AuthenticationFailed(exc.message, field="Authorization") from exc
+        wait = ctx.limiter.allow(principal.key_id)
+        if wait > 0:
+            raise RateLimited(
+                f"rate limit of {ctx.settings.rate_limit_per_second:g} requests/s "
+                f"for this key exceeded; retry in {wait:.1f} s",
+                retry_after=max(1, math.ceil(wait)),
+            )
         if principal.role not in self.roles:
             allowed = ", ".join(sorted(r.value for r in self.roles))
             _deny(

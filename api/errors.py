@@ -22,6 +22,7 @@ from triage.errors import (
     Conflict,
     NotFound,
     PermissionDenied,
+    RateLimited,
     TriageError,
     ValidationFailed,
 )
@@ -34,6 +35,7 @@ STATUS = {
     ValidationFailed: 422,
     AuthenticationFailed: 401,
     PermissionDenied: 403,
+    RateLimited: 429,
 }
 
 
@@ -61,6 +63,8 @@ def _triage_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, PermissionDenied) and "reasons" in details:
         extra["reasons"] = details["reasons"]
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.details.get("retry_after", 1))}
     return JSONResponse(
         error_body(exc.code, exc.message, **extra), _status_for(exc), headers=headers
     )

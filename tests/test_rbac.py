@@ -52,7 +52,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/outbox"): {"admin"},
     ("POST", "/v1/outbox/{message_id}/replay"): {"admin"},
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 
 
 def _guard(route: APIRoute) -> RoleGuard | None:
@@ -75,8 +75,11 @@ def _api_routes(routes: Any) -> Any:
 
 
 def _routes(app: Any) -> dict[tuple[str, str], APIRoute]:
+    """The JSON API's routes (the console has its own session-based checks and tests)."""
     out = {}
     for r in _api_routes(app.routes):
+        if r.path.startswith("/console"):
+            continue
         for m in r.methods:
             out[(m, r.path)] = r
     return out
@@ -162,3 +165,20 @@ def test_denials_are_audited(client, keys, db):
         assert rows[0].actor_id == "test-agent" and rows[0].actor_role == "agent"
         assert '"path":"/v1/audit"' in rows[0].payload
         assert rows[1].actor_id == "anonymous"
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(settings, db, keys):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    settings.rate_limit_per_second = 1
+    settings.rate_limit_burst = 3
+    with TestClient(create_app(settings, db=db, start_worker=False)) as c:
+        codes = [c.get("/v1/cases", headers=bearer(keys["agent"])).status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+        r = c.get("/v1/cases", headers=bearer(keys["agent"]))
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+        # another key has its own bucket
+        assert c.get("/v1/cases", headers=bearer(keys["auditor"])).status_code == 200

@@ -178,3 +178,29 @@ class KeyCache:
     def invalidate(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class RateLimiter:
+    """Token bucket per API key, in this process (each API replica limits on its own).
+
+    ``allow`` returns 0 when the request may proceed, else the seconds until a token is free.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key_id: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1 - tokens) / self.rate

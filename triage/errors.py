@@ -49,3 +49,9 @@ class AuthenticationFailed(TriageError):
 
 class PermissionDenied(TriageError):
     code = "forbidden"
+
+
+class RateLimited(TriageError):
+    """Too many requests for one API key; ``retry_after`` (seconds) says when to come back."""
+
+    code = "rate_limited"

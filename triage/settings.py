@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # Authentication: seconds a verified API key stays cached in a process (0 disables).
     auth_cache_seconds: float = 5.0
 
+    # Per-API-key request rate (token bucket per process): sustained rate and burst size.
+    # 0 disables. Answers 429 with Retry-After.
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 200
+
     # Intake limits.
     max_body_bytes: int = 256 * 1024
     max_batch_items: int = 500
