@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, or_, select, update
@@ -44,7 +44,9 @@ from triage.settings import Settings
 
 log = logging.getLogger("triage.actions")
 
-ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProposedAction)  # type: ignore[arg-type]
+# The annotated union is not a class, which mypy's view of TypeAdapter disagrees with
+# depending on the cache state; cast instead of an ignore that is sometimes "unused".
+ACTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(cast(Any, ProposedAction))
 
 PROPOSED = "proposed"
 PENDING = "pending_approval"
