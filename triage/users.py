@@ -306,7 +306,9 @@ DEMO_USERS: list[tuple[str, str, list[str]]] = [
     ("approver", "approver", ["finance_approver", "inventory_manager"]),
     ("controller", "approver", ["finance_controller"]),
     ("auditor", "auditor", []),
-    ("admin", "admin", []),
+    # An admin may request actions and holds approval authority, so the console can show the
+    # segregation-of-duties refusal on the admin's own request.
+    ("admin", "admin", ["finance_controller"]),
 ]
 DEMO_CREATOR = Actor(ActorType.system, "demo-loader", "admin")
 

@@ -51,11 +51,13 @@ def stacked_bars(
     categories: Sequence[str],
     series: Mapping[str, Sequence[float]],
     *,
-    width: int = 720,
+    width: int = 1180,
     height: int = 260,
 ) -> Markup:
     """Vertical stacked bars: one bar per category (e.g. day), one colour per series."""
-    left, right, top, bottom = 44, 10, 10, 48
+    legend_rows = _legend_rows(list(series), 44, width)
+    height += 18 * max(0, legend_rows - 1)
+    left, right, top, bottom = 44, 10, 10, 30 + 18 * legend_rows
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(s[i] for s in series.values()) for i in range(len(categories))]
     ymax = _nice_max(max(totals, default=0))
@@ -92,7 +94,7 @@ def stacked_bars(
                 f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 14}" class="axis" '
                 f'text-anchor="middle">{escape(cat[5:] if len(cat) == 10 else cat)}</text>'
             )
-    parts.append(_legend(list(series), left, height - 14, width))
+    parts.append(_legend(list(series), left, top + plot_h + 36, width))
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
 
@@ -105,9 +107,11 @@ def hbars(
     unit: str = "",
     max_value: float | None = None,
     color: str = PALETTE[0],
+    label_w: int = 120,
 ) -> Markup:
     """Horizontal bars with labels: top-N lists, rates (``max_value=1`` and unit ``%``)."""
-    row_h, label_w, value_w = 24, 120, 56
+    row_h, value_w = 24, 80
+    max_chars = max(6, label_w // 7)
     height = max(1, len(items)) * row_h + 8
     vmax = max_value if max_value is not None else _nice_max(max((v for _, v in items), default=0))
     plot_w = width - label_w - value_w
@@ -118,7 +122,7 @@ def hbars(
     for i, (label, v) in enumerate(items):
         y = 4 + i * row_h
         w = 0 if vmax <= 0 else plot_w * min(v, vmax) / vmax
-        short = label if len(label) <= 18 else label[:17] + "…"
+        short = label if len(label) <= max_chars else label[: max_chars - 1] + "…"
         parts.append(
             f'<text x="{label_w - 6}" y="{y + 15}" class="label" text-anchor="end">'
             f"<title>{escape(label)}</title>{escape(short)}</text>"
@@ -135,10 +139,10 @@ def paired_bars(
     title: str,
     items: Sequence[tuple[str, float | None, float | None]],
     *,
-    width: int = 720,
-    unit: str = "h",
+    width: int = 1180,
+    unit: str = "s",
 ) -> Markup:
-    """Two bars per row (median and 90th percentile), e.g. stage durations in hours."""
+    """Two bars per row (median and 90th percentile), e.g. stage durations in seconds."""
     row_h, label_w, value_w = 34, 170, 110
     height = max(1, len(items)) * row_h + 30
     vmax = _nice_max(max((b or a or 0 for _, a, b in items), default=0))
@@ -162,7 +166,7 @@ def paired_bars(
             f'<text x="{label_w + plot_w + 6}" y="{y + 17}" class="value">'
             f"{_value(p50, unit)} / {_value(p90, unit)}</text>"
         )
-    parts.append(_legend(["median", "90th percentile"], label_w, height - 10, width))
+    parts.append(_legend(["median", "90th percentile"], label_w, height - 8, width))
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
 
@@ -172,30 +176,60 @@ def _value(v: float | None, unit: str) -> str:
         return "n/a"
     if unit == "%":
         return f"{v * 100:.1f}%"
-    if unit == "h":
-        return f"{v:.1f} h" if v < 100 else f"{v:,.0f} h"
+    if unit == "s":
+        return duration(v)
     return _fmt(v) + (f" {unit}" if unit else "")
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a short human duration: 42 s, 7 min, 3.5 h, 2.1 d."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def _head(title: str, desc: str, width: int, height: int) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="100%" role="img" class="chart" preserveAspectRatio="xMinYMin meet">'
+        f'width="{width}" height="{height}" role="img" class="chart" '
+        f'preserveAspectRatio="xMinYMin meet">'
         f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>"
     )
 
 
+def _legend_items(names: list[str], x0: int, width: int) -> list[tuple[int, int, str]]:
+    """(row, x, label) for each legend entry, wrapping to new rows at the chart's width."""
+    out = []
+    x, row = x0, 0
+    for name in names:
+        label = name.replace("_", " ")
+        label = label if len(label) <= 24 else label[:23] + "…"
+        w = 22 + 7 * len(label)
+        if x + w > width and x > x0:
+            x, row = x0, row + 1
+        out.append((row, x, label))
+        x += w
+    return out
+
+
+def _legend_rows(names: list[str], x0: int, width: int) -> int:
+    items = _legend_items(names, x0, width)
+    return (items[-1][0] + 1) if items else 1
+
+
 def _legend(names: list[str], x0: int, y: int, width: int) -> str:
     out = []
-    x = x0
-    for j, name in enumerate(names):
-        label = name if len(name) <= 22 else name[:21] + "…"
-        w = 18 + 7 * len(label)
-        if x + w > width:
-            break
+    for j, (row, x, label) in enumerate(_legend_items(names, x0, width)):
+        yy = y + 18 * row
         out.append(
-            f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
-            f'<text x="{x + 14}" y="{y}" class="legend">{escape(label)}</text>'
+            f'<rect x="{x}" y="{yy - 9}" width="10" height="10" '
+            f'fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{x + 14}" y="{yy}" class="legend">{escape(label)}</text>'
         )
-        x += w
     return "".join(out)

@@ -151,7 +151,7 @@ def _pct(v: float | None) -> str:
 
 
 def _hours(v: float | None) -> str:
-    return "n/a" if v is None else (f"{v / 3600:.1f} h" if v < 360000 else f"{v / 86400:.0f} d")
+    return charts.duration(v)
 
 
 def _pretty(value: Any) -> str:
@@ -649,9 +649,11 @@ def send_message(
                 channel=_text(form, "channel", 16) or "email",
             )
     except TriageError as exc:
-        return redirect(request, _case_url(case_id, "message"), _error_text(exc), "error")
+        return redirect(request, _case_url(case_id, "customer-message"), _error_text(exc), "error")
     return redirect(
-        request, _case_url(case_id, "message"), "Message sent and recorded on the audit trail."
+        request,
+        _case_url(case_id, "customer-message"),
+        "Message sent and recorded on the audit trail.",
     )
 
 
@@ -1070,12 +1072,8 @@ def dashboard_page(
     days = r.days
     types = sorted({t for d in st.volume_by_day.values() for t in d})
     series = {t: [float(st.volume_by_day.get(d, {}).get(t, 0)) for d in days] for t in types}
-    hours = [
-        (
-            label,
-            (d.p50 or 0) / 3600 if d.p50 is not None else None,
-            (d.p90 or 0) / 3600 if d.p90 is not None else None,
-        )
+    times = [
+        (label, d.p50, d.p90)
         for label, d in (
             ("Intake → triage", st.stage_times["intake_to_triage"]),
             ("Intake → first decision", st.stage_times["intake_to_decision"]),
@@ -1101,8 +1099,16 @@ def dashboard_page(
         "customer": charts.hbars(
             "Top customers", [(k, float(v)) for k, v in st.by_customer], color=charts.PALETTE[3]
         ),
-        "times": charts.paired_bars("Stage times (hours)", hours),
-        "rates": charts.hbars("Rates", rates, unit="%", max_value=1.0, color=charts.PALETTE[4]),
+        "times": charts.paired_bars("Stage times (median and 90th percentile)", times),
+        "rates": charts.hbars(
+            "Rates",
+            rates,
+            unit="%",
+            max_value=1.0,
+            color=charts.PALETTE[4],
+            width=560,
+            label_w=150,
+        ),
         "sla": charts.hbars(
             "SLA breaches by priority",
             [(f"{prio} triage", float(v["triage"])) for prio, v in st.sla_breaches.items()]
@@ -1111,6 +1117,8 @@ def dashboard_page(
                 for prio, v in st.sla_breaches.items()
             ],
             color=charts.PALETTE[5],
+            width=560,
+            label_w=150,
         ),
         "money": charts.hbars(
             "Released credits and write-offs by root cause",
@@ -1119,6 +1127,8 @@ def dashboard_page(
                 for c, t, cur, a, _n in st.money_by_cause[:10]
             ],
             color=charts.PALETTE[1],
+            width=1180,
+            label_w=420,
         ),
     }
     return render(
@@ -1131,7 +1141,6 @@ def dashboard_page(
             "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
                 "%Y-%m-%d"
             ),
-            "hours": hours,
             "fallback_rate": fallback_rate,
             "suggestions": suggestions,
             "section": "dashboard",

@@ -1,0 +1,179 @@
+"""The console in a real browser (headless Debian Chromium): the three user journeys of
+issue 6, keyboard use, and a screenshot of every main page."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.browser.conftest import shot, sign_in
+from triage.db import Database
+from triage.models import AuditEvent
+
+pytestmark = pytest.mark.browser
+
+
+def _events(server, action: str) -> list[dict]:
+    db = Database(server["settings"])
+    try:
+        with db.read() as s:
+            return [
+                {"actor": e.actor_id, "case": e.case_id, **json.loads(e.payload)}
+                for e in s.scalars(select(AuditEvent).where(AuditEvent.action == action))
+            ]
+    finally:
+        db.dispose()
+
+
+def test_agent_overrides_routing_and_sends_an_edited_draft(page, demo_server):
+    sign_in(page, demo_server, "agent")
+    assert page.get_by_role("heading", name="Case queue").is_visible()
+    shot(page, "01-agent-queue")
+    page.locator("a.caselink").first.click()
+    page.wait_for_load_state()
+    case_id = page.url.rsplit("/", 1)[1]
+    assert page.get_by_role("heading", name="Suggestion").is_visible()
+    shot(page, "02-agent-case")
+
+    override = page.locator("details.override")
+    if override.get_attribute("open") is None:
+        override.locator("summary").click()
+    queue_box = override.get_by_label("Queue", exact=True)
+    options = queue_box.locator("option").evaluate_all("els => els.map(e => e.value)")
+    current = page.locator("table.routing tbody tr").first.locator("td").last.inner_text()
+    queue_box.select_option(next(o for o in options[1:] if o != current))
+    override.get_by_label(re.compile("^Reason")).fill("customer handles this through billing")
+    override.get_by_role("button", name="Save override").click()
+    flash = page.locator(".flash")
+    assert "Override saved: queue" in flash.inner_text()
+
+    box = page.get_by_label(re.compile("^Message to"))
+    draft = box.input_value()
+    box.fill(draft + "\n\nKind regards,\nThe service team")
+    page.get_by_role("button", name="Send message").click()
+    assert "Message sent" in page.locator(".flash").inner_text()
+    sent = [e for e in _events(demo_server, "case.message_sent") if e["case"] == case_id]
+    assert sent and sent[-1]["edited"] is True and sent[-1]["actor"] == "agent"
+    assert sent[-1]["text"].endswith("Kind regards,\nThe service team")
+    shot(page, "03-agent-case-after-send")
+
+
+def test_approver_approves_and_admin_is_refused_on_own_request(page, demo_server):
+    sign_in(page, demo_server, "approver")
+    assert page.get_by_role("heading", name="Approval inbox").is_visible()
+    shot(page, "04-approver-inbox")
+    card = page.locator("article.approval:not(.blocked)").first
+    action_id = card.get_attribute("id").removeprefix("a-")
+    card.get_by_label(re.compile("^Reason")).fill("proof of delivery checked")
+    card.get_by_role("button", name="Approve").click()
+    assert "Approved." in page.locator(".flash").inner_text()
+    approved = [e for e in _events(demo_server, "action.approved") if e["action_id"] == action_id]
+    assert approved and approved[0]["actor"] == "approver"
+
+    # The admin (who may request actions and approve) requests a credit note, then finds it in
+    # the inbox marked as not approvable, with the segregation-of-duties reason.
+    page.context.clear_cookies()
+    sign_in(page, demo_server, "admin")
+    page.goto("/console/queue?status=awaiting_review")
+    requested = None
+    for href in page.locator("a.caselink").evaluate_all("els => els.map(e => e.href)"):
+        page.goto(href)
+        credit = page.locator("article.action-proposed", has_text="Issue credit note")
+        if not credit.count():
+            continue
+        credit.first.get_by_role("button", name="Request this action").click()
+        requested = page.locator(".flash").inner_text()
+        if "pending_approval" in requested:
+            break  # a credit above the auto-execution limits: it needs an approver
+    assert requested and "the policy says: pending_approval" in requested
+    page.goto("/console/approvals")
+    mine = page.locator("article.approval", has_text="Requested by admin").last
+    assert mine.get_by_text("You cannot approve this action.").is_visible()
+    assert "request" in mine.locator(".refusal").inner_text().lower()
+    assert mine.get_by_role("button", name="Approve").count() == 0
+    mine.scroll_into_view_if_needed()
+    shot(page, "05-admin-sod-refusal")
+
+
+def test_auditor_finds_decision_provenance_verifies_and_exports(page, demo_server):
+    sign_in(page, demo_server, "auditor")
+    page.get_by_label("Action").fill("suggestion.created")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("table.audit tbody tr")
+    assert rows.count() > 0 and "suggestion.created" in rows.first.inner_text()
+    shot(page, "06-auditor-search")
+    rows.first.locator("a").first.click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", name=re.compile("^Provenance")).is_visible()
+    for text in (
+        "Classifier",
+        "Advisor",
+        "Output contract",
+        "Retrieved sources",
+        "Who decided what, when",
+    ):
+        assert page.get_by_text(text, exact=True).first.is_visible(), text
+    shot(page, "07-auditor-provenance")
+
+    page.goto("/console/audit")
+    page.get_by_role("link", name="Verify the whole chain now").click()
+    assert "Chain verified" in page.locator(".flash").inner_text()
+    assert "Verified intact" in page.locator("#chain-status").inner_text()
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="Export matching events as CSV").click()
+    header = Path(dl.value.path()).read_text(encoding="utf-8").splitlines()[0]
+    assert header == "seq,ts,actor_type,actor_id,actor_role,case_id,action,payload,prev_hash,hash"
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="Export matching events as JSONL").click()
+    first = json.loads(Path(dl.value.path()).read_text(encoding="utf-8").splitlines()[0])
+    assert first["seq"] == 1 and len(first["hash"]) == 64
+    shot(page, "08-auditor-audit")
+    page.get_by_role("link", name="Segregation-of-duties report").click()
+    assert "0 finding(s)" in page.locator("#sod-summary").inner_text()
+    shot(page, "09-auditor-sod")
+
+
+def test_dashboard_renders_charts(page, demo_server):
+    sign_in(page, demo_server, "auditor")
+    page.goto("/console/dashboard")
+    assert page.locator("svg.chart").count() >= 8
+    assert page.locator(".kpi").first.inner_text().replace(",", "").isdigit()
+    shot(page, "10-dashboard")
+
+
+def test_keyboard_only_sign_in_and_navigation(page, demo_server):
+    page.goto("/console/login")
+    # the username field has autofocus; Tab order is username -> password -> button
+    assert page.evaluate("document.activeElement.id") == "username"
+    page.keyboard.type("agent")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "password"
+    page.keyboard.type(demo_server["passwords"]["agent"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile("/console/queue"))
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "q"
+    # every visible form control on the main pages has an accessible name
+    for path in ("/console/queue", page.locator("a.caselink").first.get_attribute("href")):
+        page.goto(path)
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                 .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+                 .map(el => el.name || el.id)"""
+        )
+        assert unnamed == [], (path, unnamed)
+        duplicate_ids = page.evaluate(
+            """() => { const seen = {}; for (const el of document.querySelectorAll('[id]'))
+                 seen[el.id] = (seen[el.id] || 0) + 1;
+                 return Object.keys(seen).filter(k => seen[k] > 1); }"""
+        )
+        assert duplicate_ids == [], (path, duplicate_ids)
+        assert page.locator("h1").count() == 1
