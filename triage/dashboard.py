@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, and_, case, cast, func, literal, literal_column, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -430,13 +430,13 @@ def _timestamptz() -> Any:
 
 def _top(session: Session, col: Any, r: DateRange, n: int = 8) -> list[tuple[str, int]]:
     rows = session.execute(
-        select(func.coalesce(col, "(none)"), func.count())
+        select(col, func.count())
         .where(Case.created_at >= r.start, Case.created_at < r.end)
-        .group_by(func.coalesce(col, "(none)"))
+        .group_by(col)
         .order_by(func.count().desc())
-        .limit(n + 1)
+        .limit(n)
     ).all()
-    return [(str(k), _i(v)) for k, v in rows[:n]]
+    return [("(none)" if k is None else str(k), _i(v)) for k, v in rows]
 
 
 DECISION_ACTIONS = (
@@ -457,7 +457,8 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
 
     volume: dict[str, dict[str, int]] = defaultdict(dict)
     total = 0
-    day = func.substr(Case.created_at, 1, 10)
+    # literal arguments: bound parameters would differ between SELECT and GROUP BY on PostgreSQL
+    day = func.substr(Case.created_at, literal_column("1"), literal_column("10"))
     for d, etype, n in session.execute(
         select(day, Case.exception_type, func.count())
         .where(in_range)
