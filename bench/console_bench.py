@@ -239,8 +239,9 @@ def populate(db: Database, n_cases: int, n_events: int, seed: int = 11) -> dict[
     ids = []
     base_events_per_case = max(1, n_events // max(1, n_cases))
     started = time.perf_counter()
-    for i in range(n_cases):
-        created = now - timedelta(days=90 * random.random())
+    # Cases arrive in time order, as they do in production: rows of a date range sit together.
+    arrivals = sorted(now - timedelta(days=90 * random.random()) for _ in range(n_cases))
+    for i, created in enumerate(arrivals):
         cid = new_id()
         ids.append(cid)
         etype = random.choice(TYPES)
