@@ -1051,6 +1051,29 @@ def sod_page(request: Request, ctx: ContextDep, p: AuditorP) -> Response:
 # ---------------------------------------------------------------- dashboard
 
 
+def _dashboard_stats(
+    request: Request, ctx: Any, r: dashboard.DateRange
+) -> tuple[dashboard.ProcessStats, str]:
+    """Figures for ``r``, reused for ``console_dashboard_cache_seconds`` (a dashboard does not
+    need to-the-second figures, and recomputing them scans every case of the range)."""
+    ttl = state(request).settings.console_dashboard_cache_seconds
+    cache: dict[tuple[str, str], tuple[float, dashboard.ProcessStats, str]] = (
+        request.app.state.console_dashboard_cache
+    )
+    key = (r.start, r.end)
+    hit = cache.get(key)
+    if ttl > 0 and hit is not None and time.monotonic() - hit[0] < ttl:
+        return hit[1], hit[2]
+    with ctx.db.read() as s:
+        st = dashboard.process_stats(s, r)
+    as_of = now_ts()
+    if ttl > 0:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = (time.monotonic(), st, as_of)
+    return st, as_of
+
+
 @router.get("/dashboard")
 def dashboard_page(
     request: Request,
@@ -1067,8 +1090,7 @@ def dashboard_page(
         )
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/dashboard", _error_text(exc), "error")
-    with ctx.db.read() as s:
-        st = dashboard.process_stats(s, r)
+    st, as_of = _dashboard_stats(request, ctx, r)
     days = r.days
     types = sorted({t for d in st.volume_by_day.values() for t in d})
     series = {t: [float(st.volume_by_day.get(d, {}).get(t, 0)) for d in days] for t in types}
@@ -1143,6 +1165,7 @@ def dashboard_page(
             ),
             "fallback_rate": fallback_rate,
             "suggestions": suggestions,
+            "as_of": as_of,
             "section": "dashboard",
         },
     )
@@ -1175,6 +1198,7 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
     app.state.console_metrics = Metrics()
     app.state.console_throttle = SignInThrottle()
     app.state.console_verify = {}
+    app.state.console_dashboard_cache = {}
     app.add_middleware(RequestContext, metrics=app.state.console_metrics)
 
     async def sign_in_required(request: Request, exc: Exception) -> Response:

@@ -31,6 +31,12 @@ class ConsoleSettings(BaseSettings):
         "with --proxy-headers so the scheme is known).",
     )
     console_page_size: int = Field(default=50, ge=5, le=500)
+    console_dashboard_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long dashboard figures for one date range are reused (0: always "
+        "recompute). The page shows the time the figures were computed.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None, description="If set, GET /metrics needs 'Authorization: Bearer <token>'."
     )
