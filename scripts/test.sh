@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 ./scripts/ensure-postgres.sh
+./scripts/ensure-chromium.sh
 export TRIAGE_TEST_POSTGRES_URL=${TRIAGE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 # One command per line: under `set -e` a failure inside an `a && b` list would not stop us.
 echo "== ruff"
