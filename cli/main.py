@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from api.console.cli import users_app as console_users_app
 from cli import classifier as classifier_cli
 from cli import kb as kb_cli
 from cli import policy as policy_cli
@@ -35,6 +36,7 @@ app.command("evaluate")(classifier_cli.evaluate)
 app.add_typer(classifier_cli.models_app, name="models")
 app.add_typer(policy_cli.policy_app, name="policy")
 app.add_typer(kb_cli.app, name="kb")
+app.add_typer(console_users_app, name="users")
 
 ADMIN_CLI = "cli-admin"
 

@@ -18,6 +18,7 @@ Services never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,9 +50,14 @@ MAX_PASSWORD = 1024
 AUTHORITY_RE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 
 _hasher = PasswordHasher()
-# Verified against when the username is unknown, so a failed sign-in costs the same time
-# whether or not the account exists (no username enumeration by timing).
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so a failed sign-in costs the same time
+    whether or not the account exists (no username enumeration by timing). Built on first use,
+    not at import (the CLI imports this module)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class ConsoleUser(Base):
@@ -227,7 +233,7 @@ def sign_in(
     """
     name = username.strip().lower()
     user = session.scalar(select(ConsoleUser).where(ConsoleUser.username == name))
-    stored = user.password_hash if user is not None else _DUMMY_HASH
+    stored = user.password_hash if user is not None else _dummy_hash()
     try:
         _hasher.verify(stored, password)
         ok = user is not None and user.disabled_at is None
