@@ -261,11 +261,18 @@ def evaluate(
         typer.echo(f"report: {path}")
 
 
-RegistryDir = Annotated[Path, typer.Option("--registry", help="Model registry directory.")]
+RegistryDir = Annotated[
+    Path,
+    typer.Option(
+        "--registry",
+        envvar="TRIAGE_MODEL_REGISTRY",
+        help="Model registry directory (default: the product's, <data_dir>/models).",
+    ),
+]
 
 
 @models_app.command("list")
-def models_list(registry: RegistryDir, signing_key: SigningKey = None) -> None:
+def models_list(registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None) -> None:
     """List registered versions, oldest first; the active one is marked with '*'."""
     reg = ModelRegistry(registry, _key(signing_key))
     active = reg.active_version()
@@ -286,7 +293,7 @@ def models_list(registry: RegistryDir, signing_key: SigningKey = None) -> None:
 
 @models_app.command("show")
 def models_show(
-    registry: RegistryDir,
+    registry: RegistryDir = Path("var/models"),
     version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
     signing_key: SigningKey = None,
 ) -> None:
@@ -304,8 +311,8 @@ def models_show(
 
 @models_app.command("activate")
 def models_activate(
-    registry: RegistryDir,
     version: Annotated[str, typer.Argument(help="Version id to activate.")],
+    registry: RegistryDir = Path("var/models"),
     signing_key: SigningKey = None,
 ) -> None:
     """Verify VERSION and make it the active model."""
@@ -318,7 +325,9 @@ def models_activate(
 
 
 @models_app.command("rollback")
-def models_rollback(registry: RegistryDir, signing_key: SigningKey = None) -> None:
+def models_rollback(
+    registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None
+) -> None:
     """Re-activate the version that was active before the current one."""
     reg = ModelRegistry(registry, _key(signing_key))
     try:
