@@ -72,6 +72,8 @@ def start_product(url: str, port: int, workdir: Path) -> tuple[subprocess.Popen[
         "TRIAGE_DATABASE_URL": url,
         "TRIAGE_DATA_DIR": str(workdir),
         "TRIAGE_WORKER_ENABLED": "false",
+        # measure intake, not the per-key rate limiter (one key drives all the load here)
+        "TRIAGE_RATE_LIMIT_PER_SECOND": "0",
     }
     subprocess.run(
         [PY, "-m", "cli.main", "db", "upgrade"], env=env, check=True, cwd=ROOT, capture_output=True

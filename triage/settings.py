@@ -38,8 +38,8 @@ class Settings(BaseSettings):
 
     # Per-API-key request rate (token bucket per process): sustained rate and burst size.
     # 0 disables. Answers 429 with Retry-After.
-    rate_limit_per_second: float = 50.0
-    rate_limit_burst: int = 200
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
 
     # Intake limits.
     max_body_bytes: int = 256 * 1024
