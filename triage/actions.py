@@ -23,6 +23,7 @@ Rules the service enforces (a direct API call cannot skip them):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -590,6 +591,56 @@ def approval_view(
     }
 
 
+@dataclass
+class _Reviewed:
+    row: ActionRow
+    case: CaseIn
+    req: policies.ActionRequest
+    ctx: policies.DecisionContext
+    approver: policies.Principal
+
+
+def _review(
+    session: Session,
+    action_id: str,
+    actor: Actor,
+    authorities: list[str],
+    action_hash: str,
+    policy: policies.PolicySet,
+    verb: str,
+) -> _Reviewed:
+    """What approving and rejecting share: the action is pending, it is the exact action the
+    approver reviewed (same hash, else 409), and the policy lets this person decide on it
+    (segregation of duties, authority; else 403 with the policy's reasons)."""
+    row, _case_row, case = _load(session, action_id)
+    if row.status != PENDING:
+        raise Conflict(
+            f"only actions pending approval can be {verb}; this one is {row.status}",
+            field="status",
+        )
+    if action_hash != row.action_hash:
+        raise Conflict(
+            "the action changed since you loaded it; review it again",
+            field="action_hash",
+            current_hash=row.action_hash,
+        )
+    req = to_request(row, case)
+    ctx = context(session, row, case, policy)
+    approver = principal_for(actor, authorities)
+    check = policies.can_approve(
+        approver, req, ctx, _policy_approvals(_approvals(session, row)), policy
+    )
+    if not check.allowed:
+        # The caller audits the refusal in its own transaction (this one rolls back).
+        raise PermissionDenied(
+            "; ".join(str(r) for r in check.reasons) or "not allowed",
+            reasons=[
+                {"policy_id": r.policy_id, "explanation": r.explanation} for r in check.reasons
+            ],
+        )
+    return _Reviewed(row, case, req, ctx, approver)
+
+
 def approve(
     session: Session,
     action_id: str,
@@ -606,31 +657,8 @@ def approve(
     ``action_hash`` is the hash shown to the approver: if the action changed since, the approval
     is refused (409) instead of being applied to something the approver never saw.
     """
-    row, _case_row, case = _load(session, action_id)
-    if row.status != PENDING:
-        raise Conflict(
-            f"only actions pending approval can be approved; this one is {row.status}",
-            field="status",
-        )
-    if action_hash != row.action_hash:
-        raise Conflict(
-            "the action changed since you loaded it; review it again",
-            field="action_hash",
-            current_hash=row.action_hash,
-        )
-    req = to_request(row, case)
-    ctx = context(session, row, case, policy)
-    existing_rows = _approvals(session, row)
-    approver = principal_for(actor, authorities)
-    check = policies.can_approve(approver, req, ctx, _policy_approvals(existing_rows), policy)
-    if not check.allowed:
-        # The caller audits the refusal in its own transaction (this one rolls back).
-        raise PermissionDenied(
-            "; ".join(str(r) for r in check.reasons) or "not allowed",
-            reasons=[
-                {"policy_id": r.policy_id, "explanation": r.explanation} for r in check.reasons
-            ],
-        )
+    r = _review(session, action_id, actor, authorities, action_hash, policy, "approved")
+    row, case, req, ctx, approver = r.row, r.case, r.req, r.ctx, r.approver
     _bump(session, row)  # claims the row: a racing approval or rejection gets a 409
     session.add(
         ActionApproval(
@@ -678,33 +706,8 @@ def reject(
     """An eligible approver rejects the action (a reason is mandatory)."""
     if not reason or not reason.strip():
         raise ValidationFailed("a rejection needs a reason", fields={"reason": "required"})
-    row, _case_row, case = _load(session, action_id)
-    if row.status != PENDING:
-        raise Conflict(
-            f"only actions pending approval can be rejected; this one is {row.status}",
-            field="status",
-        )
-    if action_hash != row.action_hash:
-        raise Conflict(
-            "the action changed since you loaded it; review it again",
-            field="action_hash",
-            current_hash=row.action_hash,
-        )
-    approver = principal_for(actor, authorities)
-    check = policies.can_approve(
-        approver,
-        to_request(row, case),
-        context(session, row, case, policy),
-        _policy_approvals(_approvals(session, row)),
-        policy,
-    )
-    if not check.allowed:
-        raise PermissionDenied(
-            "; ".join(str(r) for r in check.reasons) or "not allowed",
-            reasons=[
-                {"policy_id": r.policy_id, "explanation": r.explanation} for r in check.reasons
-            ],
-        )
+    r = _review(session, action_id, actor, authorities, action_hash, policy, "rejected")
+    row, approver = r.row, r.approver
     _bump(session, row, status=REJECTED, outcome_reason=reason, due_at=None)
     session.add(
         ActionApproval(

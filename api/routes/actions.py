@@ -3,6 +3,7 @@ layer reports execution. Every step goes through triage.actions (policy + audit)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -292,23 +293,22 @@ class DecisionBody(BaseModel):
 def approve_action(
     action_id: str, body: DecisionBody, ctx: ContextDep, principal: Approver
 ) -> ActionOut:
-    try:
-        with ctx.db.write() as s:
-            row = actions.approve(
-                s,
-                action_id,
-                actor=principal.actor,
-                authorities=list(principal.authorities),
-                action_hash=body.action_hash,
-                reason=body.reason,
-                policy=actions.load_policy(ctx.settings),
-                settings=ctx.settings,
-            )
-            return out(row)
-    except PermissionDenied as exc:
-        with ctx.db.write() as s:
-            actions.audit_refusal(s, action_id, principal.actor, "approval", exc)
-        raise
+    return _as_approver(
+        ctx,
+        principal,
+        action_id,
+        "approval",
+        lambda s: actions.approve(
+            s,
+            action_id,
+            actor=principal.actor,
+            authorities=list(principal.authorities),
+            action_hash=body.action_hash,
+            reason=body.reason,
+            policy=actions.load_policy(ctx.settings),
+            settings=ctx.settings,
+        ),
+    )
 
 
 @router.post(
@@ -320,21 +320,34 @@ def approve_action(
 def reject_action(
     action_id: str, body: DecisionBody, ctx: ContextDep, principal: Approver
 ) -> ActionOut:
+    return _as_approver(
+        ctx,
+        principal,
+        action_id,
+        "rejection",
+        lambda s: actions.reject(
+            s,
+            action_id,
+            actor=principal.actor,
+            authorities=list(principal.authorities),
+            action_hash=body.action_hash,
+            reason=body.reason or "",
+            policy=actions.load_policy(ctx.settings),
+        ),
+    )
+
+
+def _as_approver(
+    ctx: Any, principal: Principal, action_id: str, verb: str, decide: Callable[[Any], ActionRow]
+) -> ActionOut:
+    """Run an approver's decision; a refusal (403) is audited in its own transaction, since
+    the decision's transaction rolls back."""
     try:
         with ctx.db.write() as s:
-            row = actions.reject(
-                s,
-                action_id,
-                actor=principal.actor,
-                authorities=list(principal.authorities),
-                action_hash=body.action_hash,
-                reason=body.reason or "",
-                policy=actions.load_policy(ctx.settings),
-            )
-            return out(row)
+            return out(decide(s))
     except PermissionDenied as exc:
         with ctx.db.write() as s:
-            actions.audit_refusal(s, action_id, principal.actor, "rejection", exc)
+            actions.audit_refusal(s, action_id, principal.actor, verb, exc)
         raise
 
 
