@@ -10,11 +10,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.case import CaseIn
-from triage import audit, auth, cases, classification
+from triage import audit, auth, cases, classification, users
 from triage.db import Database
 from triage.lifecycle import Status
 from triage.settings import Settings
@@ -42,6 +42,7 @@ class DemoSummary:
     total_cases: int
     triaged: int
     keys_file: Path
+    users: dict[str, str] = field(default_factory=dict)
 
 
 def _keys(db: Database, path: Path) -> dict[str, str]:
@@ -106,7 +107,14 @@ def load(
         worker.index_resolved()
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
-        return DemoSummary(keys, created, len(total), triaged, settings.data_dir / "demo-keys.json")
+        return DemoSummary(
+            keys,
+            created,
+            len(total),
+            triaged,
+            settings.data_dir / "demo-keys.json",
+            users=users.ensure_demo_users(settings),
+        )
     finally:
         db.dispose()
 
@@ -163,9 +171,13 @@ def describe(summary: DemoSummary, host: str, port: int) -> str:
         "triaged now).",
         f"  API:      {base}/v1/cases",
         f"  API docs: {base}/docs",
+        f"  Console:  {base}/console  (users in {summary.keys_file.parent / 'demo-users.json'})",
         f"  Keys ({summary.keys_file}):",
     ]
     lines += [f"    {role:<12} {key}" for role, key in summary.keys.items()]
+    if summary.users:
+        lines.append("  Console users (username / password):")
+        lines += [f"    {name:<12} {pw}" for name, pw in summary.users.items()]
     lines.append(
         f"  Try: curl -H 'Authorization: Bearer {summary.keys['agent']}' {base}/v1/cases?limit=5"
     )
