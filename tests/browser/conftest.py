@@ -32,7 +32,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Load the demo (cases, trained model, knowledge base, users) and serve it."""
     from triage import demo, migrate, users
@@ -89,8 +89,10 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: sync_playwright keeps an asyncio loop running in the main
+    # thread until it exits, which breaks every later async test (anyio) in the same run.
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
