@@ -641,6 +641,29 @@ def _review(
     return _Reviewed(row, case, req, ctx, approver)
 
 
+def _record_decision(
+    session: Session,
+    row: ActionRow,
+    actor: Actor,
+    approver: policies.Principal,
+    decision: str,
+    reason: str | None,
+) -> None:
+    """One approver's decision, bound to the hash of the action as they saw it."""
+    session.add(
+        ActionApproval(
+            action_id=row.id,
+            approver_id=actor.id,
+            approver_roles=sorted(approver.roles),
+            decision=decision,
+            reason=reason,
+            action_hash=row.action_hash or "",
+            created_at=now_ts(),
+        )
+    )
+    session.flush()
+
+
 def approve(
     session: Session,
     action_id: str,
@@ -660,18 +683,7 @@ def approve(
     r = _review(session, action_id, actor, authorities, action_hash, policy, "approved")
     row, case, req, ctx, approver = r.row, r.case, r.req, r.ctx, r.approver
     _bump(session, row)  # claims the row: a racing approval or rejection gets a 409
-    session.add(
-        ActionApproval(
-            action_id=row.id,
-            approver_id=actor.id,
-            approver_roles=sorted(approver.roles),
-            decision="approved",
-            reason=reason,
-            action_hash=row.action_hash or "",
-            created_at=now_ts(),
-        )
-    )
-    session.flush()
+    _record_decision(session, row, actor, approver, "approved", reason)
     quorum = policies.quorum_status(req, ctx, _policy_approvals(_approvals(session, row)), policy)
     audit.append(
         session,
@@ -709,17 +721,7 @@ def reject(
     r = _review(session, action_id, actor, authorities, action_hash, policy, "rejected")
     row, approver = r.row, r.approver
     _bump(session, row, status=REJECTED, outcome_reason=reason, due_at=None)
-    session.add(
-        ActionApproval(
-            action_id=row.id,
-            approver_id=actor.id,
-            approver_roles=sorted(approver.roles),
-            decision="rejected",
-            reason=reason,
-            action_hash=row.action_hash or "",
-            created_at=now_ts(),
-        )
-    )
+    _record_decision(session, row, actor, approver, "rejected", reason)
     audit.append(
         session,
         actor,
