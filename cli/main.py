@@ -325,6 +325,12 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Run the embedded triage worker in-process.")] = True,
     upgrade: Annotated[bool, typer.Option(help="Apply migrations before starting.")] = True,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="text, or json (one object per line with request ids, for log shippers)."
+        ),
+    ] = "text",
 ) -> None:
     """Serve the API (OpenAPI docs at /docs) with the embedded worker."""
     import uvicorn
@@ -332,7 +338,14 @@ def serve(
     from api.app import create_app
     from triage import migrate
 
-    _logging()
+    if log_format not in ("text", "json"):
+        raise _fail("--log-format must be text or json")
+    if log_format == "json":
+        from api.console.observability import configure_json_logging
+
+        configure_json_logging()
+    else:
+        _logging()
     settings = _settings()
     if upgrade:
         migrate.upgrade(settings)
