@@ -225,7 +225,9 @@ class CaseIn(_Strict):
                     ],
                     "amount_in_dispute": {"amount": "100.00", "currency": "EUR"},
                     "text": {
-                        "customer_message": "Got 32 units instead of 40 but were billed for 40.",
+                        "customer_message": (
+                            "We received 32 units instead of 40 but were billed for 40."
+                        ),
                         "operator_notes": "Pick short at location A-12-3.",
                     },
                     "occurred_at": "2026-11-20T09:15:00+01:00",

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from contracts.case import CaseIn
 
 
 def _base(**over: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "source": {"system": "wms-rotterdam", "kind": "wms", "case_id": "EX-2026-000123"},
-        "exception_type": "shortage",
-        "references": {
-            "customer": {"id": "CUST-0042", "name": "Nordhaven Retail", "tier": "A"},
-            "order_id": "SO-778812",
-            "shipment_id": "SH-55120",
-            "invoice_id": "INV-90211",
-            "warehouse_id": "WH-RTM-1",
-            "carrier_id": "DHL",
-        },
-        "lines": [
-            {
-                "sku": "SKU-100-BLK",
-                "ordered_qty": "40",
-                "picked_qty": "32",
-                "shipped_qty": "32",
-                "invoiced_qty": "40",
-                "unit_price": {"amount": "12.50", "currency": "EUR"},
-            }
-        ],
-        "amount_in_dispute": {"amount": "100.00", "currency": "EUR"},
-        "text": {
-            "customer_message": "We received 32 units instead of 40 but were billed for 40.",
-            "operator_notes": "Pick short at location A-12-3.",
-        },
-        "occurred_at": "2026-11-20T09:15:00+01:00",
-    }
+    # The shortage case documented in the OpenAPI schema, so tests and docs cannot drift apart.
+    data: dict[str, Any] = copy.deepcopy(CaseIn.model_config["json_schema_extra"]["examples"][0])
     data.update(over)
     return data
 
