@@ -83,6 +83,14 @@ def _money(action: ProposedAction) -> tuple[Decimal | None, str | None]:
     return getattr(action, "amount", None), getattr(action, "currency", None)
 
 
+def _arguments(action: ProposedAction) -> dict[str, Any]:
+    """The action's own arguments for the policy catalogue (money and metadata go elsewhere)."""
+    return action.model_dump(
+        exclude={"type", "rationale", "evidence", "amount", "currency", "value"},
+        exclude_none=True,
+    )
+
+
 def to_request(row: ActionRow, case: CaseIn) -> policies.ActionRequest:
     """Map a stored action onto the policy layer's input (see docs/policies.md section 9).
 
@@ -104,10 +112,7 @@ def to_request(row: ActionRow, case: CaseIn) -> policies.ActionRequest:
 def _to_request(row: ActionRow, case: CaseIn) -> policies.ActionRequest:
     action = ACTION_ADAPTER.validate_python(row.body)
     amount, currency = _money(action)
-    arguments = action.model_dump(
-        exclude={"type", "rationale", "evidence", "amount", "currency", "value"},
-        exclude_none=True,
-    )
+    arguments = _arguments(action)
     return policies.ActionRequest(
         action_id=row.id,
         action_type=action.type.value,
@@ -997,10 +1002,7 @@ class CedarGate:
             try:
                 req = policies.ActionRequest(
                     action_type=action.type.value,
-                    arguments=action.model_dump(
-                        exclude={"type", "rationale", "evidence", "amount", "currency", "value"},
-                        exclude_none=True,
-                    ),
+                    arguments=_arguments(action),
                     amount=amount,
                     currency=currency,
                     case_id=case.source.case_id,
