@@ -27,7 +27,6 @@ from typing import Any
 
 from sqlalchemy import (
     Float,
-    Index,
     String,
     and_,
     case,
@@ -58,16 +57,6 @@ OPEN_FOR_AGENTS = (
 MAX_MESSAGE = 5000
 
 # ---------------------------------------------------------------- agent queue
-
-# Indexes the queue needs (migration 0005 creates them). Declared here, next to the queries
-# that rely on them, because triage/models.py belongs to the case slice; attaching them to the
-# Case table keeps Base.metadata equal to what the migrations build.
-QUEUE_ORDER_INDEX = Index("ix_cases_queue_order", Case.priority, Case.resolution_due_at, Case.id)
-SEARCH_INDEXES = (
-    Index("ix_cases_source_case_id", Case.source_case_id),
-    Index("ix_cases_order_id", Case.order_id),
-    Index("ix_cases_invoice_id", Case.invoice_id),
-)
 
 
 @dataclass(frozen=True)

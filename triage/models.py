@@ -269,3 +269,70 @@ class FxRateRow(Base):
     valid_from: Mapped[date] = mapped_column(Date, primary_key=True)
     rate: Mapped[Decimal] = mapped_column(Numeric(18, 8))
     created_by: Mapped[str | None] = mapped_column(String(128))
+
+
+# ---------------------------------------------------------------- web console (issue 6)
+# Console accounts and sessions, the indexes the console's queue relies on, and the dashboard's
+# daily roll-ups. Kept in one block; the services live in triage/users.py and
+# triage/dashboard.py.
+
+# The agent queue walks (priority, resolution_due_at, id) in order; search is an exact match on
+# these ids (migration 0005).
+Index("ix_cases_queue_order", Case.priority, Case.resolution_due_at, Case.id)
+Index("ix_cases_source_case_id", Case.source_case_id)
+Index("ix_cases_order_id", Case.order_id)
+Index("ix_cases_invoice_id", Case.invoice_id)
+
+
+class ConsoleUser(Base):
+    """A person who signs in to the web console."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    authorities: Mapped[list[Any] | None] = mapped_column()
+    created_at: Mapped[str] = mapped_column(Ts)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    password_changed_at: Mapped[str] = mapped_column(Ts)
+    last_sign_in_at: Mapped[str | None] = mapped_column(Ts)
+    disabled_at: Mapped[str | None] = mapped_column(Ts)
+
+
+class ConsoleSession(Base):
+    """One signed-in browser. The primary key is the SHA-256 of the token the browser holds."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("console_users.id"))
+    created_at: Mapped[str] = mapped_column(Ts)
+    expires_at: Mapped[str] = mapped_column(Ts)
+    revoked_at: Mapped[str | None] = mapped_column(Ts)
+
+    __table_args__ = (Index("ix_console_sessions_user", "user_id", "expires_at"),)
+
+
+class DashboardDay(Base):
+    """The dashboard's figures for one UTC day, in mergeable form (counters, exact duration
+    lists, sums): see ``triage.dashboard.day_partial``. A derived cache: deleting rows only
+    costs a recompute."""
+
+    __tablename__ = "dashboard_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    stats: Mapped[str] = mapped_column(Text)
+    computed_at: Mapped[str] = mapped_column(Ts)
+
+
+class DashboardRollupState(Base):
+    """One row: the audit sequence number the roll-ups are current to, and their format."""
+
+    __tablename__ = "dashboard_rollup_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    through_seq: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[str] = mapped_column(Ts)

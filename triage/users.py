@@ -27,12 +27,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ForeignKey, Index, String, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from triage import audit
 from triage.audit import Actor, ActorType
@@ -40,7 +39,7 @@ from triage.auth import Principal, Role
 from triage.common import new_id, now_ts, to_ts
 from triage.db import Database
 from triage.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
-from triage.models import Base, Ts
+from triage.models import ConsoleSession, ConsoleUser
 from triage.settings import Settings
 
 CONSOLE_ROLES = (Role.agent, Role.approver, Role.auditor, Role.admin)
@@ -58,37 +57,6 @@ def _dummy_hash() -> str:
     whether or not the account exists (no username enumeration by timing). Built on first use,
     not at import (the CLI imports this module)."""
     return _hasher.hash(secrets.token_urlsafe(16))
-
-
-class ConsoleUser(Base):
-    """A person who signs in to the web console."""
-
-    __tablename__ = "console_users"
-
-    id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16))
-    authorities: Mapped[list[Any] | None] = mapped_column()
-    created_at: Mapped[str] = mapped_column(Ts)
-    created_by: Mapped[str | None] = mapped_column(String(128))
-    password_changed_at: Mapped[str] = mapped_column(Ts)
-    last_sign_in_at: Mapped[str | None] = mapped_column(Ts)
-    disabled_at: Mapped[str | None] = mapped_column(Ts)
-
-
-class ConsoleSession(Base):
-    """One signed-in browser. The primary key is the SHA-256 of the token the browser holds."""
-
-    __tablename__ = "console_sessions"
-
-    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("console_users.id"))
-    created_at: Mapped[str] = mapped_column(Ts)
-    expires_at: Mapped[str] = mapped_column(Ts)
-    revoked_at: Mapped[str | None] = mapped_column(Ts)
-
-    __table_args__ = (Index("ix_console_sessions_user", "user_id", "expires_at"),)
 
 
 @dataclass(frozen=True, slots=True)

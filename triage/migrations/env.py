@@ -5,7 +5,6 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import triage.users  # noqa: F401 - console tables live beside their service
 from triage.models import Base
 from triage.settings import get_settings
 

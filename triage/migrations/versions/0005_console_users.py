@@ -8,13 +8,6 @@ Create Date: 2026-11-26 17:30:00.000000
 from alembic import op
 import sqlalchemy as sa
 
-# Registers ConsoleUser/ConsoleSession on Base.metadata (they live in triage/users.py, not in
-# triage/models.py), so autogenerate and tests/test_migrations.py see them once any migration
-# has been loaded. The lead may move the two models into triage/models.py and drop this line.
-import triage.users  # noqa: F401
-import triage.dashboard  # noqa: F401  (the queue indexes on cases, see QUEUE_ORDER_INDEX)
-
-
 revision = '0005'
 down_revision = '0004'
 branch_labels = None

@@ -1,0 +1,38 @@
+"""console dashboard daily roll-ups
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-29 10:50:00.000000
+
+Self-contained: explicit table definitions, no application imports.
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0006'
+down_revision = '0005'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('dashboard_days',
+    sa.Column('day', sa.String(length=10), nullable=False),
+    sa.Column('stats', sa.Text(), nullable=False),
+    sa.Column('computed_at', sa.String(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('day', name=op.f('pk_dashboard_days'))
+    )
+    op.create_table('dashboard_rollup_state',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('through_seq', sa.BigInteger(), nullable=False),
+    sa.Column('format', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.String(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_dashboard_rollup_state'))
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('dashboard_rollup_state')
+    op.drop_table('dashboard_days')
