@@ -234,3 +234,13 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     assert client.get("/v1/audit/export", params={"format": "xml"}, headers=h).status_code == 422
     naive = client.get("/v1/audit", params={"since": "2026-01-01T00:00:00"}, headers=h)
     assert naive.status_code == 422
+
+
+def test_audit_cursor_beyond_bigint_is_a_422_not_a_500(client, keys):
+    import base64
+
+    auditor = bearer(keys["auditor"])
+    huge = base64.urlsafe_b64encode(str(2**63).encode()).decode().rstrip("=")
+    r = client.get("/v1/audit", params={"cursor": huge}, headers=auditor)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "cursor"

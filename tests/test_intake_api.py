@@ -245,3 +245,12 @@ def test_openapi_documents_case_schema_with_example(client):
     assert case_schema["examples"][0]["exception_type"] == "shortage"
     assert "schema_version" in case_schema["properties"]
     assert "/v1/cases/batch" in spec["paths"]
+
+
+def test_openapi_documents_the_replay_200_and_the_rate_limit_429(client):
+    # found by tests/test_fuzz_api.py: a replay answered 200, which the schema did not list
+    responses = client.get("/openapi.json").json()["paths"]["/v1/cases"]["post"]["responses"]
+    assert {"200", "202", "429"} <= set(responses)
+    assert responses["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IntakeResponse"
+    }

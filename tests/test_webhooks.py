@@ -147,3 +147,12 @@ def test_private_callback_targets_refused_when_configured(client, keys, db, sett
     with db.read() as s:
         msg = s.scalars(select(OutboxMessage)).one()
         assert msg.status == "dead" and "non-public address" in (msg.last_error or "")
+
+
+def test_outbox_ids_beyond_bigint_are_4xx_not_500(client, keys):
+    # found by tests/test_fuzz_api.py: the driver overflowed on a huge id and the API said 500
+    admin = bearer(keys["admin"])
+    huge = 2**63
+    assert client.post(f"/v1/outbox/{huge}/replay", headers=admin).status_code == 422
+    assert client.post(f"/v1/outbox/{huge - 1}/replay", headers=admin).status_code == 404
+    assert client.get("/v1/outbox", params={"cursor": huge}, headers=admin).status_code == 422

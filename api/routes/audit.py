@@ -19,6 +19,7 @@ from triage.errors import ValidationFailed
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 Auditor = Annotated[Principal, Depends(allow(R.auditor, R.admin))]
+_MAX_SEQ = 2**63 - 1
 
 
 def _cursor(seq: int) -> str:
@@ -29,11 +30,14 @@ def _after(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        seq = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except ValueError as exc:
         raise ValidationFailed(
             "malformed cursor", fields={"cursor": "not a cursor we issued"}
         ) from exc
+    if not 0 <= seq <= _MAX_SEQ:  # outside BIGINT the driver fails (a 500), not the filter
+        raise ValidationFailed("malformed cursor", fields={"cursor": "not a cursor we issued"})
+    return seq
 
 
 def _ts(value: datetime | None, name: str) -> str | None:

@@ -32,7 +32,7 @@ from triage.models import Suggestion as SuggestionRow
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429)
 }
 
 IdempotencyKey = Annotated[
@@ -95,7 +95,10 @@ def detail(row: Case, suggestion: SuggestionRow | None) -> CaseDetail:
     "",
     status_code=202,
     response_model=IntakeResponse,
-    responses=ERRORS,
+    responses={
+        **ERRORS,
+        200: {"model": IntakeResponse, "description": "A replay of an earlier submission."},
+    },
     summary="Submit one exception case",
     description="Answers 202 with the case id and a status URL; a replay answers 200 with "
     "`replayed: true`. The same Idempotency-Key or source ids with a different payload is a 409.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS
@@ -14,6 +14,9 @@ from triage.auth import Principal
 
 router = APIRouter(prefix="/v1/outbox", tags=["admin"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
+# Outbox ids are BIGINT: a larger number is not an id we issued, and the database driver
+# would fail on it (a 500) instead of answering "not found".
+MAX_ID = 2**63 - 1
 
 
 @router.get(
@@ -27,7 +30,7 @@ def list_outbox(
     _p: Admin,
     status: Literal["pending", "delivered", "dead"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[int | None, Query(ge=0)] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> OutboxPage:
     with ctx.db.read() as s:
         rows = webhooks.list_messages(s, status, limit + 1, cursor)
@@ -44,7 +47,9 @@ def list_outbox(
     responses=ERRORS,
     summary="Re-arm a dead-lettered delivery",
 )
-def replay(message_id: int, ctx: ContextDep, principal: Admin) -> OutboxOut:
+def replay(
+    message_id: Annotated[int, Path(ge=0, le=MAX_ID)], ctx: ContextDep, principal: Admin
+) -> OutboxOut:
     with ctx.db.write() as s:
         msg = webhooks.replay(s, message_id, actor=principal.actor)
         return OutboxOut.model_validate(msg, from_attributes=True)
