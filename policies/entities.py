@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from policies.money import ExposureFigures, cedar_decimal
+from policies.money import ExposureFigures, cedar_decimal, cedar_long
 
 SERVICE_ID = "triage"
 PROBE_USER_ID = "__probe_all_roles__"
@@ -23,6 +23,17 @@ matched forbids, every quorum rule that applies to the action."""
 COLLECTED_APPROVALS_ID = "__collected_approvals__"
 
 CEDAR_ACTIONS = ("request", "auto_execute", "approve", "release")
+
+MONEY_PATHS = (
+    ("amount",),
+    ("quantity",),
+    ("exposure", "case_action"),
+    ("exposure", "case_all"),
+    ("exposure", "customer_day"),
+)
+"""The ``decimal`` attributes of ``ActionRequest`` (as attribute paths from the resource): sent
+as ``decimal`` values, or as integer ten-thousandths when the policy set's money comparisons
+were rewritten to ``Long`` (``PolicySet.money_as_long``, see policies/integer_money.py)."""
 
 Json = dict[str, Any]
 
@@ -90,27 +101,29 @@ def action_entity(
     proposed_by: str | None,
     last_edited_by: str | None,
     accepted_by: str | None,
+    money_as_long: bool = False,
 ) -> Json:
+    money: Any = cedar_long if money_as_long else cedar_decimal
     customer: Json = {"id": customer_id, "tier": tier, "blocked": blocked}
     if bank_details_age_days is not None:
         customer["bank_details_age_days"] = bank_details_age_days
     attrs: Json = {
         "type": action_type,
         "material": material,
-        "amount": cedar_decimal(amount_base, "amount"),
+        "amount": money(amount_base, "amount"),
         "currency": currency,
         "case_id": case_id,
         "origin": origin,
         "customer": customer,
         "exposure": {
-            "case_action": cedar_decimal(exposure.case_action, "case exposure"),
-            "case_all": cedar_decimal(exposure.case_all, "case exposure"),
-            "customer_day": cedar_decimal(exposure.customer_day, "daily customer exposure"),
+            "case_action": money(exposure.case_action, "case exposure"),
+            "case_all": money(exposure.case_all, "case exposure"),
+            "customer_day": money(exposure.customer_day, "daily customer exposure"),
         },
         "requested_by": _ref(requested_by),
     }
     if quantity is not None:
-        attrs["quantity"] = cedar_decimal(quantity, "quantity")
+        attrs["quantity"] = money(quantity, "quantity")
     for key, who in (
         ("proposed_by", proposed_by),
         ("last_edited_by", last_edited_by),

@@ -191,6 +191,7 @@ def _prepare(
         proposed_by=action.proposed_by,
         last_edited_by=action.last_edited_by,
         accepted_by=action.accepted_by,
+        money_as_long=policy.money_as_long,
     )
     return _Prepared(
         action, context, spec, figures, quantity, entity, action_hash(action, policy.version)

@@ -36,6 +36,7 @@ import cedarpy
 
 from policies import entities as ent
 from policies.errors import PolicyLoadError
+from policies.integer_money import money_as_long
 from policies.model import Reason
 from policies.money import ExposureFigures, format_amount, parse_duration
 
@@ -189,6 +190,11 @@ class PolicySet:
     set, while Cedar evaluates a quarter of the rules."""
     sliced_policies: Mapping[tuple[str, str], cedarpy.PolicySet] = field(repr=False)
     """Each stage further split by action type (see ``_slice_by_type``); used when present."""
+    money_as_long: bool = field(repr=False)
+    """True when ``stage_policies`` and ``sliced_policies`` compare money as integer
+    ten-thousandths instead of ``decimal`` (policies/integer_money.py: same answers, cheaper
+    for Cedar); the evaluator then sends amounts in that form. ``cedar_policies`` is always
+    the policy file as written."""
     cedar_schema: cedarpy.Schema = field(repr=False)
     base_entities: list[dict[str, Any]] = field(repr=False)
     """Roles, service, probes and named approvers (for decisions)."""
@@ -283,8 +289,12 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
         raise PolicyLoadError(source, problems)
 
     named = tuple(sorted({r.named_principal for r in rules.values() if r.named_principal}))
-    stage_policies = _split_by_stage(est)
-    sliced_policies = _slice_by_type(est, actions)
+    # What Cedar evaluates at run time: the validated policies, with money comparisons on
+    # integers when every money comparison has the plain form (see integer_money.py).
+    long_est = money_as_long(est, ent.MONEY_PATHS)
+    run_est = est if long_est is None else long_est
+    stage_policies = _split_by_stage(run_est)
+    sliced_policies = _slice_by_type(run_est, actions)
     named_by_type = _named_by_type(est, actions)
     base_list = ent.base_entities(manifest.roles, named)
     approver_base_list = ent.base_entities(manifest.roles, ())
@@ -311,6 +321,7 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
         cedar_policies=cedar_policies,
         stage_policies=MappingProxyType(stage_policies),
         sliced_policies=MappingProxyType(sliced_policies),
+        money_as_long=long_est is not None,
         cedar_schema=schema,
         base_entities=base_list,
         approver_base_entities=approver_base_list,
@@ -714,30 +725,32 @@ def _template_fields(template: str, where: str, problems: list[str]) -> set[str]
 
 def _smoke_test(policy: PolicySet, pname: str, sname: str, problems: list[str]) -> None:
     figures = ExposureFigures(*(Decimal("1234.5"),) * 4)
-    entities = list(policy.base_entities)
+    samples: list[tuple[str, dict[str, Any]]] = []
     requests = []
     # Each action type twice: with every optional attribute set, and with none of them.
     for (name, spec), full in itertools.product(sorted(policy.actions.items()), (True, False)):
         rid = f"sample-{name}-{'full' if full else 'minimal'}"
-        entities.append(
-            ent.action_entity(
+        samples.append(
+            (
                 rid,
-                action_type=name,
-                material=spec.material,
-                amount_base=figures.amount_base,
-                currency=policy.base_currency,
-                quantity=Decimal(3) if full else None,
-                case_id="CASE-SMOKE",
-                origin="suggestion" if full else "agent",
-                customer_id="CUST-SMOKE",
-                tier="B",
-                blocked=False,
-                bank_details_age_days=90 if full else None,
-                exposure=figures,
-                requested_by="u-smoke-requester",
-                proposed_by="u-smoke-proposer" if full else None,
-                last_edited_by="u-smoke-editor" if full else None,
-                accepted_by="u-smoke-accepter" if full else None,
+                {
+                    "action_type": name,
+                    "material": spec.material,
+                    "amount_base": figures.amount_base,
+                    "currency": policy.base_currency,
+                    "quantity": Decimal(3) if full else None,
+                    "case_id": "CASE-SMOKE",
+                    "origin": "suggestion" if full else "agent",
+                    "customer_id": "CUST-SMOKE",
+                    "tier": "B",
+                    "blocked": False,
+                    "bank_details_age_days": 90 if full else None,
+                    "exposure": figures,
+                    "requested_by": "u-smoke-requester",
+                    "proposed_by": "u-smoke-proposer" if full else None,
+                    "last_edited_by": "u-smoke-editor" if full else None,
+                    "accepted_by": "u-smoke-accepter" if full else None,
+                },
             )
         )
         service = ent.uid("Service", ent.SERVICE_ID)
@@ -747,6 +760,8 @@ def _smoke_test(policy: PolicySet, pname: str, sname: str, problems: list[str]) 
             ent.cedar_request(ent.uid("User", ent.PROBE_USER_ID), "approve", rid),
             ent.cedar_request(ent.uid("ApprovalSet", ent.EMPTY_APPROVALS_ID), "release", rid),
         ]
+    entities = list(policy.base_entities)
+    entities += [ent.action_entity(rid, **kw) for rid, kw in samples]
     try:
         handle = cedarpy.Entities.from_json_str(json.dumps(entities), policy.cedar_schema)
         results = cedarpy.is_authorized_batch(
@@ -764,3 +779,76 @@ def _smoke_test(policy: PolicySet, pname: str, sname: str, problems: list[str]) 
                 f"{pname}: evaluation error for the {req['action']['id']} request on "
                 f"{req['resource']['id']}: {err}"
             )
+    if not problems and policy.money_as_long:
+        _check_integer_money(policy, pname, problems)
+
+
+def _check_integer_money(policy: PolicySet, pname: str, problems: list[str]) -> None:
+    """The run-time form (integer money, split by stage) must answer exactly like the policy
+    file, in particular on both sides of every threshold of the file."""
+    points = {Decimal(0)}
+    for rule in policy.rules.values():
+        if rule.threshold is not None:
+            points |= {
+                rule.threshold + d for d in (Decimal("-0.0001"), Decimal(0), Decimal("0.0001"))
+            }
+    samples: list[tuple[str, dict[str, Any]]] = []
+    for name, spec in sorted(policy.actions.items()):
+        for k, v in enumerate(sorted(p for p in points if p >= 0)):
+            samples.append(
+                (
+                    f"money-{name}-{k}",
+                    {
+                        "action_type": name,
+                        "material": spec.material,
+                        "amount_base": v,
+                        "currency": policy.base_currency,
+                        "quantity": v,
+                        "case_id": "CASE-SMOKE",
+                        "origin": "agent",
+                        "customer_id": "CUST-SMOKE",
+                        "tier": "ABC"[k % 3],
+                        "blocked": False,
+                        "bank_details_age_days": None,
+                        "exposure": ExposureFigures(v, v, v, v),
+                        "requested_by": "u-smoke-requester",
+                        "proposed_by": None,
+                        "last_edited_by": None,
+                        "accepted_by": None,
+                    },
+                )
+            )
+    probes = [
+        ent.uid("Service", ent.SERVICE_ID),
+        ent.uid("Service", ent.SERVICE_ID),
+        ent.uid("User", ent.PROBE_USER_ID),
+        ent.uid("ApprovalSet", ent.EMPTY_APPROVALS_ID),
+    ]
+    by_stage = {
+        stage: [ent.cedar_request(p, stage, rid) for rid, _ in samples]
+        for stage, p in zip(ent.CEDAR_ACTIONS, probes, strict=True)
+    }
+    as_written = cedarpy.Entities.from_json_str(
+        json.dumps([*policy.base_entities, *(ent.action_entity(r, **kw) for r, kw in samples)])
+    )
+    as_run = cedarpy.Entities.from_json_str(
+        json.dumps(
+            [
+                *policy.base_entities,
+                *(ent.action_entity(r, **kw, money_as_long=True) for r, kw in samples),
+            ]
+        )
+    )
+    for stage, requests in by_stage.items():
+        expected = cedarpy.is_authorized_batch(requests, policy.cedar_policies, as_written)
+        got = cedarpy.is_authorized_batch(requests, policy.stage_policies[stage], as_run)
+        for req, want, res in zip(requests, expected, got, strict=True):
+            same = want.allowed == res.allowed and sorted(
+                want.diagnostics.id_annotations_by_reason.values()
+            ) == sorted(res.diagnostics.id_annotations_by_reason.values())
+            if not same or res.diagnostics.errors != want.diagnostics.errors:
+                problems.append(
+                    f"{pname}: internal error: the integer money form of the policies "
+                    f"disagrees with the file for the {stage} request on {req['resource']['id']}"
+                )
+                return

@@ -111,6 +111,15 @@ def cedar_decimal(value: Decimal, what: str) -> dict[str, dict[str, str]]:
     return {"__extn": {"fn": "decimal", "arg": f"{q:.4f}"}}
 
 
+def cedar_long(value: Decimal, what: str) -> int:
+    """The same value as ``cedar_decimal``, as the integer count of ten-thousandths that a
+    Cedar ``decimal`` holds (see policies/integer_money.py); same range check."""
+    q = ceil4(value)
+    if abs(q) > CEDAR_DECIMAL_MAX:
+        raise PolicyInputError(f"{what} {value} is outside the range of Cedar's decimal type")
+    return int(q.scaleb(4))
+
+
 def compute_exposure(
     *,
     action_type: str,
