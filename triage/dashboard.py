@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     func,
     literal,
     literal_column,
@@ -42,10 +44,20 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from triage import audit, cases
 from triage.audit import Actor
-from triage.common import to_ts
+from triage.common import now_ts, to_ts
+from triage.db import Database
 from triage.errors import Conflict, ValidationFailed
 from triage.lifecycle import Status
-from triage.models import ActionApproval, ActionRow, AuditEvent, Case, LabelFeedback
+from triage.models import (
+    ActionApproval,
+    ActionRow,
+    AuditEvent,
+    AuditHead,
+    Case,
+    DashboardDay,
+    DashboardRollupState,
+    LabelFeedback,
+)
 from triage.models import Suggestion as SuggestionRow
 
 OPEN_FOR_AGENTS = (
@@ -397,7 +409,8 @@ class Durations:
         def q(p: float) -> float:
             return vals[min(len(vals) - 1, int(p * (len(vals) - 1) + 0.5))]
 
-        return cls(len(vals), q(0.5), q(0.9), sum(vals) / len(vals))
+        # fsum: exactly rounded, so the mean does not depend on the order days are merged in
+        return cls(len(vals), q(0.5), q(0.9), math.fsum(vals) / len(vals))
 
 
 @dataclass
@@ -410,8 +423,7 @@ class ProcessStats:
     by_carrier: list[tuple[str, int]]
     by_customer: list[tuple[str, int]]
     stage_times: dict[str, Durations]
-    """intake->triage, intake->first human decision, intake->resolution, shipment->invoice
-    (the last over the latest ``SHIP_INVOICE_SAMPLE`` cases of the range)."""
+    """intake->triage, intake->first human decision, intake->resolution, shipment->invoice."""
     approval_dwell: Durations
     override_rate: float | None
     overridden: int
@@ -446,7 +458,6 @@ def _timestamptz() -> Any:
     return TIMESTAMP(timezone=True)
 
 
-SHIP_INVOICE_SAMPLE = 2000
 DECISION_ACTIONS = (
     "case.in_review",
     "case.overridden",
@@ -457,20 +468,36 @@ DECISION_ACTIONS = (
     "case.message_sent",
 )
 """Audit actions that count as a person's decision on a case (for time to first decision)."""
+CLOSING_ACTIONS = ("action.approved", "action.rejected")
+TIME_KEYS = (
+    "intake_to_triage",
+    "intake_to_decision",
+    "intake_to_resolution",
+    "shipment_to_invoice",
+    "approval_dwell",
+)
+CHUNK = 500
 
 
-def process_stats(session: Session, r: DateRange) -> ProcessStats:
-    """All dashboard figures for cases received in ``r`` (approvals: decided in ``r``).
+def _chunks(items: list[str], n: int = CHUNK) -> list[list[str]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
 
-    Cost model: the cases table is read once for the range (narrow columns, durations computed
-    in SQL), and the audit trail only through its ``action`` index for the few event kinds the
-    figures need; everything else is small (actions, approvals, labels).
+
+def partial(session: Session, r: DateRange) -> dict[str, Any]:
+    """The dashboard's figures for ``r`` in mergeable form: counters, exact duration lists and
+    sums, JSON-serialisable. :func:`merge` of the partials of adjacent ranges equals the
+    partial of their union, which is what lets a day's partial be stored and reused.
+
+    What belongs to a range (each figure is keyed by one timestamp, so days partition it):
+    - cases *received* in it (``created_at``): volumes, stage times, overrides, touchless,
+      coverage and SLA breaches, whatever happened to those cases since;
+    - ``suggestion.created`` events *in* it: engines and LLM fallbacks;
+    - approvals that released an action, and rejections, *in* it: approval dwell, measured
+      from the latest ``action.decided`` (needs approval) event before them;
+    - credit notes and write-offs *created* in it and now approved or executed.
     """
     dialect = session.get_bind().dialect.name
     in_range = and_(Case.created_at >= r.start, Case.created_at < r.end)
-    # ISO 8601 with an offset: julianday() and timestamptz both honour the offset.
-    shipped = Case.payload["milestones"]["shipped_at"].as_string()
-    invoiced = Case.payload["milestones"]["invoiced_at"].as_string()
     # literal arguments: bound parameters would differ between SELECT and GROUP BY on PostgreSQL
     day = func.substr(Case.created_at, literal_column("1"), literal_column("10"))
     rows = session.execute(
@@ -492,20 +519,16 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
             _seconds(dialect, Case.created_at, Case.resolved_at),
         ).where(in_range)
     ).all()
-    # Shipment-to-invoice dwell lives inside the case payload (JSON): a distribution figure,
-    # so it is taken over the latest SHIP_INVOICE_SAMPLE cases of the range, not all of them.
+    # ISO 8601 with an offset: julianday() and timestamptz both honour the offset.
+    shipped = Case.payload["milestones"]["shipped_at"].as_string()
+    invoiced = Case.payload["milestones"]["invoiced_at"].as_string()
     ship_invoice = [
         _f(v)
         for (v,) in session.execute(
-            select(_seconds(dialect, shipped, invoiced))
-            .where(in_range)
-            .order_by(Case.created_at.desc())
-            .limit(SHIP_INVOICE_SAMPLE)
+            select(_seconds(dialect, shipped, invoiced)).where(in_range)
         ).all()
         if v is not None
     ]
-
-    # Column-wise counting: Counter over zipped columns runs in C, a per-row loop does not.
     (
         ids,
         days,
@@ -524,82 +547,89 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
     ) = (  # fmt: skip
         zip(*rows, strict=True) if rows else ((),) * 14
     )
+    # Column-wise counting: Counter over zipped columns runs in C, a per-row loop does not.
     volume: dict[str, dict[str, int]] = defaultdict(dict)
     for (d, etype), n in Counter(zip(days, etypes, strict=True)).items():
         volume[d][etype] = n
-    by_wh = Counter(w or "(none)" for w in whs)
-    by_carrier = Counter(c or "(none)" for c in carriers)
-    by_customer = Counter(customers)
     breaches: dict[str, dict[str, int]] = {p: {"triage": 0, "resolution": 0} for p in set(prios)}
-    for (p, kind), n in Counter(
-        [(p, "triage") for p, b in zip(prios, t_breach, strict=True) if b]
-        + [(p, "resolution") for p, b in zip(prios, r_breach, strict=True) if b]
-    ).items():
-        breaches[p][kind] = n
-    to_triage = [float(v) for v in s_triage if v is not None]
-    to_resolution = [float(v) for v in s_resolve if v is not None]
-    created_of = dict(zip(ids, created, strict=True))
-    resolved_ids = {
-        cid for cid, st in zip(ids, statuses, strict=True) if st == Status.resolved.value
-    }
+    for p, b in zip(prios, t_breach, strict=True):
+        if b:
+            breaches[p]["triage"] += 1
+    for p, b in zip(prios, r_breach, strict=True):
+        if b:
+            breaches[p]["resolution"] += 1
     abstained: Counter[str] = Counter()
     any_abstained = 0
     for raw in reasons_json:
         if raw and raw != "null" and (reasons := json.loads(raw)):
             any_abstained += 1
             abstained.update(reasons.keys())
-    triaged = len(to_triage)
+    created_of = dict(zip(ids, created, strict=True))
+    resolved_ids = {
+        cid for cid, st in zip(ids, statuses, strict=True) if st == Status.resolved.value
+    }
 
-    # First human decision per case: from the audit trail, through the action index.
-    to_decision = [
-        (_parse(ts) - _parse(created_of[cid])).total_seconds()
-        for cid, ts in session.execute(
-            select(AuditEvent.case_id, func.min(AuditEvent.ts))
-            .where(
-                AuditEvent.action.in_(DECISION_ACTIONS),
-                AuditEvent.actor_type == "human",
-                # coalesce(): walk the (selective) action index, not a third of the trail by ts
-                func.coalesce(AuditEvent.ts, "") >= r.start,
-                AuditEvent.case_id.is_not(None),
+    # Per-case facts from the audit trail, the labels and the actions (case_id indexes).
+    first_decision: dict[str, str] = {}
+    labelled: set[str] = set()
+    touched: set[str] = set()
+    message = case((AuditEvent.action == "case.message_sent", AuditEvent.payload), else_=None)
+    for chunk in _chunks(list(ids)):
+        for row in session.execute(
+            select(AuditEvent.case_id, AuditEvent.actor_type, AuditEvent.ts, message).where(
+                AuditEvent.case_id.in_(chunk), AuditEvent.action.in_(DECISION_ACTIONS)
             )
-            .group_by(AuditEvent.case_id)
-        ).all()
-        if cid in created_of
+        ).all():
+            cid, actor_type, ts, payload = str(row[0]), row[1], str(row[2]), row[3]
+            if actor_type == "human" and (cid not in first_decision or ts < first_decision[cid]):
+                first_decision[cid] = ts
+            if payload is not None and json.loads(payload).get("edited"):
+                touched.add(cid)
+        labelled.update(
+            session.scalars(select(LabelFeedback.case_id).where(LabelFeedback.case_id.in_(chunk)))
+        )
+        touched.update(
+            session.scalars(
+                select(ActionRow.case_id).where(
+                    ActionRow.case_id.in_(chunk),
+                    or_(ActionRow.origin == "agent", ActionRow.last_edited_by.is_not(None)),
+                )
+            )
+        )
+    touched |= labelled
+    to_decision = [
+        (_parse(ts) - _parse(created_of[cid])).total_seconds() for cid, ts in first_decision.items()
     ]
 
-    # Approval dwell: from the decision that asked for approval to the approval that released
-    # the action (or the rejection), for actions decided in the range.
-    decided: dict[str, str] = {}
-    closed: dict[str, str] = {}
-    for action, ts, payload in session.execute(
-        select(AuditEvent.action, AuditEvent.ts, AuditEvent.payload).where(
-            AuditEvent.action.in_(("action.decided", "action.approved", "action.rejected")),
+    # Approval dwell: releases and rejections in the range, each from the latest decision
+    # that asked for approval of that action before it.
+    closes: list[tuple[str, str, str]] = []
+    for action, case_id, at, body in session.execute(
+        select(AuditEvent.action, AuditEvent.case_id, AuditEvent.ts, AuditEvent.payload).where(
+            AuditEvent.action.in_(CLOSING_ACTIONS),
             AuditEvent.ts >= r.start,
             AuditEvent.ts < r.end,
         )
     ).all():
-        p = json.loads(payload)
+        p = json.loads(body)
         aid = p.get("action_id")
-        if not aid:
-            continue
-        if action == "action.decided":
-            if p.get("outcome") == "needs_approval":
-                decided[aid] = ts
-        elif action == "action.rejected" or p.get("released"):
-            closed[aid] = ts
-    dwell = [
-        (_parse(closed[a]) - _parse(decided[a])).total_seconds() for a in closed if a in decided
-    ]
-
-    labelled = {
-        cid
-        for (cid,) in session.execute(
-            select(LabelFeedback.case_id).where(LabelFeedback.created_at >= r.start)
-        ).all()
-    }
-    overridden = len(labelled & created_of.keys())
-    touched = _touched(session, r, labelled)
-    touchless = len(resolved_ids - touched)
+        if case_id and aid and (action == "action.rejected" or p.get("released")):
+            closes.append((aid, case_id, at))
+    asked: dict[str, list[str]] = defaultdict(list)
+    for chunk in _chunks(sorted({cid for _a, cid, _t in closes})):
+        for at, body in session.execute(
+            select(AuditEvent.ts, AuditEvent.payload).where(
+                AuditEvent.case_id.in_(chunk), AuditEvent.action == "action.decided"
+            )
+        ).all():
+            p = json.loads(body)
+            if p.get("outcome") == "needs_approval" and p.get("action_id"):
+                asked[p["action_id"]].append(at)
+    dwell = []
+    for aid, _cid, closed_at in closes:
+        before = [t for t in asked.get(aid, ()) if t <= closed_at]
+        if before:
+            dwell.append((_parse(closed_at) - _parse(max(before))).total_seconds())
 
     # Suggestions by engine and fallbacks, from suggestion.created events in the range.
     engine_llm = AuditEvent.payload.contains('"engine":"llm"')
@@ -615,13 +645,10 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
             AuditEvent.ts < r.end,
         )
     ).one()
-    llm = {"offline": _i(total) - _i(llm_n), "llm": _i(llm_n)}
-    llm = {k: v for k, v in llm.items() if v}
-    llm["fallback"] = _i(fallback_n)
 
     cause = func.coalesce(Case.category, Case.exception_type)
     money = [
-        (str(c), str(t), str(cur), Decimal(amt or 0), _i(n))
+        [str(c), str(t), str(cur), str(Decimal(amt or 0)), _i(n)]
         for c, t, cur, amt, n in session.execute(
             select(
                 cause,
@@ -638,42 +665,250 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
                 ActionRow.created_at < r.end,
             )
             .group_by(cause, ActionRow.action_type, ActionRow.currency)
-            .order_by(func.sum(ActionRow.amount).desc())
         ).all()
     ]
+    return {
+        "cases": len(rows),
+        "volume": dict(volume),
+        "warehouse": dict(Counter(w or "(none)" for w in whs)),
+        "carrier": dict(Counter(c or "(none)" for c in carriers)),
+        "customer": dict(Counter(customers)),
+        "breaches": breaches,
+        "triaged": sum(1 for v in s_triage if v is not None),
+        "abstained": dict(abstained),
+        "any_abstained": any_abstained,
+        "resolved": len(resolved_ids),
+        "overridden": len(labelled & created_of.keys()),
+        "touchless": len(resolved_ids - touched),
+        "times": {
+            "intake_to_triage": [float(v) for v in s_triage if v is not None],
+            "intake_to_decision": to_decision,
+            "intake_to_resolution": [float(v) for v in s_resolve if v is not None],
+            "shipment_to_invoice": ship_invoice,
+            "approval_dwell": dwell,
+        },
+        "llm": {"total": _i(total), "llm": _i(llm_n), "fallback": _i(fallback_n)},
+        "money": money,
+    }
 
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine partials of disjoint ranges (see :func:`partial`)."""
+    out: dict[str, Any] = {
+        "cases": 0,
+        "volume": {},
+        "warehouse": Counter(),
+        "carrier": Counter(),
+        "customer": Counter(),
+        "breaches": {},
+        "triaged": 0,
+        "abstained": Counter(),
+        "any_abstained": 0,
+        "resolved": 0,
+        "overridden": 0,
+        "touchless": 0,
+        "times": {k: [] for k in TIME_KEYS},
+        "llm": Counter(),
+        "money": {},
+    }
+    for p in parts:
+        for k in ("cases", "triaged", "any_abstained", "resolved", "overridden", "touchless"):
+            out[k] += p[k]
+        for d, by_type in p["volume"].items():
+            target = out["volume"].setdefault(d, {})
+            for t, n in by_type.items():
+                target[t] = target.get(t, 0) + n
+        for k in ("warehouse", "carrier", "customer", "abstained", "llm"):
+            out[k].update(p[k])
+        for prio, b in p["breaches"].items():
+            target = out["breaches"].setdefault(prio, {"triage": 0, "resolution": 0})
+            target["triage"] += b["triage"]
+            target["resolution"] += b["resolution"]
+        for k in TIME_KEYS:
+            out["times"][k].extend(p["times"][k])
+        for c, t, cur, amt, n in p["money"]:
+            prev = out["money"].get((c, t, cur), (Decimal(0), 0))
+            out["money"][(c, t, cur)] = (prev[0] + Decimal(amt), prev[1] + n)
+    return out
+
+
+def _top(counts: dict[str, int], n: int = 8) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def finish(r: DateRange, m: dict[str, Any]) -> ProcessStats:
+    """The figures the page shows, from a merged partial."""
+    triaged: int = m["triaged"]
     coverage: dict[str, float | None]
     if triaged:
-        coverage = {t: 1 - abstained[t] / triaged for t in ("category", "queue", "priority")}
-        coverage["all"] = 1 - any_abstained / triaged
+        coverage = {
+            t: 1 - m["abstained"].get(t, 0) / triaged for t in ("category", "queue", "priority")
+        }
+        coverage["all"] = 1 - m["any_abstained"] / triaged
     else:
         coverage = {"category": None, "queue": None, "priority": None, "all": None}
-
+    llm_total, llm_n = m["llm"].get("total", 0), m["llm"].get("llm", 0)
+    llm = {k: v for k, v in {"offline": llm_total - llm_n, "llm": llm_n}.items() if v}
+    llm["fallback"] = m["llm"].get("fallback", 0)
+    money = sorted(
+        ((c, t, cur, amt, n) for (c, t, cur), (amt, n) in m["money"].items()),
+        key=lambda row: (-row[3], row[0], row[1], row[2]),
+    )
+    times = m["times"]
     return ProcessStats(
         range=r,
-        cases=len(rows),
-        volume_by_day=dict(volume),
-        by_warehouse=by_wh.most_common(8),
-        by_carrier=by_carrier.most_common(8),
-        by_customer=by_customer.most_common(8),
-        stage_times={
-            "intake_to_triage": Durations.of(to_triage),
-            "intake_to_decision": Durations.of(to_decision),
-            "intake_to_resolution": Durations.of(to_resolution),
-            "shipment_to_invoice": Durations.of(ship_invoice),
-        },
-        approval_dwell=Durations.of(dwell),
-        override_rate=overridden / triaged if triaged else None,
-        overridden=overridden,
+        cases=m["cases"],
+        volume_by_day={d: dict(sorted(v.items())) for d, v in sorted(m["volume"].items())},
+        by_warehouse=_top(m["warehouse"]),
+        by_carrier=_top(m["carrier"]),
+        by_customer=_top(m["customer"]),
+        stage_times={k: Durations.of(times[k]) for k in TIME_KEYS if k != "approval_dwell"},
+        approval_dwell=Durations.of(times["approval_dwell"]),
+        override_rate=m["overridden"] / triaged if triaged else None,
+        overridden=m["overridden"],
         triaged=triaged,
-        touchless_rate=touchless / len(resolved_ids) if resolved_ids else None,
-        resolved=len(resolved_ids),
-        touchless=touchless,
+        touchless_rate=m["touchless"] / m["resolved"] if m["resolved"] else None,
+        resolved=m["resolved"],
+        touchless=m["touchless"],
         coverage=coverage,
         llm=llm,
-        sla_breaches=dict(sorted(breaches.items())),
+        sla_breaches=dict(sorted(m["breaches"].items())),
         money_by_cause=money,
     )
+
+
+def process_stats(session: Session, r: DateRange) -> ProcessStats:
+    """All dashboard figures for ``r``, computed directly from the tables (no roll-ups).
+
+    The reference for :func:`rollup_stats`, which must give the same figures."""
+    return finish(r, merge([partial(session, r)]))
+
+
+# ---------------------------------------------------------------- daily roll-ups
+
+ROLLUP_FORMAT = 1
+"""Bump when :func:`partial`'s output changes: stored days of another format are rebuilt."""
+
+
+def day_range(day: str) -> DateRange:
+    """The UTC day ``YYYY-MM-DD`` as a half-open range."""
+    s = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    return DateRange(to_ts(s), to_ts(s + timedelta(days=1)))
+
+
+def dirty_days(session: Session, after_seq: int, through_seq: int) -> set[str]:
+    """Days whose partial may have changed since audit event ``after_seq``.
+
+    The audit trail is the change feed: every change to a case, its actions, labels or
+    messages is appended in the same transaction, with the case id. A new event makes dirty
+    the day it happened on (event-keyed figures), the day its case was received and the days
+    the case's actions were created (case- and action-keyed figures). Sequence order is commit
+    order (appends are serialised), so nothing at or below ``through_seq`` can still appear.
+    """
+    if through_seq <= after_seq:
+        return set()
+    days: set[str] = set()
+    case_ids: set[str] = set()
+    for cid, ts in session.execute(
+        select(AuditEvent.case_id, AuditEvent.ts).where(
+            AuditEvent.seq > after_seq, AuditEvent.seq <= through_seq
+        )
+    ).all():
+        days.add(ts[:10])
+        if cid:
+            case_ids.add(cid)
+    for chunk in _chunks(sorted(case_ids)):
+        days.update(
+            c[:10] for c in session.scalars(select(Case.created_at).where(Case.id.in_(chunk)))
+        )
+        days.update(
+            c[:10]
+            for c in session.scalars(
+                select(ActionRow.created_at).where(ActionRow.case_id.in_(chunk))
+            )
+        )
+    return days
+
+
+@dataclass
+class RollupRun:
+    """What one :func:`rollup_stats` call did (for the bench and the tests)."""
+
+    reused: int = 0
+    computed: int = 0
+    stored: int = 0
+    dirty: int = 0
+    raced: bool = False
+
+
+def rollup_stats(
+    db: Database, r: DateRange, *, today: str | None = None, run: RollupRun | None = None
+) -> ProcessStats:
+    """The dashboard figures for ``r`` from daily roll-ups, refreshed incrementally.
+
+    Each day's partial is stored in ``dashboard_days`` and reused until an audit event makes
+    the day dirty (:func:`dirty_days`); days since the last refresh, and older days touched by
+    new events, are recomputed, closed untouched days never are. Days after ``today`` (UTC)
+    are computed but not stored. Reads run in a read session; the refresh is written in one
+    short write transaction, and only if no other refresh advanced the watermark meanwhile
+    (a loser's figures are still returned: they are correct as of its snapshot).
+    """
+    run = run if run is not None else RollupRun()
+    today = today or now_ts()[:10]
+    first, last = r.start[:10], r.end[:10]
+    with db.read() as s:
+        state = s.get(DashboardRollupState, 1)
+        seen = (state.through_seq, state.format) if state else None
+        head = s.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
+        valid = state is not None and state.format == ROLLUP_FORMAT
+        dirty = dirty_days(s, state.through_seq, head) if valid and state else set()
+        stored: dict[str, str] = {}
+        if valid:
+            stored = dict(
+                s.execute(
+                    select(DashboardDay.day, DashboardDay.stats).where(
+                        DashboardDay.day >= first, DashboardDay.day < last
+                    )
+                ).all()
+            )
+        parts = []
+        computed: dict[str, dict[str, Any]] = {}
+        for d in r.days:
+            if d in stored and d not in dirty:
+                parts.append(json.loads(stored[d]))
+                run.reused += 1
+                continue
+            p = partial(s, day_range(d))
+            run.computed += 1
+            parts.append(p)
+            if d <= today:
+                computed[d] = p
+    run.dirty = len(dirty)
+    with db.write() as s:
+        state = s.get(DashboardRollupState, 1, with_for_update=True)
+        if ((state.through_seq, state.format) if state else None) != seen:
+            run.raced = True
+        else:
+            stale = set(computed) | dirty
+            if not valid:
+                s.execute(delete(DashboardDay))
+            for chunk in _chunks(sorted(stale)):
+                s.execute(delete(DashboardDay).where(DashboardDay.day.in_(chunk)))
+            now = now_ts()
+            s.add_all(
+                DashboardDay(day=d, stats=json.dumps(p, separators=(",", ":")), computed_at=now)
+                for d, p in computed.items()
+            )
+            run.stored = len(computed)
+            if state is None:
+                s.add(
+                    DashboardRollupState(
+                        id=1, through_seq=head, format=ROLLUP_FORMAT, updated_at=now
+                    )
+                )
+            else:
+                state.through_seq, state.format, state.updated_at = head, ROLLUP_FORMAT, now
+    return finish(r, merge(parts))
 
 
 def _i(v: Any) -> int:
@@ -686,26 +921,3 @@ def _f(v: Any) -> float:
 
 def _parse(ts: str) -> datetime:
     return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _touched(session: Session, r: DateRange, labelled: set[str]) -> set[str]:
-    """Cases a person changed: an override, an action they created or edited, or a customer
-    message they rewrote before sending."""
-    touched = set(labelled)
-    touched |= {
-        cid
-        for (cid,) in session.execute(
-            select(ActionRow.case_id).where(
-                ActionRow.created_at >= r.start,
-                or_(ActionRow.origin == "agent", ActionRow.last_edited_by.is_not(None)),
-            )
-        ).all()
-    }
-    for cid, payload in session.execute(
-        select(AuditEvent.case_id, AuditEvent.payload).where(
-            AuditEvent.action == "case.message_sent", AuditEvent.ts >= r.start
-        )
-    ).all():
-        if cid and json.loads(payload).get("edited"):
-            touched.add(cid)
-    return touched

@@ -1054,8 +1054,8 @@ def sod_page(request: Request, ctx: ContextDep, p: AuditorP) -> Response:
 def _dashboard_stats(
     request: Request, ctx: Any, r: dashboard.DateRange
 ) -> tuple[dashboard.ProcessStats, str]:
-    """Figures for ``r``, reused for ``console_dashboard_cache_seconds`` (a dashboard does not
-    need to-the-second figures, and recomputing them scans every case of the range)."""
+    """Figures for ``r`` from the daily roll-ups (``dashboard.rollup_stats``: untouched
+    closed days are read, not recomputed), reused for ``console_dashboard_cache_seconds``."""
     ttl = state(request).settings.console_dashboard_cache_seconds
     cache: dict[tuple[str, str], tuple[float, dashboard.ProcessStats, str]] = (
         request.app.state.console_dashboard_cache
@@ -1064,9 +1064,8 @@ def _dashboard_stats(
     hit = cache.get(key)
     if ttl > 0 and hit is not None and time.monotonic() - hit[0] < ttl:
         return hit[1], hit[2]
-    with ctx.db.read() as s:
-        st = dashboard.process_stats(s, r)
     as_of = now_ts()
+    st = dashboard.rollup_stats(ctx.db, r)
     if ttl > 0:
         if len(cache) > 64:
             cache.clear()
