@@ -11,7 +11,7 @@ from api import errors
 from api.console.routes import install as install_console
 from api.deps import AppContext
 from api.middleware import RequestLimits
-from api.routes import actions, audit, cases, health, keys, models, outbox
+from api.routes import actions, audit, cases, health, jobs, keys, models, outbox
 from triage import actions as actions_service
 from triage import auth
 from triage.db import Database
@@ -81,6 +81,7 @@ def create_app(
         audit.router,
         keys.router,
         outbox.router,
+        jobs.router,
         health.router,
     ):
         app.include_router(r)

@@ -28,9 +28,14 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Triage jobs of the procrastinate engine: list, re-drive dead letters.",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(jobs_app, name="jobs")
 app.command("train")(classifier_cli.train)
 app.command("evaluate")(classifier_cli.evaluate)
 app.add_typer(classifier_cli.models_app, name="models")
@@ -355,8 +360,22 @@ def serve(
 @app.command("worker")
 def worker_cmd(
     once: Annotated[bool, typer.Option(help="Triage what is due, then exit.")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded (poll the cases table) or procrastinate (PostgreSQL job queue, "
+            "for workers on several machines); default: TRIAGE_JOB_ENGINE."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="procrastinate: jobs run at once (TRIAGE_JOB_CONCURRENCY)."),
+    ] = None,
 ) -> None:
-    """Run a standalone triage worker process against the configured database."""
+    """Run a standalone triage worker process against the configured database.
+
+    SIGTERM or SIGINT stops it gracefully: the cases in hand are finished first.
+    """
     import signal
 
     from triage.db import Database
@@ -366,6 +385,25 @@ def worker_cmd(
     settings = _settings()
     from triage.stages import default_pipeline
 
+    engine = engine or settings.job_engine
+    if engine not in ("embedded", "procrastinate"):
+        raise _fail("--engine must be embedded or procrastinate")
+    if engine == "procrastinate":
+        from triage import jobs
+
+        try:
+            jobs.require_engine(settings)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        db = Database(settings)
+        with db.read() as s:
+            if not jobs.schema_present(s):
+                raise _fail("the job engine's schema is missing: run `triage db upgrade` first")
+        jw = jobs.JobWorker(db, settings, default_pipeline(settings), concurrency=concurrency)
+        typer.echo(f"worker {jw.id} running (procrastinate, {jw.concurrency} at once)", err=True)
+        jw.run(once=once)
+        typer.echo(f"triaged {jw.triaged} cases")
+        return
     w = Worker(Database(settings), settings, default_pipeline(settings))
     if once:
         typer.echo(f"triaged {w.run_once()} cases")
@@ -383,6 +421,63 @@ def worker_cmd(
     while not stop:
         time.sleep(0.5)
     w.stop()
+
+
+# ------------------------------------------------------------------ jobs (procrastinate engine)
+
+
+def _job_line(j: Any) -> str:
+    when = j.updated_at.isoformat(timespec="seconds") if j.updated_at else "-"
+    return (
+        f"{j.id:>8}  {j.status:<9} attempts={j.attempts:<3} case={j.case_id or '-'}"
+        f" ({j.case_status or '-'})  {when}"
+    )
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option(help="todo, doing, failed (dead letters), succeeded, ...")
+    ] = "failed",
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    after: Annotated[int | None, typer.Option(help="List jobs after this id (paging).")] = None,
+) -> None:
+    """List triage jobs of the procrastinate engine (default: the dead letters)."""
+    from triage import jobs
+    from triage.db import Database
+
+    settings = _settings()
+    if not jobs.enabled(settings):
+        raise _fail(
+            "TRIAGE_JOB_ENGINE is embedded: there are no jobs (the cases table is the queue)"
+        )
+    if status is not None and status not in jobs.LIST_STATUSES:
+        raise _fail(f"--status must be one of {', '.join(jobs.LIST_STATUSES)}")
+    with Database(settings).read() as s:
+        rows = jobs.list_jobs(s, status, limit, after)
+    for j in rows:
+        typer.echo(_job_line(j))
+    typer.echo(f"{len(rows)} jobs", err=True)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int) -> None:
+    """Re-drive a failed (dead-lettered) job; a failed case goes back to received. Audited."""
+    from triage import audit, jobs
+    from triage.db import Database
+    from triage.errors import TriageError
+
+    settings = _settings()
+    if not jobs.enabled(settings):
+        raise _fail("TRIAGE_JOB_ENGINE is embedded: there are no jobs to retry")
+    try:
+        with Database(settings).write() as s:
+            j = jobs.retry_job(
+                s, job_id, actor=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
+            )
+    except TriageError as exc:
+        raise _fail(exc.message) from exc
+    typer.echo(_job_line(j))
 
 
 @app.command("retrain")

@@ -51,6 +51,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/v1/keys/{key_id}"): {"admin"},
     ("GET", "/v1/outbox"): {"admin"},
     ("POST", "/v1/outbox/{message_id}/replay"): {"admin"},
+    ("GET", "/v1/jobs"): {"admin"},
+    ("POST", "/v1/jobs/{job_id}/retry"): {"admin"},
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 
@@ -102,6 +104,7 @@ def _call(client, method, path, headers):
         path.replace("{case_id}", "NOCASE")
         .replace("{key_id}", "NOKEY")
         .replace("{message_id}", "999999")
+        .replace("{job_id}", "999999")
         .replace("{action_id}", "NOACTION")
         .replace("{version}", "v20990101T000000000000Z-deadbeef")
     )

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from contracts.case import CaseIn
-from triage import cases
+from triage import cases, jobs
 from triage.audit import Actor
 from triage.db import Database
 from triage.settings import Settings
@@ -30,9 +30,12 @@ def submit_one(
     for attempt in range(2):
         try:
             with db.write() as s:
-                return cases.submit(
+                res = cases.submit(
                     s, case, actor=actor, settings=settings, idempotency_key=idempotency_key
                 )
+                if not res.replayed:  # the job engine's job commits with the case, or neither
+                    jobs.on_cases_accepted(s, settings, [res.case.id])
+                return res
         except IntegrityError:
             if attempt == 1:
                 raise
@@ -48,6 +51,9 @@ def submit_many(
     idempotency_key: str | None = None,
 ) -> list[cases.BatchItemResult]:
     with db.write() as s:
-        return cases.submit_batch(
+        results = cases.submit_batch(
             s, items, actor=actor, settings=settings, idempotency_key=idempotency_key
         )
+        created = [r.case.id for r in results if r.outcome == "created" and r.case]
+        jobs.on_cases_accepted(s, settings, created)
+        return results

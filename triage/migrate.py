@@ -25,6 +25,12 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
+    if settings.job_engine == "procrastinate":
+        # The job engine keeps its own schema (procrastinate's tables and functions), applied
+        # here so one deploy step migrates everything; idempotent.
+        from triage import jobs
+
+        jobs.ensure_schema(settings)
 
 
 def current(settings: Settings) -> str | None:

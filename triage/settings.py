@@ -59,6 +59,29 @@ class Settings(BaseSettings):
         "it reaches this pipeline stage. Refused in production.",
     )
 
+    # Job engine. "embedded": in-process threads on the cases table (the default, SQLite or
+    # PostgreSQL). "procrastinate": jobs on PostgreSQL, enqueued in the case's own transaction,
+    # run by `triage worker --engine procrastinate` processes on any number of machines.
+    job_engine: Literal["embedded", "procrastinate"] = "embedded"
+    job_concurrency: int = Field(
+        default=2, ge=1, description="Jobs one worker process runs at once."
+    )
+    job_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Retries of a triage job after infrastructure errors (database, network); "
+        "stage failures are bounded by max_triage_attempts instead.",
+    )
+    job_retry_backoff_seconds: int = Field(
+        default=2, ge=0, description="Exponential retry base: waits base^1, base^2, ... seconds."
+    )
+    job_retry_max_seconds: int = Field(default=300, ge=0)
+    job_stalled_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker whose heartbeat is older than this is dead: its jobs are re-queued.",
+    )
+
     # SLA: hours from intake to triage and to resolution, per priority.
     sla_triage_hours: dict[str, float] = Field(
         default_factory=lambda: {"P1": 0.5, "P2": 2.0, "P3": 8.0, "P4": 24.0}
@@ -150,6 +173,12 @@ class Settings(BaseSettings):
             raise ValueError("TRIAGE_WEBHOOK_SECRET must be set in production")
         if self.environment == "production" and self.fault_crash_at_stage:
             raise ValueError("TRIAGE_FAULT_CRASH_AT_STAGE is for tests only")
+        if self.job_engine == "procrastinate" and not self.is_postgres:
+            raise ValueError(
+                "TRIAGE_JOB_ENGINE=procrastinate needs PostgreSQL: set TRIAGE_DATABASE_URL="
+                "postgresql+psycopg://user:pass@host:5432/db (the SQLite default cannot be shared "
+                "by workers on several machines)"
+            )
         return self
 
     @property
@@ -157,6 +186,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'triage.db').as_posix()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
 
     @property
     def is_sqlite(self) -> bool:
