@@ -318,6 +318,12 @@ class Pipeline:
 # ---------------------------------------------------------------- the per-case flow
 
 
+class AdvisorUnavailable(Exception):
+    """Raised by an advisor stage when the case should wait for its engine to come back
+    (``llm_unavailable=wait``): the case returns to the queue after
+    ``llm_wait_retry_seconds`` and such retries never make it fail for good."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     case_id: str
@@ -537,9 +543,10 @@ def _record_failure(
         row = s.get(Case, case_id)
         if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
             return Outcome(case_id, "lease_lost")
-        final = row.triage_attempts >= settings.max_triage_attempts
+        wait = isinstance(exc, AdvisorUnavailable)
+        final = not wait and row.triage_attempts >= settings.max_triage_attempts
         target = Status.failed if final else Status.received
-        backoff = min(300, 2**row.triage_attempts)
+        backoff = settings.llm_wait_retry_seconds if wait else min(300, 2**row.triage_attempts)
         cases.transition(
             s,
             case_id,
@@ -553,7 +560,7 @@ def _record_failure(
     return Outcome(case_id, "failed" if final else "retry", reason)
 
 
-def _clear_lease(row: Case, not_before_seconds: int | None) -> None:
+def _clear_lease(row: Case, not_before_seconds: float | None) -> None:
     row.lease_owner = None
     # For a case back in `received`, lease_expires_at doubles as "not before" (retry backoff).
     row.lease_expires_at = (
@@ -604,6 +611,7 @@ __all__ = [
     "ActionDecision",
     "AdviceInput",
     "Advisor",
+    "AdvisorUnavailable",
     "Classifier",
     "Outcome",
     "Pipeline",

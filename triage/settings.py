@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = 30.0
     llm_max_retries: int = 2
     llm_concurrency: int = 8
+    llm_unavailable: Literal["fallback", "wait"] = Field(
+        default="fallback",
+        description="When the LLM endpoint cannot be reached (after its retries): `fallback` "
+        "triages the case now with the offline engine (the suggestion's provenance records "
+        "why); `wait` puts the case back in the queue and tries again every "
+        "`llm_wait_retry_seconds` until the endpoint answers (these retries never fail it).",
+    )
+    llm_wait_retry_seconds: float = Field(default=30.0, gt=0)
     knowledge_dir: Path | None = Field(
         default=None,
         description="Documents `triage demo` ingests; default: the shipped demo knowledge base.",

@@ -24,7 +24,15 @@ from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
 from retrieval.store import ChromaConfig
 from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
-from triage.pipeline import QUEUE_BY_TYPE, AdviceInput, NoRetriever, Pipeline, RuleAdvisor
+from triage.pipeline import (
+    QUEUE_BY_TYPE,
+    AdviceInput,
+    Advisor,
+    AdvisorUnavailable,
+    NoRetriever,
+    Pipeline,
+    RuleAdvisor,
+)
 from triage.settings import Settings
 
 log = logging.getLogger("triage.stages")
@@ -132,6 +140,41 @@ class RetrievalStage:
         return self.service.kb.ingest(paths)
 
 
+class WaitForLLM:
+    """Advisor wrapper for ``llm_unavailable=wait``: an answer the offline engine gave only
+    because the LLM endpoint could not be reached is turned into :class:`AdvisorUnavailable`,
+    so the pipeline puts the case back to wait instead of storing the fallback. Other
+    fallbacks (contract violations, refusals) are stored as usual."""
+
+    def __init__(self, inner: Advisor) -> None:
+        self.inner = inner
+
+    @staticmethod
+    def _check(result: Any) -> Any:
+        reason = getattr(getattr(result, "provenance", None), "fallback_reason", None) or ""
+        if reason.startswith("llm_unavailable"):
+            return AdvisorUnavailable(reason)
+        return result
+
+    def advise(self, request: AdviceInput) -> Suggestion:
+        result = self._check(self.inner.advise(request))
+        if isinstance(result, AdvisorUnavailable):
+            raise result
+        return result
+
+    def advise_many(self, requests: list[AdviceInput]) -> list[Suggestion | BaseException]:
+        many = getattr(self.inner, "advise_many", None)
+        if not callable(many):
+            out: list[Suggestion | BaseException] = []
+            for r in requests:
+                try:
+                    out.append(self.advise(r))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        return [self._check(r) for r in many(requests)]
+
+
 def default_pipeline(settings: Settings) -> Pipeline:
     """The active registry model (rules until one is trained), retrieval and the advisor
     (LLM when configured, else the offline engine)."""
@@ -144,8 +187,11 @@ def default_pipeline(settings: Settings) -> Pipeline:
             policy=gate,
         )
     stage = RetrievalStage(settings)
+    advisor: Advisor = stage
+    if settings.llm_configured and settings.llm_unavailable == "wait":
+        advisor = WaitForLLM(stage)
     return Pipeline(
-        classifier=ClassifierProvider(settings), retriever=stage, advisor=stage, policy=gate
+        classifier=ClassifierProvider(settings), retriever=stage, advisor=advisor, policy=gate
     )
 
 
