@@ -217,16 +217,17 @@ def _authorize(
     requests: list[dict[str, Any]],
     entities: cedarpy.Entities,
     policy: PolicySet,
-    types: Sequence[str],
+    types: Sequence[tuple[str, str]],
 ) -> list[Any]:
-    """Evaluate requests in order; ``types[k]`` is the action type of request k's resource.
+    """Evaluate requests in order; ``types[k]`` is the (action type, customer tier) of request
+    k's resource.
 
-    Each request goes to the rules of its own Cedar action and action type (see
+    Each request goes to the rules of its own Cedar action, action type and tier (see
     ``PolicySet.sliced_policies``), one cedarpy call per group. Any Cedar error aborts the
     decision (fail closed)."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for k, req in enumerate(requests):
-        groups.setdefault((req["action"]["id"], types[k]), []).append(k)
+        groups.setdefault((req["action"]["id"], *types[k]), []).append(k)
     results: list[Any] = [None] * len(requests)
     for key, indexes in groups.items():
         rules = policy.sliced_policies.get(key) or policy.stage_policies[key[0]]
@@ -240,6 +241,10 @@ def _authorize(
                 )
             results[k] = res
     return results
+
+
+def _slice_key(action: ActionRequest) -> tuple[str, str]:
+    return action.action_type, action.customer_tier
 
 
 def _matched(result: Any, policy: PolicySet) -> list[Rule]:
@@ -387,7 +392,7 @@ def evaluate_many(
         first.append(ent.cedar_request(_SERVICE, "request", rid))
         first.append(ent.cedar_request(_SERVICE, "auto_execute", rid))
     results = _authorize(
-        first, entities, policy, [p.action.action_type for p in prepared for _ in "ra"]
+        first, entities, policy, [_slice_key(p.action) for p in prepared for _ in "ra"]
     )
 
     # Second round only for actions that need approval: who may approve, which quorum applies.
@@ -395,16 +400,17 @@ def evaluate_many(
         i for i in range(len(prepared)) if results[2 * i].allowed and not results[2 * i + 1].allowed
     ]
     second: list[dict[str, Any]] = []
-    second_types: list[str] = []
+    second_types: list[tuple[str, str]] = []
     spans: dict[int, tuple[int, tuple[str, ...]]] = {}
     for i in pending:
         rid, action_type = str(i), prepared[i].action.action_type
+        key = _slice_key(prepared[i].action)
         names = policy.named_approvers_by_type.get(action_type, policy.named_approvers)
         spans[i] = (len(second), names)
         second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
         second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
         second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in names]
-        second_types += [action_type] * (2 + len(names))
+        second_types += [key] * (2 + len(names))
     answers = _authorize(second, entities, policy, second_types)
 
     decisions = []
@@ -570,7 +576,7 @@ def can_approve(
         ],
         entities,
         policy,
-        [action.action_type] * 3,
+        [_slice_key(action)] * 3,
     )
     extra = {"approver": approver.id}
     reasons: list[Reason] = []
@@ -645,7 +651,7 @@ def quorum_status(
         ent.cedar_request(_PROBE_USER, "approve", "0"),
     ]
     first += [ent.cedar_request(ent.uid("User", c.id), "approve", "0") for c in candidates]
-    request, probe, *checks = _authorize(first, entities, policy, [action.action_type] * len(first))
+    request, probe, *checks = _authorize(first, entities, policy, [_slice_key(action)] * len(first))
 
     counted: list[Principal] = []
     for c, res in zip(candidates, checks, strict=True):
@@ -668,7 +674,7 @@ def quorum_status(
         ],
         with_set,
         policy,
-        [action.action_type] * 2,
+        [_slice_key(action)] * 2,
     )
     count = str(len(counted))
     applicable = _matched(empty, policy)

@@ -188,8 +188,9 @@ class PolicySet:
     """The same rules split by Cedar action. Every rule is scoped to exactly one action, so
     evaluating a request against its stage's subset gives the same answer as against the whole
     set, while Cedar evaluates a quarter of the rules."""
-    sliced_policies: Mapping[tuple[str, str], cedarpy.PolicySet] = field(repr=False)
-    """Each stage further split by action type (see ``_slice_by_type``); used when present."""
+    sliced_policies: Mapping[tuple[str, str, str], cedarpy.PolicySet] = field(repr=False)
+    """Each stage further split by action type and customer tier (see ``_slice_by_type``);
+    used when present."""
     money_as_long: bool = field(repr=False)
     """True when ``stage_policies`` and ``sliced_policies`` compare money as integer
     ten-thousandths instead of ``decimal`` (policies/integer_money.py: same answers, cheaper
@@ -628,26 +629,33 @@ def _split_by_stage(est: dict[str, Any]) -> dict[str, cedarpy.PolicySet]:
     return {stage: _policy_set(subset) for stage, subset in by_stage.items()}
 
 
+TIERS = ("A", "B", "C")
+"""The customer tiers (``policies.model.Tier``)."""
+
+
 def _slice_by_type(
     est: dict[str, Any], action_types: Iterable[str]
-) -> dict[tuple[str, str], cedarpy.PolicySet]:
-    """Per (Cedar action, action type) subsets: a rule whose ``when`` clause requires
-    ``resource.type == "x"`` (or ``[...].contains(resource.type)``) as a top-level conjunct can
-    only match actions of those types, so leaving it out of other types' subsets changes no
-    decision while sparing Cedar its evaluation. Rules without such a conjunct go everywhere."""
-    out: dict[tuple[str, str], cedarpy.PolicySet] = {}
+) -> dict[tuple[str, str, str], cedarpy.PolicySet]:
+    """Per (Cedar action, action type, customer tier) subsets: a rule whose ``when`` clause
+    requires ``resource.type == "x"`` (or ``[...].contains(resource.type)``), or likewise
+    ``resource.customer.tier``, as a top-level conjunct can only match actions of those types
+    and tiers, so leaving it out of other subsets changes no decision while sparing Cedar its
+    evaluation. Rules without such a conjunct go everywhere."""
+    out: dict[tuple[str, str, str], cedarpy.PolicySet] = {}
     policies = est.get("staticPolicies", {})
-    pinned = {cedar_id: _pinned_types(pol) for cedar_id, pol in policies.items()}
-    for stage in ent.CEDAR_ACTIONS:
-        for action_type in action_types:
-            subset = {}
-            for cedar_id, pol in policies.items():
-                types = pinned[cedar_id]
-                if pol["action"]["entity"]["id"] == stage and (
-                    types is None or action_type in types
-                ):
-                    subset[cedar_id] = pol
-            out[(stage, action_type)] = _policy_set(subset)
+    types = {cedar_id: _pinned_types(pol) for cedar_id, pol in policies.items()}
+    tiers = {cedar_id: _pinned(pol, _RESOURCE_TIER) for cedar_id, pol in policies.items()}
+    for stage, action_type, tier in itertools.product(ent.CEDAR_ACTIONS, action_types, TIERS):
+        subset = {}
+        for cedar_id, pol in policies.items():
+            pinned_types, pinned_tiers = types[cedar_id], tiers[cedar_id]
+            if (
+                pol["action"]["entity"]["id"] == stage
+                and (pinned_types is None or action_type in pinned_types)
+                and (pinned_tiers is None or tier in pinned_tiers)
+            ):
+                subset[cedar_id] = pol
+        out[(stage, action_type, tier)] = _policy_set(subset)
     return out
 
 
@@ -671,6 +679,9 @@ def _policy_set(static: dict[str, Any]) -> cedarpy.PolicySet:
 
 
 _RESOURCE_TYPE = {".": {"left": {"Var": "resource"}, "attr": "type"}}
+_RESOURCE_TIER = {
+    ".": {"left": {".": {"left": {"Var": "resource"}, "attr": "customer"}}, "attr": "tier"}
+}
 
 
 def _conjuncts(node: Any) -> Iterator[Any]:
@@ -683,6 +694,12 @@ def _conjuncts(node: Any) -> Iterator[Any]:
 
 def _pinned_types(pol: dict[str, Any]) -> frozenset[str] | None:
     """The action types a rule can match, or None if the rule does not restrict the type."""
+    return _pinned(pol, _RESOURCE_TYPE)
+
+
+def _pinned(pol: dict[str, Any], attr: dict[str, Any]) -> frozenset[str] | None:
+    """The values of the string attribute ``attr`` (an EST path such as ``resource.type``) a
+    rule can match, or None if no top-level ``when`` conjunct restricts it to literals."""
     allowed: frozenset[str] | None = None
     for cond in pol.get("conditions", []):
         if cond.get("kind") != "when":
@@ -693,13 +710,9 @@ def _pinned_types(pol: dict[str, Any]) -> frozenset[str] | None:
             has = c.get("contains") if isinstance(c, dict) else None
             if isinstance(eq, dict):
                 for a, b in ((eq.get("left"), eq.get("right")), (eq.get("right"), eq.get("left"))):
-                    if (
-                        a == _RESOURCE_TYPE
-                        and isinstance(b, dict)
-                        and isinstance(b.get("Value"), str)
-                    ):
+                    if a == attr and isinstance(b, dict) and isinstance(b.get("Value"), str):
                         types = frozenset({b["Value"]})
-            elif isinstance(has, dict) and has.get("right") == _RESOURCE_TYPE:
+            elif isinstance(has, dict) and has.get("right") == attr:
                 items = (has.get("left") or {}).get("Set")
                 if isinstance(items, list) and all(
                     isinstance(i, dict) and isinstance(i.get("Value"), str) for i in items
