@@ -5,9 +5,12 @@ Contract:
   {name}>>>`` markers; marker look-alikes inside the text are defused first, so a message cannot
   close its own block and continue as instructions. The system prompt tells the model that
   everything in such blocks is data.
-- :func:`detect_injection` returns one :class:`Flag` per matched rule (deduplicated), after
-  normalising the text (Unicode NFKC, zero-width characters removed, whitespace collapsed,
-  lower-cased) so trivial obfuscation does not slip through. It is a tripwire, not the defence:
+- :func:`detect_injection` returns one :class:`Flag` per matched rule kind (deduplicated), after
+  normalising the text (Unicode NFKC, zero-width characters and soft hyphens removed, Cyrillic
+  and Greek look-alike letters folded to Latin, whitespace collapsed, lower-cased) so trivial
+  obfuscation does not slip through. Base64-looking tokens that decode to readable text are
+  checked too (their flags carry a ``base64:`` excerpt). Rules cover English and the common
+  phrasings in German, French, Spanish, Dutch and Italian. It is a tripwire, not the defence:
   the defence is that nothing the model outputs can approve or execute anything (suggestions are
   advice; the policy layer and people decide). Flags are reported on the suggestion and audited.
 - Flag kinds: ``override_instructions``, ``reveal_prompt``, ``role_play``, ``approve_action``,
@@ -16,12 +19,21 @@ Contract:
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from dataclasses import dataclass
 
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _MARKER = re.compile(r"<<<|>>>")
+# Cyrillic and Greek letters that look like Latin ones ("іgnоrе" with Cyrillic і, о, е).
+# Folding them only affects matching; real Cyrillic or Greek text is not what the rules target.
+_HOMOGLYPHS = str.maketrans(
+    "аеёіїјосрухѕһԁԛԝкмтвнАВЕЁІЇЈКМНОРСТХЅαοιυνρτκχεΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeeiijocpyxshdqwkmtbhABEEIIJKMHOPCTXSaoiuvptkxeABEZHIKMNOPTYX",
+)
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+_MAX_BASE64_TOKENS = 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,8 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             "approve_action",
             r"\b(approve|authori[sz]e|execute|process|issue|grant|release|pay out|payout)\b"
             r"[^.\n]{0,30}\b(the |a |my |this |full |immediate )*(refund|credit note|credit|"
-            r"payment|write[- ]off|reimbursement|compensation)\b[^.\n]{0,40}\b(immediately|now|"
+            r"payment|write[- ]off|reimbursement|compensation)\b[^.\n]{0,40}\b(immediately|"
+            r"now\b(?! that)|"
             r"without (approval|review|checks?|verification)|automatically|right away|no "
             r"questions)",
         ),
@@ -105,29 +118,139 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"(<\|?(im_start|im_end|system|assistant|user)\|?>|\[/?inst\]|###\s*(system|"
             r"instruction|assistant)\b|</?(system|instructions?)>|\bend untrusted\b|<<<)",
         ),
+        # Comments a human reader never sees, addressed to the model.
+        ("markup", r"<!--[^>]{0,200}?\b(assistant|ai|system|model|llm|gpt|chatbot)\b"),
+        ("markup", r"\[//\]:\s*#"),
+        # Gaps the injection corpus (tests/data/injection_corpus.jsonl) showed.
+        (
+            "override_instructions",
+            r"\b(previous|prior|above|earlier|original|all)\b (rules|instructions|guidelines|"
+            r"policies|constraints)\b[^.\n]{0,20}\b(no longer apply|do not apply|don't apply|"
+            r"are (void|cancell?ed|suspended|lifted))",
+        ),
+        (
+            "override_instructions",
+            r"\b(decode|base64)\b[^.\n]{0,40}\b(and )?(follow|execute|obey|run|do what)\b",
+        ),
+        (
+            "reveal_prompt",
+            r"\b(copy|paste|include|dump|give me|send me|quote)\b[^.\n]{0,30}\b(system prompt|"
+            r"your prompt|your (initial |hidden |original )?instructions|developer message)",
+        ),
+        (
+            "reveal_prompt",
+            r"\b(rules|instructions|guidelines) you (were|have been|'ve been) given\b",
+        ),
+        (
+            "reveal_prompt",
+            r"\b(affiche[rz]?|montre[rz]?|r[ée]v[ée]le[rz]?|zeigen?|gib|muestra|revela|mostra|"
+            r"rivela|toon)\b[^.\n]{0,30}\b(system ?prompt|prompt|systemprompt)\b",
+        ),
+        (
+            "payment_details",
+            r"\b(iban|bank (details|account)|account (number|details)|remittance details|"
+            r"payment details|beneficiary)\b[^.\n]{0,20}\b(ha(s|ve) )?(changed|been updated|"
+            r"is now|are now)\b",
+        ),
+        (
+            "payment_details",
+            r"\bsend (it|the money|the payment|payment|the refund|refunds?) to\b[^.\n]{0,20}"
+            r"\b(account|iban)\b",
+        ),
+        (
+            "payment_details",
+            r"\b(wijzig(en)?|verander(en)?)\b[^.\n]{0,30}\b(rekeningnummer|bankrekening|iban|"
+            r"bankgegevens)\b|\b(cambi(a|en|e|ar)|actualic(en|e)|actualiza)\b[^.\n]{0,30}\b("
+            r"cuenta bancaria|datos bancarios|iban)\b|\b(modifie[rz]?|change[rz]?)\b[^.\n]{0,30}"
+            r"\b(coordonn[ée]es bancaires|rib|iban)\b|\b(cambia(te)?|modifica(te)?|aggiorna(te)?)"
+            r"\b[^.\n]{0,30}\b(coordinate bancarie|conto corrente|iban)\b|\b([äa]ndern|aendern|"
+            r"aktualisieren)\b[^.\n]{0,30}\b(bankverbindung|kontonummer|iban|bankdaten)\b",
+        ),
+        (
+            "reroute",
+            r"\b(route|assign|move|send|forward|transfer|escalate|put)\b[^.\n]{0,40}\b(to|into|"
+            r"in)\b[^.\n]{0,30}\bqueue\b",
+        ),
+        ("reroute", r"\b(set|change|switch|update)\b[^.\n]{0,20}\bqueue\b\s*(to|=|:|into)\s*\w"),
+        (
+            "reroute",
+            r"\b(sposta|assegna|verschieben?|weisen?|mueve|mover|asigna|d[ée]place[rz]?|verplaats"
+            r"|wijs)\b[^.\n]{0,40}\b(coda|warteschlange|queue|cola|file d'attente|wachtrij)\b",
+        ),
+        (
+            "approve_action",
+            r"\b(gutschrift|erstattung|r[üu]ckerstattung|zahlung|auszahlung)\b[^.\n]{0,30}\b("
+            r"freigeben|genehmigen|auszahlen|anweisen)\b|\bgenehmigung (ist )?(nicht (n[öo]tig|"
+            r"erforderlich)|bereits erteilt)",
+        ),
+        (
+            "approve_action",
+            r"\b(approuve[rz]?|valide[rz]?|[ée]mette[rz]?|effectue[rz]?)\b[^.\n]{0,30}\b("
+            r"remboursement|avoir|paiement|virement)\b[^.\n]{0,30}(imm[ée]diatement|maintenant|"
+            r"tout de suite|sans (validation|v[ée]rification|contr[ôo]le))",
+        ),
+        (
+            "approve_action",
+            r"\b(aprueb[ae]n?|autoriz[ae]n?|autoricen|emit[ae]n?|proces[ae]n?)\b[^.\n]{0,30}\b("
+            r"reembolso|abono|nota de cr[ée]dito|pago)\b[^.\n]{0,30}\b(ahora|ya|inmediatamente|"
+            r"de inmediato|sin (aprobaci[óo]n|revisi[óo]n))",
+        ),
+        (
+            "approve_action",
+            r"\bkeur\b[^.\n]{0,40}\b(terugbetaling|creditnota|betaling|vergoeding)\b[^.\n]{0,30}"
+            r"\bgoed\b|\b(approva(te)?|autorizza(te)?|emetti|esegui)\b[^.\n]{0,30}\b(rimborso|"
+            r"nota di credito|pagamento|accredito)\b[^.\n]{0,30}\b(subito|ora|immediatamente|"
+            r"senza (approvazione|verifica))",
+        ),
     )
 )
 
 
+def _fold(char: str) -> str:
+    # Accented Greek letters (e.g. U+1F30) decompose to a base letter the table knows.
+    if "\u0370" <= char <= "\u03ff" or "\u1f00" <= char <= "\u1fff":
+        return unicodedata.normalize("NFD", char)[0]
+    return char
+
+
 def normalise(text: str) -> str:
-    """NFKC, zero-width characters removed, whitespace collapsed, lower-case."""
+    """NFKC, zero-width characters removed, look-alike letters folded to Latin, whitespace
+    collapsed, lower-case."""
     text = unicodedata.normalize("NFKC", text)
     text = _ZERO_WIDTH.sub("", text)
+    text = "".join(map(_fold, text)).translate(_HOMOGLYPHS)
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _decoded_payloads(text: str) -> list[str]:
+    """Readable text hidden in base64 tokens of ``text`` (at most a few tokens are tried)."""
+    out = []
+    for token in _BASE64.findall(text)[:_MAX_BASE64_TOKENS]:
+        try:
+            decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+            plain = decoded.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        printable = sum(c.isprintable() for c in plain)
+        if " " in plain and printable >= 0.9 * len(plain):
+            out.append(plain)
+    return out
 
 
 def detect_injection(text: str | None, field: str = "text") -> list[Flag]:
     """Flags for instructions hidden in ``text`` (see module docstring); [] when clean."""
     if not text:
         return []
-    norm = normalise(text)
+    sources = [("", normalise(text))]
+    sources += [("base64: ", normalise(p)) for p in _decoded_payloads(text)]
     flags: list[Flag] = []
     seen: set[str] = set()
-    for kind, pattern in _RULES:
-        match = pattern.search(norm)
-        if match and kind not in seen:
-            seen.add(kind)
-            flags.append(Flag(kind=kind, field=field, excerpt=match.group(0)[:120]))
+    for prefix, norm in sources:
+        for kind, pattern in _RULES:
+            match = pattern.search(norm)
+            if match and kind not in seen:
+                seen.add(kind)
+                flags.append(Flag(kind=kind, field=field, excerpt=(prefix + match.group(0))[:120]))
     return flags
 
 
