@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _MARKER = re.compile(r"<<<|>>>")
-# Cyrillic and Greek letters that look like Latin ones ("іgnоrе" with Cyrillic і, о, е).
+# Cyrillic and Greek letters that look like Latin ones ("\u0456gn\u043er\u0435" reads "ignore").
 # Folding them only affects matching; real Cyrillic or Greek text is not what the rules target.
 _HOMOGLYPHS = str.maketrans(
     "аеёіїјосрухѕһԁԛԝкмтвнАВЕЁІЇЈКМНОРСТХЅαοιυνρτκχεΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
