@@ -30,13 +30,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, insert, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.intake_bench import PG  # noqa: E402
-from triage import audit, migrate, users  # noqa: E402
+from triage import audit, dashboard, migrate, users  # noqa: E402
 from triage.common import canonical_json, new_id, to_ts  # noqa: E402
 from triage.db import Database  # noqa: E402
 from triage.models import (  # noqa: E402
@@ -496,9 +496,11 @@ def _signed_in(app: Any, username: str) -> Any:
     return c
 
 
-def _time(client: Any, urls: list[str]) -> dict[str, float]:
+def _time(client: Any, urls: list[str], before: Any = None) -> dict[str, float]:
     samples = []
     for url in urls:
+        if before is not None:
+            before()
         t = time.perf_counter()
         r = client.get(url)
         samples.append((time.perf_counter() - t) * 1000)
@@ -512,27 +514,92 @@ def _time(client: Any, urls: list[str]) -> dict[str, float]:
     }
 
 
-def run(kind: str, n_cases: int, n_events: int, repeat: int) -> None:
+def _time_call(fn: Any, n: int) -> dict[str, float]:
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    return {
+        "n": n,
+        "p50": statistics.median(samples),
+        "p95": samples[min(n - 1, int(0.95 * n))],
+        "max": samples[-1],
+    }
+
+
+def _direct(db: Database, r: Any) -> None:
+    with db.read() as s:
+        dashboard.process_stats(s, r)
+
+
+ACTIVITY = (
+    ("human", "agent", "agent", "case.in_review"),
+    ("human", "agent", "agent", "case.overridden"),
+    ("human", "agent", "agent", "case.resolved"),
+    ("ai", "triage-pipeline", None, "suggestion.created"),
+)
+
+
+def _activity(db: Database, rnd: random.Random, n: int) -> None:
+    """``n`` audit events now, on random cases received in the last four days."""
+    since = to_ts(datetime.now(UTC) - timedelta(days=4))
+    with db.read() as s:
+        recent = list(s.scalars(select(Case.id).where(Case.created_at >= since).limit(5000)))
+    with db.write() as s:
+        for _ in range(n):
+            kind, name, role, action = rnd.choice(ACTIVITY)
+            payload = {"engine": "offline", "fallback_reason": None} if kind == "ai" else {}
+            audit.append(
+                s,
+                audit.Actor(audit.ActorType(kind), name, role),
+                action,
+                payload,
+                case_id=rnd.choice(recent),
+            )
+
+
+def run(kind: str, n_cases: int, n_events: int, repeat: int, keep: Path | None = None) -> None:
     schema = None
     tmp = Path(tempfile.mkdtemp(prefix="console-bench-"))
+    drop = True
     if kind == "postgres":
         schema = f"bench_console_{secrets.token_hex(3)}"
+        if keep is not None:
+            schema, drop = f"bench_console_keep_{n_cases}_{n_events}", False
         admin = create_engine(PG, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+            c.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         url = f"{PG}?options=-csearch_path%3D{schema}"
     else:
-        url = f"sqlite:///{tmp / 'bench.db'}"
+        path = tmp / "bench.db"
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            path = keep / f"bench-{n_cases}-{n_events}.db"
+        url = f"sqlite:///{path}"
     settings = Settings(environment="test", data_dir=tmp, database_url=url, worker_enabled=False)
     try:
         migrate.upgrade(settings)
         db = Database(settings)
-        with db.write() as s:  # start from an empty trail (the bench builds its own chain)
-            s.execute(text("DELETE FROM audit_events"))
-            s.execute(
-                text("UPDATE audit_head SET seq = 0, hash = :g WHERE id = 1"), {"g": audit.GENESIS}
-            )
-        info = populate(db, n_cases, n_events)
+        with db.read() as s:
+            loaded = s.execute(text("SELECT count(*) FROM cases")).scalar()
+        if keep is not None and loaded:
+            with db.read() as s:
+                ids = list(s.scalars(text("SELECT id FROM cases")))
+                events = int(s.execute(text("SELECT seq FROM audit_head")).scalar() or 0)
+            info = {"cases": len(ids), "events": events, "ids": ids, "gen_s": 0.0, "insert_s": 0.0}
+            with db.write() as s:  # the roll-ups are rebuilt below, like the first time
+                s.execute(text("DELETE FROM dashboard_days"))
+                s.execute(text("DELETE FROM dashboard_rollup_state"))
+        else:
+            with db.write() as s:  # start from an empty trail (the bench builds its own chain)
+                s.execute(text("DELETE FROM audit_events"))
+                s.execute(
+                    text("UPDATE audit_head SET seq = 0, hash = :g WHERE id = 1"),
+                    {"g": audit.GENESIS},
+                )
+            info = populate(db, n_cases, n_events)
         if kind == "postgres":
             # What autovacuum does after a bulk load: statistics, and the visibility map that
             # lets the queue's status counts run as index-only scans.
@@ -573,12 +640,26 @@ def run(kind: str, n_cases: int, n_events: int, repeat: int) -> None:
                 "queue (page 2, keyset cursor)": _time(agent, page2) if page2 else None,
                 "case page (random case)": _time(agent, cases_urls),
             }
-            auditor.get("/console/dashboard")
-            results["dashboard (last 30 days)"] = _time(auditor, ["/console/dashboard"] * 10)
             start = (datetime.now(UTC) - timedelta(days=89)).strftime("%Y-%m-%d")
             end = datetime.now(UTC).strftime("%Y-%m-%d")
-            results["dashboard (90 days, all data)"] = _time(
-                auditor, [f"/console/dashboard?from={start}&to={end}"] * 5
+            r30 = dashboard.DateRange.last_days(30)
+            results["dashboard direct, 30 d (no roll-ups)"] = _time_call(
+                lambda: _direct(db, r30), 5
+            )
+            # The first view ever builds the roll-up of every day of its range.
+            results["dashboard roll-up build, 90 d (once)"] = _time(
+                auditor, [f"/console/dashboard?from={start}&to={end}"]
+            )
+            results["dashboard 30 d, roll-ups current"] = _time(
+                auditor, ["/console/dashboard"] * 20
+            )
+            results["dashboard 90 d, roll-ups current"] = _time(
+                auditor, [f"/console/dashboard?from={start}&to={end}"] * 10
+            )
+            # Steady state: between two views, activity on cases of the last few days (and so
+            # on today): each view recomputes the days that activity touched.
+            results["dashboard 30 d, 50 new events before each"] = _time(
+                auditor, ["/console/dashboard"] * 20, before=lambda: _activity(db, rnd, 50)
             )
             app.state.console.settings.console_dashboard_cache_seconds = 60
             results["dashboard (30 days, cached 60 s)"] = _time(
@@ -589,15 +670,15 @@ def run(kind: str, n_cases: int, n_events: int, repeat: int) -> None:
             )
         for name, r in results.items():
             if r is None:
-                print(f"  {name:<34} n/a")
+                print(f"  {name:<44} n/a")
                 continue
             print(
-                f"  {name:<34} n={r['n']:<4} p50 {r['p50']:7.1f} ms   p95 {r['p95']:7.1f} ms"
+                f"  {name:<44} n={r['n']:<4} p50 {r['p50']:7.1f} ms   p95 {r['p95']:7.1f} ms"
                 f"   max {r['max']:7.1f} ms"
             )
         db.dispose()
     finally:
-        if schema:
+        if schema and drop:
             admin = create_engine(PG, isolation_level="AUTOCOMMIT")
             with admin.connect() as c:
                 c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -610,9 +691,15 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=60, help="requests per page kind")
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the loaded data (SQLite file in this directory, a named PostgreSQL schema) "
+        "and reuse it on the next run with the same sizes",
+    )
     args = ap.parse_args()
     for kind in args.db or ["sqlite", "postgres"]:
-        run(kind, args.cases, args.events, args.repeat)
+        run(kind, args.cases, args.events, args.repeat, args.keep)
 
 
 if __name__ == "__main__":

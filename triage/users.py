@@ -146,13 +146,53 @@ def set_password(session: Session, username: str, password: str, *, by: Actor) -
     audit.append(session, by, "user.password_set", {"user_id": user.id, "username": user.username})
 
 
+def _not_self(user: ConsoleUser, by: Actor, what: str) -> None:
+    """People may not lock themselves out: an admin cannot disable their own account or take
+    away their own admin role (another admin, or the CLI, can)."""
+    if by.type == ActorType.human and by.id == user.username:
+        raise Conflict(f"you cannot {what} your own account; ask another admin", field="username")
+
+
 def disable_user(session: Session, username: str, *, by: Actor) -> None:
-    """Disable an account and end its sessions at once."""
+    """Disable an account and end its sessions at once (not one's own)."""
     user = _by_name(session, username)
+    _not_self(user, by, "disable")
     if user.disabled_at is None:
         user.disabled_at = now_ts()
         _revoke_all(session, user.id)
         audit.append(session, by, "user.disabled", {"user_id": user.id, "username": user.username})
+
+
+def enable_user(session: Session, username: str, *, by: Actor) -> None:
+    """Re-enable a disabled account (its old sessions stay ended: the user signs in again)."""
+    user = _by_name(session, username)
+    if user.disabled_at is not None:
+        user.disabled_at = None
+        audit.append(session, by, "user.enabled", {"user_id": user.id, "username": user.username})
+
+
+def set_role(
+    session: Session, username: str, role: str, authorities: list[str], *, by: Actor
+) -> None:
+    """Change a user's role and policy authorities; effective on their next request (sessions
+    resolve the user row every time). An admin cannot remove their own admin role."""
+    user = _by_name(session, username)
+    auths = sorted(set(authorities))
+    # the password is not being changed: validate the rest with a placeholder of legal length
+    role_value = _validate(user.username, "x" * MIN_PASSWORD, role, auths)
+    if role_value.value != user.role and user.role == Role.admin.value:
+        _not_self(user, by, "remove the admin role from")
+    before = {"role": user.role, "authorities": list(user.authorities or [])}
+    after = {"role": role_value.value, "authorities": auths}
+    if before == after:
+        return
+    user.role, user.authorities = role_value.value, auths or None
+    audit.append(
+        session,
+        by,
+        "user.role_changed",
+        {"user_id": user.id, "username": user.username, "from": before, "to": after},
+    )
 
 
 def list_users(session: Session) -> list[ConsoleUser]:

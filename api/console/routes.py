@@ -90,6 +90,7 @@ Signed = Annotated[Principal, Depends(ConsoleGuard(*PEOPLE))]
 AgentP = Annotated[Principal, Depends(ConsoleGuard(R.agent, R.admin))]
 ApproverP = Annotated[Principal, Depends(ConsoleGuard(R.approver, R.admin))]
 AuditorP = Annotated[Principal, Depends(ConsoleGuard(R.auditor, R.admin))]
+AdminP = Annotated[Principal, Depends(ConsoleGuard(R.admin))]
 
 ACTION_MODELS: dict[str, Any] = {
     m.model_fields["type"].default.value: m
@@ -174,6 +175,8 @@ def _nav(p: Principal | None) -> list[tuple[str, str, str]]:
     if p.role in (R.auditor, R.admin):
         items.append(("audit", "Audit", f"{COOKIE_PATH}/audit"))
     items.append(("dashboard", "Dashboard", f"{COOKIE_PATH}/dashboard"))
+    if p.role == R.admin:
+        items.append(("users", "Users", f"{COOKIE_PATH}/admin/users"))
     return items
 
 
@@ -1168,6 +1171,99 @@ def dashboard_page(
             "section": "dashboard",
         },
     )
+
+
+# ---------------------------------------------------------------- user administration
+
+USERS_URL = f"{COOKIE_PATH}/admin/users"
+
+
+def _authorities(form: FormData) -> list[str]:
+    """Policy authorities from a comma- or space-separated text field."""
+    return [a for a in _text(form, "authorities", 500).replace(",", " ").split() if a]
+
+
+@router.get("/admin/users")
+def users_page(request: Request, ctx: ContextDep, p: AdminP) -> Response:
+    with ctx.db.read() as s:
+        rows = users.list_users(s)
+        s.expunge_all()
+    return render(
+        request,
+        "users.html",
+        {
+            "rows": rows,
+            "roles": [r.value for r in users.CONSOLE_ROLES],
+            "min_password": users.MIN_PASSWORD,
+            "section": "users",
+        },
+    )
+
+
+def _passwords(form: FormData) -> str:
+    """The new password, or a ValidationFailed-style error text when the two fields differ."""
+    password = form.get("password")
+    confirm = form.get("password_confirm")
+    if not isinstance(password, str) or password != confirm:
+        raise PasswordsDiffer()
+    return password
+
+
+class PasswordsDiffer(Exception):
+    pass
+
+
+@router.post("/admin/users")
+def create_user(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    username = _text(form, "username", 64)
+    try:
+        password = _passwords(form)
+        with ctx.db.write() as s:
+            created = users.create_user(
+                s,
+                username,
+                password,
+                _text(form, "role", 16),
+                created_by=p.actor,
+                authorities=_authorities(form),
+            )
+    except PasswordsDiffer:
+        return redirect(request, USERS_URL + "#create", "The two passwords differ.", "error")
+    except TriageError as exc:
+        return redirect(request, USERS_URL + "#create", _error_text(exc), "error")
+    return redirect(request, USERS_URL, f"User {created.username} created ({created.role.value}).")
+
+
+@router.post("/admin/users/{username}/{op}")
+def change_user(
+    request: Request, username: str, op: str, ctx: ContextDep, p: AdminP, form: Form
+) -> Response:
+    """``op``: ``disable``, ``enable``, ``password`` or ``role``; each is audited with the
+    admin as the actor (the service writes the event)."""
+    anchor = f"{USERS_URL}#u-{username}"
+    try:
+        if op == "password":
+            password = _passwords(form)
+        with ctx.db.write() as s:
+            if op == "disable":
+                users.disable_user(s, username, by=p.actor)
+                done = f"{username} is disabled; their sessions have ended."
+            elif op == "enable":
+                users.enable_user(s, username, by=p.actor)
+                done = f"{username} is enabled."
+            elif op == "password":
+                users.set_password(s, username, password, by=p.actor)
+                done = f"Password for {username} reset; their sessions have ended."
+            elif op == "role":
+                users.set_role(s, username, _text(form, "role", 16), _authorities(form), by=p.actor)
+                done = f"Role of {username} saved."
+            else:
+                return PlainTextResponse("not found", status_code=404)
+    except PasswordsDiffer:
+        return redirect(request, anchor, "The two passwords differ.", "error")
+    except TriageError as exc:
+        return redirect(request, anchor, _error_text(exc), "error")
+    return redirect(request, anchor, done)
 
 
 # ---------------------------------------------------------------- operations
