@@ -69,6 +69,8 @@ _SERVICE = ent.uid("Service", ent.SERVICE_ID)
 _PROBE_USER = ent.uid("User", ent.PROBE_USER_ID)
 _EMPTY_SET = ent.uid("ApprovalSet", ent.EMPTY_APPROVALS_ID)
 _COLLECTED_SET = ent.uid("ApprovalSet", ent.COLLECTED_APPROVALS_ID)
+_COMBINED = "decide"
+"""The Cedar action of a combined request (any name: combined rules match every action)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +232,10 @@ def _authorize(
         groups.setdefault((req["action"]["id"], *types[k]), []).append(k)
     results: list[Any] = [None] * len(requests)
     for key, indexes in groups.items():
-        rules = policy.sliced_policies.get(key) or policy.stage_policies[key[0]]
+        if key[0] == _COMBINED:
+            rules = policy.combined_policies[key[1:]]
+        else:
+            rules = policy.sliced_policies.get(key) or policy.stage_policies[key[0]]
         answers = cedarpy.is_authorized_batch([requests[k] for k in indexes], rules, entities)
         for k, res in zip(indexes, answers, strict=True):
             if res.diagnostics.errors:
@@ -372,9 +377,15 @@ def evaluate(action: ActionRequest, context: DecisionContext, policy: PolicySet)
 def evaluate_many(
     items: Sequence[tuple[ActionRequest, DecisionContext]], policy: PolicySet
 ) -> list[Decision]:
-    """Decide many actions with two batched Cedar calls (e.g. re-checking every open approval
-    after a policy change). Same result as calling ``evaluate`` on each item, in order.
-    An invalid item raises for the whole batch (``PolicyInputError`` names the item index)."""
+    """Decide many actions with a few batched Cedar calls (e.g. re-checking every open
+    approval after a policy change). Same result as calling ``evaluate`` on each item, in
+    order. An invalid item raises for the whole batch (``PolicyInputError`` names the item
+    index).
+
+    Cost per action: one entity parsed by Cedar, and one Cedar request when the policy allows
+    combining the stages (policies/combined.py; the default policy does), else two for
+    ``auto_execute``/``forbidden`` and four for ``needs_approval``; plus one request per named
+    approver whose rules can apply to the action's type, for ``needs_approval``."""
     prepared: list[_Prepared] = []
     for i, (action, context) in enumerate(items):
         try:
@@ -385,83 +396,123 @@ def evaluate_many(
             raise type(exc)(f"item {i}: {exc}") from exc
     if not prepared:
         return []
-    entities = _entities(policy.base_handle, (p.entity for p in prepared))
-    first: list[dict[str, Any]] = []
-    for i in range(len(prepared)):
-        rid = str(i)
-        first.append(ent.cedar_request(_SERVICE, "request", rid))
-        first.append(ent.cedar_request(_SERVICE, "auto_execute", rid))
-    results = _authorize(
-        first, entities, policy, [_slice_key(p.action) for p in prepared for _ in "ra"]
+    keys = [_slice_key(p.action) for p in prepared]
+    combine = bool(policy.combined_policies) and (
+        policy.combined_slices_of is policy.sliced_policies
     )
+    if combine:
+        entities = _entities(policy.combined_base_handle, (p.entity for p in prepared))
+        one = [ent.cedar_request(_PROBE_USER, _COMBINED, str(i)) for i in range(len(prepared))]
+        stages = [_split_stages(r, policy) for r in _authorize(one, entities, policy, keys)]
+        first = [(s["request"], s["auto_execute"]) for s in stages]
+    else:
+        entities = _entities(policy.base_handle, (p.entity for p in prepared))
+        requests: list[dict[str, Any]] = []
+        for i in range(len(prepared)):
+            requests.append(ent.cedar_request(_SERVICE, "request", str(i)))
+            requests.append(ent.cedar_request(_SERVICE, "auto_execute", str(i)))
+        answers = _answers(
+            _authorize(requests, entities, policy, [k for k in keys for _ in "ra"]), policy
+        )
+        first = list(zip(answers[::2], answers[1::2], strict=True))
 
-    # Second round only for actions that need approval: who may approve, which quorum applies.
-    pending = [
-        i for i in range(len(prepared)) if results[2 * i].allowed and not results[2 * i + 1].allowed
-    ]
+    # Who may approve, which quorum applies: only for actions that need approval.
+    pending = [i for i, (request, auto) in enumerate(first) if request.allowed and not auto.allowed]
     second: list[dict[str, Any]] = []
-    second_types: list[tuple[str, str]] = []
+    second_keys: list[tuple[str, str]] = []
     spans: dict[int, tuple[int, tuple[str, ...]]] = {}
     for i in pending:
         rid, action_type = str(i), prepared[i].action.action_type
-        key = _slice_key(prepared[i].action)
         names = policy.named_approvers_by_type.get(action_type, policy.named_approvers)
         spans[i] = (len(second), names)
-        second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
-        second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
+        if not combine:
+            second.append(ent.cedar_request(_PROBE_USER, "approve", rid))
+            second.append(ent.cedar_request(_EMPTY_SET, "release", rid))
         second += [ent.cedar_request(ent.uid("User", n), "approve", rid) for n in names]
-        second_types += [key] * (2 + len(names))
-    answers = _authorize(second, entities, policy, second_types)
+        second_keys += [keys[i]] * (len(second) - len(second_keys))
+    probed = _answers(_authorize(second, entities, policy, second_keys), policy)
 
     decisions = []
     for i, p in enumerate(prepared):
         probes: _Probes | None = None
         if i in spans:
             start, names = spans[i]
-            named = tuple(zip(names, answers[start + 2 : start + 2 + len(names)], strict=True))
-            probes = _Probes(answers[start], answers[start + 1], named)
-        decisions.append(_decide(p, results[2 * i], results[2 * i + 1], probes, policy))
+            if combine:
+                all_roles, empty_set = stages[i]["approve"], stages[i]["release"]
+            else:
+                all_roles, empty_set = probed[start], probed[start + 1]
+                start += 2
+            named = tuple(zip(names, probed[start : start + len(names)], strict=True))
+            probes = _Probes(all_roles, empty_set, named)
+        decisions.append(_decide(p, first[i][0], first[i][1], probes, policy))
     return decisions
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One Cedar stage's answer: allowed or not, and the rules that determined it (the
+    satisfied permits if allowed, else the satisfied forbids), in policy file order."""
+
+    allowed: bool
+    rules: list[Rule]
+
+
+def _answers(results: list[Any], policy: PolicySet) -> list[_Answer]:
+    return [_Answer(r.allowed, _matched(r, policy)) for r in results]
+
+
+def _split_stages(result: Any, policy: PolicySet) -> dict[str, _Answer]:
+    """The four stages' answers from one combined request (policies/combined.py), where
+    every rule is a permit so that Cedar lists every satisfied rule. Cedar's own combination,
+    per stage: deny by default; a satisfied forbid denies and is the reason; otherwise the
+    satisfied permits allow and are the reasons."""
+    satisfied = _matched(result, policy) if result.allowed else []
+    out = {}
+    for stage in ent.CEDAR_ACTIONS:
+        forbids = [r for r in satisfied if r.stage == stage and r.effect == "forbid"]
+        permits = [r for r in satisfied if r.stage == stage and r.effect == "permit"]
+        out[stage] = _Answer(False, forbids) if forbids else _Answer(bool(permits), permits)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class _Probes:
     """Cedar's answers about who may approve an action and which quorum rules apply."""
 
-    all_roles: Any
-    empty_set: Any
-    named: tuple[tuple[str, Any], ...]
+    all_roles: _Answer
+    empty_set: _Answer
+    named: tuple[tuple[str, _Answer], ...]
 
 
 def _decide(
-    p: _Prepared, request: Any, auto: Any, probes: _Probes | None, policy: PolicySet
+    p: _Prepared, request: _Answer, auto: _Answer, probes: _Probes | None, policy: PolicySet
 ) -> Decision:
     approval: ApprovalRequirement | None = None
     outcome: Outcome
     if not request.allowed:
         outcome = Outcome.forbidden
-        reasons = [_rule_reason(r, p, policy) for r in _matched(request, policy)]
+        reasons = [_rule_reason(r, p, policy) for r in request.rules]
         reasons = reasons or [_engine_reason("request.no_permit", p, policy)]
     elif auto.allowed:
         outcome = Outcome.auto_execute
-        reasons = [_rule_reason(r, p, policy) for r in _matched(auto, policy)]
+        reasons = [_rule_reason(r, p, policy) for r in auto.rules]
     else:
         assert probes is not None
-        matched = _matched(auto, policy)
+        matched = auto.rules
         reasons = [_rule_reason(r, p, policy) for r in matched]
         reasons = reasons or [_engine_reason("auto_execute.no_permit", p, policy)]
-        authority = _matched(probes.all_roles, policy) if probes.all_roles.allowed else []
+        authority = list(probes.all_roles.rules) if probes.all_roles.allowed else []
         roles = sorted({r.role for r in authority if r.role})
         names = [n for n, res in probes.named if res.allowed]
         for n, res in probes.named:
             if res.allowed:
-                authority += [r for r in _matched(res, policy) if r.named_principal == n]
+                authority += [r for r in res.rules if r.named_principal == n]
         if not roles and not names:
             outcome = Outcome.forbidden
             reasons.append(_engine_reason("authority.no_eligible_approver", p, policy))
         else:
             outcome = Outcome.needs_approval
-            quorum = _matched(probes.empty_set, policy)
+            quorum = probes.empty_set.rules
             slas = [r.sla for r in matched if r.sla is not None]
             sla = min(slas) if slas else policy.manifest.default_sla
             approval = ApprovalRequirement.model_construct(

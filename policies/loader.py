@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import cedarpy
 
+from policies import combined
 from policies import entities as ent
 from policies.errors import PolicyLoadError
 from policies.integer_money import money_as_long
@@ -196,6 +197,16 @@ class PolicySet:
     ten-thousandths instead of ``decimal`` (policies/integer_money.py: same answers, cheaper
     for Cedar); the evaluator then sends amounts in that form. ``cedar_policies`` is always
     the policy file as written."""
+    combined_policies: Mapping[tuple[str, str], cedarpy.PolicySet] = field(repr=False)
+    """Per (action type, tier), every stage's rules as one set, so that ``evaluate_many`` asks
+    Cedar one question per action (policies/combined.py); empty if the policy does not allow
+    it. Used only while ``sliced_policies`` is the mapping they were built from
+    (``combined_slices_of``): a copy of the set with other stage rules falls back to asking
+    stage by stage."""
+    combined_slices_of: Mapping[tuple[str, str, str], cedarpy.PolicySet] = field(repr=False)
+    combined_base_handle: cedarpy.Entities = field(repr=False)
+    """``base_entities`` with the probe principal of the combined request (no schema: the
+    probe carries the approval set's attributes too)."""
     cedar_schema: cedarpy.Schema = field(repr=False)
     base_entities: list[dict[str, Any]] = field(repr=False)
     """Roles, service, probes and named approvers (for decisions)."""
@@ -295,7 +306,8 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
     long_est = money_as_long(est, ent.MONEY_PATHS)
     run_est = est if long_est is None else long_est
     stage_policies = _split_by_stage(run_est)
-    sliced_policies = _slice_by_type(run_est, actions)
+    sliced_policies = MappingProxyType(_slice_by_type(run_est, actions))
+    combined_policies = _combined_slices(run_est, actions)
     named_by_type = _named_by_type(est, actions)
     base_list = ent.base_entities(manifest.roles, named)
     approver_base_list = ent.base_entities(manifest.roles, ())
@@ -321,8 +333,13 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
         tests_path=tests_path if tests_path and tests_path.is_file() else None,
         cedar_policies=cedar_policies,
         stage_policies=MappingProxyType(stage_policies),
-        sliced_policies=MappingProxyType(sliced_policies),
+        sliced_policies=sliced_policies,
         money_as_long=long_est is not None,
+        combined_policies=MappingProxyType(combined_policies),
+        combined_slices_of=sliced_policies,
+        combined_base_handle=cedarpy.Entities.from_json_str(
+            json.dumps(combined.probe_entities(base_list))
+        ),
         cedar_schema=schema,
         base_entities=base_list,
         approver_base_entities=approver_base_list,
@@ -641,7 +658,13 @@ def _slice_by_type(
     ``resource.customer.tier``, as a top-level conjunct can only match actions of those types
     and tiers, so leaving it out of other subsets changes no decision while sparing Cedar its
     evaluation. Rules without such a conjunct go everywhere."""
-    out: dict[tuple[str, str, str], cedarpy.PolicySet] = {}
+    return {key: _policy_set(subset) for key, subset in _slices(est, action_types).items()}
+
+
+def _slices(
+    est: dict[str, Any], action_types: Iterable[str]
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
     policies = est.get("staticPolicies", {})
     types = {cedar_id: _pinned_types(pol) for cedar_id, pol in policies.items()}
     tiers = {cedar_id: _pinned(pol, _RESOURCE_TIER) for cedar_id, pol in policies.items()}
@@ -655,8 +678,21 @@ def _slice_by_type(
                 and (pinned_tiers is None or tier in pinned_tiers)
             ):
                 subset[cedar_id] = pol
-        out[(stage, action_type, tier)] = _policy_set(subset)
+        out[(stage, action_type, tier)] = subset
     return out
+
+
+def _combined_slices(
+    est: dict[str, Any], action_types: Iterable[str]
+) -> dict[tuple[str, str], cedarpy.PolicySet]:
+    """Per (action type, tier), the four stages' slices as one set (see policies/combined.py);
+    empty when the policy does not allow combining."""
+    if not combined.combinable(est):
+        return {}
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for (_stage, action_type, tier), subset in _slices(est, action_types).items():
+        merged.setdefault((action_type, tier), {}).update(subset)
+    return {key: _policy_set(combined.combine(subset)) for key, subset in merged.items()}
 
 
 def _named_by_type(est: dict[str, Any], action_types: Iterable[str]) -> dict[str, tuple[str, ...]]:
