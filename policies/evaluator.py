@@ -467,12 +467,16 @@ def _split_stages(result: Any, policy: PolicySet) -> dict[str, _Answer]:
     per stage: deny by default; a satisfied forbid denies and is the reason; otherwise the
     satisfied permits allow and are the reasons."""
     satisfied = _matched(result, policy) if result.allowed else []
-    out = {}
-    for stage in ent.CEDAR_ACTIONS:
-        forbids = [r for r in satisfied if r.stage == stage and r.effect == "forbid"]
-        permits = [r for r in satisfied if r.stage == stage and r.effect == "permit"]
-        out[stage] = _Answer(False, forbids) if forbids else _Answer(bool(permits), permits)
-    return out
+    permits: dict[str, list[Rule]] = {stage: [] for stage in ent.CEDAR_ACTIONS}
+    forbids: dict[str, list[Rule]] = {stage: [] for stage in ent.CEDAR_ACTIONS}
+    for rule in satisfied:
+        (forbids if rule.effect == "forbid" else permits)[rule.stage].append(rule)
+    return {
+        stage: _Answer(False, forbids[stage])
+        if forbids[stage]
+        else _Answer(bool(permits[stage]), permits[stage])
+        for stage in ent.CEDAR_ACTIONS
+    }
 
 
 @dataclass(frozen=True, slots=True)

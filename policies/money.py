@@ -27,6 +27,7 @@ CEDAR_DECIMAL_MAX = Decimal("922337203685477.5807")
 """Largest value of Cedar's ``decimal`` extension type (a 64-bit integer with 4 decimals)."""
 
 _FOUR_PLACES = Decimal("0.0001")
+_TWO_PLACES = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +167,10 @@ def compute_exposure(
 
 def format_amount(value: Decimal, currency: str = "") -> str:
     """``12400`` -> ``"12,400 EUR"``, ``1234.5`` -> ``"1,234.50 EUR"`` (no float on the way)."""
-    q = value.quantize(Decimal("0.01"))
-    text = f"{q:,.0f}" if q == q.to_integral_value() else f"{q:,.2f}"
-    return f"{text} {currency}".rstrip()
+    text = f"{value.quantize(_TWO_PLACES):,.2f}"
+    if text.endswith(".00"):  # a whole amount: no decimals
+        text = text[:-3]
+    return f"{text} {currency}" if currency else text
 
 
 def format_quantity(value: Decimal) -> str:
