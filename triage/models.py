@@ -282,6 +282,11 @@ Index("ix_cases_queue_order", Case.priority, Case.resolution_due_at, Case.id)
 Index("ix_cases_source_case_id", Case.source_case_id)
 Index("ix_cases_order_id", Case.order_id)
 Index("ix_cases_invoice_id", Case.invoice_id)
+# The dashboard's per-day reads of the audit trail (migration 0006): events of some kinds in a
+# time range (suggestions, approvals), and given kinds of events of given cases (decisions).
+# They make the single-column action and case_id indexes redundant (both are prefixes).
+Index("ix_audit_action_ts", AuditEvent.action, AuditEvent.ts)
+Index("ix_audit_case_action", AuditEvent.case_id, AuditEvent.action)
 
 
 class ConsoleUser(Base):

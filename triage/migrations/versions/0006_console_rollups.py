@@ -1,4 +1,4 @@
-"""console dashboard daily roll-ups
+"""console dashboard: daily roll-ups and the audit indexes they read through
 
 Revision ID: 0006
 Revises: 0005
@@ -31,8 +31,14 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.String(length=32), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dashboard_rollup_state'))
     )
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_action_ts', ['action', 'ts'], unique=False)
+        batch_op.create_index('ix_audit_case_action', ['case_id', 'action'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_case_action')
+        batch_op.drop_index('ix_audit_action_ts')
     op.drop_table('dashboard_rollup_state')
     op.drop_table('dashboard_days')
