@@ -1,5 +1,5 @@
 # Developer tasks. `make run` and `make test` are the two commands in the README.
-.PHONY: run test test-fast lint typecheck layers bench bootstrap clean
+.PHONY: run test test-fast test-faults lint typecheck layers bench bootstrap clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -12,6 +12,12 @@ test:
 
 test-fast: bootstrap
 	@.venv/bin/pytest -q -m "not integration and not postgres and not browser and not slow"
+
+# Fault tests under load (PostgreSQL; restarts the local cluster): also part of `make test`.
+test-faults: bootstrap
+	@./scripts/ensure-postgres.sh
+	@TRIAGE_TEST_POSTGRES_URL=$${TRIAGE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
+		.venv/bin/pytest -q -rA tests/test_faults.py
 
 lint: bootstrap
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -199,10 +199,10 @@ def test_load_with_worker_api_and_postgres_faults(
         procs.append(p)
         return p
 
+    workers = [worker(1), worker(2)]  # they start up while the API does
     api = Api(env, logs / "api.log")
     procs.append(api.proc)
     api.start()
-    workers = [worker(1), worker(2)]
 
     system = f"faults-{secrets.token_hex(3)}"
     payloads = [
@@ -215,6 +215,8 @@ def test_load_with_worker_api_and_postgres_faults(
     ]
     batches = [payloads[i : i + BATCH] for i in range(0, LOAD_CASES, BATCH)]
     client = BatchClient(lambda: api.base, key, batches, key_prefix=system)
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
     client.start()
     try:
         # (a) kill -9 a worker while it holds claimed cases; start a replacement.
@@ -229,6 +231,7 @@ def test_load_with_worker_api_and_postgres_faults(
         victim.kill9()
         orphaned = _claimed_by(engine, victim.pid)
         workers.append(worker(3))
+        phases["worker killed"] = time.monotonic() - t0
 
         # (b) kill -9 the API while a batch request is in flight; restart it.
         errors_before = len(client.errors)
@@ -247,13 +250,18 @@ def test_load_with_worker_api_and_postgres_faults(
             what="the client seeing the API go away",
         )
         api_errors = client.errors[errors_before:]
+        phases["api killed"] = time.monotonic() - t0
         api.start()
+        phases["api back"] = time.monotonic() - t0
 
         # (c) restart PostgreSQL while batches are being sent and cases triaged.
         client.release(len(batches))
         wait_until(lambda: client.sent >= 14, deadline_s=120, what="batch 14 answered")
+        phases["pg restart"] = time.monotonic() - t0
         _restart_postgres()
+        phases["pg back"] = time.monotonic() - t0
         client.join(timeout=240)
+        phases["load sent"] = time.monotonic() - t0
         assert client.failure is None
 
         accepted = dict(client.accepted)
@@ -277,6 +285,7 @@ def test_load_with_worker_api_and_postgres_faults(
             what="every callback delivered",
             every=1,
         )
+        phases["all triaged and delivered"] = time.monotonic() - t0
         time.sleep(2)  # let in-flight duplicate deliveries, if any, land before counting
         alive = {p.name: p.alive() for p in [api.proc, *workers[1:]]}
     finally:
@@ -368,7 +377,8 @@ def test_load_with_worker_api_and_postgres_faults(
         f"{len(api_errors)} client errors at API kill, {len(client.errors)} client retries in "
         f"all, max triage attempts {max(r.triage_attempts for r in rows)}, "
         f"{len(receiver.deliveries)} deliveries for {len(seen)} events "
-        f"({duplicates} duplicate), {verify.stdout.strip()}"
+        f"({duplicates} duplicate), {verify.stdout.strip()}\n"
+        f"phases (s from the first batch): {', '.join(f'{k} {v:.0f}' for k, v in phases.items())}"
     )
 
 
