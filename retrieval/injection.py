@@ -15,6 +15,9 @@ Contract:
   advice; the policy layer and people decide). Flags are reported on the suggestion and audited.
 - Flag kinds: ``override_instructions``, ``reveal_prompt``, ``role_play``, ``approve_action``,
   ``payment_details``, ``reroute``, ``markup``.
+- :func:`prompt_leaks` is the output side: it names every prose field of a model's answer that
+  repeats ``LEAK_WORDS`` consecutive words of a prompt template (placeholders excluded), so an
+  answer that obeyed "reveal your system prompt" is a contract violation, not a draft.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
@@ -259,3 +263,28 @@ def wrap_untrusted(name: str, text: str | None) -> str:
     body = _MARKER.sub(lambda m: "< < <" if m.group(0) == "<<<" else "> > >", text or "")
     body = re.sub(r"(?i)end untrusted", "end-untrusted", body)
     return f"<<<UNTRUSTED {name}>>>\n{body}\n<<<END UNTRUSTED {name}>>>"
+
+
+LEAK_WORDS = 8
+_WORD = re.compile(r"\w+")
+_PLACEHOLDER = re.compile(r"\$\{\w+\}")
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = _WORD.findall(normalise(text))
+    return {tuple(words[i : i + LEAK_WORDS]) for i in range(len(words) - LEAK_WORDS + 1)}
+
+
+def prompt_leaks(prose: Mapping[str, str], templates: Iterable[str]) -> list[str]:
+    """``"prompt_leak at <field>: ..."`` for each field of ``prose`` that repeats
+    ``LEAK_WORDS`` consecutive words of one of the prompt ``templates``; [] when none does."""
+    known: set[tuple[str, ...]] = set()
+    for template in templates:
+        for part in _PLACEHOLDER.split(template):  # no run spans a rendered variable
+            known |= _shingles(part)
+    out = []
+    for field, text in prose.items():
+        hit = next((sh for sh in _shingles(text or "") if sh in known), None)
+        if hit is not None:
+            out.append(f"prompt_leak at {field}: repeats the prompt ({' '.join(hit)!r})")
+    return out

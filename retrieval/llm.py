@@ -42,7 +42,7 @@ from contracts.suggestion import (
 from retrieval.advice import AdviceRequest, AdvisorConfig, case_flags
 from retrieval.contract import Violation, check_suggestion
 from retrieval.facts import extract_facts
-from retrieval.injection import wrap_untrusted
+from retrieval.injection import prompt_leaks, wrap_untrusted
 from retrieval.offline import OfflineAdvisor
 from retrieval.prompts import PromptTemplate, load_prompt
 from retrieval.redaction import RedactionSession, Redactor
@@ -551,7 +551,17 @@ class LLMAdvisor:
             queues=request.queues,
             facts=extract_facts(request.case),
         )
-        return suggestion, [str(v) for v in violations]
+        # An answer that repeats its own instructions obeyed a "reveal your prompt" attack.
+        leaks = prompt_leaks(
+            {
+                "summary": suggestion.summary,
+                "routing.rationale": suggestion.routing.rationale,
+                "customer_message": suggestion.customer_message or "",
+                **{f"next_steps[{i}]": t for i, t in enumerate(suggestion.next_steps)},
+            },
+            [p.system + "\n" + p.user for p in (self.prompt, self.repair_prompt)],
+        )
+        return suggestion, [str(v) for v in violations] + leaks
 
     def _provenance(
         self,
