@@ -3,7 +3,13 @@
 Usage (from the repository root):
 
     nice .venv/bin/python bench/policy_bench.py [--policy DIR] [--single 3000] [--batch 250]
-        [--batches 20] [--pin-cpu 0]
+        [--batches 20] [--pin-cpu 0] [--compare-rev REV [--rounds 2]]
+
+``--compare-rev REV`` measures before/after in one run: it extracts ``policies/`` and ``bench/``
+of git revision REV into a temporary directory and runs that tree's benchmark and this one in
+turn (``--rounds`` times each, alternating, each in a fresh process), then prints both side by
+side (median over the rounds). Alternating spreads the drift of a shared machine's load over
+both sides.
 
 Targets (issue 5): a single decision with the default policy p99 < 1 ms; batched evaluation
 (re-checking every open approval after a policy change) >= 10,000 decisions/s on one core.
@@ -20,12 +26,16 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 
@@ -147,7 +157,12 @@ def main() -> None:
     ap.add_argument("--ledger", type=int, default=12, help="exposure ledger rows per decision")
     ap.add_argument("--pin-cpu", type=int, default=None, help="pin the process to this CPU")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
+    ap.add_argument("--compare-rev", help="also run the benchmark of this git revision")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating runs per side")
     opts = ap.parse_args()
+    if opts.compare_rev:
+        compare(opts)
+        return
     if opts.pin_cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {opts.pin_cpu})
 
@@ -242,6 +257,25 @@ def main() -> None:
     results["cedarpy_batch_floor (parse 250 entities + 250 auto_execute requests)"] = throughput(
         cedar_floor, opts.batches
     )
+
+    # ---- the Cedar part of evaluate_many as it runs now: the same entities, and one combined
+    # request per action (policies/combined.py), without any of our Python around it.
+    combined = getattr(policy, "combined_policies", None)
+    if combined:
+        probe = ent.uid("User", ent.PROBE_USER_ID)
+        asks = [ent.cedar_request(probe, "decide", str(i)) for i in range(len(prepared))]
+        slices = [combined[(a.action_type, a.customer_tier)] for a, _ in open_approvals]
+        groups: dict[int, tuple[object, list[dict[str, object]]]] = {}
+        for ask, rules in zip(asks, slices, strict=True):
+            groups.setdefault(id(rules), (rules, []))[1].append(ask)
+
+        def cedar_share() -> int:
+            handle = policy.combined_base_handle.with_added_json_str(entity_json)
+            for rules, group in groups.values():
+                cedarpy.is_authorized_batch(group, rules, handle)  # type: ignore[arg-type]
+            return len(asks)
+
+        results[CEDAR_SHARE] = throughput(cedar_share, opts.batches)
     results["loadavg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     if opts.json:
@@ -267,14 +301,105 @@ def main() -> None:
         "batch_recheck_open_approvals",
         "batch_mixed_queue",
         "cedarpy_batch_floor (parse 250 entities + 250 auto_execute requests)",
+        CEDAR_SHARE,
     ):
-        r = results[key]  # type: ignore[assignment]
+        if key not in results:
+            continue
+        r: Any = results[key]
         extra = f"  outcomes {r['outcomes']}" if "outcomes" in r else ""
         print(
             f"  {key:70s} {r['median_per_s']:8.0f}/s median, {r['best_per_s']:8.0f}/s best, "
             f"{r['median_per_cpu_s']:8.0f}/CPU-s{extra}"
         )
     gc.collect()
+
+
+CEDAR_SHARE = "Cedar share of evaluate_many (parse + 1 combined request per action)"
+BATCH_KEYS = (
+    "batch_recheck_open_approvals",
+    "batch_mixed_queue",
+    "cedarpy_batch_floor (parse 250 entities + 250 auto_execute requests)",
+    CEDAR_SHARE,
+)
+
+
+def compare(opts: argparse.Namespace) -> None:
+    """Run REV's benchmark and this one alternately in fresh processes; print both."""
+    root = Path(__file__).resolve().parents[1]
+    passthrough = [
+        *("--policy", opts.policy, "--single", str(opts.single), "--batch", str(opts.batch)),
+        *("--batches", str(opts.batches), "--ledger", str(opts.ledger), "--json"),
+    ]
+    if opts.pin_cpu is not None:
+        passthrough += ["--pin-cpu", str(opts.pin_cpu)]
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "archive", opts.compare_rev, "policies", "bench"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        sides = {
+            f"before ({opts.compare_rev})": Path(tmp) / "bench" / "policy_bench.py",
+            "after (this tree)": Path(__file__).resolve(),
+        }
+        runs: dict[str, list[dict[str, object]]] = {side: [] for side in sides}
+        for _ in range(opts.rounds):
+            for side, script in sides.items():
+                out = subprocess.run(
+                    [sys.executable, str(script), *passthrough],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    cwd=script.parents[1],
+                ).stdout
+                runs[side].append(json.loads(out))
+
+    def median(side: str, *path: str) -> float | None:
+        values = []
+        for run in runs[side]:
+            node: object = run
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, int | float):
+                values.append(float(node))
+        return statistics.median(values) if values else None
+
+    first = runs["after (this tree)"][0]
+    print(
+        f"policy {first['policy']}; Python {first['python']}; {opts.rounds} alternating rounds "
+        f"per side; load avg at the start of each run: "
+        + ", ".join(
+            f"{side.split()[0]} {[r['loadavg_1m_at_start'] for r in rs]}"
+            for side, rs in runs.items()
+        )
+    )
+    names = list(sides)
+    print(f"\nsingle decision, us (median of the rounds): {' | '.join(names)}")
+    print(f"  {'':62s} {'wall p50':>17s} {'wall p99':>17s} {'CPU p50':>17s} {'CPU p99':>17s}")
+    labels = list(first["single_decision"])  # type: ignore[call-overload]
+    rows = [("single_decision", label) for label in labels]
+    rows += [("can_approve",), ("quorum_status (2 approvals)",)]  # type: ignore[list-item]
+    for row in rows:
+        cells = []
+        for metric in ("p50_us", "p99_us", "cpu_p50_us", "cpu_p99_us"):
+            a, b = (median(side, *row, metric) for side in names)
+            cells.append(f"{a or float('nan'):8.0f} {b or float('nan'):8.0f}")
+        print(f"  {row[-1]:62s} {' '.join(cells)}")
+    print(
+        f"\nbatched evaluate_many, {opts.batch} actions per call, per second: {' | '.join(names)}"
+    )
+    print(f"  {'':70s} {'wall (median)':>17s} {'per CPU-second':>17s}")
+    for key in BATCH_KEYS:
+        cells = []
+        for metric in ("median_per_s", "median_per_cpu_s"):
+            a, b = (median(side, key, metric) for side in names)
+            cells.append(
+                f"{'-' if a is None else f'{a:.0f}':>8s} {'-' if b is None else f'{b:.0f}':>8s}"
+            )
+        print(f"  {key:70s} {' '.join(cells)}")
 
 
 if __name__ == "__main__":
