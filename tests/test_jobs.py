@@ -333,3 +333,63 @@ def test_cli_jobs_list_and_retry(jdb, pg):
         timeout=120,
     )
     assert refused.returncode != 0 and "PostgreSQL" in refused.stderr
+
+
+@_pg
+@pytest.mark.integration
+def test_worker_process_survives_losing_its_database_connections(jdb, pg):
+    """PostgreSQL dropping every connection of a worker (as in a restart) must not end it:
+    it reconnects, keeps triaging, and still stops gracefully on SIGTERM."""
+    import signal
+    import time
+
+    app_name = f"triage-w-{os.getpid()}"
+    url = pg.resolved_database_url + f"&application_name={app_name}"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TRIAGE_DATABASE_URL": url,
+        "TRIAGE_DATA_DIR": str(pg.data_dir),
+        "TRIAGE_ENVIRONMENT": "test",
+        "TRIAGE_JOB_ENGINE": "procrastinate",
+        "TRIAGE_RETRIEVAL_ENABLED": "false",
+        "TRIAGE_WORKER_POLL_SECONDS": "0.2",
+    }
+    log = pg.data_dir / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", "--engine", "procrastinate"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def triaged(cid: str) -> bool:
+        deadline = time.monotonic() + 180  # a hang guard on a loaded machine, not a timing check
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            with jdb.read() as s:
+                if cases.get(s, cid).status == "awaiting_review":
+                    return True
+            time.sleep(0.5)
+        return False
+
+    try:
+        first = intake.submit_one(jdb, _case(1), actor=ORCH, settings=pg).case.id
+        assert triaged(first), log.read_text()[-3000:]
+        with jdb.write() as s:
+            killed = s.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :n"
+                ),
+                {"n": app_name},
+            )
+        assert killed >= 1
+        second = intake.submit_one(jdb, _case(2), actor=ORCH, settings=pg).case.id
+        assert triaged(second), log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -452,6 +452,8 @@ class JobWorker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:pq"
         self._crash = _crash_hook(settings.fault_crash_at_stage)
         self._stop = threading.Event()
+        self._stop_requested = threading.Event()
+        self._pq_worker: Any = None
         self.triaged = 0
         self._count = threading.Lock()
 
@@ -553,9 +555,44 @@ class JobWorker:
             if callable(warm):
                 warm()
 
+    def request_stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: stop fetching, finish the jobs in hand, then :meth:`run` returns."""
+        self._stop_requested.set()
+        worker = self._pq_worker
+        if worker is not None:
+            worker.stop()  # thread-safe in procrastinate 3.x (schedules on the worker's loop)
+
+    async def _run_async(self, app: Any, options: dict[str, Any]) -> None:
+        import asyncio
+        import signal
+
+        from procrastinate.worker import Worker as PqWorker
+
+        async with app.open_async():
+            self._pq_worker = PqWorker(app=app, install_signal_handlers=False, **options)
+            loop = asyncio.get_running_loop()
+            if options.get("wait", True):
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.request_stop)
+            try:
+                if self._stop_requested.is_set():
+                    return
+                await self._pq_worker.run()
+            finally:
+                self._pq_worker = None
+
     def run(self, *, once: bool = False) -> None:
-        """Run jobs until stopped (``once``: until the queue has nothing due, no housekeeping
-        thread; one reconciliation first so older received cases are included)."""
+        """Run jobs until SIGTERM/SIGINT (``once``: until nothing is due, without the
+        housekeeping thread, after one reconciliation so older received cases are included).
+
+        If procrastinate's worker stops on its own (it does when it loses the database, e.g. a
+        PostgreSQL restart), it is started again after ``worker_poll_seconds`` x 5: the
+        process only exits on a stop request, so a supervisor sees exit code 0 only for a
+        graceful stop.
+        """
+        import asyncio
+        import signal
+
         self.warm_up()
         app = build_app(self.settings)
         options: dict[str, Any] = {
@@ -573,17 +610,33 @@ class JobWorker:
             requeue_stalled(self.db, self.settings)
             reconcile(self.db)
             options["wait"] = False
-            options["install_signal_handlers"] = False
             # One at a time: with more, procrastinate stops fetching as soon as the queue looks
             # empty while a job is still running, and that job's immediate retry would be left.
             options["concurrency"] = 1
         else:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self.request_stop)
             thread = threading.Thread(
                 target=self._housekeeping_loop, name="triage-housekeeping", daemon=True
             )
             thread.start()
         try:
-            app.run_worker(**options)
+            while True:
+                try:
+                    asyncio.run(self._run_async(app, options))
+                except Exception:
+                    if once:
+                        raise
+                    log.exception("job worker failed")
+                if once or self._stop_requested.is_set():
+                    return
+                # asyncio.run removed its signal handlers: ours again while we wait.
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, self.request_stop)
+                log.warning("job worker stopped without a stop request; restarting")
+                self._stop_requested.wait(self.settings.worker_poll_seconds * 5)
+                if self._stop_requested.is_set():
+                    return
         finally:
             self._stop.set()
             if thread is not None:
