@@ -290,6 +290,7 @@ class BatchClient:
     accepted: dict[str, str] = field(default_factory=dict)  # source case id -> case id
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (batch index, error)
+    durations: list[float] = field(default_factory=list)  # seconds per answered batch
     in_flight: int | None = None
     sent: int = 0  # batches fully answered with 2xx
     failure: BaseException | None = None
@@ -329,6 +330,7 @@ class BatchClient:
         }
         while True:
             self.in_flight = i
+            started = time.monotonic()
             try:
                 resp = http.post(
                     f"{self.base()}/v1/cases/batch", json={"items": batch}, headers=headers
@@ -347,6 +349,7 @@ class BatchClient:
                 raise AssertionError(f"batch {i}: HTTP {resp.status_code}: {resp.text[:500]}")
             body = resp.json()
             with self._lock:
+                self.durations.append(time.monotonic() - started)
                 for item in body["items"]:
                     self.outcomes[item["outcome"]] += 1
                     if item["outcome"] in ("created", "replayed"):
