@@ -2,22 +2,33 @@
 draft with the offline engine, evaluate policy, store (suggestion, proposed actions, audit
 events), on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/pipeline_bench.py --cases 500 --chunks 10000 --db sqlite
+    .venv/bin/python bench/pipeline_bench.py --cases 500 --chunks 10000 --db sqlite \
+        --workers 1 --workers 2 --workers 4
 
 Set-up (not measured): a default model, the demo knowledge base padded with synthetic chunks
-built from Bitext sentences, N simulated cases in ``received``. Measured: one worker draining
-them (``Worker.run_once``), single process.
+built from Bitext sentences, N simulated cases in ``received`` (fresh ones for every run).
+Measured per run: W worker processes (each a ``triage worker``: its own pipeline, batches of
+``worker_batch_size``) warmed up, then started together and timed until the queue is empty.
+Prints wall throughput, cases per worker CPU-second (robust to a loaded machine; on PostgreSQL
+the server's CPU is not in it) and peak RSS per worker. ``--profile`` instead runs one
+in-process worker under cProfile.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import csv
+import multiprocessing as mp
+import os
+import pstats
+import resource
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -42,6 +53,14 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=500)
     ap.add_argument("--chunks", type=int, default=10_000)
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument("--batch-size", type=int, default=None, help="worker batch size")
+    ap.add_argument("--profile", action="store_true", help="in-process run with a cProfile summary")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="worker processes (repeat for several runs, e.g. --workers 1 --workers 2)",
+    )
     args = ap.parse_args()
     texts = [r["text"] for r in csv.DictReader(BITEXT.open(encoding="utf-8"))]
     for kind in args.db or ["sqlite"]:
@@ -54,7 +73,8 @@ def main() -> None:
                 with eng.connect() as c:
                     c.execute(text(f'CREATE SCHEMA "{schema}"'))
                 url = f"{PG}?options=-csearch_path%3D{schema}"
-            settings = Settings(data_dir=Path(tmp), database_url=url, worker_enabled=False)
+            extra = {"worker_batch_size": args.batch_size} if args.batch_size else {}
+            settings = Settings(data_dir=Path(tmp), database_url=url, worker_enabled=False, **extra)
             migrate.upgrade(settings)
             t0 = time.perf_counter()
             classification.train_default_model(settings, n_train=1500, n_eval=300)
@@ -81,30 +101,98 @@ def main() -> None:
                 )
             kb.add_chunks(synthetic)
             db = Database(settings)
-            orch = audit.Actor(audit.ActorType.integration, "bench", "orchestrator")
-            with db.write() as s:
-                for rec in Simulator(SimConfig(seed=3)).cases(args.cases):
-                    cases.submit(s, CaseIn.model_validate(rec.case), actor=orch, settings=settings)
+            _submit(db, settings, args.cases, seed=3)
             print(
                 f"{kind}: set-up {time.perf_counter() - t0:.0f} s, {kb.count()} chunks",
                 file=sys.stderr,
                 flush=True,
             )
-            worker = Worker(db, settings, pipe)
-            worker.warm_up()
-            t0 = time.perf_counter()
-            done = worker.run_once()
-            elapsed = time.perf_counter() - t0
-            print(
-                f"{kind:<8} {done} cases triaged end to end in {elapsed:.1f} s: "
-                f"{done / elapsed:.0f} cases/s ({elapsed / done * 1000:.1f} ms/case)",
-                flush=True,
-            )
+            if args.profile:
+                _profile(db, settings, pipe)
+            else:
+                settings_kwargs = {
+                    "data_dir": Path(tmp),
+                    "database_url": url,
+                    "worker_enabled": False,
+                    **extra,
+                }
+                for n_workers in args.workers or [1]:
+                    if n_workers != (args.workers or [1])[0]:
+                        _submit(db, settings, args.cases, seed=n_workers)
+                    _measure(kind, n_workers, settings_kwargs)
             db.dispose()
             if schema:
                 eng = create_engine(PG, isolation_level="AUTOCOMMIT")
                 with eng.connect() as c:
                     c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+ORCH = audit.Actor(audit.ActorType.integration, "bench", "orchestrator")
+
+
+def _submit(db: Database, settings: Settings, n: int, seed: int) -> None:
+    with db.write() as s:
+        for rec in Simulator(SimConfig(seed=seed)).cases(n):
+            case = dict(rec.case)
+            case["source"] = {**case["source"], "case_id": f"{case['source']['case_id']}-{seed}"}
+            cases.submit(s, CaseIn.model_validate(case), actor=ORCH, settings=settings)
+
+
+def _worker_process(settings_kwargs: dict[str, Any], ready: Any, go: Any, out: Any) -> None:
+    """One `triage worker`-like process: warm up, wait for the start signal, drain the queue."""
+    settings = Settings(**settings_kwargs)
+    db = Database(settings)
+    worker = Worker(db, settings, default_pipeline(settings))
+    worker.warm_up()
+    ready.put(os.getpid())
+    go.wait()
+    c0 = time.process_time()
+    done = worker.run_once()
+    cpu = time.process_time() - c0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.put((done, cpu, rss_mb))
+    db.dispose()
+
+
+def _measure(kind: str, n_workers: int, settings_kwargs: dict[str, Any]) -> None:
+    ctx = mp.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=_worker_process, args=(settings_kwargs, ready, go, out))
+        for _ in range(n_workers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    t0 = time.perf_counter()
+    go.set()
+    results = [out.get(timeout=3600) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    done = sum(r[0] for r in results)
+    cpu = sum(r[1] for r in results)
+    rss = max(r[2] for r in results)
+    print(
+        f"{kind:<8} workers={n_workers} {done} cases triaged end to end in {elapsed:.1f} s: "
+        f"{done / elapsed:.0f} cases/s; worker CPU {cpu:.1f} s = {done / cpu:.0f} cases/CPU-s; "
+        f"max RSS per worker {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
+def _profile(db: Database, settings: Settings, pipe: Any) -> None:
+    worker = Worker(db, settings, pipe)
+    worker.warm_up()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    done = worker.run_once()
+    prof.disable()
+    elapsed = time.perf_counter() - t0
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    print(f"in-process, profiled: {done} cases in {elapsed:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

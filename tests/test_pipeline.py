@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -14,7 +15,14 @@ from triage.common import to_ts
 from triage.lifecycle import Status
 from triage.models import AuditEvent, Case, OutboxMessage
 from triage.models import Suggestion as SuggestionRow
-from triage.pipeline import Pipeline, RuleAdvisor, recover_expired_leases, run_case
+from triage.pipeline import (
+    Pipeline,
+    RuleAdvisor,
+    RuleClassifier,
+    recover_expired_leases,
+    run_batch,
+    run_case,
+)
 from triage.simulator import Simulator
 from triage.worker import Worker
 
@@ -174,3 +182,87 @@ def test_tier_a_and_large_amount_raise_priority(db, settings):
         row = cases.get(s, case_id)
         assert row.priority == "P1"  # shortage P2, tier A and large amount bump it
         assert row.triage_due_at < row.resolution_due_at
+
+
+def _submit_many(db, settings, n: int) -> list[str]:
+    return [_submit(db, settings, n=i) for i in range(n)]
+
+
+def test_batch_confines_a_failing_case_and_stores_the_rest(db, settings):
+    ids = _submit_many(db, settings, 5)
+    bad = ids[2]
+
+    class Picky:
+        """Batch classification raises (one poisoned case); case by case only that one does."""
+
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def classify_many(self, cases_):
+            self.batches += 1
+            raise RuntimeError("batch refused")
+
+        def classify(self, case):
+            if case.source.case_id == "EX-00002":
+                raise ValueError("poisoned case")
+            return RuleClassifier().classify(case)
+
+    picky = Picky()
+    outs = run_batch(db, ids, Pipeline(classifier=picky), settings, worker_id="w")
+    assert picky.batches == 1
+    assert [o.case_id for o in outs] == ids
+    assert {o.case_id: o.status for o in outs} == {
+        **{cid: "triaged" for cid in ids if cid != bad},
+        bad: "retry",
+    }
+    assert _count(db, SuggestionRow) == 4
+    with db.read() as s:
+        assert cases.get(s, bad).status == Status.received.value
+        assert audit.verify(s).intact
+        # one claim event per case, one suggestion.created per stored case
+        assert _count(db, AuditEvent, action="case.triaging") == 5
+        assert _count(db, AuditEvent, action="suggestion.created") == 4
+
+
+def test_batch_skips_cases_already_claimed_and_records_stage_timings(db, settings):
+    ids = _submit_many(db, settings, 3)
+    assert run_case(db, ids[1], Pipeline(), settings, worker_id="other").status == "triaged"
+    outs = run_batch(db, ids, Pipeline(), settings, worker_id="w")
+    assert [o.status for o in outs] == ["triaged", "skipped", "triaged"]
+    assert _count(db, SuggestionRow) == 3
+    with db.read() as s:
+        payload = s.scalars(
+            select(AuditEvent.payload).where(
+                AuditEvent.action == "suggestion.created", AuditEvent.case_id == ids[0]
+            )
+        ).one()
+    stages = json.loads(payload)["stage_ms"]
+    assert set(stages) == {"classify", "retrieve", "advise", "policy"}
+    assert all(v >= 0 for v in stages.values())
+
+
+def test_batch_store_failure_falls_back_to_one_transaction_per_case(db, settings):
+    ids = _submit_many(db, settings, 3)
+
+    class Gate:
+        """Policy decisions whose second case cannot be serialised into the audit payload."""
+
+        def __init__(self) -> None:
+            self.inner = Pipeline().policy
+
+        def evaluate(self, case, actions_):
+            got = self.inner.evaluate(case, actions_)
+            if case.source.case_id == "EX-00001" and got:
+                bad = got[0]
+                got[0] = type(bad)(
+                    bad.action_index, bad.action_type, bad.outcome, [{"x": object()}], "v"
+                )
+            return got
+
+    outs = run_batch(db, ids, Pipeline(policy=Gate()), settings, worker_id="w")
+    statuses = {o.case_id: o.status for o in outs}
+    assert statuses[ids[0]] == statuses[ids[2]] == "triaged"
+    assert statuses[ids[1]] == "retry"
+    assert _count(db, SuggestionRow) == 2
+    with db.read() as s:
+        assert audit.verify(s).intact

@@ -40,8 +40,11 @@ def _worker(settings, **env_extra) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("stage", ["classify", "advise", "store"])
-def test_killed_worker_case_is_triaged_once_after_restart(db, settings, stage):
+@pytest.mark.parametrize(
+    ("stage", "batch"), [("classify", 1), ("advise", 1), ("store", 1), ("store", 16)]
+)
+def test_killed_worker_case_is_triaged_once_after_restart(db, settings, stage, batch):
+    """Batch size 1: one case in flight when the worker dies; 16: the whole batch is."""
     with db.write() as s:
         ids = [
             cases.submit(
@@ -49,11 +52,14 @@ def test_killed_worker_case_is_triaged_once_after_restart(db, settings, stage):
             ).case.id
             for i in range(3)
         ]
-    crashed = _worker(settings, TRIAGE_FAULT_CRASH_AT_STAGE=stage)
+    crashed = _worker(
+        settings, TRIAGE_FAULT_CRASH_AT_STAGE=stage, TRIAGE_WORKER_BATCH_SIZE=str(batch)
+    )
     assert crashed.returncode == 17, crashed.stderr[-2000:]
     with db.read() as s:
         statuses = dict(s.execute(select(Case.id, Case.status)).all())
-    assert sorted(statuses.values()) == ["received", "received", "triaging"]
+    in_flight = min(batch, 3)
+    assert sorted(statuses.values()) == ["received"] * (3 - in_flight) + ["triaging"] * in_flight
     time.sleep(1.2)  # the dead worker's lease expires
     restarted = _worker(settings)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
@@ -74,12 +80,14 @@ def test_killed_worker_case_is_triaged_once_after_restart(db, settings, stage):
                 .where(AuditEvent.case_id == case_id, AuditEvent.action == "suggestion.created")
             )
             assert created == 1
-        crashed_case = next(i for i in ids if statuses[i] == "triaging")
-        assert cases.get(s, crashed_case).triage_attempts == 2
-        recovered = s.scalar(
-            select(func.count())
-            .select_from(AuditEvent)
-            .where(AuditEvent.case_id == crashed_case, AuditEvent.action == "case.received")
-        )
-        assert recovered == 2  # intake + lease recovery
+        crashed_cases = [i for i in ids if statuses[i] == "triaging"]
+        assert len(crashed_cases) == in_flight
+        for crashed_case in crashed_cases:
+            assert cases.get(s, crashed_case).triage_attempts == 2
+            recovered = s.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.case_id == crashed_case, AuditEvent.action == "case.received")
+            )
+            assert recovered == 2  # intake + lease recovery
         assert audit.verify(s).intact

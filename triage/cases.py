@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from contracts.case import CaseIn, CustomerTier, ExceptionType
 from triage import audit
@@ -432,7 +433,10 @@ def transition(
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidTransition(f"case {case_id} was changed concurrently; retry", field="status")
-    session.refresh(row)
+    # The guarded UPDATE wrote exactly ``values`` (autoflush sent any pending change first):
+    # record them as the loaded state instead of paying a SELECT to refresh the row.
+    for key, value in values.items():
+        set_committed_value(row, key, value)
     if mutate is not None:
         mutate(row)
     audit.append(

@@ -82,13 +82,21 @@ class ModelClassifier:
         self.version = loaded.version
 
     def classify(self, case: CaseIn) -> ClassifierView:
-        pred = self.loaded.model.predict([case_record(case)])[0]
-        fallback = RuleClassifier().classify(case)
-        view: dict[str, Prediction] = {}
-        for target in TARGETS:
-            # A target the model was not trained for keeps the rule-based answer.
-            view[target] = pred.get(target) or getattr(fallback, target)
-        return ClassifierView(model_version=self.version, **view)
+        return self.classify_many([case])[0]
+
+    def classify_many(self, cases: Sequence[CaseIn]) -> list[ClassifierView]:
+        """One model call for the batch (the text transform is vectorised)."""
+        preds = self.loaded.model.predict([case_record(c) for c in cases])
+        rules = RuleClassifier()
+        out = []
+        for case, pred in zip(cases, preds, strict=True):
+            fallback = rules.classify(case)
+            view: dict[str, Prediction] = {}
+            for target in TARGETS:
+                # A target the model was not trained for keeps the rule-based answer.
+                view[target] = pred.get(target) or getattr(fallback, target)
+            out.append(ClassifierView(model_version=self.version, **view))
+        return out
 
 
 class ClassifierProvider:
@@ -110,6 +118,12 @@ class ClassifierProvider:
 
     def classify(self, case: CaseIn) -> ClassifierView:
         return self.current().classify(case)
+
+    def classify_many(self, cases: Sequence[CaseIn]) -> list[ClassifierView]:
+        current = self.current()
+        if isinstance(current, ModelClassifier):
+            return current.classify_many(cases)
+        return [current.classify(c) for c in cases]
 
     def current(self) -> ModelClassifier | RuleClassifier:
         import time

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -340,32 +340,62 @@ def _noop(_stage: str) -> None:
 
 def claim(db: Database, case_id: str, worker_id: str, settings: Settings) -> bool:
     """``received → triaging`` with a lease for this worker; False if someone else has it."""
+    return claim_many(db, [case_id], worker_id, settings) == [case_id]
+
+
+def claim_many(
+    db: Database, case_ids: Sequence[str], worker_id: str, settings: Settings
+) -> list[str]:
+    """Claim every case of ``case_ids`` still in ``received``, in one transaction.
+
+    Returns the claimed ids in the order given; the others were taken by another worker (or
+    are no longer waiting). One ``case.triaging`` audit event per claimed case.
+    """
+    if not case_ids:
+        return []
     now = datetime.now(UTC)
     with db.write() as s:
-        res = s.execute(
-            update(Case)
-            .where(Case.id == case_id, Case.status == Status.received.value)
-            .values(
-                status=Status.triaging.value,
-                lease_owner=worker_id,
-                lease_expires_at=to_ts(now + timedelta(seconds=settings.lease_seconds)),
-                triage_attempts=Case.triage_attempts + 1,
-                updated_at=to_ts(now),
-                version=Case.version + 1,
+        got = dict(
+            s.execute(
+                update(Case)
+                .where(Case.id.in_(list(case_ids)), Case.status == Status.received.value)
+                .values(
+                    status=Status.triaging.value,
+                    lease_owner=worker_id,
+                    lease_expires_at=to_ts(now + timedelta(seconds=settings.lease_seconds)),
+                    triage_attempts=Case.triage_attempts + 1,
+                    updated_at=to_ts(now),
+                    version=Case.version + 1,
+                )
+                .returning(Case.id, Case.triage_attempts)
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
+            .tuples()
+            .all()
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        attempt = s.scalar(select(Case.triage_attempts).where(Case.id == case_id))
-        audit.append(
-            s,
-            audit.PIPELINE,
-            "case.triaging",
-            {"from": "received", "to": "triaging", "worker": worker_id, "attempt": attempt},
-            case_id=case_id,
-        )
-    return True
+        claimed = [cid for cid in case_ids if cid in got]
+        for cid in claimed:
+            audit.append(
+                s,
+                audit.PIPELINE,
+                "case.triaging",
+                {"from": "received", "to": "triaging", "worker": worker_id, "attempt": got[cid]},
+                case_id=cid,
+            )
+    return claimed
+
+
+@dataclass
+class _Work:
+    """One claimed case on its way through the stages of a batch."""
+
+    case_id: str
+    case: CaseIn | None = None
+    view: ClassifierView | None = None
+    retrieved: Any = None
+    suggestion: Suggestion | None = None
+    decisions: list[ActionDecision] = field(default_factory=list)
+    error: Exception | None = None
 
 
 def run_case(
@@ -378,37 +408,172 @@ def run_case(
     crash_hook: CrashHook = _noop,
 ) -> Outcome:
     """Triage one case end to end (see module docstring for the idempotency contract)."""
-    if not claim(db, case_id, worker_id, settings):
-        return Outcome(case_id, "skipped", "not in received state or claimed by another worker")
+    return run_batch(db, [case_id], pipeline, settings, worker_id=worker_id, crash_hook=crash_hook)[
+        0
+    ]
+
+
+def run_batch(
+    db: Database,
+    case_ids: Sequence[str],
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    worker_id: str,
+    crash_hook: CrashHook = _noop,
+) -> list[Outcome]:
+    """Triage several cases with the per-case contract of :func:`run_case`, paying the fixed
+    costs once per batch: one claim transaction, one payload read, one classifier call, one
+    encoder pass and one Chroma query per collection (stages that offer ``*_many``), advice
+    calls overlapped when the advisor offers ``advise_many``, and one store transaction.
+
+    A failure is confined to its case: a batch stage that raises is retried case by case, a
+    case whose stage raises is recorded as a failure (retry with backoff, or failed for good),
+    and if the batch store transaction fails, each case is stored in its own transaction.
+    Returns one :class:`Outcome` per requested id, in order.
+    """
+    claimed = claim_many(db, case_ids, worker_id, settings)
+    taken = set(claimed)
+    outcomes: dict[str, Outcome] = {
+        cid: Outcome(cid, "skipped", "not in received state or claimed by another worker")
+        for cid in case_ids
+        if cid not in taken
+    }
+    if not claimed:
+        return [outcomes[cid] for cid in case_ids]
     started = time.perf_counter()
+    stage_ms: dict[str, float] = {}
+    works = [_Work(cid) for cid in claimed]
     try:
         with db.read() as s:
-            payload = cases.get(s, case_id).payload
-        case = CaseIn.model_validate(payload)
+            payloads: dict[str, Any] = dict(
+                s.execute(select(Case.id, Case.payload).where(Case.id.in_(claimed))).tuples().all()
+            )
+        for w in works:
+            try:
+                w.case = CaseIn.model_validate(payloads[w.case_id])
+            except Exception as exc:  # a stored payload the current contract refuses
+                w.error = exc
         crash_hook("classify")
-        view = pipeline.classifier.classify(case)
+        _stage(works, stage_ms, "classify", pipeline.classifier, "classify_many", "classify")
         crash_hook("retrieve")
-        passages = pipeline.retriever.retrieve(case, pipeline.k)
-        crash_hook("advise")
-        suggestion = pipeline.advisor.advise(
-            AdviceInput(case_id, case, view, passages, settings.queues)
+        _stage(
+            works, stage_ms, "retrieve", pipeline.retriever, "retrieve_many", "retrieve", pipeline.k
         )
+        crash_hook("advise")
+        _advise(works, stage_ms, pipeline.advisor, settings)
         crash_hook("policy")
-        decisions = pipeline.policy.evaluate(case, list(suggestion.proposed_actions))
+        t = time.perf_counter()
+        for w in _live(works):
+            assert w.case is not None
+            assert w.suggestion is not None
+            try:
+                w.decisions = pipeline.policy.evaluate(w.case, list(w.suggestion.proposed_actions))
+            except Exception as exc:
+                w.error = exc
+        stage_ms["policy"] = (time.perf_counter() - t) * 1000
         crash_hook("store")
-    except Exception as exc:  # any stage failure: retry later or fail for good
-        log.exception("triage of case %s failed", case_id)
-        return _record_failure(db, case_id, worker_id, settings, exc)
-    return _store(
-        db,
-        case_id,
-        worker_id,
-        settings,
-        case,
-        suggestion,
-        decisions,
-        (time.perf_counter() - started) * 1000,
-    )
+    except Exception as exc:  # the batch machinery itself failed: every case retries later
+        log.exception("triage batch of %d cases failed", len(works))
+        for w in works:
+            w.error = w.error or exc
+    for w in works:
+        if w.error is not None:
+            log.error("triage of case %s failed: %r", w.case_id, w.error)
+            outcomes[w.case_id] = _record_failure(db, w.case_id, worker_id, settings, w.error)
+    done = _live(works)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if done:
+        try:
+            with db.write() as s:
+                for w in done:
+                    outcomes[w.case_id] = _store_in(
+                        s, *_store_args(w, worker_id, settings), elapsed_ms, stage_ms
+                    )
+        except Exception:
+            log.exception("batch store failed; storing the %d cases one by one", len(done))
+            for w in done:
+                try:
+                    outcomes[w.case_id] = _store(
+                        db, *_store_args(w, worker_id, settings), elapsed_ms, stage_ms
+                    )
+                except Exception as exc:
+                    outcomes[w.case_id] = _record_failure(db, w.case_id, worker_id, settings, exc)
+    return [outcomes[cid] for cid in case_ids]
+
+
+def _live(works: list[_Work]) -> list[_Work]:
+    return [w for w in works if w.error is None]
+
+
+def _store_args(
+    w: _Work, worker_id: str, settings: Settings
+) -> tuple[str, str, Settings, CaseIn, Suggestion, list[ActionDecision]]:
+    assert w.case is not None
+    assert w.suggestion is not None
+    return (w.case_id, worker_id, settings, w.case, w.suggestion, w.decisions)
+
+
+def _stage(
+    works: list[_Work],
+    stage_ms: dict[str, float],
+    name: str,
+    stage: Any,
+    many: str,
+    one: str,
+    *extra: Any,
+) -> None:
+    """Run a classify/retrieve stage for the live cases: batched when the stage can, else (or
+    when the batch call raises) one case at a time, confining an error to its case."""
+    t = time.perf_counter()
+    live = _live(works)
+    attr = "view" if name == "classify" else "retrieved"
+    batch = getattr(stage, many, None)
+    results: list[Any] | None = None
+    if live and callable(batch) and len(live) > 1:
+        try:
+            results = list(batch([w.case for w in live], *extra))
+        except Exception:
+            log.exception("%s batch failed; retrying case by case", name)
+            results = None
+    if results is not None and len(results) == len(live):
+        for w, r in zip(live, results, strict=True):
+            setattr(w, attr, r)
+    else:
+        for w in live:
+            try:
+                setattr(w, attr, getattr(stage, one)(w.case, *extra))
+            except Exception as exc:
+                w.error = exc
+    stage_ms[name] = (time.perf_counter() - t) * 1000
+
+
+def _advise(
+    works: list[_Work], stage_ms: dict[str, float], advisor: Advisor, settings: Settings
+) -> None:
+    t = time.perf_counter()
+    live = _live(works)
+    requests = []
+    for w in live:
+        assert w.case is not None
+        assert w.view is not None
+        requests.append(AdviceInput(w.case_id, w.case, w.view, w.retrieved, settings.queues))
+    many = getattr(advisor, "advise_many", None)
+    if callable(many) and len(live) > 1:
+        # Overlapped (LLM calls in flight together); each result is a suggestion or the
+        # exception that case raised.
+        for w, res in zip(live, many(requests), strict=True):
+            if isinstance(res, BaseException):
+                w.error = res if isinstance(res, Exception) else RuntimeError(repr(res))
+            else:
+                w.suggestion = res
+    else:
+        for w, req in zip(live, requests, strict=True):
+            try:
+                w.suggestion = advisor.advise(req)
+            except Exception as exc:
+                w.error = exc
+    stage_ms["advise"] = (time.perf_counter() - t) * 1000
 
 
 def _store(
@@ -420,94 +585,113 @@ def _store(
     suggestion: Suggestion,
     decisions: list[ActionDecision],
     elapsed_ms: float,
+    stage_ms: dict[str, float] | None = None,
 ) -> Outcome:
     with db.write() as s:
-        row = s.get(Case, case_id)
-        if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
-            # Our lease expired and another worker took over: storing would duplicate work.
-            return Outcome(case_id, "lease_lost")
-        revision = row.suggestion_revision + 1
-        body = suggestion.model_dump(mode="json")
-        model_version = suggestion.classifier.model_version if suggestion.classifier else None
-        s.add(
-            SuggestionRow(
-                case_id=case_id,
-                revision=revision,
-                created_at=now_ts(),
-                engine=suggestion.provenance.engine,
-                schema_version=suggestion.schema_version,
-                model_version=model_version,
-                body=body,
-                decisions={"items": [d.as_dict() for d in decisions]},
-            )
+        return _store_in(
+            s, case_id, worker_id, settings, case, suggestion, decisions, elapsed_ms, stage_ms
         )
-        row.suggestion_revision = revision
-        _apply_classification(s, row, suggestion, settings)
-        actions.propose_from_suggestion(
-            s, case_id, row.customer_id, list(suggestion.proposed_actions), revision
+
+
+def _store_in(
+    s: Any,
+    case_id: str,
+    worker_id: str,
+    settings: Settings,
+    case: CaseIn,
+    suggestion: Suggestion,
+    decisions: list[ActionDecision],
+    elapsed_ms: float,
+    stage_ms: dict[str, float] | None = None,
+) -> Outcome:
+    """The store step inside the caller's write transaction (one case)."""
+    row = s.get(Case, case_id)
+    if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
+        # Our lease expired and another worker took over: storing would duplicate work.
+        return Outcome(case_id, "lease_lost")
+    revision = row.suggestion_revision + 1
+    body = suggestion.model_dump(mode="json")
+    model_version = suggestion.classifier.model_version if suggestion.classifier else None
+    s.add(
+        SuggestionRow(
+            case_id=case_id,
+            revision=revision,
+            created_at=now_ts(),
+            engine=suggestion.provenance.engine,
+            schema_version=suggestion.schema_version,
+            model_version=model_version,
+            body=body,
+            decisions={"items": [d.as_dict() for d in decisions]},
         )
-        row.triaged_at = now_ts()
-        row.lease_owner = None
-        row.lease_expires_at = None
-        s.flush()
+    )
+    row.suggestion_revision = revision
+    _apply_classification(s, row, suggestion, settings)
+    actions.propose_from_suggestion(
+        s, case_id, row.customer_id, list(suggestion.proposed_actions), revision
+    )
+    row.triaged_at = now_ts()
+    row.lease_owner = None
+    row.lease_expires_at = None
+    s.flush()
+    audit.append(
+        s,
+        audit.PIPELINE,
+        "suggestion.created",
+        {
+            "revision": revision,
+            "engine": suggestion.provenance.engine,
+            "fallback_reason": suggestion.provenance.fallback_reason,
+            "model_version": model_version,
+            "category": suggestion.category,
+            "queue": suggestion.routing.queue,
+            "priority": suggestion.priority,
+            "abstained": [p.target for p in _predictions(suggestion) if p.abstained],
+            "actions": [a.type.value for a in suggestion.proposed_actions],
+            "citations": [c.chunk_id for c in suggestion.citations],
+            "elapsed_ms": round(elapsed_ms, 2),
+            "stage_ms": {k: round(v, 2) for k, v in (stage_ms or {}).items()},
+        },
+        case_id=case_id,
+    )
+    if suggestion.injection_flags:
+        # Instructions hidden in case text are data, never commands: flag and audit them.
+        row.injection_flags = list(suggestion.injection_flags)
         audit.append(
             s,
             audit.PIPELINE,
-            "suggestion.created",
-            {
-                "revision": revision,
-                "engine": suggestion.provenance.engine,
-                "fallback_reason": suggestion.provenance.fallback_reason,
-                "model_version": model_version,
-                "category": suggestion.category,
-                "queue": suggestion.routing.queue,
-                "priority": suggestion.priority,
-                "abstained": [p.target for p in _predictions(suggestion) if p.abstained],
-                "actions": [a.type.value for a in suggestion.proposed_actions],
-                "citations": [c.chunk_id for c in suggestion.citations],
-                "elapsed_ms": round(elapsed_ms, 2),
-            },
+            "case.injection_flagged",
+            {"flags": list(suggestion.injection_flags)},
             case_id=case_id,
         )
-        if suggestion.injection_flags:
-            # Instructions hidden in case text are data, never commands: flag and audit them.
-            row.injection_flags = list(suggestion.injection_flags)
-            audit.append(
-                s,
-                audit.PIPELINE,
-                "case.injection_flagged",
-                {"flags": list(suggestion.injection_flags)},
-                case_id=case_id,
-            )
-        for d in decisions:
-            audit.append(s, audit.SYSTEM, "policy.evaluated", d.as_dict(), case_id=case_id)
-        cases.transition(
+    for d in decisions:
+        audit.append(s, audit.SYSTEM, "policy.evaluated", d.as_dict(), case_id=case_id)
+    cases.transition(
+        s,
+        case_id,
+        Status.awaiting_review,
+        actor=audit.PIPELINE,
+        by_system=True,
+        reason="triage complete",
+    )
+    if row.callback_url:
+        webhooks.enqueue(
             s,
-            case_id,
-            Status.awaiting_review,
-            actor=audit.PIPELINE,
-            by_system=True,
-            reason="triage complete",
+            event_id=f"case.triaged:{case_id}:{revision}",
+            kind="case.triaged",
+            case_id=case_id,
+            target_url=row.callback_url,
+            body={
+                "event": "case.triaged",
+                "event_id": f"case.triaged:{case_id}:{revision}",
+                "case_id": case_id,
+                "source": {"system": case.source.system, "case_id": case.source.case_id},
+                "status": Status.awaiting_review.value,
+                "queue": suggestion.routing.queue,
+                "category": suggestion.category,
+                "priority": row.priority,
+                "summary": suggestion.summary,
+            },
         )
-        if row.callback_url:
-            webhooks.enqueue(
-                s,
-                event_id=f"case.triaged:{case_id}:{revision}",
-                kind="case.triaged",
-                case_id=case_id,
-                target_url=row.callback_url,
-                body={
-                    "event": "case.triaged",
-                    "event_id": f"case.triaged:{case_id}:{revision}",
-                    "case_id": case_id,
-                    "source": {"system": case.source.system, "case_id": case.source.case_id},
-                    "status": Status.awaiting_review.value,
-                    "queue": suggestion.routing.queue,
-                    "category": suggestion.category,
-                    "priority": row.priority,
-                    "summary": suggestion.summary,
-                },
-            )
     return Outcome(case_id, "triaged")
 
 

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     worker_enabled: bool = True
     worker_threads: int = 2
     worker_poll_seconds: float = 1.0
+    worker_batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Cases a worker thread claims and triages together (one claim and one "
+        "store transaction, one classifier call and one Chroma query per batch).",
+    )
     lease_seconds: int = 120
     max_triage_attempts: int = 5
     fault_crash_at_stage: str | None = Field(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +115,41 @@ class RetrievalStage:
     def retrieve(self, case: CaseIn, k: int) -> Retrieved:
         # one vector per case, shared by the knowledge base and the similar-case index
         return self.service.retrieve(case)
+
+    def retrieve_many(self, cases: Sequence[CaseIn], k: int) -> list[Retrieved]:
+        """One encoder pass and one Chroma query per collection for the whole batch."""
+        return self.service.retrieve_many(cases)
+
+    def advise_many(self, requests: Sequence[AdviceInput]) -> list[Suggestion | BaseException]:
+        """Advice for a batch: the offline engine in turn, LLM calls overlapped on the shared
+        event loop (the advisor's own concurrency limit still applies). Each slot holds the
+        suggestion or the exception that case raised."""
+        svc = self.service
+        if svc.advisor is svc.offline:
+            out: list[Suggestion | BaseException] = []
+            for req in requests:
+                try:
+                    out.append(self.advise(req))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+        async def gather() -> list[Suggestion | BaseException]:
+            return await asyncio.gather(
+                *(
+                    svc.advise(
+                        r.case,
+                        r.case_id,
+                        r.classifier,
+                        r.queues,
+                        r.retrieved if isinstance(r.retrieved, Retrieved) else None,
+                    )
+                    for r in requests
+                ),
+                return_exceptions=True,
+            )
+
+        return self.bridge.run(gather())
 
     def advise(self, request: AdviceInput) -> Suggestion:
         retrieved = request.retrieved if isinstance(request.retrieved, Retrieved) else None

@@ -84,19 +84,18 @@ class Worker:
         pipeline.recover_expired_leases(self.db)
         done = 0
         while not self._stop.is_set():
-            due = pipeline.next_due(self.db)
+            due = pipeline.next_due(self.db, limit=self.settings.worker_batch_size)
             if not due:
                 return done
-            for case_id in due:
-                out = pipeline.run_case(
-                    self.db,
-                    case_id,
-                    self.pipeline,
-                    self.settings,
-                    worker_id=self.id,
-                    crash_hook=self._crash,
-                )
-                done += out.status == "triaged"
+            outs = pipeline.run_batch(
+                self.db,
+                due,
+                self.pipeline,
+                self.settings,
+                worker_id=self.id,
+                crash_hook=self._crash,
+            )
+            done += sum(o.status == "triaged" for o in outs)
         return done
 
     def index_resolved(self) -> int:
