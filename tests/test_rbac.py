@@ -175,7 +175,8 @@ def test_rate_limit_per_key_answers_429_with_retry_after(settings, db, keys):
 
     from api.app import create_app
 
-    settings.rate_limit_per_second = 1
+    # One token per 100 s: a slow, loaded machine cannot refill the bucket between requests.
+    settings.rate_limit_per_second = 0.01
     settings.rate_limit_burst = 3
     with TestClient(create_app(settings, db=db, start_worker=False)) as c:
         codes = [c.get("/v1/cases", headers=bearer(keys["agent"])).status_code for _ in range(5)]
