@@ -37,6 +37,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    insert,
     literal_column,
     or_,
     select,
@@ -57,6 +58,7 @@ from triage.models import (
     AuditEvent,
     AuditHead,
     Case,
+    DashboardCaseFacts,
     DashboardDay,
     DashboardRollupState,
     LabelFeedback,
@@ -495,18 +497,19 @@ def _chunks(items: list[str], n: int = CHUNK) -> list[list[str]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
 
-def partial(session: Session, r: DateRange) -> dict[str, Any]:
-    """The dashboard's figures for ``r`` in mergeable form: counters, exact duration lists and
-    sums, JSON-serialisable. :func:`merge` of the partials of adjacent ranges equals the
-    partial of their union, which is what lets a day's partial be stored and reused.
+def case_facts(
+    session: Session, *, r: DateRange | None = None, ids: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """What the dashboard needs to know about each case received in ``r`` (or each of
+    ``ids``): one small JSON-able dict per case, everything that can change after receipt
+    included (status, flags, durations, first decision, overridden, touched by a person).
 
-    What belongs to a range (each figure is keyed by one timestamp, so days partition it):
-    - cases *received* in it (``created_at``): volumes, stage times, overrides, touchless,
-      coverage and SLA breaches, whatever happened to those cases since;
-    - ``suggestion.created`` events *in* it: engines and LLM fallbacks;
-    - approvals that released an action, and rejections, *in* it: approval dwell, measured
-      from the latest ``action.decided`` (needs approval) event before them;
-    - credit notes and write-offs *created* in it and now approved or executed.
+    Keys: ``d`` day received, ``t`` exception type, ``w`` warehouse, ``c`` carrier, ``u``
+    customer, ``p`` priority, ``r`` resolved, ``tb``/``rb`` triage/resolution SLA breached,
+    ``a`` abstained targets, ``tt``/``tr``/``td``/``ts`` seconds from intake to triage,
+    resolution and first human decision, and shipment to invoice (None when unknown), ``o``
+    overridden (has a reviewer label), ``x`` touched by a person (label, agent-created or
+    edited action, edited customer message).
     """
     dialect = session.get_bind().dialect.name
     # Core execution on the session's connection: these are column reads, and the ORM's
@@ -515,107 +518,161 @@ def partial(session: Session, r: DateRange) -> dict[str, Any]:
     to_triage, to_resolution, ship_to_invoice = _SECONDS[
         "postgresql" if dialect == "postgresql" else "sqlite"
     ]
-    in_range = and_(Case.created_at >= r.start, Case.created_at < r.end)
     # literal arguments: bound parameters would differ between SELECT and GROUP BY on PostgreSQL
     day = func.substr(Case.created_at, literal_column("1"), literal_column("10"))
-    rows = conn.execute(
-        select(
-            Case.id,
-            day,
-            Case.exception_type,
-            Case.warehouse_id,
-            Case.carrier_id,
-            Case.customer_id,
-            Case.status,
-            Case.priority,
-            Case.triage_sla_breached,
-            Case.resolution_sla_breached,
-            # raw JSON text: most cases did not abstain, so most rows need no JSON parsing
-            _ABSTAIN_TEXT,
-            Case.created_at,
-            to_triage,
-            to_resolution,
-        ).where(in_range)
-    ).all()
-    ship_invoice = [
-        _f(v)
-        for (v,) in conn.execute(select(ship_to_invoice).where(in_range)).all()
-        if v is not None
-    ]
-    (
-        ids,
-        days,
-        etypes,
-        whs,
-        carriers,
-        customers,
-        statuses,
-        prios,
-        t_breach,
-        r_breach,
-        reasons_json,
-        created,
-        s_triage,
-        s_resolve,
-    ) = (  # fmt: skip
-        zip(*rows, strict=True) if rows else ((),) * 14
+    cols = select(
+        Case.id,
+        day,
+        Case.exception_type,
+        Case.warehouse_id,
+        Case.carrier_id,
+        Case.customer_id,
+        Case.status,
+        Case.priority,
+        Case.triage_sla_breached,
+        Case.resolution_sla_breached,
+        # raw JSON text: most cases did not abstain, so most rows need no JSON parsing
+        _ABSTAIN_TEXT,
+        Case.created_at,
+        to_triage,
+        to_resolution,
+        ship_to_invoice,
     )
-    # Column-wise counting: Counter over zipped columns runs in C, a per-row loop does not.
-    volume: dict[str, dict[str, int]] = defaultdict(dict)
-    for (d, etype), n in Counter(zip(days, etypes, strict=True)).items():
-        volume[d][etype] = n
-    breaches: dict[str, dict[str, int]] = {p: {"triage": 0, "resolution": 0} for p in set(prios)}
-    for p, b in zip(prios, t_breach, strict=True):
-        if b:
-            breaches[p]["triage"] += 1
-    for p, b in zip(prios, r_breach, strict=True):
-        if b:
-            breaches[p]["resolution"] += 1
-    abstained: Counter[str] = Counter()
-    any_abstained = 0
-    for raw in reasons_json:
-        if raw and raw != "null" and (reasons := json.loads(raw)):
-            any_abstained += 1
-            abstained.update(reasons.keys())
-    created_of = dict(zip(ids, created, strict=True))
-    resolved_ids = {
-        cid for cid, st in zip(ids, statuses, strict=True) if st == Status.resolved.value
-    }
-
+    rows: list[Any]
+    if r is not None:
+        rows = list(conn.execute(cols.where(Case.created_at >= r.start, Case.created_at < r.end)))
+    else:
+        rows = []
+        for chunk in _chunks(sorted(set(ids or ()))):
+            rows.extend(conn.execute(cols.where(Case.id.in_(chunk))).all())
+    out: dict[str, dict[str, Any]] = {}
+    created_of: dict[str, str] = {}
+    for (
+        cid,
+        d,
+        etype,
+        wh,
+        carrier,
+        customer,
+        status,
+        prio,
+        tb,
+        rb,
+        raw,
+        created,
+        tt,
+        tr,
+        ts,
+    ) in rows:
+        abstained = sorted(json.loads(raw)) if raw and raw != "null" else []
+        created_of[cid] = created
+        out[cid] = {
+            "d": d,
+            "t": etype,
+            "w": wh or "(none)",
+            "c": carrier or "(none)",
+            "u": customer,
+            "p": prio,
+            "r": status == Status.resolved.value,
+            "tb": bool(tb),
+            "rb": bool(rb),
+            "a": abstained,
+            "tt": None if tt is None else _f(tt),
+            "tr": None if tr is None else _f(tr),
+            "ts": None if ts is None else _f(ts),
+            "td": None,
+            "o": False,
+            "x": False,
+        }
     # Per-case facts from the audit trail, the labels and the actions (case_id indexes).
-    first_decision: dict[str, str] = {}
-    labelled: set[str] = set()
-    touched: set[str] = set()
     message = case((AuditEvent.action == "case.message_sent", AuditEvent.payload), else_=None)
-    for chunk in _chunks(list(ids)):
+    first: dict[str, str] = {}
+    for chunk in _chunks(list(out)):
         for row in conn.execute(
             select(AuditEvent.case_id, AuditEvent.actor_type, AuditEvent.ts, message).where(
                 AuditEvent.case_id.in_(chunk), AuditEvent.action.in_(DECISION_ACTIONS)
             )
         ).all():
-            cid, actor_type, ts, payload = str(row[0]), row[1], str(row[2]), row[3]
-            if actor_type == "human" and (cid not in first_decision or ts < first_decision[cid]):
-                first_decision[cid] = ts
+            cid, actor_type, at, payload = str(row[0]), row[1], str(row[2]), row[3]
+            if actor_type == "human" and (cid not in first or at < first[cid]):
+                first[cid] = at
             if payload is not None and json.loads(payload).get("edited"):
-                touched.add(cid)
-        labelled.update(
-            conn.scalars(select(LabelFeedback.case_id).where(LabelFeedback.case_id.in_(chunk)))
-        )
-        touched.update(
-            conn.scalars(
-                select(ActionRow.case_id).where(
-                    ActionRow.case_id.in_(chunk),
-                    or_(ActionRow.origin == "agent", ActionRow.last_edited_by.is_not(None)),
-                )
+                out[cid]["x"] = True
+        for cid in conn.scalars(
+            select(LabelFeedback.case_id).where(LabelFeedback.case_id.in_(chunk))
+        ):
+            out[cid]["o"] = out[cid]["x"] = True
+        for cid in conn.scalars(
+            select(ActionRow.case_id).where(
+                ActionRow.case_id.in_(chunk),
+                or_(ActionRow.origin == "agent", ActionRow.last_edited_by.is_not(None)),
             )
-        )
-    touched |= labelled
-    to_decision = [
-        (_parse(ts) - _parse(created_of[cid])).total_seconds() for cid, ts in first_decision.items()
-    ]
+        ):
+            out[cid]["x"] = True
+    for cid, at in first.items():
+        out[cid]["td"] = (_parse(at) - _parse(created_of[cid])).total_seconds()
+    return out
 
-    # Approval dwell: releases and rejections in the range, each from the latest decision
-    # that asked for approval of that action before it.
+
+def aggregate(facts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The case-keyed part of a partial, from case facts (see :func:`case_facts`)."""
+    volume: dict[str, dict[str, int]] = defaultdict(dict)
+    wh: Counter[str] = Counter()
+    carrier: Counter[str] = Counter()
+    customer: Counter[str] = Counter()
+    abstained: Counter[str] = Counter()
+    breaches: dict[str, dict[str, int]] = {}
+    n = triaged = any_abstained = resolved = overridden = touchless = 0
+    times: dict[str, list[float]] = {k: [] for k in TIME_KEYS}
+    for f in facts:
+        n += 1
+        by_type = volume[f["d"]]
+        by_type[f["t"]] = by_type.get(f["t"], 0) + 1
+        wh[f["w"]] += 1
+        carrier[f["c"]] += 1
+        customer[f["u"]] += 1
+        b = breaches.setdefault(f["p"], {"triage": 0, "resolution": 0})
+        b["triage"] += f["tb"]
+        b["resolution"] += f["rb"]
+        if f["a"]:
+            any_abstained += 1
+            abstained.update(f["a"])
+        if f["tt"] is not None:
+            triaged += 1
+            times["intake_to_triage"].append(f["tt"])
+        if f["tr"] is not None:
+            times["intake_to_resolution"].append(f["tr"])
+        if f["td"] is not None:
+            times["intake_to_decision"].append(f["td"])
+        if f["ts"] is not None:
+            times["shipment_to_invoice"].append(f["ts"])
+        resolved += f["r"]
+        overridden += f["o"]
+        touchless += f["r"] and not f["x"]
+    return {
+        "cases": n,
+        "volume": dict(volume),
+        "warehouse": dict(wh),
+        "carrier": dict(carrier),
+        "customer": dict(customer),
+        "breaches": breaches,
+        "triaged": triaged,
+        "abstained": dict(abstained),
+        "any_abstained": any_abstained,
+        "resolved": resolved,
+        "overridden": overridden,
+        "touchless": touchless,
+        # sorted runs: merging days then sorts in near-linear time (timsort merges runs)
+        "times": {k: sorted(v) for k, v in times.items()},
+    }
+
+
+def event_part(session: Session, r: DateRange) -> dict[str, Any]:
+    """The event- and action-keyed part of a partial: approval dwell (releases and rejections
+    in ``r``), suggestions by engine and fallbacks (events in ``r``), and released credits and
+    write-offs (actions created in ``r``)."""
+    conn = session.connection()
+    # Approval dwell: each from the latest decision that asked for approval of that action.
     closes: list[tuple[str, str, str]] = []
     for action, case_id, at, body in conn.execute(
         select(AuditEvent.action, AuditEvent.case_id, AuditEvent.ts, AuditEvent.payload).where(
@@ -644,7 +701,6 @@ def partial(session: Session, r: DateRange) -> dict[str, Any]:
         if before:
             dwell.append((_parse(closed_at) - _parse(max(before))).total_seconds())
 
-    # Suggestions by engine and fallbacks, from suggestion.created events in the range.
     engine_llm = AuditEvent.payload.contains('"engine":"llm"')
     no_fallback = AuditEvent.payload.contains('"fallback_reason":null')
     total, llm_n, fallback_n = conn.execute(
@@ -681,29 +737,31 @@ def partial(session: Session, r: DateRange) -> dict[str, Any]:
         ).all()
     ]
     return {
-        "cases": len(rows),
-        "volume": dict(volume),
-        "warehouse": dict(Counter(w or "(none)" for w in whs)),
-        "carrier": dict(Counter(c or "(none)" for c in carriers)),
-        "customer": dict(Counter(customers)),
-        "breaches": breaches,
-        "triaged": sum(1 for v in s_triage if v is not None),
-        "abstained": dict(abstained),
-        "any_abstained": any_abstained,
-        "resolved": len(resolved_ids),
-        "overridden": len(labelled & created_of.keys()),
-        "touchless": len(resolved_ids - touched),
-        # sorted runs: merging days then sorts in near-linear time (timsort merges runs)
-        "times": {
-            "intake_to_triage": sorted(float(v) for v in s_triage if v is not None),
-            "intake_to_decision": sorted(to_decision),
-            "intake_to_resolution": sorted(float(v) for v in s_resolve if v is not None),
-            "shipment_to_invoice": sorted(ship_invoice),
-            "approval_dwell": sorted(dwell),
-        },
+        "approval_dwell": sorted(dwell),
         "llm": {"total": _i(total), "llm": _i(llm_n), "fallback": _i(fallback_n)},
         "money": money,
     }
+
+
+def _combine(cases_part: dict[str, Any], events: dict[str, Any]) -> dict[str, Any]:
+    times = {**cases_part["times"], "approval_dwell": events["approval_dwell"]}
+    return {**cases_part, "times": times, "llm": events["llm"], "money": events["money"]}
+
+
+def partial(session: Session, r: DateRange) -> dict[str, Any]:
+    """The dashboard's figures for ``r`` in mergeable form: counters, exact sorted duration
+    lists and sums, JSON-serialisable. :func:`merge` of the partials of adjacent ranges equals
+    the partial of their union, which is what lets a day's partial be stored and reused.
+
+    What belongs to a range (each figure is keyed by one timestamp, so days partition it):
+    - cases *received* in it (``created_at``): volumes, stage times, overrides, touchless,
+      coverage and SLA breaches, whatever happened to those cases since;
+    - ``suggestion.created`` events *in* it: engines and LLM fallbacks;
+    - approvals that released an action, and rejections, *in* it: approval dwell, measured
+      from the latest ``action.decided`` (needs approval) event before them;
+    - credit notes and write-offs *created* in it and now approved or executed.
+    """
+    return _combine(aggregate(case_facts(session, r=r).values()), event_part(session, r))
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -800,7 +858,7 @@ def process_stats(session: Session, r: DateRange) -> ProcessStats:
 
 # ---------------------------------------------------------------- daily roll-ups
 
-ROLLUP_FORMAT = 2
+ROLLUP_FORMAT = 3
 """Bump when :func:`partial`'s output changes: stored days of another format are rebuilt."""
 
 
@@ -810,53 +868,16 @@ def day_range(day: str) -> DateRange:
     return DateRange(to_ts(s), to_ts(s + timedelta(days=1)))
 
 
-def dirty_days(session: Session, after_seq: int, through_seq: int) -> set[str]:
-    """Days whose partial may have changed since audit event ``after_seq``.
-
-    The audit trail is the change feed: every change to a case, its actions, labels or
-    messages is appended in the same transaction, with the case id. A new event makes dirty
-    the day it happened on (event-keyed figures), the day its case was received and the days
-    the case's actions were created (case- and action-keyed figures). Sequence order is commit
-    order (appends are serialised), so nothing at or below ``through_seq`` can still appear.
-    """
-    if through_seq <= after_seq:
-        return set()
-    days: set[str] = set()
-    case_ids: set[str] = set()
-    for cid, ts in (
-        session.connection()
-        .execute(
-            select(AuditEvent.case_id, AuditEvent.ts).where(
-                AuditEvent.seq > after_seq, AuditEvent.seq <= through_seq
-            )
-        )
-        .all()
-    ):
-        days.add(ts[:10])
-        if cid:
-            case_ids.add(cid)
-    for chunk in _chunks(sorted(case_ids)):
-        days.update(
-            c[:10]
-            for c in session.connection().scalars(select(Case.created_at).where(Case.id.in_(chunk)))
-        )
-        days.update(
-            c[:10]
-            for c in session.connection().scalars(
-                select(ActionRow.created_at).where(ActionRow.case_id.in_(chunk))
-            )
-        )
-    return days
-
-
 @dataclass
 class RollupRun:
     """What one :func:`rollup_stats` call did (for the bench and the tests)."""
 
     reused: int = 0
     computed: int = 0
-    stored: int = 0
+    """Days built from scratch (never rolled up) or re-aggregated (dirty)."""
     dirty: int = 0
+    touched_cases: int = 0
+    stored: int = 0
     raced: bool = False
 
 
@@ -865,68 +886,134 @@ def rollup_stats(
 ) -> ProcessStats:
     """The dashboard figures for ``r`` from daily roll-ups, refreshed incrementally.
 
-    Each day's partial is stored in ``dashboard_days`` and reused until an audit event makes
-    the day dirty (:func:`dirty_days`); days since the last refresh, and older days touched by
-    new events, are recomputed, closed untouched days never are. Days after ``today`` (UTC)
-    are computed but not stored. Reads run in a read session; the refresh is written in one
-    short write transaction, and only if no other refresh advanced the watermark meanwhile
-    (a loser's figures are still returned: they are correct as of its snapshot).
+    Stored: each rolled-up day's partial (``dashboard_days``) and the facts of its cases
+    (``dashboard_case_facts``), current as of the audit sequence number in
+    ``dashboard_rollup_state``. The audit trail is the change feed: every change to a case,
+    its actions, labels or messages is appended in the same transaction with the case id, and
+    sequence order is commit order (appends are serialised). A refresh reads the events since
+    the watermark; the facts of the cases they name are recomputed, and a stored day is
+    re-aggregated (from its stored facts plus the fresh ones, and its events) when an event
+    happened on it, one of its cases changed, or an action created on it changed. Days of the
+    range never rolled up are built whole. Closed days nothing touched are never recomputed.
+    Days after ``today`` (UTC) are computed but not stored.
+
+    Reads run in a read session; the refresh is written in one short write transaction, and
+    only if no other refresh moved the watermark meanwhile (a loser's figures are still
+    returned: they are correct as of its own read).
     """
     run = run if run is not None else RollupRun()
     today = today or now_ts()[:10]
-    first, last = r.start[:10], r.end[:10]
+    days = r.days
+    in_range = set(days)
+    parts: dict[str, dict[str, Any]] = {}
+    new_days: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+    redone: dict[str, dict[str, Any]] = {}
     with db.read() as s:
+        conn = s.connection()
         state = s.get(DashboardRollupState, 1)
         seen = (state.through_seq, state.format) if state else None
         head = s.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
         valid = state is not None and state.format == ROLLUP_FORMAT
-        dirty = dirty_days(s, state.through_seq, head) if valid and state else set()
-        stored: dict[str, str] = {}
-        if valid:
-            stored = dict(
-                s.execute(
-                    select(DashboardDay.day, DashboardDay.stats).where(
-                        DashboardDay.day >= first, DashboardDay.day < last
+        have: set[str] = set(conn.scalars(select(DashboardDay.day))) if valid else set()
+        event_days: set[str] = set()
+        touched: set[str] = set()
+        if state is not None and valid and head > state.through_seq:
+            for cid, ts in conn.execute(
+                select(AuditEvent.case_id, AuditEvent.ts).where(
+                    AuditEvent.seq > state.through_seq, AuditEvent.seq <= head
+                )
+            ).all():
+                event_days.add(ts[:10])
+                if cid:
+                    touched.add(cid)
+        # Facts matter only for rolled-up days; other days are built whole when viewed.
+        fresh = {
+            cid: f
+            for cid, f in (case_facts(s, ids=sorted(touched)) if touched else {}).items()
+            if f["d"] in have
+        }
+        action_days: set[str] = set()
+        for chunk in _chunks(sorted(touched)):
+            action_days.update(
+                c[:10]
+                for c in conn.scalars(
+                    select(ActionRow.created_at).where(ActionRow.case_id.in_(chunk))
+                )
+            )
+        dirty = (event_days | action_days | {f["d"] for f in fresh.values()}) & have
+        run.dirty, run.touched_cases = len(dirty), len(fresh)
+
+        for d in days:
+            if d not in have:
+                facts = case_facts(s, r=day_range(d))
+                p = _combine(aggregate(facts.values()), event_part(s, day_range(d)))
+                parts[d] = p
+                run.computed += 1
+                if d <= today:
+                    new_days[d] = (p, facts)
+        # Dirty stored days, in the range or not (the watermark moves past their events).
+        for d in sorted(dirty):
+            stored = {
+                cid: json.loads(raw)
+                for cid, raw in conn.execute(
+                    select(DashboardCaseFacts.case_id, DashboardCaseFacts.facts).where(
+                        DashboardCaseFacts.day == d
                     )
                 ).all()
-            )
-        parts = []
-        computed: dict[str, dict[str, Any]] = {}
-        for d in r.days:
-            if d in stored and d not in dirty:
-                parts.append(_decode(stored[d]))
-                run.reused += 1
-                continue
-            p = partial(s, day_range(d))
+            }
+            stored.update((cid, f) for cid, f in fresh.items() if f["d"] == d)
+            redone[d] = _combine(aggregate(stored.values()), event_part(s, day_range(d)))
             run.computed += 1
-            parts.append(p)
-            if d <= today:
-                computed[d] = p
-    run.dirty = len(dirty)
+            if d in in_range:
+                parts[d] = redone[d]
+        for chunk in _chunks([d for d in days if d not in parts]):
+            for d, raw in conn.execute(
+                select(DashboardDay.day, DashboardDay.stats).where(DashboardDay.day.in_(chunk))
+            ).all():
+                parts[d] = _decode(raw)
+                run.reused += 1
     with db.write() as s:
-        state = s.get(DashboardRollupState, 1, with_for_update=True)
-        if ((state.through_seq, state.format) if state else None) != seen:
+        st = s.get(DashboardRollupState, 1, with_for_update=True)
+        if ((st.through_seq, st.format) if st else None) != seen:
             run.raced = True
         else:
-            stale = set(computed) | dirty
             if not valid:
                 s.execute(delete(DashboardDay))
-            for chunk in _chunks(sorted(stale)):
+                s.execute(delete(DashboardCaseFacts))
+            facts_rows = dict(fresh)
+            for _p, facts in new_days.values():
+                facts_rows.update(facts)
+            for chunk in _chunks(sorted(facts_rows)):
+                s.execute(delete(DashboardCaseFacts).where(DashboardCaseFacts.case_id.in_(chunk)))
+            for chunk in _chunks(sorted(facts_rows), 5000):
+                s.execute(
+                    insert(DashboardCaseFacts),
+                    [
+                        {
+                            "case_id": cid,
+                            "day": facts_rows[cid]["d"],
+                            "facts": json.dumps(facts_rows[cid], separators=(",", ":")),
+                        }
+                        for cid in chunk
+                    ],
+                )
+            day_rows = {**redone, **{d: p for d, (p, _f) in new_days.items()}}
+            for chunk in _chunks(sorted(day_rows)):
                 s.execute(delete(DashboardDay).where(DashboardDay.day.in_(chunk)))
             now = now_ts()
             s.add_all(
-                DashboardDay(day=d, stats=_encode(p), computed_at=now) for d, p in computed.items()
+                DashboardDay(day=d, stats=_encode(p), computed_at=now) for d, p in day_rows.items()
             )
-            run.stored = len(computed)
-            if state is None:
+            run.stored = len(day_rows)
+            if st is None:
                 s.add(
                     DashboardRollupState(
                         id=1, through_seq=head, format=ROLLUP_FORMAT, updated_at=now
                     )
                 )
             else:
-                state.through_seq, state.format, state.updated_at = head, ROLLUP_FORMAT, now
-    return finish(r, merge(parts))
+                st.through_seq, st.format, st.updated_at = head, ROLLUP_FORMAT, now
+    return finish(r, merge([parts[d] for d in days]))
 
 
 def _encode(p: dict[str, Any]) -> str:

@@ -332,6 +332,18 @@ class DashboardDay(Base):
     computed_at: Mapped[str] = mapped_column(Ts)
 
 
+class DashboardCaseFacts(Base):
+    """Per case, what the dashboard's case figures need (``triage.dashboard.case_facts``), for
+    the cases of the days in ``dashboard_days``: a change to a case recomputes its facts, and
+    its day is re-aggregated from the stored facts instead of re-read from the trail."""
+
+    __tablename__ = "dashboard_case_facts"
+
+    case_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), index=True)
+    facts: Mapped[str] = mapped_column(Text)
+
+
 class DashboardRollupState(Base):
     """One row: the audit sequence number the roll-ups are current to, and their format."""
 

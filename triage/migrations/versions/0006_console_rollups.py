@@ -24,6 +24,14 @@ def upgrade() -> None:
     sa.Column('computed_at', sa.String(length=32), nullable=False),
     sa.PrimaryKeyConstraint('day', name=op.f('pk_dashboard_days'))
     )
+    op.create_table('dashboard_case_facts',
+    sa.Column('case_id', sa.String(length=26), nullable=False),
+    sa.Column('day', sa.String(length=10), nullable=False),
+    sa.Column('facts', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('case_id', name=op.f('pk_dashboard_case_facts'))
+    )
+    with op.batch_alter_table('dashboard_case_facts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_dashboard_case_facts_day'), ['day'], unique=False)
     op.create_table('dashboard_rollup_state',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('through_seq', sa.BigInteger(), nullable=False),
@@ -41,4 +49,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_audit_case_action')
         batch_op.drop_index('ix_audit_action_ts')
     op.drop_table('dashboard_rollup_state')
+    with op.batch_alter_table('dashboard_case_facts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_dashboard_case_facts_day'))
+    op.drop_table('dashboard_case_facts')
     op.drop_table('dashboard_days')
