@@ -2,7 +2,8 @@
 
 1. LLM path: an OpenAI-compatible stub server on 127.0.0.1 (started here, answers every
    chat-completions call after ``--delay`` seconds with a valid structured answer). For each
-   concurrency c in 1, 8, 32, 128 the advisor (semaphore = c) advises 4c cases (at least 8);
+   concurrency c in 1, 8, 32, 128 the advisor (semaphore = c) advises ``--waves`` x c cases
+   (default 4c, at least 8);
    throughput = cases / wall time, efficiency = throughput / (c / delay), the ideal if calls
    overlapped perfectly. Target: >= 80% at c = 32.
 2. Prompt size per case: characters of the rendered messages and of the full request body
@@ -203,7 +204,7 @@ def shortage_case(i: int) -> CaseIn:
     )
 
 
-async def llm_bench(delay: float, levels: list[int], port: int) -> None:
+async def llm_bench(delay: float, levels: list[int], port: int, waves: int = 4) -> None:
     from retrieval.redaction import Redactor
 
     redactor = Redactor()
@@ -225,7 +226,7 @@ async def llm_bench(delay: float, levels: list[int], port: int) -> None:
             max_retries=0,
         )  # type: ignore[arg-type]
         adv = LLMAdvisor(config, redactor=redactor)
-        n = max(8, 4 * c)
+        n = max(8, waves * c)
         requests = [
             AdviceRequest(case=shortage_case(i), case_id=f"c{i}", passages=[PASSAGE], queues=QUEUES)
             for i in range(n)
@@ -421,6 +422,14 @@ def main() -> None:
     parser.add_argument(
         "--encoder", default="builtin:lsa-char-v1", help="e.g. minilm (needs the optional extra)"
     )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="cases per level = waves x concurrency; more waves approach steady state "
+        "(the first and last wave pay the ramp-up and the tail)",
+    )
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     args = parser.parse_args()
@@ -431,7 +440,10 @@ def main() -> None:
         stub = multiprocessing.Process(target=serve_stub, args=(args.delay, ports), daemon=True)
         stub.start()
         try:
-            asyncio.run(llm_bench(args.delay, args.levels, ports.get(timeout=30)))
+            port = ports.get(timeout=30)
+            for waves in args.waves:
+                print(f"\n# {waves} waves: {waves} x concurrency cases per level")
+                asyncio.run(llm_bench(args.delay, args.levels, port, waves))
         finally:
             stub.terminate()
             stub.join(5)
