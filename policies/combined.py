@@ -8,10 +8,10 @@ on top of evaluating the rules, which made the fixed costs alone about 40 us of 
 How: for each (action type, customer tier) slice, the loader builds one extra policy set in
 which every rule of the four stages is turned into a ``permit`` with an unconstrained action
 scope, keeping its ``@id``. Cedar then reports, for one request, *every* rule whose scope and
-conditions hold (the satisfied permits of an allowed request are all listed), and
-``split_stages`` applies Cedar's own combination per stage: deny by default, any satisfied
-``forbid`` denies and is the reason, otherwise the satisfied ``permit``s allow and are the
-reasons. That is exactly what four separate requests would have answered, provided each rule
+conditions hold (the satisfied permits of an allowed request are all listed), and the
+evaluator (``_split_stages``) applies Cedar's own combination per stage: deny by default, any
+satisfied ``forbid`` denies and is the reason, otherwise the satisfied ``permit``s allow and
+are the reasons. That is exactly what four separate requests would have answered, provided each rule
 sees the same principal as in its own stage. The request's principal is the approver probe
 (``PROBE_USER_ID``, member of every role, ``kind`` "human", ``active``) extended with the
 empty approval set's attributes (``count`` 0, ``roles`` []), and ``combinable`` only accepts
@@ -36,7 +36,6 @@ from typing import Any
 
 from policies import entities as ent
 
-STAGES = ent.CEDAR_ACTIONS
 _PRINCIPAL = {"Var": "principal"}
 _RELEASE_ATTRS = frozenset({"count", "roles"})
 
