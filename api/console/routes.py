@@ -1200,17 +1200,17 @@ def users_page(request: Request, ctx: ContextDep, p: AdminP) -> Response:
     )
 
 
+class PasswordsDiffer(Exception):
+    """The password and its repetition differ."""
+
+
 def _passwords(form: FormData) -> str:
-    """The new password, or a ValidationFailed-style error text when the two fields differ."""
+    """The new password from a form that asks for it twice."""
     password = form.get("password")
     confirm = form.get("password_confirm")
     if not isinstance(password, str) or password != confirm:
         raise PasswordsDiffer()
     return password
-
-
-class PasswordsDiffer(Exception):
-    pass
 
 
 @router.post("/admin/users")
