@@ -266,3 +266,22 @@ def test_batch_store_failure_falls_back_to_one_transaction_per_case(db, settings
     assert _count(db, SuggestionRow) == 2
     with db.read() as s:
         assert audit.verify(s).intact
+
+
+def test_cedar_gate_batch_preview_equals_one_case_at_a_time(settings):
+    from triage.actions import CedarGate
+    from triage.pipeline import AdviceInput, RuleClassifier
+
+    gate = CedarGate(settings)
+    items = []
+    for rec in Simulator().cases(40):
+        case = CaseIn.model_validate(rec.case)
+        view = RuleClassifier().classify(case)
+        sugg = RuleAdvisor().advise(AdviceInput("c", case, view, None, settings.queues))
+        items.append((case, list(sugg.proposed_actions)))
+    assert sum(len(a) for _, a in items) > 20
+    batch = gate.evaluate_batch(items)
+    single = [gate.evaluate(c, a) for c, a in items]
+    assert batch == single
+    outcomes = {d.outcome for ds in batch for d in ds}
+    assert {"needs_approval", "auto_execute"} <= outcomes

@@ -23,6 +23,7 @@ Rules the service enforces (a direct API call cannot skip them):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -993,34 +994,68 @@ class CedarGate:
         self.settings = settings
 
     def evaluate(self, case: CaseIn, actions: list[ProposedAction]) -> list[Any]:
+        return self.evaluate_batch([(case, actions)])[0]
+
+    def evaluate_batch(
+        self, items: Sequence[tuple[CaseIn, list[ProposedAction]]]
+    ) -> list[list[Any]]:
+        """Previews for several cases with one batched policy call (``policies.evaluate_many``).
+
+        An action the policy layer cannot read gets ``needs_review`` with the reason, alone:
+        the others are decided as usual.
+        """
         from triage.pipeline import ActionDecision
 
         policy = load_policy(self.settings)
-        out = []
-        for i, action in enumerate(actions):
-            amount, currency = _money(action)
-            try:
-                req = policies.ActionRequest(
-                    action_type=action.type.value,
-                    arguments=_arguments(action),
-                    amount=amount,
-                    currency=currency,
-                    case_id=case.source.case_id,
-                    customer_id=case.references.customer.id,
-                    customer_tier=case.references.customer.tier.value,
-                    evidence_ids=tuple(action.evidence),
-                    origin="suggestion",
-                    requested_by=audit.PIPELINE.id,
-                    proposed_by=audit.PIPELINE.id,
-                )
-                ctx = policies.DecisionContext(as_of=datetime.now(UTC))
-                d = policies.evaluate(req, ctx, policy)
-                outcome = d.outcome.value
-                reasons = [
-                    {"policy_id": r.policy_id, "explanation": r.explanation} for r in d.reasons
-                ]
-            except (policies.PolicyInputError, ValidationError) as exc:
+        as_of = datetime.now(UTC)
+        slots: list[tuple[int, int, str, Any]] = []  # case index, action index, type, request
+        for ci, (case, actions) in enumerate(items):
+            for ai, action in enumerate(actions):
+                try:
+                    req: Any = self._request(case, action)
+                except (policies.PolicyInputError, ValidationError) as exc:
+                    req = exc
+                slots.append((ci, ai, action.type.value, req))
+        ok = [r for *_, r in slots if not isinstance(r, Exception)]
+        ctx = policies.DecisionContext(as_of=as_of)
+        try:
+            decided = iter(policies.evaluate_many([(r, ctx) for r in ok], policy))
+        except policies.PolicyInputError:
+            # One unreadable item fails the batch call: decide one by one to isolate it.
+            singles: list[Any] = []
+            for r in ok:
+                try:
+                    singles.append(policies.evaluate(r, ctx, policy))
+                except policies.PolicyInputError as exc:
+                    singles.append(exc)
+            decided = iter(singles)
+        out: list[list[Any]] = [[] for _ in items]
+        for ci, ai, action_type, req in slots:
+            got = req if isinstance(req, Exception) else next(decided)
+            if isinstance(got, Exception):
                 outcome = "needs_review"
-                reasons = [{"policy_id": "input", "explanation": str(exc)}]
-            out.append(ActionDecision(i, action.type.value, outcome, reasons, policy.version))
+                reasons = [{"policy_id": "input", "explanation": str(got)}]
+            else:
+                outcome = got.outcome.value
+                reasons = [
+                    {"policy_id": r.policy_id, "explanation": r.explanation} for r in got.reasons
+                ]
+            out[ci].append(ActionDecision(ai, action_type, outcome, reasons, policy.version))
         return out
+
+    @staticmethod
+    def _request(case: CaseIn, action: ProposedAction) -> policies.ActionRequest:
+        amount, currency = _money(action)
+        return policies.ActionRequest(
+            action_type=action.type.value,
+            arguments=_arguments(action),
+            amount=amount,
+            currency=currency,
+            case_id=case.source.case_id,
+            customer_id=case.references.customer.id,
+            customer_tier=case.references.customer.tier.value,
+            evidence_ids=tuple(action.evidence),
+            origin="suggestion",
+            requested_by=audit.PIPELINE.id,
+            proposed_by=audit.PIPELINE.id,
+        )

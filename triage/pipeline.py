@@ -463,15 +463,7 @@ def run_batch(
         crash_hook("advise")
         _advise(works, stage_ms, pipeline.advisor, settings)
         crash_hook("policy")
-        t = time.perf_counter()
-        for w in _live(works):
-            assert w.case is not None
-            assert w.suggestion is not None
-            try:
-                w.decisions = pipeline.policy.evaluate(w.case, list(w.suggestion.proposed_actions))
-            except Exception as exc:
-                w.error = exc
-        stage_ms["policy"] = (time.perf_counter() - t) * 1000
+        _policy(works, stage_ms, pipeline.policy)
         crash_hook("store")
     except Exception as exc:  # the batch machinery itself failed: every case retries later
         log.exception("triage batch of %d cases failed", len(works))
@@ -546,6 +538,34 @@ def _stage(
             except Exception as exc:
                 w.error = exc
     stage_ms[name] = (time.perf_counter() - t) * 1000
+
+
+def _policy(works: list[_Work], stage_ms: dict[str, float], gate: PolicyGate) -> None:
+    """Policy previews: one batched call when the gate offers ``evaluate_batch``."""
+    t = time.perf_counter()
+    live = _live(works)
+    items = []
+    for w in live:
+        assert w.case is not None
+        assert w.suggestion is not None
+        items.append((w.case, list(w.suggestion.proposed_actions)))
+    batch = getattr(gate, "evaluate_batch", None)
+    results: list[list[ActionDecision]] | None = None
+    if callable(batch) and len(live) > 1:
+        try:
+            results = list(batch(items))
+        except Exception:
+            log.exception("policy batch failed; retrying case by case")
+    if results is not None and len(results) == len(live):
+        for w, decisions in zip(live, results, strict=True):
+            w.decisions = decisions
+    else:
+        for w, (case, proposed) in zip(live, items, strict=True):
+            try:
+                w.decisions = gate.evaluate(case, proposed)
+            except Exception as exc:
+                w.error = exc
+    stage_ms["policy"] = (time.perf_counter() - t) * 1000
 
 
 def _advise(
