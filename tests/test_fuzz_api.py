@@ -61,10 +61,7 @@ CHECKS = [
 NO_KEY = "anonymous"
 # Known contract bugs outside this test's reach, each with a strict xfail below that flips
 # when it is fixed: the checks listed are skipped for that operation only.
-KNOWN_BUGS: dict[str, list[Any]] = {
-    # api/console/routes.py answers text/plain but the schema documents application/json
-    "GET /metrics": [content_type_conformance],
-}
+KNOWN_BUGS: dict[str, list[Any]] = {}
 
 
 @pytest.fixture
@@ -254,7 +251,6 @@ def _fuzz(
     run()
 
 
-@pytest.mark.xfail(strict=True, reason="console bug: /metrics documents JSON, answers text/plain")
 def test_metrics_documents_its_text_content_type(app):
     content = app.openapi()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert "text/plain" in content

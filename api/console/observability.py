@@ -40,6 +40,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 access_log = logging.getLogger("triage.access")
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = frozenset({"classify", "retrieve", "advise", "policy"})
 TRIAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -101,6 +102,12 @@ class Metrics:
             "from suggestion.created audit events.",
             TRIAGE_BUCKETS,
         )
+        self.stages = Histogram(
+            "triage_stage_duration_seconds",
+            "Time a case spent in each triage stage (classify, retrieve, advise, policy): the "
+            "stage's time for the batch the case was triaged in, from suggestion.created events.",
+            TRIAGE_BUCKETS,
+        )
         self.suggestions: dict[str, int] = {}
         self.fallbacks: dict[str, int] = {}
         self._audit_seq = 0
@@ -132,6 +139,11 @@ class Metrics:
                     ms = p.get("elapsed_ms")
                     if isinstance(ms, int | float):
                         self.triage.observe(ms / 1000.0, engine=engine)
+                    stages = p.get("stage_ms")
+                    if isinstance(stages, dict):
+                        for stage, sms in stages.items():
+                            if stage in STAGES and isinstance(sms, int | float):
+                                self.stages.observe(sms / 1000.0, stage=stage)
                 if len(rows) < batch:
                     return
 
@@ -148,6 +160,7 @@ def render_metrics(session: Session, metrics: Metrics) -> str:
     out: list[str] = []
     out += metrics.http.lines()
     out += metrics.triage.lines()
+    out += metrics.stages.lines()
     out.append("# HELP triage_suggestions_total Suggestions stored, by engine (llm or offline).")
     out.append("# TYPE triage_suggestions_total counter")
     for engine, n in sorted(metrics.suggestions.items()):

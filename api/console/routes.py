@@ -1269,7 +1269,18 @@ def change_user(
 # ---------------------------------------------------------------- operations
 
 
-@ops_router.get("/metrics", summary="Prometheus metrics (text exposition format 0.0.4)")
+@ops_router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format 0.0.4)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        401: {
+            "description": "TRIAGE_METRICS_TOKEN is set and the bearer token does not match",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+    },
+)
 def metrics(request: Request, ctx: ContextDep) -> Response:
     cs: ConsoleState = request.app.state.console
     token = cs.settings.metrics_token

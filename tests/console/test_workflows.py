@@ -288,6 +288,9 @@ def test_metrics_and_request_ids(client, people, case_ids):
     assert "triage_approvals_pending 0" in text
     assert 'triage_suggestions_total{engine="offline"} 3' in text
     assert "triage_pipeline_duration_seconds_count" in text
+    for stage in ("classify", "retrieve", "advise", "policy"):
+        # three triaged cases: one observation per case and stage
+        assert f'triage_stage_duration_seconds_count{{stage="{stage}"}} 3' in text
     # counters are folded incrementally: a second scrape does not double count
     assert 'triage_suggestions_total{engine="offline"} 3' in client.get("/metrics").text
 
