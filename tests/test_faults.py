@@ -509,14 +509,20 @@ def test_llm_down_cases_wait_and_are_triaged_by_the_llm_when_it_returns(
 ) -> None:
     settings, _ = _prepare(pg_url, tmp_path)
     stub = StubLLM()
-    env = _llm_env(pg_url, tmp_path, stub, "wait")
+    # A small failure budget: waiting for the LLM must not use it up.
+    env = {**_llm_env(pg_url, tmp_path, stub, "wait"), "TRIAGE_MAX_TRIAGE_ATTEMPTS": "3"}
     procs.append(Proc("worker", worker_cmd, env, tmp_path / "worker.log").start())
     try:
         ids = _submit(settings, "llm-wait", range(8))
-        went_down = time.monotonic()
-        # Every case is tried and put back at least twice while the endpoint is down.
         wait_until(
-            lambda: all(c.triage_attempts >= 2 for c in _triage_state(settings, ids)["cases"]),
+            lambda: all(c.triage_attempts >= 1 for c in _triage_state(settings, ids)["cases"]),
+            deadline_s=180,
+            what="the worker trying every case",
+        )
+        went_down = time.monotonic()  # the outage as the worker sees it
+        # Every case is tried and put back more often than the failure budget allows.
+        wait_until(
+            lambda: all(c.triage_attempts > 3 for c in _triage_state(settings, ids)["cases"]),
             deadline_s=180,
             what="cases retried while the LLM is down",
         )
@@ -525,7 +531,7 @@ def test_llm_down_cases_wait_and_are_triaged_by_the_llm_when_it_returns(
         down_for = time.monotonic() - went_down
         tries = max(c.triage_attempts for c in state["cases"])
         assert state["suggestions"] == []
-        assert {c.status for c in state["cases"]} <= {"received", "triaging"}
+        assert {c.status for c in state["cases"]} <= {"received", "triaging"}  # none failed
 
         stub.up()
         state = wait_until(
