@@ -393,3 +393,48 @@ def test_worker_process_survives_losing_its_database_connections(jdb, pg):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@_pg
+@pytest.mark.integration
+def test_worker_killed_mid_triage_case_is_triaged_once_after_restart(jdb, pg):
+    """kill -9 equivalent (TRIAGE_FAULT_CRASH_AT_STAGE, os._exit) inside a job: the case's lease
+    expires, the dead worker's job is re-queued, and the restarted worker triages it once."""
+    import time
+
+    ids = [intake.submit_one(jdb, _case(i), actor=ORCH, settings=pg).case.id for i in range(2)]
+    env = {
+        **os.environ,
+        "TRIAGE_DATABASE_URL": pg.resolved_database_url,
+        "TRIAGE_DATA_DIR": str(pg.data_dir),
+        "TRIAGE_ENVIRONMENT": "test",
+        "TRIAGE_JOB_ENGINE": "procrastinate",
+        "TRIAGE_RETRIEVAL_ENABLED": "false",
+        "TRIAGE_LEASE_SECONDS": "1",
+        "TRIAGE_JOB_STALLED_SECONDS": "1",
+    }
+    args = [sys.executable, "-m", "cli.main", "worker", "--engine", "procrastinate", "--once"]
+    crashed = subprocess.run(
+        args,
+        env={**env, "TRIAGE_FAULT_CRASH_AT_STAGE": "advise"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert crashed.returncode == 17, crashed.stderr[-2000:]
+    assert [r.status for r in _jobs(jdb)] == ["doing", "todo"]
+    time.sleep(1.5)  # the dead worker's lease and heartbeat age past their limits
+    restarted = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "triaged 2 cases" in restarted.stdout
+    assert _jobs(jdb) == []
+    with jdb.read() as s:
+        for cid in ids:
+            assert cases.get(s, cid).status == "awaiting_review"
+            n = s.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.case_id == cid, AuditEvent.action == "suggestion.created")
+            )
+            assert n == 1
+        assert audit.verify(s).intact
