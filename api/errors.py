@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from triage.cases import format_loc
@@ -119,6 +120,33 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+DB_RETRY_AFTER_SECONDS = 5
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    """The database is down, restarting, unreachable or (SQLite) locked past the busy
+    timeout: a condition that passes, so the client should retry, not a bug."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not _database_unavailable(exc):
+        return _unexpected(_request, exc)
+    log.warning("database unavailable: %s", str(exc).splitlines()[0][:300])
+    return JSONResponse(
+        error_body(
+            "service_unavailable",
+            "the database is unavailable; retry the same request (with the same "
+            "Idempotency-Key, so a retry cannot duplicate) after "
+            f"{DB_RETRY_AFTER_SECONDS} s",
+        ),
+        503,
+        headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+    )
+
+
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)
@@ -128,4 +156,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TriageError, _triage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # DBAPIError covers OperationalError and InterfaceError; DisconnectionError is raised by
+    # the pool before any statement runs.
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(DisconnectionError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -254,3 +254,19 @@ def test_openapi_documents_the_replay_200_and_the_rate_limit_429(client):
     assert responses["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/IntakeResponse"
     }
+
+
+def test_database_outage_answers_503_with_retry_after_not_500(client, keys, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from triage import cases as cases_mod
+
+    def down(*_a, **_k):
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(cases_mod, "list_cases", down)
+    r = client.get("/v1/cases", headers=bearer(keys["agent"]))
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "5"
+    assert r.json()["error"]["code"] == "service_unavailable"
+    assert "503" in client.app.openapi()["paths"]["/v1/cases"]["get"]["responses"]

@@ -32,7 +32,7 @@ from triage.models import Suggestion as SuggestionRow
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 
 IdempotencyKey = Annotated[
