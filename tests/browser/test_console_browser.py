@@ -177,3 +177,41 @@ def test_keyboard_only_sign_in_and_navigation(page, demo_server):
         )
         assert duplicate_ids == [], (path, duplicate_ids)
         assert page.locator("h1").count() == 1
+
+
+def test_admin_manages_users_from_the_keyboard(page, demo_server):
+    sign_in(page, demo_server, "admin")
+    page.get_by_role("link", name="Users").click()
+    page.wait_for_url(re.compile("/console/admin/users"))
+    assert page.get_by_role("heading", name="Console users").is_visible()
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+             .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+             .map(el => el.name || el.id)"""
+    )
+    assert unnamed == []
+    # the admin's own row has no disable button
+    assert page.locator("#u-admin").get_by_role("button", name=re.compile("^Disable")).count() == 0
+    # create a user with the keyboard only: focus the first field, then type and Tab
+    page.get_by_label("Username").focus()
+    page.keyboard.type("kbd-user")
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowDown")  # role: agent -> approver
+    page.keyboard.press("Tab")
+    page.keyboard.type("finance_approver")
+    page.keyboard.press("Tab")
+    page.keyboard.type("keyboard only pass")
+    page.keyboard.press("Tab")
+    page.keyboard.type("keyboard only pass")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    assert "User kbd-user created (approver)" in page.locator(".flash").inner_text()
+    shot(page, "11-admin-users")
+    # disable it (the button asks for confirmation first)
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#u-kbd-user").get_by_role("button", name="Disable kbd-user").click()
+    page.wait_for_load_state()
+    assert "kbd-user is disabled" in page.locator(".flash").inner_text()
+    (created,) = [e for e in _events(demo_server, "user.created") if e["username"] == "kbd-user"]
+    assert created["actor"] == "admin" and created["authorities"] == ["finance_approver"]
+    assert [e["actor"] for e in _events(demo_server, "user.disabled")] == ["admin"]
