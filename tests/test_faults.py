@@ -114,8 +114,10 @@ def procs() -> Iterator[list[Proc]]:
         p.stop()
 
 
-def _prepare(pg_url: str, tmp_path: Path) -> tuple[Settings, str]:
-    settings = Settings(environment="test", data_dir=tmp_path, database_url=pg_url)
+def _prepare(pg_url: str, tmp_path: Path, job_engine: str = "embedded") -> tuple[Settings, str]:
+    settings = Settings(
+        environment="test", data_dir=tmp_path, database_url=pg_url, job_engine=job_engine
+    )
     migrate.upgrade(settings)
     db = Database(settings)
     with db.write() as s:
@@ -185,11 +187,23 @@ def _pg_ctl(version: str, action: str) -> None:
 
 
 @pytest.mark.timeout(900)  # process start-ups dominate on a loaded machine
+@pytest.mark.parametrize("job_engine", ["embedded", "procrastinate"])
 def test_load_with_worker_api_and_postgres_faults(
-    pg_url: str, tmp_path: Path, procs: list[Proc], worker_cmd: tuple[str, ...]
+    pg_url: str,
+    tmp_path: Path,
+    procs: list[Proc],
+    worker_cmd: tuple[str, ...],
+    job_engine: str,
 ) -> None:
+    """The same faults on both engines: the embedded queue (the cases table, any number of
+    ``triage worker`` processes) and procrastinate (jobs enqueued in the intake transaction)."""
     pg_version = _pg_cluster_or_skip()
-    _, key = _prepare(pg_url, tmp_path)
+    engine_env: dict[str, str] = {"TRIAGE_JOB_ENGINE": job_engine}
+    if job_engine == "procrastinate":
+        worker_cmd = (*worker_cmd, "--engine", "procrastinate")
+        # a killed worker's jobs come back after 5 s without a heartbeat
+        engine_env["TRIAGE_JOB_STALLED_SECONDS"] = "5"
+    _, key = _prepare(pg_url, tmp_path, job_engine)
     receiver = WebhookReceiver(WEBHOOK_SECRET)
     # The rule pipeline (no retrieval): these faults are about the queue, the leases, the
     # outbox and the audit chain; the LLM faults are tested separately below.
@@ -198,6 +212,7 @@ def test_load_with_worker_api_and_postgres_faults(
         tmp_path,
         TRIAGE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         TRIAGE_RETRIEVAL_ENABLED="false",
+        **engine_env,
     )
     logs = tmp_path / "logs"
     logs.mkdir()
