@@ -43,6 +43,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -975,47 +976,55 @@ def rollup_stats(
     if valid and seen is not None and seen[0] == head and not new_days and not redone:
         # nothing new: no write transaction (SQLite's write lock is shared with intake)
         return finish(r, merge([parts[d] for d in days]))
-    with db.write() as s:
-        st = s.get(DashboardRollupState, 1, with_for_update=True)
-        if ((st.through_seq, st.format) if st else None) != seen:
-            run.raced = True
-        else:
-            if not valid:
-                s.execute(delete(DashboardDay))
-                s.execute(delete(DashboardCaseFacts))
-            facts_rows = dict(fresh)
-            for _p, facts in new_days.values():
-                facts_rows.update(facts)
-            for chunk in _chunks(sorted(facts_rows)):
-                s.execute(delete(DashboardCaseFacts).where(DashboardCaseFacts.case_id.in_(chunk)))
-            for chunk in _chunks(sorted(facts_rows), 5000):
-                s.execute(
-                    insert(DashboardCaseFacts),
-                    [
-                        {
-                            "case_id": cid,
-                            "day": facts_rows[cid]["d"],
-                            "facts": json.dumps(facts_rows[cid], separators=(",", ":")),
-                        }
-                        for cid in chunk
-                    ],
-                )
-            day_rows = {**redone, **{d: p for d, (p, _f) in new_days.items()}}
-            for chunk in _chunks(sorted(day_rows)):
-                s.execute(delete(DashboardDay).where(DashboardDay.day.in_(chunk)))
-            now = now_ts()
-            s.add_all(
-                DashboardDay(day=d, stats=_encode(p), computed_at=now) for d, p in day_rows.items()
-            )
-            run.stored = len(day_rows)
-            if st is None:
-                s.add(
-                    DashboardRollupState(
-                        id=1, through_seq=head, format=ROLLUP_FORMAT, updated_at=now
-                    )
-                )
+    try:
+        with db.write() as s:
+            st = s.get(DashboardRollupState, 1, with_for_update=True)
+            if ((st.through_seq, st.format) if st else None) != seen:
+                run.raced = True
             else:
-                st.through_seq, st.format, st.updated_at = head, ROLLUP_FORMAT, now
+                if not valid:
+                    s.execute(delete(DashboardDay))
+                    s.execute(delete(DashboardCaseFacts))
+                facts_rows = dict(fresh)
+                for _p, facts in new_days.values():
+                    facts_rows.update(facts)
+                for chunk in _chunks(sorted(facts_rows)):
+                    s.execute(
+                        delete(DashboardCaseFacts).where(DashboardCaseFacts.case_id.in_(chunk))
+                    )
+                for chunk in _chunks(sorted(facts_rows), 5000):
+                    s.execute(
+                        insert(DashboardCaseFacts),
+                        [
+                            {
+                                "case_id": cid,
+                                "day": facts_rows[cid]["d"],
+                                "facts": json.dumps(facts_rows[cid], separators=(",", ":")),
+                            }
+                            for cid in chunk
+                        ],
+                    )
+                day_rows = {**redone, **{d: p for d, (p, _f) in new_days.items()}}
+                for chunk in _chunks(sorted(day_rows)):
+                    s.execute(delete(DashboardDay).where(DashboardDay.day.in_(chunk)))
+                now = now_ts()
+                s.add_all(
+                    DashboardDay(day=d, stats=_encode(p), computed_at=now)
+                    for d, p in day_rows.items()
+                )
+                run.stored = len(day_rows)
+                if st is None:
+                    s.add(
+                        DashboardRollupState(
+                            id=1, through_seq=head, format=ROLLUP_FORMAT, updated_at=now
+                        )
+                    )
+                else:
+                    st.through_seq, st.format, st.updated_at = head, ROLLUP_FORMAT, now
+    except IntegrityError:
+        # PostgreSQL: two first-ever refreshes both inserted the state row (the migration
+        # seeds it, so only after it was deleted); the other one's rows stand.
+        run.raced, run.stored = True, 0
     return finish(r, merge([parts[d] for d in days]))
 
 

@@ -345,3 +345,39 @@ def test_rollups_rebuild_when_the_format_changes(db: Database, monkeypatch):
     monkeypatch.setattr(dashboard, "ROLLUP_FORMAT", dashboard.ROLLUP_FORMAT + 1)
     rebuilt = _same(db, r, today)
     assert rebuilt.reused == 0 and rebuilt.computed == len(r.days)
+
+
+def test_concurrent_refreshes_agree(db: Database):
+    """Two views refreshing at once: neither fails, both show the direct figures, and the
+    stored roll-ups stay consistent for the next view."""
+    import threading
+
+    rnd = random.Random(3)
+    now = datetime.now(UTC) - timedelta(hours=1)
+    today = now.strftime("%Y-%m-%d")
+    _populate(db, rnd, 60, now, days=6)
+    r = dashboard.DateRange.last_days(8, now)
+    with db.read() as s:
+        direct = asdict(dashboard.process_stats(s, r))
+
+    def view(start: Any, results: list[Any], errors: list[BaseException]) -> None:
+        try:
+            start.wait()
+            results.append(asdict(dashboard.rollup_stats(db, r, today=today)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for round_ in range(2):
+        results: list[Any] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+        threads = [threading.Thread(target=view, args=(start, results, errors)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and results == [direct, direct], round_
+        _populate(db, rnd, 5, datetime.now(UTC), days=0.01)
+        with db.read() as s:
+            direct = asdict(dashboard.process_stats(s, r))
+    _same(db, r, today)

@@ -39,6 +39,12 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.String(length=32), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dashboard_rollup_state'))
     )
+    # The state row exists from the start (format 0: nothing rolled up yet), so concurrent
+    # first refreshes serialise on its row lock instead of racing to insert it.
+    op.execute(
+        "INSERT INTO dashboard_rollup_state (id, through_seq, format, updated_at) "
+        "VALUES (1, 0, 0, '1970-01-01T00:00:00.000000Z')"
+    )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_action_ts', ['action', 'ts'], unique=False)
         batch_op.create_index('ix_audit_case_action', ['case_id', 'action'], unique=False)
