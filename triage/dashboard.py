@@ -993,7 +993,7 @@ def rollup_stats(
                         delete(DashboardCaseFacts).where(DashboardCaseFacts.case_id.in_(chunk))
                     )
                 for chunk in _chunks(sorted(facts_rows), 5000):
-                    s.execute(
+                    s.connection().execute(  # Core executemany: no per-row ORM bookkeeping
                         insert(DashboardCaseFacts),
                         [
                             {
@@ -1060,4 +1060,5 @@ def _f(v: Any) -> float:
 
 
 def _parse(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+    """Canonical timestamp text (naive UTC); fromisoformat is ~10x faster than strptime."""
+    return datetime.fromisoformat(ts[:-1] if ts.endswith("Z") else ts)
