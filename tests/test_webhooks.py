@@ -156,3 +156,25 @@ def test_outbox_ids_beyond_bigint_are_4xx_not_500(client, keys):
     assert client.post(f"/v1/outbox/{huge}/replay", headers=admin).status_code == 422
     assert client.post(f"/v1/outbox/{huge - 1}/replay", headers=admin).status_code == 404
     assert client.get("/v1/outbox", params={"cursor": huge}, headers=admin).status_code == 422
+
+
+def test_a_message_taken_over_after_its_batch_lease_ran_out_is_not_sent_twice(
+    client, keys, db, settings, receiver
+):
+    """Dispatcher A claims a batch, is slow; the lease of a later message runs out and
+    dispatcher B takes and delivers it. A must skip it instead of sending it again."""
+    rx = receiver([])
+    _triage_with_callback(client, keys, db, settings, rx.url)
+    held_by_a = webhooks._claim(db, settings, 50)
+    assert len(held_by_a) == 1
+    with db.write() as s:  # A's lease runs out
+        s.get(OutboxMessage, held_by_a[0].id).next_attempt_at = "2000-01-01T00:00:00.000000Z"
+    held_by_b = webhooks._claim(db, settings, 50)  # B takes it over
+    assert [m.id for m in held_by_b] == [held_by_a[0].id]
+    assert webhooks._renew(db, settings, held_by_a[0]) is False  # A no longer holds it
+    assert webhooks._renew(db, settings, held_by_b[0]) is True
+    with db.write() as s:  # B's lease runs out too; a normal dispatch round then delivers once
+        s.get(OutboxMessage, held_by_b[0].id).next_attempt_at = "2000-01-01T00:00:00.000000Z"
+    assert _drain(db, settings, 1) == 1
+    assert webhooks._renew(db, settings, held_by_b[0]) is False  # delivered: nothing to hold
+    assert len(rx.requests) == 1

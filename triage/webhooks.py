@@ -118,6 +118,35 @@ def _claim(db: Database, settings: Settings, limit: int) -> list[OutboxMessage]:
         return rows
 
 
+def _renew(db: Database, settings: Settings, msg: OutboxMessage) -> bool:
+    """Right before sending, extend this message's lease if we still hold it.
+
+    The claim leases a whole batch, which is then sent one message after another; with slow
+    receivers the lease of a later message can run out and another dispatcher may take it.
+    Compare-and-set on the lease we wrote: if it changed, the message is no longer ours.
+    """
+    held = msg.next_attempt_at
+    until = datetime.now(UTC) + timedelta(seconds=settings.webhook_timeout_seconds * 3)
+    fresh = to_ts(until)
+    if fresh == held:  # same microsecond as the claim: keep the new lease distinguishable
+        fresh = to_ts(until + timedelta(microseconds=1))
+    with db.write() as s:
+        res = s.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == msg.id,
+                OutboxMessage.status == "pending",
+                OutboxMessage.next_attempt_at == held,
+            )
+            .values(next_attempt_at=fresh)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+    msg.next_attempt_at = fresh
+    return True
+
+
 def private_target(url: str) -> str | None:
     """Why ``url`` points into a private network (loopback, RFC 1918, link-local...), or None."""
     host = urlsplit(url).hostname or ""
@@ -142,6 +171,8 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit
     """
     delivered = 0
     for msg in _claim(db, settings, limit):
+        if not _renew(db, settings, msg):
+            continue  # our batch lease ran out while earlier sends were slow; another took it
         ts = int(time.time())
         error: str | None = None
         if msg.kind == "case.triaged" and not settings.callback_allow_private_hosts:
