@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -171,6 +172,35 @@ def test_sla_breaches_flagged_once_and_audited(db, settings):
             select(AuditEvent.payload).where(AuditEvent.action == "case.sla_breached")
         ).all()
         assert sorted('"kind":"triage"' in k for k in kinds) == [False, True]
+
+
+def test_two_racing_sla_sweepers_audit_each_breach_once(db, settings):
+    """Two sweepers (two worker processes) read the same unflagged case concurrently."""
+    import threading
+
+    _submit(db, settings)
+    later = to_ts(datetime.now(UTC) + timedelta(days=30))
+    results: list[int] = []
+    first_read = threading.Event()
+
+    def second() -> None:
+        first_read.wait(10)
+        with db.write() as s:
+            results.append(cases.flag_sla_breaches(s, now=later))
+
+    t = threading.Thread(target=second)
+    t.start()
+    with db.write() as s:
+        # on PostgreSQL the second sweeper reads the same unflagged row now and then waits on
+        # our row lock; on SQLite it waits for the write lock before reading
+        results.append(cases.flag_sla_breaches(s, now=later))
+        first_read.set()
+        time.sleep(0.3)
+    t.join(20)
+    assert sorted(results) == [0, 2]
+    assert _count(db, AuditEvent, action="case.sla_breached") == 2
+    with db.read() as s:
+        assert audit.verify(s).intact
 
 
 def test_tier_a_and_large_amount_raise_priority(db, settings):

@@ -460,7 +460,8 @@ def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 
         .limit(limit)
     ).all()
     for row in late_triage:
-        row.triage_sla_breached = True
+        if not _flag_once(session, row, Case.triage_sla_breached):
+            continue
         audit.append(
             session,
             audit.SYSTEM,
@@ -479,7 +480,8 @@ def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 
         .limit(limit)
     ).all()
     for row in late_resolution:
-        row.resolution_sla_breached = True
+        if not _flag_once(session, row, Case.resolution_sla_breached):
+            continue
         audit.append(
             session,
             audit.SYSTEM,
@@ -489,6 +491,20 @@ def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 
         )
         flagged += 1
     return flagged
+
+
+def _flag_once(session: Session, row: Case, column: Any) -> bool:
+    """Set a breach flag only if nobody has: two sweepers (several worker processes on
+    PostgreSQL) read the same unflagged rows, but the guarded UPDATE lets one of them win, so
+    each breach is audited once."""
+    res = session.execute(
+        update(Case)
+        .where(Case.id == row.id, ~column)
+        .values({column.key: True})
+        .execution_options(synchronize_session=False)
+    )
+    set_committed_value(row, column.key, True)
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def reprioritise(session: Session, row: Case, priority: str, settings: Settings) -> None:
