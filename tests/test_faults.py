@@ -60,7 +60,8 @@ LOAD_CASES = 1000
 BATCH = 50
 WEBHOOK_SECRET = "faults-webhook-secret"
 # "Down for a minute" in the issue; shorter by default to keep the suite's wall time.
-LLM_DOWN_SECONDS = float(os.environ.get("TRIAGE_FAULTS_LLM_DOWN_SECONDS", "20"))
+# The issue asks for a minute; TRIAGE_FAULTS_LLM_DOWN_SECONDS shortens it for a quick local run.
+LLM_DOWN_SECONDS = float(os.environ.get("TRIAGE_FAULTS_LLM_DOWN_SECONDS", "60"))
 
 
 @pytest.fixture
