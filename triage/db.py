@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+
+try:  # POSIX: a cross-process write lock for SQLite (see Database._process_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows falls back to SQLite's busy handler
+    fcntl = None  # type: ignore[assignment]
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.settings import Settings
@@ -76,6 +81,11 @@ class Database:
             self.read_engine = self.write_engine
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._sqlite_writer = threading.RLock()
+        self._depth = threading.local()
+        self._lockfile: Any = None
+        path = self.url.removeprefix("sqlite:///") if self.is_sqlite else ""
+        if fcntl is not None and path and path != ":memory:":
+            self._lockfile = open(f"{path}.writelock", "a+b")  # noqa: SIM115 - lives with us
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @contextmanager
@@ -85,10 +95,10 @@ class Database:
         On SQLite, writers in this process also queue on a lock: SQLite's own busy handler
         sleeps in growing steps while it waits, which turns write contention into 100 ms+
         tail latencies; a lock hands over the moment the previous writer commits. Writers in
-        other processes (CLI, workers) still wait on SQLite's busy timeout.
+        other processes (CLI, workers) queue on a file lock for the same reason.
         """
         lock = self._sqlite_writer if self.is_sqlite else nullcontext()
-        with lock:
+        with lock, self._process_lock():
             session = self._write()
             try:
                 yield session
@@ -98,6 +108,25 @@ class Database:
                 raise
             finally:
                 session.close()
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """SQLite file databases: writers of all processes queue on an ``flock`` beside the
+        database, which the kernel hands to the next waiter the moment it is released (SQLite's
+        busy handler polls with sleeps of up to 100 ms). Taken once per thread (nesting)."""
+        if self._lockfile is None:
+            yield
+            return
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX)
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -110,6 +139,9 @@ class Database:
             session.close()
 
     def dispose(self) -> None:
+        if self._lockfile is not None:
+            self._lockfile.close()
+            self._lockfile = None
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
