@@ -244,3 +244,38 @@ def test_audit_cursor_beyond_bigint_is_a_422_not_a_500(client, keys):
     r = client.get("/v1/audit", params={"cursor": huge}, headers=auditor)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["fields"][0]["field"] == "cursor"
+
+
+def test_deferred_appends_are_written_in_order_at_the_end_of_the_block(db):
+    _fill(db, 2)
+    with db.write() as s, audit.deferred(s):
+        payload = {"n": 1}
+        assert audit.append(s, ALICE, "deferred.one", payload) == 0  # queued
+        payload["n"] = 99  # a later change to the dict does not reach the queued event
+        with audit.deferred(s):  # nested: queues into the outer block
+            audit.append(s, ALICE, "deferred.two", {"n": 2})
+        assert s.execute(text("SELECT count(*) FROM audit_events")).scalar() == 2
+    with db.read() as s:
+        rows = s.execute(text("SELECT seq, action, payload FROM audit_events ORDER BY seq")).all()
+    assert [(r.seq, r.action, r.payload) for r in rows[2:]] == [
+        (3, "deferred.one", '{"n":1}'),
+        (4, "deferred.two", '{"n":2}'),
+    ]
+    _verify(db)
+
+
+def test_deferred_appends_are_dropped_when_the_block_raises(db):
+    _fill(db, 1)
+
+    def fails() -> None:
+        with db.write() as s, audit.deferred(s):
+            audit.append(s, ALICE, "never.written", {})
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    with db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM audit_events")).scalar() == 1
+    with db.write() as s:  # the session state is clean: a normal append goes straight in
+        assert audit.append(s, ALICE, "after", {}) == 2
+    _verify(db)

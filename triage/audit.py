@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
@@ -120,6 +121,50 @@ def append(
     On PostgreSQL the head row is read ``FOR UPDATE``: the row lock serialises appenders until
     the transaction ends, so two transactions can never chain onto the same predecessor.
     """
+    # Serialised now: a caller may reuse or change its payload dict after a queued append.
+    body = canonical_json(payload or {})
+    queue = session.info.get(_DEFERRED)
+    if queue is not None:
+        queue.append((actor, action, body, case_id, now_ts()))
+        return 0
+    return _append_now(session, actor, action, body, case_id, now_ts())
+
+
+_DEFERRED = "triage.audit.deferred"
+
+
+@contextmanager
+def deferred(session: Session) -> Iterator[None]:
+    """Queue the appends made inside the block and write them, in order and with the times
+    they were made, when the block ends (still inside the caller's transaction).
+
+    Why: on PostgreSQL the first append locks the chain head until commit, which serialises
+    every auditing transaction; a block that stores many cases would hold it throughout.
+    Queued, the lock is held only for the appends themselves. If the block raises, nothing is
+    written (the transaction is rolled back anyway). :func:`append` returns 0 for a queued
+    event. Nested blocks queue into the outermost one.
+    """
+    if session.info.get(_DEFERRED) is not None:
+        yield
+        return
+    queue: list[tuple[Actor, str, str, str | None, str]] = []
+    session.info[_DEFERRED] = queue
+    try:
+        yield
+    finally:
+        session.info.pop(_DEFERRED, None)
+    for actor, action, body, case_id, ts in queue:
+        _append_now(session, actor, action, body, case_id, ts)
+
+
+def _append_now(
+    session: Session,
+    actor: Actor,
+    action: str,
+    body: str,
+    case_id: str | None,
+    ts: str,
+) -> int:
     postgres = session.get_bind().dialect.name == "postgresql"
     # Core statements on the session's connection: same transaction, none of the ORM's
     # per-statement bookkeeping (this runs for every state change in the product).
@@ -128,8 +173,6 @@ def append(
     head_seq: int = head[0]
     head_hash: str = head[1]
     seq = head_seq + 1
-    ts = now_ts()
-    body = canonical_json(payload or {})
     digest = entry_hash(
         seq, ts, actor.type.value, actor.id, actor.role, case_id, action, body, head_hash
     )

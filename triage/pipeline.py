@@ -477,7 +477,7 @@ def run_batch(
     elapsed_ms = (time.perf_counter() - started) * 1000
     if done:
         try:
-            with db.write() as s:
+            with db.write() as s, audit.deferred(s):
                 for w in done:
                     outcomes[w.case_id] = _store_in(
                         s, *_store_args(w, worker_id, settings), elapsed_ms, stage_ms
