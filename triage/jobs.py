@@ -511,6 +511,7 @@ class JobWorker:
         breaches, sweeps approval SLAs and indexes resolved cases.
         """
         from triage import actions, webhooks
+        from triage.worker import refresh_dashboard
 
         with self._housekeeping_lock() as got:
             if not got:
@@ -524,6 +525,7 @@ class JobWorker:
                     out["sla_flagged"] = cases.flag_sla_breaches(s)
                     actions.sweep_sla(s, self.settings)
                 out["indexed"] = self._index_resolved()
+                refresh_dashboard(self.db)
             out["webhooks_delivered"] = webhooks.deliver_due(self.db, self.settings, client)
             return out
 
