@@ -670,6 +670,11 @@ def _store_in(
             "citations": [c.chunk_id for c in suggestion.citations],
             "elapsed_ms": round(elapsed_ms, 2),
             "stage_ms": {k: round(v, 2) for k, v in (stage_ms or {}).items()},
+            # LLM use (None/False when no LLM was involved): for /metrics and cost reports
+            "llm_model": suggestion.provenance.llm_model,
+            "repair_attempted": suggestion.provenance.repair_attempted,
+            "prompt_tokens": suggestion.provenance.prompt_tokens,
+            "completion_tokens": suggestion.provenance.completion_tokens,
         },
         case_id=case_id,
     )

@@ -109,6 +109,9 @@ class Metrics:
             TRIAGE_BUCKETS,
         )
         self.suggestions: dict[str, int] = {}
+        # (model, outcome) -> advisor calls to an LLM; outcome "ok" when its answer was used
+        self.llm_calls: dict[tuple[str, str], int] = {}
+        self.llm_tokens: dict[str, int] = {"prompt": 0, "completion": 0}
         self.fallbacks: dict[str, int] = {}
         self._audit_seq = 0
         self._fold_lock = threading.Lock()
@@ -139,6 +142,16 @@ class Metrics:
                     ms = p.get("elapsed_ms")
                     if isinstance(ms, int | float):
                         self.triage.observe(ms / 1000.0, engine=engine)
+                    model = p.get("llm_model")
+                    if model:
+                        outcome = "ok" if engine == "llm" else "failed"
+                        n = 2 if p.get("repair_attempted") else 1
+                        k = (str(model), outcome)
+                        self.llm_calls[k] = self.llm_calls.get(k, 0) + n
+                        for kind in ("prompt", "completion"):
+                            v = p.get(f"{kind}_tokens")
+                            if isinstance(v, int):
+                                self.llm_tokens[kind] += v
                     stages = p.get("stage_ms")
                     if isinstance(stages, dict):
                         for stage, sms in stages.items():
@@ -172,6 +185,18 @@ def render_metrics(session: Session, metrics: Metrics) -> str:
     out.append("# TYPE triage_llm_fallbacks_total counter")
     for reason, n in sorted(metrics.fallbacks.items()):
         out.append(f'triage_llm_fallbacks_total{{reason="{_esc(reason)}"}} {n}')
+    out.append(
+        "# HELP triage_llm_calls_total Advisor requests to the LLM (a repair attempt counts as a "
+        "second), by model and outcome (ok: answer used; failed: unavailable, refused or in "
+        "breach of the output contract, so the offline engine answered)."
+    )
+    out.append("# TYPE triage_llm_calls_total counter")
+    for (model, outcome), n in sorted(metrics.llm_calls.items()):
+        out.append(f'triage_llm_calls_total{{model="{_esc(model)}",outcome="{outcome}"}} {n}')
+    out.append("# HELP triage_llm_tokens_total LLM tokens as reported by the endpoint.")
+    out.append("# TYPE triage_llm_tokens_total counter")
+    for kind, n in sorted(metrics.llm_tokens.items()):
+        out.append(f'triage_llm_tokens_total{{kind="{kind}"}} {n}')
     out.append("# HELP triage_cases Cases by lifecycle status (queue depth = open statuses).")
     out.append("# TYPE triage_cases gauge")
     for status, n in session.execute(

@@ -307,3 +307,44 @@ def test_json_log_lines_carry_the_request_id(client, caplog):
     doc = json.loads(JsonFormatter().format(record))
     assert doc["msg"] == "request" and doc["status"] == 200 and doc["route"] == "/healthz"
     assert doc["path"] == "/healthz" and doc["duration_ms"] >= 0
+
+
+def test_metrics_count_llm_calls_tokens_and_failures_from_the_trail(db):
+    from api.console.observability import Metrics, render_metrics
+    from triage import audit
+
+    events = [
+        {
+            "engine": "llm",
+            "llm_model": "m1",
+            "repair_attempted": False,
+            "prompt_tokens": 700,
+            "completion_tokens": 120,
+        },
+        {
+            "engine": "llm",
+            "llm_model": "m1",
+            "repair_attempted": True,
+            "prompt_tokens": 1500,
+            "completion_tokens": 250,
+        },
+        {
+            "engine": "offline",
+            "llm_model": "m1",
+            "repair_attempted": False,
+            "fallback_reason": "llm_unavailable: timeout",
+            "prompt_tokens": 0,
+        },
+        {"engine": "offline", "llm_model": None, "fallback_reason": "no LLM configured"},
+    ]
+    with db.write() as s:
+        for p in events:
+            audit.append(s, audit.PIPELINE, "suggestion.created", p, case_id=None)
+    metrics = Metrics()
+    with db.read() as s:
+        text = render_metrics(s, metrics)
+    assert 'triage_llm_calls_total{model="m1",outcome="ok"} 3' in text
+    assert 'triage_llm_calls_total{model="m1",outcome="failed"} 1' in text
+    assert 'triage_llm_tokens_total{kind="prompt"} 2200' in text
+    assert 'triage_llm_tokens_total{kind="completion"} 370' in text
+    assert 'triage_suggestions_total{engine="offline"} 2' in text
