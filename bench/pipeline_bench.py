@@ -54,6 +54,11 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=10_000)
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
     ap.add_argument("--batch-size", type=int, default=None, help="worker batch size")
+    ap.add_argument(
+        "--encoder",
+        default=None,
+        help="retrieval encoder, e.g. minilm (needs the optional extra); default: the built-in",
+    )
     ap.add_argument("--profile", action="store_true", help="in-process run with a cProfile summary")
     ap.add_argument(
         "--workers",
@@ -73,7 +78,11 @@ def main() -> None:
                 with eng.connect() as c:
                     c.execute(text(f'CREATE SCHEMA "{schema}"'))
                 url = f"{PG}?options=-csearch_path%3D{schema}"
-            extra = {"worker_batch_size": args.batch_size} if args.batch_size else {}
+            extra: dict[str, Any] = {}
+            if args.batch_size:
+                extra["worker_batch_size"] = args.batch_size
+            if args.encoder:
+                extra["encoder"] = args.encoder
             settings = Settings(data_dir=Path(tmp), database_url=url, worker_enabled=False, **extra)
             migrate.upgrade(settings)
             t0 = time.perf_counter()
