@@ -479,16 +479,15 @@ def run_batch(
         try:
             with db.write() as s, audit.deferred(s):
                 for w in done:
-                    outcomes[w.case_id] = _store_in(
-                        s, *_store_args(w, worker_id, settings), elapsed_ms, stage_ms
-                    )
+                    outcomes[w.case_id] = _store_in(s, w, worker_id, settings, elapsed_ms, stage_ms)
         except Exception:
             log.exception("batch store failed; storing the %d cases one by one", len(done))
             for w in done:
                 try:
-                    outcomes[w.case_id] = _store(
-                        db, *_store_args(w, worker_id, settings), elapsed_ms, stage_ms
-                    )
+                    with db.write() as s:
+                        outcomes[w.case_id] = _store_in(
+                            s, w, worker_id, settings, elapsed_ms, stage_ms
+                        )
                 except Exception as exc:
                     outcomes[w.case_id] = _record_failure(db, w.case_id, worker_id, settings, exc)
     return [outcomes[cid] for cid in case_ids]
@@ -496,14 +495,6 @@ def run_batch(
 
 def _live(works: list[_Work]) -> list[_Work]:
     return [w for w in works if w.error is None]
-
-
-def _store_args(
-    w: _Work, worker_id: str, settings: Settings
-) -> tuple[str, str, Settings, CaseIn, Suggestion, list[ActionDecision]]:
-    assert w.case is not None
-    assert w.suggestion is not None
-    return (w.case_id, worker_id, settings, w.case, w.suggestion, w.decisions)
 
 
 def _stage(
@@ -596,35 +587,18 @@ def _advise(
     stage_ms["advise"] = (time.perf_counter() - t) * 1000
 
 
-def _store(
-    db: Database,
-    case_id: str,
-    worker_id: str,
-    settings: Settings,
-    case: CaseIn,
-    suggestion: Suggestion,
-    decisions: list[ActionDecision],
-    elapsed_ms: float,
-    stage_ms: dict[str, float] | None = None,
-) -> Outcome:
-    with db.write() as s:
-        return _store_in(
-            s, case_id, worker_id, settings, case, suggestion, decisions, elapsed_ms, stage_ms
-        )
-
-
 def _store_in(
     s: Any,
-    case_id: str,
+    w: _Work,
     worker_id: str,
     settings: Settings,
-    case: CaseIn,
-    suggestion: Suggestion,
-    decisions: list[ActionDecision],
     elapsed_ms: float,
     stage_ms: dict[str, float] | None = None,
 ) -> Outcome:
-    """The store step inside the caller's write transaction (one case)."""
+    """The store step for one computed case, inside the caller's write transaction."""
+    case_id, case, suggestion, decisions = w.case_id, w.case, w.suggestion, w.decisions
+    assert case is not None
+    assert suggestion is not None
     row = s.get(Case, case_id)
     if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:
         # Our lease expired and another worker took over: storing would duplicate work.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,20 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
     )
 
 
+def one_by_one(
+    advise: Callable[[AdviceInput], Suggestion], requests: Sequence[AdviceInput]
+) -> list[Suggestion | BaseException]:
+    """``advise_many`` for an advisor without one: each slot holds the suggestion or the
+    exception that request raised."""
+    out: list[Suggestion | BaseException] = []
+    for req in requests:
+        try:
+            out.append(advise(req))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 class RetrievalStage:
     """The retrieval package behind the pipeline's ``Retriever`` and ``Advisor`` seams."""
 
@@ -126,13 +140,7 @@ class RetrievalStage:
         suggestion or the exception that case raised."""
         svc = self.service
         if svc.advisor is svc.offline:
-            out: list[Suggestion | BaseException] = []
-            for req in requests:
-                try:
-                    out.append(self.advise(req))
-                except Exception as exc:
-                    out.append(exc)
-            return out
+            return one_by_one(self.advise, requests)
 
         async def gather() -> list[Suggestion | BaseException]:
             return await asyncio.gather(
@@ -200,13 +208,7 @@ class WaitForLLM:
     def advise_many(self, requests: list[AdviceInput]) -> list[Suggestion | BaseException]:
         many = getattr(self.inner, "advise_many", None)
         if not callable(many):
-            out: list[Suggestion | BaseException] = []
-            for r in requests:
-                try:
-                    out.append(self.advise(r))
-                except Exception as exc:
-                    out.append(exc)
-            return out
+            return one_by_one(self.advise, requests)
         return [self._check(r) for r in many(requests)]
 
 
