@@ -85,8 +85,9 @@ def run(kind: str, size: int, n_intake: int, n_queries: int) -> dict[str, tuple[
         t0 = time.perf_counter()
         populate(db, size, size * 3)
         if kind == "postgres":
-            with db.engine.connect() as c:
+            with db.write_engine.connect() as c:
                 c.exec_driver_sql("ANALYZE")
+                c.commit()
         print(
             f"{kind}: {size:,} cases loaded in {time.perf_counter() - t0:.0f} s",
             file=sys.stderr,
