@@ -340,7 +340,11 @@ class SentenceTransformerEncoder:
         self.model_path = path
         self.batch_size = batch_size
         self._model = SentenceTransformer(path, device="cpu")
-        self._dim = int(self._model.get_sentence_embedding_dimension() or 384)
+        # sentence-transformers 5.x renamed the method; keep working with both
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        self._dim = int(get_dim() or 384)
 
     @property
     def dim(self) -> int:
