@@ -55,6 +55,13 @@ def main() -> None:
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
     ap.add_argument("--batch-size", type=int, default=None, help="worker batch size")
     ap.add_argument(
+        "--via-api",
+        action="store_true",
+        help="intake to suggestion: the cases are posted over HTTP (batches of 50) to a "
+        "`triage serve --no-worker` process while the workers run; timed from the first POST "
+        "to the last suggestion",
+    )
+    ap.add_argument(
         "--encoder",
         default=None,
         help="retrieval encoder, e.g. minilm (needs the optional extra); default: the built-in",
@@ -110,7 +117,8 @@ def main() -> None:
                 )
             kb.add_chunks(synthetic)
             db = Database(settings)
-            _submit(db, settings, args.cases, seed=3)
+            if not args.via_api:
+                _submit(db, settings, args.cases, seed=3)
             print(
                 f"{kind}: set-up {time.perf_counter() - t0:.0f} s, {kb.count()} chunks",
                 file=sys.stderr,
@@ -126,6 +134,11 @@ def main() -> None:
                     **extra,
                 }
                 for n_workers in args.workers or [1]:
+                    if args.via_api:
+                        _measure_via_api(
+                            kind, n_workers, settings_kwargs, db, args.cases, seed=100 + n_workers
+                        )
+                        continue
                     if n_workers != (args.workers or [1])[0]:
                         _submit(db, settings, args.cases, seed=n_workers)
                     _measure(kind, n_workers, settings_kwargs)
@@ -147,8 +160,11 @@ def _submit(db: Database, settings: Settings, n: int, seed: int) -> None:
             cases.submit(s, CaseIn.model_validate(case), actor=ORCH, settings=settings)
 
 
-def _worker_process(settings_kwargs: dict[str, Any], ready: Any, go: Any, out: Any) -> None:
-    """One `triage worker`-like process: warm up, wait for the start signal, drain the queue."""
+def _worker_process(
+    settings_kwargs: dict[str, Any], ready: Any, go: Any, out: Any, until: int = 0
+) -> None:
+    """One `triage worker`-like process: warm up, wait for the start signal, drain the queue
+    (and with ``until``, keep polling until that many suggestions exist)."""
     settings = Settings(**settings_kwargs)
     db = Database(settings)
     worker = Worker(db, settings, default_pipeline(settings))
@@ -157,6 +173,9 @@ def _worker_process(settings_kwargs: dict[str, Any], ready: Any, go: Any, out: A
     go.wait()
     c0 = time.process_time()
     done = worker.run_once()
+    while until and _suggestions(db) < until:
+        time.sleep(0.02)
+        done += worker.run_once()
     cpu = time.process_time() - c0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.put((done, cpu, rss_mb))
@@ -187,6 +206,105 @@ def _measure(kind: str, n_workers: int, settings_kwargs: dict[str, Any]) -> None
         f"{kind:<8} workers={n_workers} {done} cases triaged end to end in {elapsed:.1f} s: "
         f"{done / elapsed:.0f} cases/s; worker CPU {cpu:.1f} s = {done / cpu:.0f} cases/CPU-s; "
         f"max RSS per worker {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
+def _suggestions(db: Database) -> int:
+    from sqlalchemy import func, select
+
+    from triage.models import Suggestion
+
+    with db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(Suggestion)) or 0)
+
+
+def _measure_via_api(
+    kind: str,
+    n_workers: int,
+    settings_kwargs: dict[str, Any],
+    db: Database,
+    n_cases: int,
+    seed: int,
+) -> None:
+    import socket
+    import subprocess
+
+    import httpx
+
+    from triage import auth
+
+    with db.write() as s:
+        admin = audit.Actor(audit.ActorType.human, "bench-admin", "admin")
+        key = auth.create_key(s, f"bench-{seed}", "orchestrator", created_by=admin).key
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "TRIAGE_DATA_DIR": str(settings_kwargs["data_dir"]),
+        "TRIAGE_WORKER_ENABLED": "false",
+        "TRIAGE_RATE_LIMIT_PER_SECOND": "0",
+    }
+    if settings_kwargs.get("database_url"):
+        env["TRIAGE_DATABASE_URL"] = settings_kwargs["database_url"]
+    api = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--no-worker", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        before = _suggestions(db)
+        payloads = []
+        for rec in Simulator(SimConfig(seed=seed)).cases(n_cases):
+            case = dict(rec.case)
+            case["source"] = {**case["source"], "case_id": f"{case['source']['case_id']}-{seed}"}
+            payloads.append(case)
+        ctx = mp.get_context("spawn")
+        ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        target = before + n_cases
+        procs = [
+            ctx.Process(target=_worker_process, args=(settings_kwargs, ready, go, out, target))
+            for _ in range(n_workers)
+        ]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=300)
+        go.set()
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for i in range(0, n_cases, 50):
+                r = client.post(
+                    "/v1/cases/batch",
+                    json={"items": payloads[i : i + 50]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                r.raise_for_status()
+        sent = time.perf_counter() - t0
+        results = [out.get(timeout=3600) for _ in procs]
+        elapsed = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+    finally:
+        api.terminate()
+        api.wait(30)
+    done = sum(r[0] for r in results)
+    print(
+        f"{kind:<8} via API, workers={n_workers}: {done} cases from first POST to last "
+        f"suggestion in {elapsed:.1f} s = {done / elapsed:.0f} cases/s (all posted after "
+        f"{sent:.1f} s); max RSS per worker {max(r[2] for r in results):.0f} MB; "
+        f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
