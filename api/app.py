@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from triage.pipeline import Pipeline
 from triage.settings import Settings, get_settings
 from triage.stages import default_pipeline
 from triage.worker import Worker
+
+log = logging.getLogger("triage.api")
 
 DESCRIPTION = """
 Takes exception cases from the orchestration layer (ERP, WMS, TMS, finance), triages them and
@@ -40,6 +43,17 @@ def create_app(
     settings = settings or get_settings()
     db = db or Database(settings)
     run_worker = settings.worker_enabled if start_worker is None else start_worker
+    if run_worker and settings.job_engine != "embedded":
+        # With a job engine the procrastinate workers triage and run housekeeping under a
+        # cluster-wide lock; an embedded worker in an API replica would deliver webhooks and
+        # sweep SLAs outside it.
+        log.warning(
+            "TRIAGE_JOB_ENGINE=%s: the embedded worker is not started in the API process; "
+            "run `triage worker --engine %s`",
+            settings.job_engine,
+            settings.job_engine,
+        )
+        run_worker = False
     pipeline = pipeline or default_pipeline(settings)
     worker = Worker(db, settings, pipeline) if run_worker else None
     ctx = AppContext(

@@ -438,3 +438,14 @@ def test_worker_killed_mid_triage_case_is_triaged_once_after_restart(jdb, pg):
             )
             assert n == 1
         assert audit.verify(s).intact
+
+
+@_pg
+def test_api_replica_never_runs_the_embedded_worker_beside_a_job_engine(pg, jdb):
+    from api.app import create_app
+
+    settings = pg.model_copy(update={"worker_enabled": True})
+    app = create_app(settings, db=jdb)
+    assert app.state.ctx.worker is None
+    embedded = create_app(settings.model_copy(update={"job_engine": "embedded"}), db=jdb)
+    assert embedded.state.ctx.worker is not None
