@@ -449,6 +449,19 @@ def transition(
     return row
 
 
+def failed_cases(session: Session, limit: int = 100) -> list[Case]:
+    """Cases the pipeline gave up on (``failed``), most recent first: the embedded engine's
+    dead letters, re-driven by moving them back to ``received``."""
+    return list(
+        session.scalars(
+            select(Case)
+            .where(Case.status == Status.failed.value)
+            .order_by(Case.updated_at.desc())
+            .limit(limit)
+        )
+    )
+
+
 def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 1000) -> int:
     """Flag (once) and audit every open case past its triage or resolution due time."""
     now = now or now_ts()

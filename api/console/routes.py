@@ -70,7 +70,7 @@ from contracts.suggestion import (
     Reship,
     WriteOff,
 )
-from triage import actions, audit, cases, classification, dashboard, users
+from triage import actions, audit, cases, classification, dashboard, jobs, users, webhooks
 from triage.auth import Principal, Role
 from triage.common import now_ts, parse_ts, to_ts
 from triage.errors import AuthenticationFailed, NotFound, PermissionDenied, TriageError
@@ -177,6 +177,7 @@ def _nav(p: Principal | None) -> list[tuple[str, str, str]]:
     items.append(("dashboard", "Dashboard", f"{COOKIE_PATH}/dashboard"))
     if p.role == R.admin:
         items.append(("users", "Users", f"{COOKIE_PATH}/admin/users"))
+        items.append(("dead-letters", "Dead letters", f"{COOKIE_PATH}/admin/dead-letters"))
     return items
 
 
@@ -1264,6 +1265,58 @@ def change_user(
     except TriageError as exc:
         return redirect(request, anchor, _error_text(exc), "error")
     return redirect(request, anchor, done)
+
+
+# ---------------------------------------------------------------- dead letters
+
+DEAD_URL = f"{COOKIE_PATH}/admin/dead-letters"
+
+
+@router.get("/admin/dead-letters")
+def dead_letters_page(request: Request, ctx: ContextDep, p: AdminP) -> Response:
+    """Everything that stopped retrying and waits for an admin: cases the pipeline gave up
+    on, dead-lettered triage jobs (procrastinate engine) and webhook deliveries."""
+    with ctx.db.read() as s:
+        failed_cases = cases.failed_cases(s, limit=100)
+        dead_hooks = webhooks.list_messages(s, "dead", 100)
+        failed_jobs = jobs.list_jobs(s, "failed", 100) if jobs.enabled(ctx.settings) else None
+        s.expunge_all()
+    return render(
+        request,
+        "dead_letters.html",
+        {
+            "failed_cases": failed_cases,
+            "dead_hooks": dead_hooks,
+            "failed_jobs": failed_jobs,
+            "engine": ctx.settings.job_engine,
+            "section": "dead-letters",
+        },
+    )
+
+
+@router.post("/admin/dead-letters/{kind}/{item_id}/retry")
+def retry_dead_letter(
+    request: Request, kind: str, item_id: str, ctx: ContextDep, p: AdminP, form: Form
+) -> Response:
+    """``kind``: ``case`` (back to ``received`` with a fresh attempt budget), ``job``
+    (procrastinate re-drive) or ``webhook`` (re-arm the delivery); each audited."""
+    reason = _text(form, "reason", 500) or "re-driven from the console"
+    try:
+        with ctx.db.write() as s:
+            if kind == "case":
+                cases.human_transition(s, item_id, Status.received, actor=p.actor, reason=reason)
+                done = f"Case {item_id} is back in the queue."
+            elif kind == "job" and item_id.isdigit() and jobs.enabled(ctx.settings):
+                jobs.retry_job(s, int(item_id), actor=p.actor)
+                done = f"Job {item_id} will run again."
+            elif kind == "webhook" and item_id.isdigit():
+                webhooks.replay(s, int(item_id), actor=p.actor)
+                done = f"Delivery {item_id} will be sent again."
+            else:
+                return PlainTextResponse("not found", status_code=404)
+    except TriageError as exc:
+        return redirect(request, DEAD_URL, _error_text(exc), "error")
+    return redirect(request, DEAD_URL, done)
 
 
 # ---------------------------------------------------------------- operations
