@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -28,13 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.console_bench import populate  # noqa: E402
-from bench.intake_bench import PG  # noqa: E402
+from bench.intake_bench import _db_url, _drop  # noqa: E402
 from tests.support import sample_case  # noqa: E402
 from triage import audit, auth, migrate  # noqa: E402
 from triage.db import Database  # noqa: E402
@@ -65,14 +62,7 @@ def run(kind: str, size: int, n_intake: int, n_queries: int) -> dict[str, tuple[
     from api.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        schema = None
-        url = None
-        if kind == "postgres":
-            schema = f"bench_growth_{secrets.token_hex(3)}"
-            eng = create_engine(PG, isolation_level="AUTOCOMMIT")
-            with eng.connect() as c:
-                c.execute(text(f'CREATE SCHEMA "{schema}"'))
-            url = f"{PG}?options=-csearch_path%3D{schema}"
+        url, schema = _db_url(kind, Path(tmp), "growth")
         settings = Settings(
             data_dir=Path(tmp),
             database_url=url,
@@ -127,10 +117,7 @@ def run(kind: str, size: int, n_intake: int, n_queries: int) -> dict[str, tuple[
             for name, u in calls.items():
                 res[name] = _pcts(_timed(c, "GET", u, n_queries, headers=agent))
         db.dispose()
-        if schema:
-            eng = create_engine(PG, isolation_level="AUTOCOMMIT")
-            with eng.connect() as c2:
-                c2.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        _drop(schema)
         return res
 
 
