@@ -112,8 +112,11 @@ def run(kind: str, size: int, n_intake: int, n_queries: int) -> dict[str, tuple[
                 "list by exception type": "/v1/cases?exception_type=shortage&limit=50",
                 "list by warehouse": "/v1/cases?warehouse_id=WH-HAM-2&limit=50",
                 "list by customer": "/v1/cases?customer_id=CUST-0042&limit=50",
-                "list received (page 2)": f"/v1/cases?status=received&limit=50&cursor={cursor}",
             }
+            if cursor:  # a second page exists
+                calls["list received (page 2)"] = (
+                    f"/v1/cases?status=received&limit=50&cursor={cursor}"
+                )
             for name, u in calls.items():
                 res[name] = _pcts(_timed(c, "GET", u, n_queries, headers=agent))
         db.dispose()
@@ -135,7 +138,7 @@ def main() -> None:
         header = " | ".join(f"{s:,} cases" for s in args.sizes)
         print(f"| call | {header} | p50 ratio {large:,}/{small:,} |")
         print("|---|" + "---|" * len(args.sizes) + "---|")
-        for name in results[small]:
+        for name in [n for n in results[small] if all(n in results[z] for z in args.sizes)]:
             cells = " | ".join(
                 f"{results[s][name][0]:.1f} / {results[s][name][1]:.1f}" for s in args.sizes
             )
