@@ -455,15 +455,44 @@ def run_batch(
             except Exception as exc:  # a stored payload the current contract refuses
                 w.error = exc
         crash_hook("classify")
-        _stage(works, stage_ms, "classify", pipeline.classifier, "classify_many", "classify")
+        clf = pipeline.classifier
+        _run_stage(
+            works, stage_ms, "classify", _case_of, _many(clf, "classify_many"), clf.classify, "view"
+        )
         crash_hook("retrieve")
-        _stage(
-            works, stage_ms, "retrieve", pipeline.retriever, "retrieve_many", "retrieve", pipeline.k
+        ret, k = pipeline.retriever, pipeline.k
+        _run_stage(
+            works,
+            stage_ms,
+            "retrieve",
+            _case_of,
+            _many(ret, "retrieve_many", k),
+            lambda case: ret.retrieve(case, k),
+            "retrieved",
         )
         crash_hook("advise")
-        _advise(works, stage_ms, pipeline.advisor, settings)
+        adv = pipeline.advisor
+        # advise_many overlaps LLM calls; its slots already hold per-case exceptions
+        _run_stage(
+            works,
+            stage_ms,
+            "advise",
+            _advice_input(settings),
+            _many(adv, "advise_many"),
+            adv.advise,
+            "suggestion",
+        )
         crash_hook("policy")
-        _policy(works, stage_ms, pipeline.policy)
+        gate = pipeline.policy
+        _run_stage(
+            works,
+            stage_ms,
+            "policy",
+            _policy_input,
+            _many(gate, "evaluate_batch"),
+            lambda item: gate.evaluate(*item),
+            "decisions",
+        )
         crash_hook("store")
     except Exception as exc:  # the batch machinery itself failed: every case retries later
         log.exception("triage batch of %d cases failed", len(works))
@@ -497,94 +526,78 @@ def _live(works: list[_Work]) -> list[_Work]:
     return [w for w in works if w.error is None]
 
 
-def _stage(
+def _case_of(w: _Work) -> CaseIn:
+    assert w.case is not None
+    return w.case
+
+
+def _batched(
+    name: str,
+    inputs: Sequence[Any],
+    many: Callable[[Sequence[Any]], Any] | None,
+    one: Callable[[Any], Any],
+) -> list[Any]:
+    """One result per input, each the stage's answer or the exception that input raised.
+
+    One call to ``many`` when the stage offers it and there is more than one input; if it
+    raises or answers the wrong number of results, the inputs are run one at a time, so an
+    error stays with its case.
+    """
+    if many is not None and len(inputs) > 1:
+        try:
+            results = list(many(inputs))
+            if len(results) == len(inputs):
+                return results
+        except Exception:
+            log.exception("%s batch failed; retrying case by case", name)
+    out: list[Any] = []
+    for item in inputs:
+        try:
+            out.append(one(item))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _run_stage(
     works: list[_Work],
     stage_ms: dict[str, float],
     name: str,
-    stage: Any,
-    many: str,
-    one: str,
-    *extra: Any,
+    inputs: Callable[[_Work], Any],
+    many: Callable[[Sequence[Any]], Any] | None,
+    one: Callable[[Any], Any],
+    attr: str,
 ) -> None:
-    """Run a classify/retrieve stage for the live cases: batched when the stage can, else (or
-    when the batch call raises) one case at a time, confining an error to its case."""
+    """Run one stage over the live cases of a batch and keep each answer on its case."""
     t = time.perf_counter()
     live = _live(works)
-    attr = "view" if name == "classify" else "retrieved"
-    batch = getattr(stage, many, None)
-    results: list[Any] | None = None
-    if live and callable(batch) and len(live) > 1:
-        try:
-            results = list(batch([w.case for w in live], *extra))
-        except Exception:
-            log.exception("%s batch failed; retrying case by case", name)
-            results = None
-    if results is not None and len(results) == len(live):
-        for w, r in zip(live, results, strict=True):
-            setattr(w, attr, r)
-    else:
-        for w in live:
-            try:
-                setattr(w, attr, getattr(stage, one)(w.case, *extra))
-            except Exception as exc:
-                w.error = exc
+    for w, res in zip(live, _batched(name, [inputs(w) for w in live], many, one), strict=True):
+        if isinstance(res, BaseException):
+            w.error = res if isinstance(res, Exception) else RuntimeError(repr(res))
+        else:
+            setattr(w, attr, res)
     stage_ms[name] = (time.perf_counter() - t) * 1000
 
 
-def _policy(works: list[_Work], stage_ms: dict[str, float], gate: PolicyGate) -> None:
-    """Policy previews: one batched call when the gate offers ``evaluate_batch``."""
-    t = time.perf_counter()
-    live = _live(works)
-    items = []
-    for w in live:
-        assert w.case is not None
-        assert w.suggestion is not None
-        items.append((w.case, list(w.suggestion.proposed_actions)))
-    batch = getattr(gate, "evaluate_batch", None)
-    results: list[list[ActionDecision]] | None = None
-    if callable(batch) and len(live) > 1:
-        try:
-            results = list(batch(items))
-        except Exception:
-            log.exception("policy batch failed; retrying case by case")
-    if results is not None and len(results) == len(live):
-        for w, decisions in zip(live, results, strict=True):
-            w.decisions = decisions
-    else:
-        for w, (case, proposed) in zip(live, items, strict=True):
-            try:
-                w.decisions = gate.evaluate(case, proposed)
-            except Exception as exc:
-                w.error = exc
-    stage_ms["policy"] = (time.perf_counter() - t) * 1000
+def _many(stage: Any, method: str, *extra: Any) -> Callable[[Sequence[Any]], Any] | None:
+    """The stage's optional batch method, with any extra arguments bound."""
+    fn = getattr(stage, method, None)
+    return None if not callable(fn) else (lambda items: fn(items, *extra))
 
 
-def _advise(
-    works: list[_Work], stage_ms: dict[str, float], advisor: Advisor, settings: Settings
-) -> None:
-    t = time.perf_counter()
-    live = _live(works)
-    requests = []
-    for w in live:
+def _advice_input(settings: Settings) -> Callable[[_Work], AdviceInput]:
+    def build(w: _Work) -> AdviceInput:
         assert w.case is not None
         assert w.view is not None
-        requests.append(AdviceInput(w.case_id, w.case, w.view, w.retrieved, settings.queues))
-    many = getattr(advisor, "advise_many", None)
-    if callable(many) and len(live) > 1:
-        # Overlapped (LLM calls in flight together); each result is a suggestion or the
-        # exception that case raised.
-        for w, res in zip(live, many(requests), strict=True):
-            if isinstance(res, BaseException):
-                w.error = res if isinstance(res, Exception) else RuntimeError(repr(res))
-            else:
-                w.suggestion = res
-    else:
-        for w, req in zip(live, requests, strict=True):
-            try:
-                w.suggestion = advisor.advise(req)
-            except Exception as exc:
-                w.error = exc
-    stage_ms["advise"] = (time.perf_counter() - t) * 1000
+        return AdviceInput(w.case_id, w.case, w.view, w.retrieved, settings.queues)
+
+    return build
+
+
+def _policy_input(w: _Work) -> tuple[CaseIn, list[ProposedAction]]:
+    assert w.case is not None
+    assert w.suggestion is not None
+    return (w.case, list(w.suggestion.proposed_actions))
 
 
 def _store_in(
