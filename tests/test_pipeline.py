@@ -318,15 +318,15 @@ def test_cedar_gate_batch_preview_equals_one_case_at_a_time(settings):
 
 
 def test_worker_housekeeping_keeps_dashboard_rollups_current(db, settings):
+    from triage.dashboard import refresh_recent
     from triage.models import DashboardRollupState
-    from triage.worker import refresh_dashboard
 
     sim = Simulator()
     with db.write() as s:
         for rec in sim.cases(5):
             cases.submit(s, CaseIn.model_validate(rec.case), actor=ORCH, settings=settings)
     assert Worker(db, settings).run_once() == 5
-    refresh_dashboard(db)
+    refresh_recent(db)
     with db.read() as s:
         head = s.scalar(select(func.max(AuditEvent.seq)))
         state = s.get(DashboardRollupState, 1)

@@ -510,8 +510,7 @@ class JobWorker:
         re-queues jobs of dead workers, reconciles received cases without a job, flags SLA
         breaches, sweeps approval SLAs and indexes resolved cases.
         """
-        from triage import actions, webhooks
-        from triage.worker import refresh_dashboard
+        from triage import actions, dashboard, webhooks
 
         with self._housekeeping_lock() as got:
             if not got:
@@ -525,7 +524,7 @@ class JobWorker:
                     out["sla_flagged"] = cases.flag_sla_breaches(s)
                     actions.sweep_sla(s, self.settings)
                 out["indexed"] = self._index_resolved()
-                refresh_dashboard(self.db)
+                dashboard.refresh_recent(self.db)
             out["webhooks_delivered"] = webhooks.deliver_due(self.db, self.settings, client)
             return out
 

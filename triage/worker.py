@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
-from triage import actions, cases, pipeline, webhooks
+from triage import actions, cases, dashboard, pipeline, webhooks
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings
@@ -32,14 +32,6 @@ def _crash_hook(stage_to_crash: str | None) -> Callable[[str], None]:
             os._exit(17)
 
     return hook
-
-
-def refresh_dashboard(db: Database, days: int = 30) -> None:
-    """Keep the dashboard's daily roll-ups current in the background, so a page view finds
-    them built (a day never rolled up costs the first viewer 60-140 ms to build)."""
-    from triage import dashboard
-
-    dashboard.rollup_stats(db, dashboard.DateRange.last_days(days))
 
 
 class Worker:
@@ -136,7 +128,7 @@ class Worker:
                             cases.flag_sla_breaches(s)
                             actions.sweep_sla(s, self.settings)
                         self.index_resolved()
-                        refresh_dashboard(self.db)
+                        dashboard.refresh_recent(self.db)
                         last_sweep = time.monotonic()
                     webhooks.deliver_due(self.db, self.settings, client)
                 except Exception:
