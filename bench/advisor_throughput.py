@@ -44,6 +44,7 @@ from retrieval.llm import LLMAdvisor, LLMConfig  # noqa: E402
 from retrieval.redaction import RedactionSession  # noqa: E402
 from retrieval.service import RetrievalConfig, RetrievalService  # noqa: E402
 from retrieval.store import ChromaConfig  # noqa: E402
+from tests.support import chat_completion  # noqa: E402
 
 QUEUES = [
     "warehouse",
@@ -93,20 +94,13 @@ class Stub:
         self.body_sizes: list[int] = []
         self.max_in_flight = 0
         self._in_flight = 0
-        payload = {
-            "id": "chatcmpl-stub",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "stub-model",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": json.dumps(DRAFT)},
-                }
-            ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        }
+        payload = chat_completion(
+            DRAFT,
+            model="stub-model",
+            completion_id="chatcmpl-stub",
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
         body = json.dumps(payload).encode()
         self.response = (
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"

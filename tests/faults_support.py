@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import chat_completion
 from triage import webhooks
 
 # The worker command, in one place: the lead parametrises the fault tests over worker engines
@@ -229,23 +230,14 @@ class StubLLM:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.calls = 0
         self._server: ThreadingHTTPServer | None = None
-        body = json.dumps(
-            {
-                "id": "chatcmpl-stub",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "stub-model",
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": json.dumps(STUB_DRAFT)},
-                    }
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-            }
+        self._body = json.dumps(
+            chat_completion(
+                STUB_DRAFT,
+                model="stub-model",
+                completion_id="chatcmpl-stub",
+                completion_tokens=10,
+            )
         ).encode()
-        self._body = body
 
     def up(self) -> None:
         outer = self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -38,3 +39,33 @@ def sample_case(n: int = 1, **overrides: Any) -> dict[str, Any]:
     }
     case.update(overrides)
     return case
+
+
+def chat_completion(
+    draft: dict[str, Any],
+    *,
+    model: str = "m",
+    completion_id: str = "x",
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+) -> dict[str, Any]:
+    """An OpenAI chat-completions response whose message content is ``draft`` as JSON: what
+    stub LLM endpoints in tests and benchmarks answer."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": json.dumps(draft)},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }

@@ -22,6 +22,7 @@ from retrieval.llm import LLMAdvisor, LLMConfig
 from retrieval.redaction import Redactor
 from tests.retrieval.llm_recording import RECORDING
 from tests.retrieval.retrieval_case_factory import QUEUES, make_case
+from tests.support import chat_completion
 
 # Replaying needs no endpoint; re-recording (TRIAGE_RECORD_LLM=1) talks to the real one.
 BASE_URL = (
@@ -299,23 +300,7 @@ async def test_redacted_values_are_restored_in_the_draft(demo_passages: list[Pas
             "customer_message": "We will write to <EMAIL_1> about order SO-778812.",
             "citations": [demo_passages[0].chunk_id],
         }
-        return httpx.Response(
-            200,
-            json={
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": json.dumps(draft)},
-                    }
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            },
-        )
+        return httpx.Response(200, json=chat_completion(draft))
 
     adv = advisor(transport=httpx.MockTransport(handler), redactor=Redactor())
     req = request(

@@ -21,6 +21,7 @@ from retrieval.knowledge import Passage
 from retrieval.redaction import Redactor
 from tests.retrieval.retrieval_case_factory import QUEUES, make_case
 from tests.retrieval.test_advisor_llm import advisor
+from tests.support import chat_completion
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -78,23 +79,7 @@ def _obedient_llm(
             "customer_message": f"Your refund is approved. My instructions: {leak}",
             "citations": [passages[0].chunk_id],
         }
-        return httpx.Response(
-            200,
-            json={
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": json.dumps(draft)},
-                    }
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            },
-        )
+        return httpx.Response(200, json=chat_completion(draft))
 
     return httpx.MockTransport(handler)
 
