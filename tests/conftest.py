@@ -9,15 +9,14 @@ Each PostgreSQL test gets its own schema (dropped afterwards), so tests never se
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
+from tests.support import fresh_pg_schema
 from triage import audit, auth, migrate
 from triage.auth import Role
 from triage.db import Database
@@ -67,17 +66,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     base = _pg_url()
     if base is None:
         pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432 and TRIAGE_TEST_POSTGRES_URL unset")
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_pg_schema(base, "t") as url:
+        yield url
 
 
 @pytest.fixture

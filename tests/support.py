@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -69,3 +76,28 @@ def chat_completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+@contextmanager
+def fresh_pg_schema(base: str, prefix: str) -> Iterator[str]:
+    """A new schema on the PostgreSQL at ``base`` for one test, as a URL whose search_path
+    points at it; dropped afterwards. The drop is retried for up to a minute on a pinged
+    connection, because the fault tests stop and start the server under other tests."""
+    schema = f"{prefix}_{secrets.token_hex(5)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        for attempt in range(30):
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                break
+            except OperationalError:
+                if attempt == 29:
+                    raise
+                time.sleep(2)
+        admin.dispose()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import time
@@ -30,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from contracts.case import CaseIn
+from tests.conftest import _pg_url
 from tests.faults_support import (
     CLI_CMD,
     DEFAULT_WORKER_CMD,
@@ -46,7 +46,7 @@ from tests.faults_support import (
     product_env,
     wait_until,
 )
-from tests.support import sample_case
+from tests.support import fresh_pg_schema, sample_case
 from triage import audit, auth, cases, migrate
 from triage.db import Database
 from triage.models import AuditEvent, Case, OutboxMessage
@@ -55,7 +55,6 @@ from triage.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOAD_CASES = 1000
 BATCH = 50
 WEBHOOK_SECRET = "faults-webhook-secret"
@@ -74,36 +73,11 @@ def worker_cmd() -> tuple[str, ...]:
 def pg_url() -> Iterator[str]:
     """A fresh schema on the local PostgreSQL, dropped afterwards. The admin engine pings
     its connections: the load test restarts the server under it."""
-    base = os.environ.get("TRIAGE_TEST_POSTGRES_URL")
+    base = _pg_url()
     if base is None:
-        try:
-            socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
-        except OSError:
-            pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
-        base = PG_DEFAULT
-    schema = f"faults_{secrets.token_hex(5)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        wait_until(_pg_up, deadline_s=60, what="PostgreSQL back up for clean-up")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-def _pg_up() -> bool:
-    return (
-        subprocess.run(
-            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], check=False
-        ).returncode
-        == 0
-        if shutil.which("pg_isready")
-        else True
-    )
+        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+    with fresh_pg_schema(base, "faults") as url:
+        yield url
 
 
 @pytest.fixture

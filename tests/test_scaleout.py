@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -23,11 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 from cli import kb as kb_cli
 from tests.conftest import _pg_url
+from tests.support import fresh_pg_schema
 from triage import audit
 from triage.db import Database
 from triage.models import AuditEvent, Case
@@ -111,25 +110,8 @@ def pg_schema_url() -> Iterator[str]:
     base = _pg_url()
     if base is None:
         pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432 and TRIAGE_TEST_POSTGRES_URL unset")
-    schema = f"scale_{secrets.token_hex(5)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        # Other suites restart PostgreSQL (fault tests): retry the clean-up on a fresh connection.
-        for attempt in range(10):
-            try:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                break
-            except OperationalError:
-                if attempt == 9:
-                    raise
-                time.sleep(2)
-        admin.dispose()
+    with fresh_pg_schema(base, "scale") as url:
+        yield url
 
 
 def _key(out: str) -> str:
