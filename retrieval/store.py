@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
+from chromadb.errors import ChromaError
 from chromadb.utils.embedding_functions import register_embedding_function
 from pydantic import BaseModel, ConfigDict
 
@@ -102,25 +103,33 @@ class TriageEmbeddingFunction(EmbeddingFunction[Documents]):
 
 
 def open_collection(client: ClientAPI, name: str, encoder: Encoder) -> Collection:
-    """Get or create ``name`` embedded with ``encoder``; refuses a fingerprint mismatch."""
+    """Get or create ``name`` embedded with ``encoder``; refuses a fingerprint mismatch.
+
+    Several processes may open the same collection at once (worker processes starting against
+    one Chroma server): one creates it, the others find it already there and open it.
+    """
     ef = TriageEmbeddingFunction(encoder)
-    existing = {c.name for c in client.list_collections()}
-    if name in existing:
-        stored = client.get_collection(name, embedding_function=None)
-        stored_fp = _stored_fingerprint(stored)
-        if stored_fp is not None and stored_fp != encoder.fingerprint:
-            raise EncoderError(
-                f"collection {name!r} was built with encoder {stored_fp}, the configured "
-                f"encoder is {encoder.fingerprint}: re-index it (triage kb reindex --encoder "
-                "...) or configure the original encoder"
+    if name not in {c.name for c in client.list_collections()}:
+        try:
+            return client.create_collection(
+                name,
+                embedding_function=ef,  # type: ignore[arg-type]
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"encoder_fingerprint": encoder.fingerprint, "encoder_dim": encoder.dim},
             )
-        return client.get_collection(name, embedding_function=ef)  # type: ignore[arg-type]
-    return client.create_collection(
-        name,
-        embedding_function=ef,  # type: ignore[arg-type]
-        configuration={"hnsw": {"space": "cosine"}},
-        metadata={"encoder_fingerprint": encoder.fingerprint, "encoder_dim": encoder.dim},
-    )
+        except ChromaError as exc:
+            if "already exists" not in str(exc):
+                raise
+            # created by another process between our listing and our create: open it below
+    stored = client.get_collection(name, embedding_function=None)
+    stored_fp = _stored_fingerprint(stored)
+    if stored_fp is not None and stored_fp != encoder.fingerprint:
+        raise EncoderError(
+            f"collection {name!r} was built with encoder {stored_fp}, the configured "
+            f"encoder is {encoder.fingerprint}: re-index it (triage kb reindex --encoder "
+            "...) or configure the original encoder"
+        )
+    return client.get_collection(name, embedding_function=ef)  # type: ignore[arg-type]
 
 
 def reindex_collection(

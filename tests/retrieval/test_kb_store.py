@@ -254,3 +254,28 @@ def test_chroma_default_onnx_embedding_is_never_used(
     index = CaseIndex(open_client(chroma_config), encoder)
     index.add_resolved("C-1", "short delivery", {}, "reshipped")
     assert index.similar("short delivery", k=1)[0].case_id == "C-1"
+
+
+def test_a_collection_created_by_another_process_meanwhile_is_opened(
+    chroma_config: ChromaConfig, encoder: Encoder
+) -> None:
+    """Two workers start at once against one Chroma server: both list no collection, one
+    creates it, the other's create answers "already exists" and must open it instead."""
+    from retrieval.store import open_collection
+
+    client = open_client(chroma_config)
+    first = open_collection(client, "similar_cases", encoder)
+
+    class LateLister:
+        """The second worker's view: its listing was taken before the first one created."""
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(client, attr)
+
+        def list_collections(self) -> list[object]:
+            return []
+
+    second = open_collection(LateLister(), "similar_cases", encoder)  # type: ignore[arg-type]
+    assert second.id == first.id
+    with pytest.raises(EncoderError, match="re-index"):  # the fingerprint check still holds
+        open_collection(LateLister(), "similar_cases", HashingEncoder(n_features=256))  # type: ignore[arg-type]
