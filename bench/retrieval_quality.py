@@ -153,6 +153,12 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true", help="also the optional MiniLM model")
     parser.add_argument("--only-minilm", action="store_true")
     parser.add_argument("--chroma", action="store_true", help="also measure through Chroma")
+    parser.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        help="also this encoder (builtin:NAME or a folder); repeatable",
+    )
     args = parser.parse_args()
 
     with args.data.open(encoding="utf-8") as fh:
@@ -197,6 +203,15 @@ def main() -> None:
         options["builtin:lsa-char-v1 (shipped; fitted on the whole file)"] = builtin
         options["hashing char 3-5, 1024 dims"] = hashing(1024)
         options["hashing char 3-5, 2048 dims"] = hashing(2048)
+    for extra_name in args.encoder:
+        extra = load_encoder(EncoderConfig(name=extra_name))
+
+        def fixed(
+            i: list[int], q: list[int], enc: Encoder = extra
+        ) -> tuple[np.ndarray, np.ndarray]:
+            return enc.encode([texts[k] for k in i]), enc.encode([texts[k] for k in q])
+
+        options[extra_name] = fixed
     if args.minilm or args.only_minilm:
         start = time.perf_counter()
         mini = load_encoder(EncoderConfig(name="minilm"))
@@ -236,6 +251,8 @@ def main() -> None:
     if not args.only_minilm:
         kb_encoders["builtin:lsa-char-v1"] = load_encoder()
         kb_encoders["hashing 2048"] = HashingEncoder(n_features=2048)
+    for extra_name in args.encoder:
+        kb_encoders[extra_name] = load_encoder(EncoderConfig(name=extra_name))
     if args.minilm or args.only_minilm:
         kb_encoders["minilm"] = load_encoder(EncoderConfig(name="minilm"))
     for name, enc in kb_encoders.items():

@@ -20,7 +20,13 @@ from classifiers.errors import (
     RegistryError,
 )
 from classifiers.evaluation import evaluate_model, write_report
-from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec, RecordFeaturizer
+from classifiers.features import (
+    CASE_FEATURE_SPEC,
+    FeatureSpec,
+    RecordFeaturizer,
+    embed_texts,
+    set_embedder,
+)
 from classifiers.operating_points import ABSTAIN_REASONS
 from classifiers.registry import LoadedModel, ModelRegistry, open_model
 from classifiers.retrain import RetrainResult, retrain
@@ -39,10 +45,12 @@ __all__ = [
     "RecordFeaturizer",
     "RegistryError",
     "RetrainResult",
+    "embed_texts",
     "evaluate_model",
     "load_records",
     "open_model",
     "retrain",
+    "set_embedder",
     "validate_training_data",
     "write_report",
 ]

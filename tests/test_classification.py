@@ -188,3 +188,44 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
     assert ev.status_code == 200, ev.text
     assert ev.json()["metrics"]["targets"]["queue"]["accuracy"] in (0.0, 1.0)
     assert client.get("/v1/models", headers=bearer(keys["agent"])).status_code == 403
+
+
+def test_each_case_is_encoded_once_for_classifier_and_retrieval(
+    db, settings, with_model, monkeypatch
+):
+    """The demo model takes the retrieval encoder's vectors as features; the pipeline encodes a
+    case once and hands the same vector to the classifier and to both Chroma collections."""
+    from retrieval.embeddings import StaticEncoder
+
+    loaded = classification.registry(settings).load(with_model)
+    spec = loaded.model.feature_spec()
+    assert spec.embedding_encoder == settings.encoder == "builtin:minilm-static-v1"
+    encoded: list[int] = []
+    original = StaticEncoder.encode
+
+    def counting(self, texts):
+        encoded.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(StaticEncoder, "encode", counting)
+    ids = _load_sim(db, settings, n=20, seed=11)
+    pipe = default_pipeline(settings)
+    assert Worker(db, settings, pipe).run_once() == 20
+    assert sum(encoded) == 20  # not 40: the classifier reused the retrieval vectors
+    with db.read() as s:
+        rows = [cases.get(s, i) for i in ids]
+        assert {r.model_version for r in rows} == {with_model}
+        assert sum(r.queue is not None for r in rows) >= 15
+
+
+def test_model_refuses_vectors_of_another_encoder_version(settings, with_model):
+    """A model records its encoder's fingerprint; if the encoder behind the name changes, the
+    model refuses to score rather than read vectors from another space."""
+    from dataclasses import replace
+
+    from classifiers import embed_texts
+
+    spec = classification.registry(settings).load(with_model).model.feature_spec()
+    assert embed_texts(spec, ["damaged pallet"]).shape == (1, spec.embedding_dim)
+    with pytest.raises(ValueError, match="retrain the model"):
+        embed_texts(replace(spec, embedding_fingerprint="static-0000000000000000"), ["x"])

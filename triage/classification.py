@@ -12,19 +12,29 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import classifiers
-from classifiers import CaseModel, LoadedModel, ModelRegistry, RetrainResult, retrain
+from classifiers import (
+    CASE_FEATURE_SPEC,
+    CaseModel,
+    FeatureSpec,
+    LoadedModel,
+    ModelRegistry,
+    RetrainResult,
+    retrain,
+)
 from classifiers.data import load_records
 from contracts.case import CaseIn
 from contracts.suggestion import ClassifierView, Prediction
+from retrieval.embeddings import EncoderConfig, load_encoder
 from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
@@ -45,10 +55,43 @@ TARGETS = ("category", "queue", "priority")
 BITEXT_SAMPLE = Path(classifiers.__file__).parent / "fixtures" / "bitext" / "bench_train_2023.csv"
 
 
+def _embed(name: str, texts: Sequence[str]) -> tuple[np.ndarray, str]:
+    """The classifiers' embedder: the retrieval encoder ``name`` (loaded once per process)."""
+    encoder = load_encoder(EncoderConfig(name=name))
+    return encoder.encode(list(texts)), encoder.fingerprint
+
+
+classifiers.set_embedder(_embed)
+
+
+def embedding_spec(spec: FeatureSpec, encoder_name: str | None) -> FeatureSpec:
+    """``spec`` with the named encoder's vectors as features (``None``/"none": without)."""
+    if encoder_name in (None, "", "none"):
+        return replace(spec, embedding_dim=None, embedding_encoder=None, embedding_fingerprint=None)
+    encoder = load_encoder(EncoderConfig(name=encoder_name))
+    return replace(
+        spec,
+        embedding_dim=encoder.dim,
+        embedding_encoder=encoder_name,
+        embedding_fingerprint=encoder.fingerprint,
+    )
+
+
 def case_record(case: CaseIn) -> dict[str, Any]:
-    """The flat record the case model reads (``classifiers.CASE_FEATURE_SPEC``)."""
+    """The flat record the case model reads (``classifiers.CASE_FEATURE_SPEC``).
+
+    ``text`` is the retrieval query text (exception type, title, message, notes, error: see
+    ``retrieval.advice.query_text``), so the vector the pipeline computes once per case for
+    retrieval is the vector of the text the model's embedding features were trained on.
+    """
     text = case.text
-    parts = [case.title, text.customer_message, text.operator_notes, text.integration_error]
+    parts = [
+        case.exception_type.value.replace("_", " "),
+        case.title,
+        text.customer_message,
+        text.operator_notes,
+        text.integration_error,
+    ]
     ordered = shipped = Decimal(0)
     price_gap = Decimal(0)
     for line in case.lines:
@@ -84,9 +127,22 @@ class ModelClassifier:
     def classify(self, case: CaseIn) -> ClassifierView:
         return self.classify_many([case])[0]
 
-    def classify_many(self, cases: Sequence[CaseIn]) -> list[ClassifierView]:
-        """One model call for the batch (the text transform is vectorised)."""
-        preds = self.loaded.model.predict([case_record(c) for c in cases])
+    @property
+    def vector_fingerprint(self) -> str | None:
+        """Fingerprint of the encoder whose vectors the model takes (``None``: takes none)."""
+        spec = self.loaded.model.feature_spec()
+        return spec.embedding_fingerprint if spec.embedding_dim is not None else None
+
+    def classify_many(
+        self, cases: Sequence[CaseIn], vectors: np.ndarray | None = None
+    ) -> list[ClassifierView]:
+        """One model call for the batch (the text transform is vectorised).
+
+        ``vectors`` (one row per case) are reused as the model's embedding features; the caller
+        passes them only when their encoder's fingerprint equals :attr:`vector_fingerprint`.
+        Without them a model trained with embeddings encodes the cases itself.
+        """
+        preds = self.loaded.model.predict([case_record(c) for c in cases], embeddings=vectors)
         rules = RuleClassifier()
         out = []
         for case, pred in zip(cases, preds, strict=True):
@@ -119,10 +175,19 @@ class ClassifierProvider:
     def classify(self, case: CaseIn) -> ClassifierView:
         return self.current().classify(case)
 
-    def classify_many(self, cases: Sequence[CaseIn]) -> list[ClassifierView]:
+    def vector_fingerprint(self) -> str | None:
+        """Which encoder's vectors the active model takes, if any (see ModelClassifier)."""
+        current = self.current()
+        return current.vector_fingerprint if isinstance(current, ModelClassifier) else None
+
+    def classify_many(
+        self, cases: Sequence[CaseIn], vectors: np.ndarray | None = None
+    ) -> list[ClassifierView]:
         current = self.current()
         if isinstance(current, ModelClassifier):
-            return current.classify_many(cases)
+            if vectors is not None and current.vector_fingerprint is None:
+                vectors = None  # the model takes no vectors: nothing to check them against
+            return current.classify_many(cases, vectors)
         return [current.classify(c) for c in cases]
 
     def current(self) -> ModelClassifier | RuleClassifier:
@@ -195,7 +260,9 @@ def train_default_model(
     _write_jsonl(base_data_path(settings), train)
     _write_jsonl(eval_data_path(settings), held_out)
     model = CaseModel(
-        targets=TARGETS, labels={"queue": settings.queues, "priority": list(PRIORITIES)}
+        spec=embedding_spec(CASE_FEATURE_SPEC, settings.encoder),
+        targets=TARGETS,
+        labels={"queue": settings.queues, "priority": list(PRIORITIES)},
     )
     # One group per case: simulated cases share message templates by design, so grouping
     # near-duplicate texts would hold out whole root causes and calibrate against a task the

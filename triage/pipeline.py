@@ -391,6 +391,7 @@ class _Work:
 
     case_id: str
     case: CaseIn | None = None
+    vector: Any = None
     view: ClassifierView | None = None
     retrieved: Any = None
     suggestion: Suggestion | None = None
@@ -454,22 +455,64 @@ def run_batch(
                 w.case = CaseIn.model_validate(payloads[w.case_id])
             except Exception as exc:  # a stored payload the current contract refuses
                 w.error = exc
-        crash_hook("classify")
         clf = pipeline.classifier
-        _run_stage(
-            works, stage_ms, "classify", _case_of, _many(clf, "classify_many"), clf.classify, "view"
-        )
-        crash_hook("retrieve")
         ret, k = pipeline.retriever, pipeline.k
-        _run_stage(
-            works,
-            stage_ms,
-            "retrieve",
-            _case_of,
-            _many(ret, "retrieve_many", k),
-            lambda case: ret.retrieve(case, k),
-            "retrieved",
-        )
+        # Encode each case once; the vector serves retrieval and, when the active model was
+        # trained on the same encoder's vectors, classification.
+        encode = getattr(ret, "encode_many", None)
+        if callable(encode):
+            _run_stage(
+                works,
+                stage_ms,
+                "encode",
+                _case_of,
+                lambda cases: list(encode(cases)),
+                lambda case: encode([case])[0],
+                "vector",
+            )
+        crash_hook("classify")
+        classify_many = getattr(clf, "classify_many", None)
+        if callable(encode) and callable(classify_many) and _shares_vectors(clf, ret):
+            _run_stage(
+                works,
+                stage_ms,
+                "classify",
+                _case_and_vector,
+                lambda items: classify_many(*_unzip(items)),
+                lambda item: classify_many(*_unzip([item]))[0],
+                "view",
+            )
+        else:
+            _run_stage(
+                works,
+                stage_ms,
+                "classify",
+                _case_of,
+                _many(clf, "classify_many"),
+                clf.classify,
+                "view",
+            )
+        crash_hook("retrieve")
+        if callable(encode):
+            _run_stage(
+                works,
+                stage_ms,
+                "retrieve",
+                _case_and_vector,
+                lambda items: _retrieve_with(ret, k, items),
+                lambda item: _retrieve_with(ret, k, [item])[0],
+                "retrieved",
+            )
+        else:
+            _run_stage(
+                works,
+                stage_ms,
+                "retrieve",
+                _case_of,
+                _many(ret, "retrieve_many", k),
+                lambda case: ret.retrieve(case, k),
+                "retrieved",
+            )
         crash_hook("advise")
         adv = pipeline.advisor
         # advise_many overlaps LLM calls; its slots already hold per-case exceptions
@@ -577,6 +620,31 @@ def _run_stage(
         else:
             setattr(w, attr, res)
     stage_ms[name] = (time.perf_counter() - t) * 1000
+
+
+def _case_and_vector(w: _Work) -> tuple[CaseIn, Any]:
+    assert w.case is not None
+    return (w.case, w.vector)
+
+
+def _unzip(items: Sequence[tuple[CaseIn, Any]]) -> tuple[list[CaseIn], Any]:
+    """Cases and their vectors stacked into one array (one row per case)."""
+    import numpy as np
+
+    return [c for c, _ in items], np.vstack([v for _, v in items])
+
+
+def _retrieve_with(retriever: Any, k: int, items: Sequence[tuple[CaseIn, Any]]) -> Any:
+    cases, vectors = _unzip(items)
+    return retriever.retrieve_many(cases, k, vectors=vectors)
+
+
+def _shares_vectors(classifier: Any, retriever: Any) -> bool:
+    """True when the classifier takes vectors from the retriever's encoder (same fingerprint)."""
+    wanted = getattr(classifier, "vector_fingerprint", None)
+    wanted = wanted() if callable(wanted) else wanted
+    have = getattr(retriever, "encoder_fingerprint", None)
+    return wanted is not None and wanted == have
 
 
 def _many(stage: Any, method: str, *extra: Any) -> Callable[[Sequence[Any]], Any] | None:

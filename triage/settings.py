@@ -130,8 +130,11 @@ class Settings(BaseSettings):
         default=None, description="A Chroma server, e.g. http://chroma:8000; wins over chroma_path."
     )
     encoder: str = Field(
-        default="builtin:lsa-char-v1",
-        description="Text encoder for retrieval (see docs/retrieval.md).",
+        default="builtin:minilm-static-v1",
+        description=(
+            "Text encoder: one vector per case for retrieval and for the classifier's embedding "
+            "features (see docs/retrieval.md, docs/classifier.md)."
+        ),
     )
     retrieval_enabled: bool = True
     redaction_enabled: bool = True

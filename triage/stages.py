@@ -14,6 +14,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from contracts.case import CaseIn
 from contracts.suggestion import Suggestion
 from retrieval.advice import AdvisorConfig
@@ -130,9 +132,22 @@ class RetrievalStage:
         # one vector per case, shared by the knowledge base and the similar-case index
         return self.service.retrieve(case)
 
-    def retrieve_many(self, cases: Sequence[CaseIn], k: int) -> list[Retrieved]:
-        """One encoder pass and one Chroma query per collection for the whole batch."""
-        return self.service.retrieve_many(cases)
+    @property
+    def encoder_fingerprint(self) -> str:
+        """The encoder's fingerprint: the pipeline shares vectors with a classifier trained on
+        the same one."""
+        return self.service.encoder.fingerprint
+
+    def encode_many(self, cases: Sequence[CaseIn]) -> np.ndarray:
+        """One vector per case (redacted query text), computed once and reused downstream."""
+        return self.service.encode_cases(cases)
+
+    def retrieve_many(
+        self, cases: Sequence[CaseIn], k: int, vectors: np.ndarray | None = None
+    ) -> list[Retrieved]:
+        """One Chroma query per collection for the whole batch (``vectors`` from
+        :meth:`encode_many`, else one encoder pass here)."""
+        return self.service.retrieve_many(cases, vectors)
 
     def advise_many(self, requests: Sequence[AdviceInput]) -> list[Suggestion | BaseException]:
         """Advice for a batch: the offline engine in turn, LLM calls overlapped on the shared

@@ -70,7 +70,7 @@ def test_cli_ingest_search_stats(tmp_path: Path) -> None:
     found = runner.invoke(app, ["search", "pallet arrived crushed", "--json", "-k", "2", *store])
     assert found.exit_code == 0, found.output
     payload = json.loads(found.output)
-    assert len(payload["results"]) == 2 and payload["encoder"].startswith("lsa-")
+    assert len(payload["results"]) == 2 and payload["encoder"].startswith("static-")
     top = payload["results"][0]
     assert top["doc_id"] == "SOP-DMG-002" and 0 < top["score"] <= 1 and top["chunk_id"]
 

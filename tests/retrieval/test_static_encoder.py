@@ -1,0 +1,106 @@
+"""The static encoder distilled from all-MiniLM-L6-v2 (``builtin:minilm-static-v1``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.embeddings import (
+    BUILTIN_DIR,
+    EncoderConfig,
+    StaticEncoder,
+    WordPieceTokenizer,
+    encoder_from_spec,
+    load_encoder,
+)
+from retrieval.errors import EncoderError
+
+FOLDER = BUILTIN_DIR / "minilm-static-v1"
+GOLDEN = Path(__file__).parent / "data" / "wordpiece_golden.json"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> StaticEncoder:
+    enc = load_encoder(EncoderConfig(name="builtin:minilm-static-v1"))
+    assert isinstance(enc, StaticEncoder)
+    return enc
+
+
+def test_tokenizer_matches_reference_bert_tokenizer() -> None:
+    """Ids recorded from transformers' BertTokenizer (all-MiniLM-L6-v2's own) for 80 real
+    support texts and 8 awkward ones: accents, currency symbols, JSON, tabs, over-long words,
+    emoji, CJK and Greek."""
+    vocab = (FOLDER / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokenizer = WordPieceTokenizer(vocab)
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert len(golden) == 88
+    mismatches = [
+        item["text"]
+        for item in golden
+        if tokenizer.encode(re.sub(r"\d+", "0", item["text"])) != item["ids"]
+    ]
+    assert mismatches == []
+
+
+def test_encode_contract(encoder: StaticEncoder) -> None:
+    vectors = encoder.encode(["parcel arrived damaged", "invoice charged twice", ""])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors[:2], axis=1), 1.0, rtol=1e-5)
+    assert not vectors[2].any()  # nothing to look up: a zero vector, as the other encoders do
+    assert encoder.encode([]).shape == (0, encoder.dim)
+    # digits are masked: order numbers do not move a case
+    np.testing.assert_array_equal(
+        encoder.encode(["order 12345 is late"]), encoder.encode(["order 9 is late"])
+    )
+
+
+def test_vectors_carry_meaning_beyond_shared_words(encoder: StaticEncoder) -> None:
+    """Paraphrases with no content word in common land closer than texts on another topic."""
+    anchor, paraphrase, other = encoder.encode(
+        [
+            "the parcel arrived broken",
+            "package was damaged in transit",
+            "please change the billing address on my account",
+        ]
+    )
+    assert float(anchor @ paraphrase) > float(anchor @ other) + 0.1
+    refund, money_back, tracking = encoder.encode(
+        ["I want a refund", "give me my money back", "where is my shipment right now"]
+    )
+    assert float(refund @ money_back) > float(refund @ tracking) + 0.1
+
+
+def test_spec_round_trip(encoder: StaticEncoder) -> None:
+    rebuilt = encoder_from_spec(encoder.spec())
+    assert rebuilt.fingerprint == encoder.fingerprint
+    np.testing.assert_array_equal(
+        rebuilt.encode(["late delivery"]), encoder.encode(["late delivery"])
+    )
+
+
+def test_tampered_table_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "enc"
+    shutil.copytree(FOLDER, copy)
+    raw = bytearray((copy / "vectors.npy").read_bytes())
+    raw[-1] ^= 0x01
+    (copy / "vectors.npy").write_bytes(bytes(raw))
+    with pytest.raises(EncoderError, match="sha256"):
+        StaticEncoder.load(copy)
+
+
+def test_folder_kind_is_dispatched(tmp_path: Path) -> None:
+    """A folder path loads whatever kind its encoder.json names; a wrong kind is refused."""
+    copy = tmp_path / "enc"
+    shutil.copytree(FOLDER, copy)
+    assert isinstance(load_encoder(EncoderConfig(name=str(copy))), StaticEncoder)
+    meta = json.loads((copy / "encoder.json").read_text(encoding="utf-8"))
+    meta["kind"] = "lsa"
+    (copy / "encoder.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(EncoderError):
+        StaticEncoder.load(copy)
