@@ -7,8 +7,9 @@ Usage (from the repository root, data outside the repo):
 
 For each fold it trains the reference baseline (word 1-2 + char_wb 2-5 TF-IDF, LinearSVC C=1)
 and the default CaseModel on the same training part and scores both on the held-out part; with
-``--bitext-embeddings`` / ``--banking77-embeddings`` (all-MiniLM-L6-v2 vectors made by
-bench/classifier_encode.py, the optional extra) it also scores CaseModel + those embeddings.
+``--bitext-embeddings`` / ``--banking77-embeddings`` (vectors made by bench/classifier_encode.py:
+the static encoder, or all-MiniLM-L6-v2 from the optional extra) it also scores CaseModel +
+those embeddings.
 Bitext folds keep near-duplicate groups (masked token multisets) on one side; a stricter
 "keyword hold-out" grouping (texts grouped by their rarest content word) is reported as well.
 Nothing here tunes on the held-out parts: the CaseModel runs with its defaults.
@@ -34,6 +35,8 @@ from classifiers.case_model import CaseModel
 from classifiers.evaluation import evaluate_model
 from classifiers.features import FeatureSpec
 from classifiers.grouping import group_key, near_duplicate_groups
+
+EMBEDDINGS_LABEL = "emb"
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -82,7 +85,7 @@ def run_folds(
     recs = [{"text": r["text"], label: r[label]} for r in rows]
     variants: dict[str, list[dict[str, float | None]]] = {"baseline": [], "CaseModel": []}
     if embeddings is not None:
-        variants["CaseModel+MiniLM"] = []
+        variants[f"CaseModel+{EMBEDDINGS_LABEL}"] = []
     for k, (tr, te) in enumerate(splits):
         started = time.perf_counter()
         pred = baseline().fit(texts[tr], y[tr]).predict(texts[te])
@@ -95,7 +98,7 @@ def run_folds(
         )
         fold_groups = None if groups is None else [groups[i] for i in tr]
         for name in list(variants)[1:]:
-            emb = embeddings if name.endswith("MiniLM") else None
+            emb = embeddings if name.endswith(EMBEDDINGS_LABEL) else None
             spec = FeatureSpec(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
@@ -215,7 +218,12 @@ def main() -> None:
         help=".npy from bench/classifier_encode.py (optional extra)",
     )
     parser.add_argument("--only", choices=("bitext", "banking77"), default=None)
+    parser.add_argument(
+        "--embeddings-label", default="emb", help="name of the embedding variant in the output"
+    )
     args = parser.parse_args()
+    global EMBEDDINGS_LABEL
+    EMBEDDINGS_LABEL = args.embeddings_label
     if args.only in (None, "bitext"):
         bitext(args.bitext, args.folds, _load(args.bitext_embeddings))
     if args.only in (None, "banking77"):

@@ -8,6 +8,12 @@ customer message + operator notes + integration error, plus the structured field
 Bitext customer messages shipped in classifiers/fixtures, trains the default three-target
 CaseModel (category, queue, priority) and times ``CaseModel.predict``: one call on a batch of
 5,000 cases, then 1,000 single-case calls. Prints the figures; asserts nothing.
+
+``--encoder`` (default ``builtin:minilm-static-v1``, as ``triage train``) adds the encoder's
+vectors as features; the timed predict calls then include encoding each case's text (the
+pipeline encodes once and reuses the vector for retrieval, so this is the classifier's share
+plus the one encoding). ``--encoder none`` times the n-gram model alone; ``--encoder minilm``
+the optional sentence-embedding extra (run from a virtualenv that has it).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from typing import Any
 import numpy as np
 
 from classifiers.case_model import CaseModel
+from classifiers.features import CASE_FEATURE_SPEC
+from retrieval.embeddings import DEFAULT_ENCODER
+from triage.classification import embedding_spec  # installs the classifiers' embedder
 
 FIXTURE = Path(__file__).parents[1] / "classifiers" / "fixtures" / "bitext" / "bench_train_2023.csv"
 
@@ -95,18 +104,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--singles", type=int, default=1000)
     parser.add_argument("--extra-words", type=int, default=0, help="lengthen each case's notes")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="encoder name, or 'none'")
     args = parser.parse_args()
     with args.bitext.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     train = build_cases(rows, args.n_train, seed=0, extra_words=args.extra_words)
     test = build_cases(rows, args.batch, seed=1, extra_words=args.extra_words)
     started = time.perf_counter()
-    model = CaseModel().fit(train)
+    model = CaseModel(spec=embedding_spec(CASE_FEATURE_SPEC, args.encoder)).fit(train)
     fit_s = time.perf_counter() - started
     mean_words = np.mean([len(c["text"].split()) for c in test])
     print(
-        f"cores visible: {os.cpu_count()}; trained on {len(train)} cases in {fit_s:.1f}s; "
-        f"mean text length {mean_words:.0f} words"
+        f"cores visible: {os.cpu_count()}; encoder {args.encoder}; trained on {len(train)} "
+        f"cases in {fit_s:.1f}s; mean text length {mean_words:.0f} words"
     )
     model.predict(test[:50])  # warm-up
     best = cpu = float("inf")

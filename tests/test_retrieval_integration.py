@@ -88,3 +88,24 @@ def test_injected_instructions_are_flagged_and_audited(db, settings):
     # facts of a shortage call for, and the case waits for a person
     assert "refund" not in [a["type"] for a in body["proposed_actions"]]
     assert status == Status.awaiting_review.value
+
+
+def test_switching_encoder_is_refused_until_reindexed(settings):
+    """An index built with one encoder is not queried with another (different vector spaces):
+    the stage refuses with a message naming the fix, and reindex() re-embeds both collections
+    in place so retrieval works again with the new encoder."""
+    import pytest
+
+    from retrieval.errors import EncoderError
+
+    old = RetrievalStage(settings.model_copy(update={"encoder": "builtin:lsa-char-v1"}))
+    old.ingest([REPO_KNOWLEDGE])
+    case = CaseIn.model_validate(sample_case(1))
+    assert old.retrieve(case, 4).passages
+    new = RetrievalStage(settings)  # the default encoder
+    with pytest.raises(EncoderError, match="reindex"):
+        new.warm_up()
+    chunks, indexed = new.reindex()
+    assert chunks > 0 and indexed == 0
+    found = new.retrieve(case, 4)
+    assert found.passages and found.passages[0].doc_id

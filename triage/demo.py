@@ -7,6 +7,7 @@ use fixed source ids, so a second start replays instead of duplicating.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.case import CaseIn
+from retrieval.errors import EncoderError
 from triage import audit, auth, cases, classification, users
 from triage.db import Database
 from triage.lifecycle import Status
@@ -21,6 +23,8 @@ from triage.settings import Settings
 from triage.simulator import SimConfig, Simulator
 from triage.stages import REPO_KNOWLEDGE, RetrievalStage, default_pipeline
 from triage.worker import Worker
+
+log = logging.getLogger("triage.demo")
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
 
@@ -97,6 +101,19 @@ def load(
                     progress(done, n_cases, started)
         pipe = default_pipeline(settings)
         if isinstance(pipe.retriever, RetrievalStage):
+            try:
+                pipe.retriever.warm_up()
+            except EncoderError:
+                # A demo folder from an earlier release indexed with another encoder: the demo
+                # owns this data, so re-embed it (production says so and leaves it to
+                # `triage kb reindex`).
+                chunks, indexed = pipe.retriever.reindex()
+                log.warning(
+                    "demo: re-embedded %d knowledge chunks and %d cases with %s",
+                    chunks,
+                    indexed,
+                    settings.encoder,
+                )
             docs = settings.knowledge_dir or REPO_KNOWLEDGE
             if docs.exists():
                 pipe.retriever.ingest([docs])

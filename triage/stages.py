@@ -128,6 +128,23 @@ class RetrievalStage:
         """Open Chroma and load the encoder before the first case."""
         _ = self.service
 
+    def reindex(self) -> tuple[int, int]:
+        """Re-embed the knowledge base and the similar-case index with the configured encoder
+        (after the encoder changed); returns (chunks, cases). Ids, texts and metadata stay."""
+        from retrieval.cases import CaseIndex
+        from retrieval.embeddings import load_encoder
+        from retrieval.knowledge import KnowledgeBase
+        from retrieval.store import open_client
+
+        config = retrieval_config(self.settings)
+        client = open_client(config.chroma)
+        encoder = load_encoder(config.encoder)
+        with self._lock:
+            chunks = KnowledgeBase.reindex(client, encoder, config.chroma.knowledge_collection)
+            cases = CaseIndex.reindex(client, encoder, config.chroma.cases_collection)
+            self._service = None
+        return chunks, cases
+
     def retrieve(self, case: CaseIn, k: int) -> Retrieved:
         # one vector per case, shared by the knowledge base and the similar-case index
         return self.service.retrieve(case)
