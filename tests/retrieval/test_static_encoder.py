@@ -104,3 +104,36 @@ def test_folder_kind_is_dispatched(tmp_path: Path) -> None:
     (copy / "encoder.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(EncoderError):
         StaticEncoder.load(copy)
+
+
+TINY_ONNX = Path(__file__).parent / "data" / "tiny-onnx"
+
+
+def test_onnx_encoder_reproduces_the_torch_reference() -> None:
+    """Our tokenizer + onnxruntime give the vectors torch computed for the same model (a tiny
+    random BERT exported like bench/export_minilm_onnx.py exports MiniLM), batched or not."""
+    from retrieval.embeddings import OnnxEncoder
+
+    encoder = load_encoder(EncoderConfig(name=str(TINY_ONNX)))
+    assert isinstance(encoder, OnnxEncoder)
+    reference = json.loads((TINY_ONNX / "reference.json").read_text(encoding="utf-8"))
+    texts = [r["text"] for r in reference]
+    expected = np.array([r["vector"] for r in reference], dtype=np.float32)
+    batched = encoder.encode(texts)  # mixed lengths: padded, length-sorted batches
+    np.testing.assert_allclose(batched, expected, atol=1e-4)
+    for text, row in zip(texts, expected, strict=True):
+        np.testing.assert_allclose(encoder.encode([text])[0], row, atol=1e-4)
+    assert encoder.encode([]).shape == (0, 16)
+    assert encoder_from_spec(encoder.spec()).fingerprint == encoder.fingerprint
+
+
+def test_onnx_encoder_refuses_a_swapped_model(tmp_path: Path) -> None:
+    from retrieval.embeddings import OnnxEncoder
+
+    copy = tmp_path / "enc"
+    shutil.copytree(TINY_ONNX, copy)
+    raw = bytearray((copy / "model.onnx").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(raw))
+    with pytest.raises(EncoderError, match="sha256"):
+        OnnxEncoder(copy)
