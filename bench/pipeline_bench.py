@@ -318,7 +318,9 @@ def _profile(db: Database, settings: Settings, pipe: Any) -> None:
     done = worker.run_once()
     prof.disable()
     elapsed = time.perf_counter() - t0
-    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(
+        int(os.environ.get("PROFILE_ROWS", "40"))
+    )
     print(f"in-process, profiled: {done} cases in {elapsed:.1f} s", flush=True)
 
 

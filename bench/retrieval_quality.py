@@ -183,7 +183,7 @@ def main() -> None:
 
             return run
 
-        shipped = load_encoder()
+        shipped = load_encoder(EncoderConfig(name="builtin:lsa-char-v1"))
 
         def builtin(i: list[int], q: list[int]) -> tuple[np.ndarray, np.ndarray]:
             return shipped.encode([texts[k] for k in i]), shipped.encode([texts[k] for k in q])
@@ -249,7 +249,7 @@ def main() -> None:
     print(f"\nknowledge base: {len(KB_QUERIES)} hand-written case texts -> expected document")
     kb_encoders: dict[str, Encoder] = {}
     if not args.only_minilm:
-        kb_encoders["builtin:lsa-char-v1"] = load_encoder()
+        kb_encoders["builtin:lsa-char-v1"] = load_encoder(EncoderConfig(name="builtin:lsa-char-v1"))
         kb_encoders["hashing 2048"] = HashingEncoder(n_features=2048)
     for extra_name in args.encoder:
         kb_encoders[extra_name] = load_encoder(EncoderConfig(name=extra_name))
