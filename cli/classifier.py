@@ -22,17 +22,15 @@ import typer
 from classifiers.case_model import CaseModel
 from classifiers.data import (
     file_sha256,
-    infer_numeric_columns,
     load_records,
     validate_training_data,
 )
 from classifiers.errors import ClassifierError
 from classifiers.evaluation import evaluate_model, format_table, write_report
-from classifiers.features import FeatureSpec
 from classifiers.registry import ModelRegistry, open_model
 from retrieval.embeddings import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
-from triage.classification import embedding_spec  # also installs the classifiers' embedder
+from triage.classification import train_model  # also installs the classifiers' embedder
 
 SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
 
@@ -135,46 +133,24 @@ def train(
     """Train a calibrated classifier on FILE and register it as a new version in --out."""
     say = _progress()
     try:
-        records = load_records(data)
-        features = list(feature_columns or [])
-        validate_training_data(
-            records,
+        version, model = train_model(
+            load_records(data),
+            registry=ModelRegistry(out, _key(signing_key)),
             text_columns=text_column,
             label_columns=label_column,
-            feature_columns=features,
+            feature_columns=list(feature_columns or []),
+            encoder=encoder,
+            activate=activate,
+            training_data_sha256=file_sha256(data),
+            training_data_name=data.name,
             source=data.name,
-        )
-        numeric = infer_numeric_columns(records, features)
-        spec = embedding_spec(
-            FeatureSpec(
-                text_columns=tuple(text_column),
-                categorical_columns=tuple(c for c in features if c not in numeric),
-                numeric_columns=tuple(numeric),
-            ),
-            encoder,
-        )
-        say(f"read {len(records)} records from {data.name}")
-        if spec.embedding_encoder:
-            say(f"embedding features: {spec.embedding_encoder} ({spec.embedding_dim} dims)")
-        model = CaseModel(
-            spec=spec,
-            targets=tuple(label_column),
+            progress=say,
             target_precision=target_precision,
             label_precision=_parse_label_precision(label_precision or []),
             base=base,
             C=c,
             cv=cv,
             group_near_duplicates=group_near_duplicates,
-        )
-        model.fit(records, progress=say)
-        say("saving the model version")
-        registry = ModelRegistry(out, _key(signing_key))
-        version = registry.save(
-            model,
-            training_data_sha256=file_sha256(data),
-            training_data_name=data.name,
-            n_training_records=len(records),
-            activate=activate,
         )
     except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None

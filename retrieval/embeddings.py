@@ -668,6 +668,11 @@ class EncoderConfig(BaseModel):
 _CACHE: dict[str, Encoder] = {}
 
 
+def builtin_encoders() -> list[str]:
+    """Names of the encoders shipped in ``retrieval/models`` (use as ``builtin:<name>``)."""
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "encoder.json").is_file())
+
+
 def load_encoder(config: EncoderConfig | None = None) -> Encoder:
     """Build (and cache per process: loading is the slow part) the configured encoder."""
     cfg = config or EncoderConfig()

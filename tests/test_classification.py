@@ -229,3 +229,56 @@ def test_model_refuses_vectors_of_another_encoder_version(settings, with_model):
     assert embed_texts(spec, ["damaged pallet"]).shape == (1, spec.embedding_dim)
     with pytest.raises(ValueError, match="retrain the model"):
         embed_texts(replace(spec, embedding_fingerprint="static-0000000000000000"), ["x"])
+
+
+def test_train_a_new_version_over_the_api(client, keys, db, settings):
+    """Admins train on posted records as `triage train` does on a file: bad requests are refused
+    field by field before anything trains; a good one trains in the background, registers a
+    (not yet active) version, audits it, and the version evaluates over the API."""
+    import csv
+
+    admin = bearer(keys["admin"])
+    with classification.BITEXT_SAMPLE.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    records = [{"text": r["text"], "triage_category": r["triage_category"]} for r in rows[::12]]
+    held_out = [{"text": r["text"], "triage_category": r["triage_category"]} for r in rows[5::40]]
+    base = {"records": records, "text_columns": ["text"], "label_columns": ["triage_category"]}
+    bad = [
+        ({**base, "label_columns": ["intent"]}, "intent"),
+        ({**base, "records": [{"text": "a", "y": "x"}, {"text": "b", "y": "x"}],
+          "label_columns": ["y"]}, "one"),
+        ({**base, "encoder": "/etc/passwd"}, "encoder"),
+        ({**base, "target_precision": 1.5}, "target_precision"),
+        ({**base, "records": records[:1]}, "records"),
+    ]  # fmt: skip
+    for body, word in bad:
+        r = client.post("/v1/models/train", headers=admin, json=body)
+        assert r.status_code == 422, (word, r.text)
+        assert word in r.text.lower()
+    assert client.get("/v1/models/train", headers=admin).json()["status"] == "idle"
+    assert classification.registry(settings).versions() == []
+
+    r = client.post("/v1/models/train", headers=admin, json={**base, "name": "bitext sample"})
+    assert r.status_code == 202, r.text
+    for _ in range(1200):
+        state = client.get("/v1/models/train", headers=admin).json()
+        if state["status"] != "running":
+            break
+        time.sleep(0.1)
+    assert state["status"] == "done", state
+    version = state["result"]["version"]
+    assert state["result"]["encoder"] == settings.encoder
+    reg = classification.registry(settings)
+    assert [m["version"] for m in reg.versions()] == [version]
+    assert reg.active_version() is None  # activate defaults to false
+    assert reg.verify(version)["training_data_name"] == "bitext sample"
+    with db.read() as s:
+        trained = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "model.trained")
+        ).all()
+    assert len(trained) == 1 and version in trained[0]
+    scored = client.post(
+        f"/v1/models/{version}/evaluate", headers=admin, json={"records": held_out}
+    )
+    assert scored.status_code == 200, scored.text
+    assert scored.json()["metrics"]["targets"]["triage_category"]["accuracy"] > 0.8

@@ -11,10 +11,10 @@ Path parameters are generated, and half the time replaced by the id of a real ca
 key or outbox message seeded before the run, so handlers get past the 404 and into their logic;
 approvals then carry the action's real hash so the approval path itself is exercised.
 
-``POST /v1/models/retrain`` is fuzzed, but the training it would start in a background thread
-is replaced by a stub that fails at once (training the real model takes minutes of CPU and is
-covered by tests/classifiers); the endpoint's own handling (202, 409 while a job runs, audit)
-is what the fuzzer checks.
+``POST /v1/models/retrain`` and ``/v1/models/train`` are fuzzed, but the training they would
+start in a background thread is replaced by a stub that fails at once (training the real model
+takes minutes of CPU and is covered by tests/classifiers); the endpoints' own handling (202, 409
+while a job runs, audit) is what the fuzzer checks.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def test_fuzz_the_api_against_its_own_schema(app, keys, db, settings, client, mo
         raise RuntimeError("training is disabled in the fuzz run")
 
     monkeypatch.setattr(classification, "retrain_from_feedback", no_training)
+    monkeypatch.setattr(classification, "train_model", no_training)
     real = _seed(client, keys, db, settings)
     hashes: dict[str, str] = {}
     for action_id in real["action_id"]:

@@ -41,6 +41,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/models/{version}/activate"): {"admin"},
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
+    ("POST", "/v1/models/train"): {"admin"},
+    ("GET", "/v1/models/train"): {"admin"},
     ("POST", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},

@@ -8,6 +8,7 @@ evaluation set that ``triage retrain`` must not get worse on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -31,10 +32,10 @@ from classifiers import (
     RetrainResult,
     retrain,
 )
-from classifiers.data import load_records
+from classifiers.data import infer_numeric_columns, load_records, validate_training_data
 from contracts.case import CaseIn
 from contracts.suggestion import ClassifierView, Prediction
-from retrieval.embeddings import EncoderConfig, load_encoder
+from retrieval.embeddings import DEFAULT_ENCODER, EncoderConfig, builtin_encoders, load_encoder
 from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
@@ -74,6 +75,89 @@ def embedding_spec(spec: FeatureSpec, encoder_name: str | None) -> FeatureSpec:
         embedding_dim=encoder.dim,
         embedding_encoder=encoder_name,
         embedding_fingerprint=encoder.fingerprint,
+    )
+
+
+def train_model(
+    records: Sequence[dict[str, Any]],
+    *,
+    registry: ModelRegistry,
+    text_columns: Sequence[str],
+    label_columns: Sequence[str],
+    feature_columns: Sequence[str] = (),
+    encoder: str | None = DEFAULT_ENCODER,
+    activate: bool = True,
+    training_data_sha256: str | None = None,
+    training_data_name: str | None = None,
+    source: str = "data",
+    progress: Callable[[str], None] | None = None,
+    **params: Any,
+) -> tuple[str, CaseModel]:
+    """Validate ``records``, train a calibrated CaseModel on them and register it; returns the
+    new version id and the model. Shared by ``triage train`` and ``POST /v1/models/train``.
+
+    Raises ``classifiers.DataError`` (bad records), ``ClassifierError`` / ``ValueError`` (bad
+    parameters) or ``RetrievalError`` (unknown encoder) before anything is written.
+    ``params`` go to :class:`CaseModel` (target_precision, label_precision, base, C, cv, ...).
+    """
+    say = progress or (lambda _message: None)
+    validate_training_data(
+        records,
+        text_columns=text_columns,
+        label_columns=label_columns,
+        feature_columns=feature_columns,
+        source=source,
+    )
+    numeric = infer_numeric_columns(list(records), list(feature_columns))
+    spec = embedding_spec(
+        FeatureSpec(
+            text_columns=tuple(text_columns),
+            categorical_columns=tuple(c for c in feature_columns if c not in numeric),
+            numeric_columns=tuple(numeric),
+        ),
+        encoder,
+    )
+    say(f"read {len(records)} records from {source}")
+    if spec.embedding_encoder:
+        say(f"embedding features: {spec.embedding_encoder} ({spec.embedding_dim} dims)")
+    model = CaseModel(spec=spec, targets=tuple(label_columns), **params)
+    model.fit(list(records), progress=progress)
+    say("saving the model version")
+    version = registry.save(
+        model,
+        training_data_sha256=training_data_sha256 or records_sha256(records),
+        training_data_name=training_data_name or source,
+        n_training_records=len(records),
+        activate=activate,
+    )
+    return version, model
+
+
+def records_sha256(records: Sequence[dict[str, Any]]) -> str:
+    """A stable hash of records (canonical JSON) for data uploaded without a file."""
+    digest = hashlib.sha256()
+    for row in records:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def checked_encoder(settings: Settings, name: str | None) -> str | None:
+    """The encoder an API caller may name for training: the deployment's own (``None``),
+    ``"none"`` or a built-in one. Folders are refused: an API caller must not make the server
+    load files from paths of its choosing."""
+    if name is None:
+        return settings.encoder
+    if name == "none" or name == settings.encoder:
+        return name
+    if name.startswith("builtin:") and name.removeprefix("builtin:") in builtin_encoders():
+        return name
+    raise ValidationFailed(
+        f"unknown encoder {name!r}",
+        fields={
+            "encoder": f"use none, {settings.encoder} or one of "
+            f"{', '.join('builtin:' + n for n in builtin_encoders())}"
+        },
     )
 
 

@@ -4,6 +4,7 @@ reviewer overrides on cases (agents)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS, summary
 from api.schemas import CaseSummary
-from classifiers import ClassifierError, evaluate_model
+from classifiers import ClassifierError, evaluate_model, validate_training_data
 from triage import audit, classification
 from triage.auth import Principal
 from triage.common import now_ts
@@ -190,39 +191,32 @@ def evaluate(
     return {"version": version, "metrics": metrics}
 
 
-class RetrainJob:
-    """The one retraining job a process runs at a time (training takes seconds to minutes)."""
+class ModelJob:
+    """One model-training job of a kind per process at a time (training takes seconds to
+    minutes); its state is what ``GET`` returns, its outcome goes on the audit trail."""
 
-    def __init__(self) -> None:
+    def __init__(self, action: str, failed_action: str) -> None:
+        self.action = action  # audit actions for the outcome
+        self.failed_action = failed_action
         self.lock = threading.Lock()
         self.state: dict[str, Any] = {"status": "idle"}
 
-    def start(self, ctx: Any, principal: Principal) -> dict[str, Any]:
+    def start(
+        self, ctx: Any, principal: Principal, work: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         if not self.lock.acquire(blocking=False):
-            raise Conflict("a retraining job is already running", field="status")
+            raise Conflict("a training job of this kind is already running", field="status")
         self.state = {"status": "running", "started_by": principal.actor.id, "started_at": now_ts()}
         threading.Thread(
-            target=self._run, args=(ctx, principal), daemon=True, name="retrain"
+            target=self._run, args=(ctx, principal, work), daemon=True, name=self.action
         ).start()
         return dict(self.state)
 
-    def _run(self, ctx: Any, principal: Principal) -> None:
+    def _run(self, ctx: Any, principal: Principal, work: Callable[[], dict[str, Any]]) -> None:
         try:
-            with ctx.db.read() as s:
-                result = classification.retrain_from_feedback(ctx.settings, s)
-            out = {
-                "candidate_version": result.candidate_version,
-                "previous_version": result.active_version,
-                "activated": result.activated,
-                "reason": result.reason,
-                "checks": list(result.checks),
-                "n_base": result.n_base,
-                "n_feedback": result.n_feedback,
-                "candidate_metrics": result.candidate_metrics,
-                "active_metrics": result.active_metrics,
-            }
+            out = work()
             with ctx.db.write() as s:
-                audit.append(s, principal.actor, "model.retrained", out)
+                audit.append(s, principal.actor, self.action, out)
             self.state = {**self.state, "status": "done", "finished_at": now_ts(), "result": out}
         except Exception as exc:  # reported to the admin through GET, and audited
             self.state = {
@@ -232,17 +226,118 @@ class RetrainJob:
                 "error": str(exc),
             }
             with ctx.db.write() as s:
-                audit.append(s, principal.actor, "model.retrain_failed", {"error": str(exc)})
+                audit.append(s, principal.actor, self.failed_action, {"error": str(exc)})
         finally:
             self.lock.release()
 
 
-def _job(ctx: Any) -> RetrainJob:
-    # one job per application instance (tests build many apps in one process)
-    job: RetrainJob | None = ctx.jobs.get("retrain")
+def _job(ctx: Any, action: str, failed_action: str) -> ModelJob:
+    # one job per kind and application instance (tests build many apps in one process)
+    job: ModelJob | None = ctx.jobs.get(action)
     if job is None:
-        job = ctx.jobs.setdefault("retrain", RetrainJob())
+        job = ctx.jobs.setdefault(action, ModelJob(action, failed_action))
     return job
+
+
+def _train_job(ctx: Any) -> ModelJob:
+    return _job(ctx, "model.trained", "model.train_failed")
+
+
+def _retrain_job(ctx: Any) -> ModelJob:
+    return _job(ctx, "model.retrained", "model.retrain_failed")
+
+
+def _retrain_work(ctx: Any) -> Callable[[], dict[str, Any]]:
+    def work() -> dict[str, Any]:
+        with ctx.db.read() as s:
+            result = classification.retrain_from_feedback(ctx.settings, s)
+        return {
+            "candidate_version": result.candidate_version,
+            "previous_version": result.active_version,
+            "activated": result.activated,
+            "reason": result.reason,
+            "checks": list(result.checks),
+            "n_base": result.n_base,
+            "n_feedback": result.n_feedback,
+            "candidate_metrics": result.candidate_metrics,
+            "active_metrics": result.active_metrics,
+        }
+
+    return work
+
+
+Column = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class TrainRequest(BaseModel):
+    """Labelled records to train a new model version on (what ``triage train`` reads from a
+    file). Checked before the job starts: a bad request trains nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[dict[str, Any]] = Field(min_length=2, max_length=50_000)
+    text_columns: list[Column] = Field(min_length=1, max_length=10)
+    label_columns: list[Column] = Field(min_length=1, max_length=5)
+    feature_columns: list[Column] = Field(default_factory=list, max_length=50)
+    target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
+    encoder: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Embedding features: null = the deployment's encoder, 'none', or "
+        "'builtin:NAME'.",
+    )
+    activate: bool = Field(default=False, description="Activate the new version when trained.")
+    name: str = Field(default="records posted to the API", min_length=1, max_length=200)
+
+
+@router.post(
+    "/v1/models/train",
+    status_code=202,
+    responses=ERRORS,
+    summary="Start training a new version on posted labelled records (like `triage train`)",
+)
+def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    encoder = classification.checked_encoder(ctx.settings, body.encoder)
+    try:
+        validate_training_data(
+            body.records,
+            text_columns=body.text_columns,
+            label_columns=body.label_columns,
+            feature_columns=body.feature_columns,
+            source="records",
+        )
+    except ClassifierError as exc:
+        raise ValidationFailed(str(exc), fields={"records": str(exc)}) from exc
+
+    def work() -> dict[str, Any]:
+        version, model = classification.train_model(
+            body.records,
+            registry=classification.registry(ctx.settings),
+            text_columns=body.text_columns,
+            label_columns=body.label_columns,
+            feature_columns=body.feature_columns,
+            encoder=encoder,
+            activate=body.activate,
+            training_data_name=body.name,
+            source="records",
+            target_precision=body.target_precision,
+        )
+        return {
+            "version": version,
+            "activated": body.activate,
+            "n_records": len(body.records),
+            "encoder": encoder,
+            "validation": {t: model.validation_[t] for t in model.targets},
+        }
+
+    return _train_job(ctx).start(ctx, principal, work)
+
+
+@router.get(
+    "/v1/models/train", responses=ERRORS, summary="State and result of the last training job"
+)
+def train_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
+    return dict(_train_job(ctx).state)
 
 
 @router.post(
@@ -252,11 +347,11 @@ def _job(ctx: Any) -> RetrainJob:
     summary="Start retraining on base data + reviewer labels (activates only if not worse)",
 )
 def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
-    return _job(ctx).start(ctx, principal)
+    return _retrain_job(ctx).start(ctx, principal, _retrain_work(ctx))
 
 
 @router.get(
     "/v1/models/retrain", responses=ERRORS, summary="State and result of the last retraining job"
 )
 def retrain_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(_job(ctx).state)
+    return dict(_retrain_job(ctx).state)
