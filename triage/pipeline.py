@@ -1,4 +1,8 @@
-"""The triage pipeline: classify → retrieve → advise → evaluate policy → store suggestion.
+"""The triage pipeline: (encode →) classify → retrieve → advise → evaluate policy → store.
+
+When the retriever offers ``encode_many``, each case is encoded once and the vector goes to
+retrieval and, if the active model was trained on the same encoder's vectors (same
+fingerprint), to the classifier as well.
 
 Each stage sits behind a small Protocol so the rule-based stages here can be swapped for the
 scikit-learn classifier, the Chroma retriever, the LLM advisor and the Cedar policy layer
