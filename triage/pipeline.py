@@ -475,48 +475,30 @@ def run_batch(
                 "vector",
             )
         crash_hook("classify")
-        classify_many = getattr(clf, "classify_many", None)
-        if callable(encode) and callable(classify_many) and _shares_vectors(clf, ret):
-            _run_stage(
-                works,
-                stage_ms,
-                "classify",
-                _case_and_vector,
-                lambda items: classify_many(*_unzip(items)),
-                lambda item: classify_many(*_unzip([item]))[0],
-                "view",
-            )
-        else:
-            _run_stage(
-                works,
-                stage_ms,
-                "classify",
-                _case_of,
-                _many(clf, "classify_many"),
-                clf.classify,
-                "view",
-            )
+        clf_many = _many(clf, "classify_many")
+        share = callable(encode) and clf_many is not None and _shares_vectors(clf, ret)
+        _run_stage(
+            works,
+            stage_ms,
+            "classify",
+            _case_and_vector,
+            *_vector_calls(clf_many, clf.classify, share),
+            "view",
+        )
         crash_hook("retrieve")
-        if callable(encode):
-            _run_stage(
-                works,
-                stage_ms,
-                "retrieve",
-                _case_and_vector,
-                lambda items: _retrieve_with(ret, k, items),
-                lambda item: _retrieve_with(ret, k, [item])[0],
-                "retrieved",
-            )
-        else:
-            _run_stage(
-                works,
-                stage_ms,
-                "retrieve",
-                _case_of,
-                _many(ret, "retrieve_many", k),
+        ret_many = _many(ret, "retrieve_many", k)
+        _run_stage(
+            works,
+            stage_ms,
+            "retrieve",
+            _case_and_vector,
+            *_vector_calls(
+                ret_many,
                 lambda case: ret.retrieve(case, k),
-                "retrieved",
-            )
+                callable(encode) and ret_many is not None,
+            ),
+            "retrieved",
+        )
         crash_hook("advise")
         adv = pipeline.advisor
         # advise_many overlaps LLM calls; its slots already hold per-case exceptions
@@ -597,6 +579,12 @@ def _batched(
                 return results
         except Exception:
             log.exception("%s batch failed; retrying case by case", name)
+    return each(one, inputs)
+
+
+def each(one: Callable[[Any], Any], inputs: Sequence[Any]) -> list[Any]:
+    """``one`` over every input; each slot holds the answer or the exception that input
+    raised, so an error stays with its case."""
     out: list[Any] = []
     for item in inputs:
         try:
@@ -631,16 +619,25 @@ def _case_and_vector(w: _Work) -> tuple[CaseIn, Any]:
     return (w.case, w.vector)
 
 
-def _unzip(items: Sequence[tuple[CaseIn, Any]]) -> tuple[list[CaseIn], Any]:
-    """Cases and their vectors stacked into one array (one row per case)."""
-    import numpy as np
+def _vector_calls(
+    many: Callable[..., Any] | None, one: Callable[[CaseIn], Any], share: bool
+) -> tuple[Callable[[Sequence[Any]], Any] | None, Callable[[Any], Any]]:
+    """The batch and single calls of a stage over ``(case, vector)`` items.
 
-    return [c for c, _ in items], np.vstack([v for _, v in items])
+    With ``share`` the items' vectors go to ``many`` as ``vectors=`` (a single item goes
+    through ``many`` too, so it keeps its vector); otherwise the vectors are not passed.
+    """
+    if share:
+        assert many is not None
 
+        def batch(items: Sequence[tuple[CaseIn, Any]]) -> Any:
+            import numpy as np
 
-def _retrieve_with(retriever: Any, k: int, items: Sequence[tuple[CaseIn, Any]]) -> Any:
-    cases, vectors = _unzip(items)
-    return retriever.retrieve_many(cases, k, vectors=vectors)
+            return many([c for c, _ in items], vectors=np.vstack([v for _, v in items]))
+
+        return batch, lambda item: batch([item])[0]
+    plain = None if many is None else (lambda items: many([c for c, _ in items]))
+    return plain, lambda item: one(item[0])
 
 
 def _shares_vectors(classifier: Any, retriever: Any) -> bool:
@@ -651,10 +648,11 @@ def _shares_vectors(classifier: Any, retriever: Any) -> bool:
     return wanted is not None and wanted == have
 
 
-def _many(stage: Any, method: str, *extra: Any) -> Callable[[Sequence[Any]], Any] | None:
-    """The stage's optional batch method, with any extra arguments bound."""
+def _many(stage: Any, method: str, *extra: Any) -> Callable[..., Any] | None:
+    """The stage's optional batch method, with any extra arguments bound (keywords, such as
+    ``vectors=``, pass through)."""
     fn = getattr(stage, method, None)
-    return None if not callable(fn) else (lambda items: fn(items, *extra))
+    return None if not callable(fn) else (lambda items, **kw: fn(items, *extra, **kw))
 
 
 def _advice_input(settings: Settings) -> Callable[[_Work], AdviceInput]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from triage.pipeline import (
     NoRetriever,
     Pipeline,
     RuleAdvisor,
+    each,
 )
 from triage.settings import Settings
 
@@ -92,20 +93,6 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
         ),
         llm=llm,
     )
-
-
-def one_by_one(
-    advise: Callable[[AdviceInput], Suggestion], requests: Sequence[AdviceInput]
-) -> list[Suggestion | BaseException]:
-    """``advise_many`` for an advisor without one: each slot holds the suggestion or the
-    exception that request raised."""
-    out: list[Suggestion | BaseException] = []
-    for req in requests:
-        try:
-            out.append(advise(req))
-        except Exception as exc:
-            out.append(exc)
-    return out
 
 
 class RetrievalStage:
@@ -172,7 +159,7 @@ class RetrievalStage:
         suggestion or the exception that case raised."""
         svc = self.service
         if svc.advisor is svc.offline:
-            return one_by_one(self.advise, requests)
+            return each(self.advise, requests)
 
         async def gather() -> list[Suggestion | BaseException]:
             return await asyncio.gather(
@@ -240,7 +227,7 @@ class WaitForLLM:
     def advise_many(self, requests: list[AdviceInput]) -> list[Suggestion | BaseException]:
         many = getattr(self.inner, "advise_many", None)
         if not callable(many):
-            return one_by_one(self.advise, requests)
+            return each(self.advise, requests)
         return [self._check(r) for r in many(requests)]
 
 
