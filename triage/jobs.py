@@ -510,7 +510,8 @@ class JobWorker:
         re-queues jobs of dead workers, reconciles received cases without a job, flags SLA
         breaches, sweeps approval SLAs and indexes resolved cases.
         """
-        from triage import actions, dashboard, webhooks
+        from triage import webhooks
+        from triage.worker import sweep
 
         with self._housekeeping_lock() as got:
             if not got:
@@ -520,19 +521,9 @@ class JobWorker:
                 out["leases_recovered"] = len(pipeline.recover_expired_leases(self.db))
                 out["stalled_requeued"] = requeue_stalled(self.db, self.settings)
                 out["reconciled"] = reconcile(self.db)
-                with self.db.write() as s:
-                    out["sla_flagged"] = cases.flag_sla_breaches(s)
-                    actions.sweep_sla(s, self.settings)
-                out["indexed"] = self._index_resolved()
-                dashboard.refresh_recent(self.db)
+                out.update(sweep(self.db, self.settings, self.pipeline))
             out["webhooks_delivered"] = webhooks.deliver_due(self.db, self.settings, client)
             return out
-
-    def _index_resolved(self) -> int:
-        from triage.stages import RetrievalStage, index_resolved_cases
-
-        stage = self.pipeline.retriever
-        return index_resolved_cases(self.db, stage) if isinstance(stage, RetrievalStage) else 0
 
     def _housekeeping_loop(self) -> None:
         import httpx

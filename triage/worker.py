@@ -25,6 +25,26 @@ from triage.settings import Settings
 log = logging.getLogger("triage.worker")
 
 
+def index_resolved(db: Database, pipe: Pipeline) -> int:
+    """Feed resolved cases to the pipeline's similar-case index, when it has one."""
+    from triage.stages import RetrievalStage, index_resolved_cases
+
+    stage = pipe.retriever
+    return index_resolved_cases(db, stage) if isinstance(stage, RetrievalStage) else 0
+
+
+def sweep(db: Database, settings: Settings, pipe: Pipeline) -> dict[str, int]:
+    """The periodic part of housekeeping that both job engines run (after recovering expired
+    leases): flag SLA breaches, sweep approval SLAs, index resolved cases and bring the
+    dashboard roll-ups up to date."""
+    with db.write() as s:
+        flagged = cases.flag_sla_breaches(s)
+        actions.sweep_sla(s, settings)
+    indexed = index_resolved(db, pipe)
+    dashboard.refresh_recent(db)
+    return {"sla_flagged": flagged, "indexed": indexed}
+
+
 def _crash_hook(stage_to_crash: str | None) -> Callable[[str], None]:
     def hook(stage: str) -> None:
         if stage_to_crash and stage == stage_to_crash:
@@ -100,12 +120,7 @@ class Worker:
 
     def index_resolved(self) -> int:
         """Feed resolved cases to the similar-case index, when the pipeline has one."""
-        from triage.stages import RetrievalStage, index_resolved_cases
-
-        stage = self.pipeline.retriever
-        if isinstance(stage, RetrievalStage):
-            return index_resolved_cases(self.db, stage)
-        return 0
+        return index_resolved(self.db, self.pipeline)
 
     def _triage_loop(self) -> None:
         while not self._stop.is_set():
@@ -124,11 +139,7 @@ class Worker:
                 try:
                     if time.monotonic() - last_sweep >= self.settings.sla_sweep_seconds:
                         pipeline.recover_expired_leases(self.db)
-                        with self.db.write() as s:
-                            cases.flag_sla_breaches(s)
-                            actions.sweep_sla(s, self.settings)
-                        self.index_resolved()
-                        dashboard.refresh_recent(self.db)
+                        sweep(self.db, self.settings, self.pipeline)
                         last_sweep = time.monotonic()
                     webhooks.deliver_due(self.db, self.settings, client)
                 except Exception:
