@@ -8,7 +8,7 @@ import re
 from sqlalchemy import select, update
 
 from contracts.case import CaseIn
-from tests.console.conftest import flash, post, sign_in
+from tests.console.conftest import csrf, flash, post, sign_in
 from tests.support import sample_case
 from triage import audit, cases, webhooks
 from triage.models import AuditEvent, Case, OutboxMessage
@@ -67,6 +67,10 @@ def test_admin_sees_and_redrives_failed_cases_and_dead_webhooks(client, people, 
     ids = re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', page.text)
     for i in ids:
         assert f'<label for="{i}"' in page.text, i
+    token = csrf(client)
+    for action in (f"{URL}/case/{case_id}/retry", f"{URL}/webhook/{hook_id}/retry"):
+        form = re.search(rf'<form method="post" action="{action}".*?</form>', page.text, re.S)
+        assert form and f'name="csrf_token" value="{token}"' in form.group(0), action
 
     r = post(client, f"{URL}/case/{case_id}/retry", {"reason": "classifier fixed"})
     assert flash(client, r).startswith("ok: Case")
