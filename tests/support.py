@@ -101,3 +101,21 @@ def fresh_pg_schema(base: str, prefix: str) -> Iterator[str]:
                     raise
                 time.sleep(2)
         admin.dispose()
+
+
+def submit_simulated(db: Any, settings: Any, n: int, seed: int | None = None) -> list[str]:
+    """Submit ``n`` simulated cases as the orchestrator in one transaction; their ids. ``seed``
+    picks the simulator's seed (its default when ``None``)."""
+    from contracts.case import CaseIn
+    from triage import audit, cases
+    from triage.simulator import SimConfig, Simulator
+
+    orchestrator = audit.Actor(audit.ActorType.integration, "orch", "orchestrator")
+    sim = Simulator() if seed is None else Simulator(SimConfig(seed=seed))
+    with db.write() as s:
+        return [
+            cases.submit(
+                s, CaseIn.model_validate(rec.case), actor=orchestrator, settings=settings
+            ).case.id
+            for rec in sim.cases(n)
+        ]

@@ -11,11 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from contracts.case import CaseIn
-from tests.support import bearer, sample_case
+from tests.support import bearer, sample_case, submit_simulated
 from triage import audit, cases, classification
 from triage.models import AuditEvent, LabelFeedback
 from triage.settings import Settings
-from triage.simulator import SimConfig, Simulator
 from triage.stages import default_pipeline
 from triage.worker import Worker
 
@@ -37,20 +36,18 @@ def with_model(settings, trained_models) -> str:
     return version
 
 
-def _load_sim(db, settings, n=30, seed=9) -> list[str]:
-    ids = []
-    with db.write() as s:
-        for rec in Simulator(SimConfig(seed=seed)).cases(n):
-            ids.append(
-                cases.submit(
-                    s, CaseIn.model_validate(rec.case), actor=ORCH, settings=settings
-                ).case.id
-            )
-    return ids
+def _finished_job(client, path: str, headers: dict[str, str], seconds: float) -> dict:
+    """Poll a model job's state until it stops running (or ``seconds`` pass)."""
+    deadline = time.monotonic() + seconds
+    state = client.get(path, headers=headers).json()
+    while state["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = client.get(path, headers=headers).json()
+    return state
 
 
 def test_active_model_classifies_and_is_named_on_case_and_audit(db, settings, with_model):
-    ids = _load_sim(db, settings)
+    ids = submit_simulated(db, settings, 30, seed=9)
     assert Worker(db, settings, default_pipeline(settings)).run_once() == 30
     with db.read() as s:
         rows = [cases.get(s, i) for i in ids]
@@ -92,7 +89,7 @@ def test_abstention_leaves_queue_empty_with_reason_visible(client, keys, db, set
 
 
 def test_override_becomes_label_and_shows_in_override_rate(client, keys, db, settings, with_model):
-    ids = _load_sim(db, settings, n=10)
+    ids = submit_simulated(db, settings, 10, seed=9)
     Worker(db, settings, default_pipeline(settings)).run_once()
     agent = bearer(keys["agent"])
     r = client.post(
@@ -156,11 +153,7 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
     r = client.post("/v1/models/retrain", headers=admin)
     assert r.status_code == 202, r.text
     assert client.post("/v1/models/retrain", headers=admin).status_code == 409  # one at a time
-    for _ in range(600):
-        state = client.get("/v1/models/retrain", headers=admin).json()
-        if state["status"] != "running":
-            break
-        time.sleep(0.1)
+    state = _finished_job(client, "/v1/models/retrain", admin, seconds=60)
     assert state["status"] == "done", state
     body = state["result"]
     assert body["previous_version"] == with_model
@@ -208,7 +201,7 @@ def test_each_case_is_encoded_once_for_classifier_and_retrieval(
         return original(self, texts)
 
     monkeypatch.setattr(StaticEncoder, "encode", counting)
-    ids = _load_sim(db, settings, n=20, seed=11)
+    ids = submit_simulated(db, settings, 20, seed=11)
     pipe = default_pipeline(settings)
     assert Worker(db, settings, pipe).run_once() == 20
     assert sum(encoded) == 20  # not 40: the classifier reused the retrieval vectors
@@ -260,11 +253,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
 
     r = client.post("/v1/models/train", headers=admin, json={**base, "name": "bitext sample"})
     assert r.status_code == 202, r.text
-    for _ in range(1200):
-        state = client.get("/v1/models/train", headers=admin).json()
-        if state["status"] != "running":
-            break
-        time.sleep(0.1)
+    state = _finished_job(client, "/v1/models/train", admin, seconds=120)
     assert state["status"] == "done", state
     version = state["result"]["version"]
     assert state["result"]["encoder"] == settings.encoder

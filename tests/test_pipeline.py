@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from contracts.case import CaseIn
 from contracts.suggestion import Suggestion
-from tests.support import sample_case
+from tests.support import sample_case, submit_simulated
 from triage import audit, cases
 from triage.common import to_ts
 from triage.lifecycle import Status
@@ -147,10 +147,7 @@ def test_lease_lost_to_another_worker_does_not_store(db, settings):
 
 
 def test_worker_drains_simulated_cases_with_all_exception_types(db, settings):
-    sim = Simulator()
-    with db.write() as s:
-        for rec in sim.cases(60):
-            cases.submit(s, CaseIn.model_validate(rec.case), actor=ORCH, settings=settings)
+    submit_simulated(db, settings, 60)
     assert Worker(db, settings).run_once() == 60
     assert _count(db, Case, status="awaiting_review") == 60
     assert _count(db, SuggestionRow) == 60
@@ -321,10 +318,7 @@ def test_worker_housekeeping_keeps_dashboard_rollups_current(db, settings):
     from triage.dashboard import refresh_recent
     from triage.models import DashboardRollupState
 
-    sim = Simulator()
-    with db.write() as s:
-        for rec in sim.cases(5):
-            cases.submit(s, CaseIn.model_validate(rec.case), actor=ORCH, settings=settings)
+    submit_simulated(db, settings, 5)
     assert Worker(db, settings).run_once() == 5
     refresh_recent(db)
     with db.read() as s:
