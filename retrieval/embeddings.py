@@ -242,15 +242,7 @@ class LsaEncoder:
     @classmethod
     def load(cls, directory: Path, *, source: str | None = None) -> LsaEncoder:
         """Load a saved encoder; refuses files whose sha256 differs from ``encoder.json``."""
-        meta_path = directory / "encoder.json"
-        if not meta_path.is_file():
-            raise EncoderError(f"no encoder.json in {directory}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("kind") != cls.kind:
-            raise EncoderError(f"{directory} holds a {meta.get('kind')!r} encoder, not 'lsa'")
-        for name, expected in meta["sha256"].items():
-            if _sha256_file(directory / name) != expected:
-                raise EncoderError(f"{directory / name} does not match its recorded sha256")
+        meta = _verified_meta(directory, cls.kind)
         idf = np.load(directory / "idf.npy", allow_pickle=False)
         components = np.load(directory / "components.npy", allow_pickle=False)
         enc = cls(

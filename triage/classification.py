@@ -269,8 +269,6 @@ class ClassifierProvider:
     ) -> list[ClassifierView]:
         current = self.current()
         if isinstance(current, ModelClassifier):
-            if vectors is not None and current.vector_fingerprint is None:
-                vectors = None  # the model takes no vectors: nothing to check them against
             return current.classify_many(cases, vectors)
         return [current.classify(c) for c in cases]
 

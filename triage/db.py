@@ -19,12 +19,12 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-
 try:  # POSIX: a cross-process write lock for SQLite (see Database._process_lock)
     import fcntl
 except ImportError:  # pragma: no cover - Windows falls back to SQLite's busy handler
     fcntl = None  # type: ignore[assignment]
+
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.settings import Settings
