@@ -693,7 +693,14 @@ def _build(cfg: EncoderConfig) -> Encoder:
         if not folder.is_dir():
             raise EncoderError(f"unknown built-in encoder {cfg.name!r}")
         return _load_folder(folder, source=cfg.name)
-    return _load_folder(Path(cfg.name).expanduser().resolve())
+    folder = Path(cfg.name).expanduser().resolve()
+    if not folder.is_dir():
+        raise EncoderError(
+            f"unknown encoder {cfg.name!r}: use "
+            + ", ".join(f"builtin:{n}" for n in builtin_encoders())
+            + ", hashing, minilm (optional extra) or the folder of a saved encoder"
+        )
+    return _load_folder(folder)
 
 
 def _load_folder(folder: Path, *, source: str | None = None) -> Encoder:

@@ -137,3 +137,8 @@ def test_onnx_encoder_refuses_a_swapped_model(tmp_path: Path) -> None:
     (copy / "model.onnx").write_bytes(bytes(raw))
     with pytest.raises(EncoderError, match="sha256"):
         OnnxEncoder(copy)
+
+
+def test_unknown_encoder_name_lists_the_choices() -> None:
+    with pytest.raises(EncoderError, match=r"unknown encoder 'nonsense'.*builtin:minilm-static-v1"):
+        load_encoder(EncoderConfig(name="nonsense"))
