@@ -23,6 +23,9 @@ from triage.worker import Worker
 
 log = logging.getLogger("triage.api")
 
+# Requests that carry a labelled data set: model training and evaluation (API and console).
+UPLOAD_PATHS = r"/v1/models/(train|[^/]+/evaluate)|/console/admin/models/(train|evaluate)"
+
 DESCRIPTION = """
 Takes exception cases from the orchestration layer (ERP, WMS, TMS, finance), triages them and
 keeps a tamper-evident audit trail of every step.
@@ -87,7 +90,12 @@ def create_app(
     )
     app.state.ctx = ctx
     errors.install(app)
-    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLimits,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=settings.max_upload_bytes,
+        upload_paths=UPLOAD_PATHS,
+    )
     for r in (
         cases.router,
         actions.router,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,10 +35,26 @@ class RequestLimits:
     cannot bypass the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, json_prefix: str = "/v1/") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        json_prefix: str = "/v1/",
+        upload_bytes: int | None = None,
+        upload_paths: str | None = None,
+    ) -> None:
+        """``upload_paths`` (a regular expression matched against the whole path) get the
+        larger ``upload_bytes`` limit: data-set uploads, not case traffic."""
         self.app = app
         self.max_bytes = max_bytes
         self.json_prefix = json_prefix
+        self.upload_bytes = upload_bytes or max_bytes
+        self.upload_paths = re.compile(upload_paths) if upload_paths else None
+
+    def limit_for(self, path: str) -> int:
+        if self.upload_paths is not None and self.upload_paths.fullmatch(path):
+            return max(self.upload_bytes, self.max_bytes)
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
@@ -45,10 +62,11 @@ class RequestLimits:
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        limit_msg = f"request body exceeds {self.max_bytes} bytes"
+        max_bytes = self.limit_for(scope["path"])
+        limit_msg = f"request body exceeds {max_bytes} bytes"
         if length is not None:
             try:
-                too_big = int(length) > self.max_bytes
+                too_big = int(length) > max_bytes
             except ValueError:
                 await _reply(send, 400, "bad_request", "invalid Content-Length", "Content-Length")
                 return
@@ -73,7 +91,7 @@ class RequestLimits:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Surfaces through the app's HTTP error handler as a 413 body.
                     raise HTTPException(status_code=413, detail=limit_msg)
             return message

@@ -7,19 +7,21 @@ Public API (what the triage pipeline, the CLI and the API use):
 - :func:`evaluate_model` / :func:`write_report` measure a model on labelled records.
 - :class:`ModelRegistry` stores verified, versioned skops artifacts with activate/rollback.
 - :func:`retrain` trains on base data plus reviewer feedback and activates only if not worse.
-- :func:`load_records` / :func:`validate_training_data` read labelled CSV/JSONL files.
+- :func:`load_records` / :func:`parse_records` / :func:`validate_training_data` read labelled
+  CSV/JSONL files (from disk or an upload); :func:`align_columns` maps a file's columns onto a
+  model's.
 This package imports nothing of ours except ``contracts``.
 """
 
 from classifiers.case_model import CASE_TARGETS, CaseModel
-from classifiers.data import load_records, validate_training_data
+from classifiers.data import load_records, parse_records, validate_training_data
 from classifiers.errors import (
     ClassifierError,
     DataError,
     IntegrityError,
     RegistryError,
 )
-from classifiers.evaluation import evaluate_model, write_report
+from classifiers.evaluation import align_columns, evaluate_model, write_report
 from classifiers.features import (
     CASE_FEATURE_SPEC,
     FeatureSpec,
@@ -45,10 +47,12 @@ __all__ = [
     "RecordFeaturizer",
     "RegistryError",
     "RetrainResult",
+    "align_columns",
     "embed_texts",
     "evaluate_model",
     "load_records",
     "open_model",
+    "parse_records",
     "retrain",
     "set_embedder",
     "validate_training_data",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -43,48 +44,61 @@ def file_sha256(path: Path | str) -> str:
 def load_records(path: Path | str) -> list[dict[str, Any]]:
     """Every row of a CSV or JSONL file as a ``dict`` (CSV values are strings)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_EXTENSIONS:
-        raise DataError(
-            f"{path.name}: unknown file extension {suffix or '(none)'!r}; "
-            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
+    _check_extension(path.name)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    raw = path.read_bytes()
+    return parse_records(path.name, path.read_bytes())
+
+
+def _check_extension(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            f"{name}: unknown file extension {suffix or '(none)'!r}; "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    return suffix
+
+
+def parse_records(name: str, raw: bytes) -> list[dict[str, Any]]:
+    """The rows of an uploaded or read file called ``name`` (its extension picks CSV or JSONL).
+
+    Raises :class:`DataError` naming the file and the problem: unknown extension, not UTF-8,
+    empty, no header or data rows, malformed CSV or JSON lines.
+    """
+    suffix = _check_extension(name)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
-            f"{path.name}: unreadable encoding (not UTF-8) at byte {exc.start}; "
+            f"{name}: unreadable encoding (not UTF-8) at byte {exc.start}; "
             "re-save the file as UTF-8"
         ) from None
     if not text.strip():
-        raise DataError(f"{path.name}: the file is empty")
-    records = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
+        raise DataError(f"{name}: the file is empty")
+    records = _read_csv(name, text) if suffix == ".csv" else _read_jsonl(name, text)
     if not records:
-        raise DataError(f"{path.name}: the file has no data rows")
+        raise DataError(f"{name}: the file has no data rows")
     return records
 
 
-def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+def _read_csv(name: str, text: str) -> list[dict[str, Any]]:
     try:
-        reader = csv.DictReader(text.splitlines())
+        # a StringIO keeps newlines inside quoted cells (splitlines would drop them)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
-            raise DataError(f"{path.name}: no header row")
+            raise DataError(f"{name}: no header row")
         rows: list[dict[str, Any]] = []
         for row in reader:
             if None in row:  # more cells than header names
-                raise DataError(
-                    f"{path.name}: line {reader.line_num} has more cells than the header"
-                )
+                raise DataError(f"{name}: line {reader.line_num} has more cells than the header")
             rows.append(dict(row))
         return rows
     except csv.Error as exc:
-        raise DataError(f"{path.name}: malformed CSV: {exc}") from None
+        raise DataError(f"{name}: malformed CSV: {exc}") from None
 
 
-def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
+def _read_jsonl(name: str, text: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -92,9 +106,9 @@ def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path.name}: line {number} is not valid JSON ({exc.msg})") from None
+            raise DataError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
         if not isinstance(value, dict):
-            raise DataError(f"{path.name}: line {number} is not a JSON object")
+            raise DataError(f"{name}: line {number} is not a JSON object")
         rows.append(value)
     return rows
 

@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from classifiers.case_model import CaseModel, label_of
+from classifiers.errors import ClassifierError
 from classifiers.features import Record
 from classifiers.operating_points import decide_batch
 
@@ -159,6 +160,44 @@ def evaluate_target(
         "confusion": {"labels": all_labels, "matrix": cm.tolist()},
         "reliability": reliability_bins(conf, correct.astype(float)),
     }
+
+
+def align_columns(
+    records: list[dict[str, Any]],
+    model: CaseModel,
+    text_columns: Sequence[str],
+    label_columns: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rename an evaluation file's columns to the names ``model`` was trained with.
+
+    ``text_columns`` are joined into the model's first text column when they differ from the
+    model's; one label column maps onto a one-target model whatever its name, otherwise label
+    columns must be target names. Returns the renamed records and the targets to score;
+    raises :class:`ClassifierError` when a label column names no target.
+    """
+    spec = model.feature_spec()
+    targets = list(model.targets)
+    if len(label_columns) == 1 and len(targets) == 1:
+        mapping = {label_columns[0]: targets[0]}
+    else:
+        unknown = [c for c in label_columns if c not in targets]
+        if unknown:
+            raise ClassifierError(
+                f"the model predicts {', '.join(targets)}; it has no target {', '.join(unknown)}"
+            )
+        mapping = {c: c for c in label_columns}
+    model_text = spec.text_columns[0] if spec.text_columns else None
+    aligned = []
+    for r in records:
+        row = dict(r)
+        if model_text is not None and list(text_columns) != list(spec.text_columns):
+            row[model_text] = " \n ".join(str(r.get(c) or "") for c in text_columns)
+            for extra in spec.text_columns[1:]:
+                row[extra] = ""
+        for source, target in mapping.items():
+            row[target] = r.get(source)
+        aligned.append(row)
+    return aligned, [mapping[c] for c in label_columns]
 
 
 def evaluate_model(

@@ -15,18 +15,17 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from classifiers.case_model import CaseModel
 from classifiers.data import (
     file_sha256,
     load_records,
     validate_training_data,
 )
 from classifiers.errors import ClassifierError
-from classifiers.evaluation import evaluate_model, format_table, write_report
+from classifiers.evaluation import align_columns, evaluate_model, format_table, write_report
 from classifiers.registry import ModelRegistry, open_model
 from retrieval.embeddings import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
@@ -165,38 +164,6 @@ def train(
     typer.echo(f"registered {version} in {out}{' (active)' if activate else ''}")
 
 
-def _align(
-    records: list[dict[str, Any]],
-    model: CaseModel,
-    text_columns: Sequence[str],
-    label_columns: Sequence[str],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rename the evaluation file's columns to the names the model was trained with."""
-    spec = model.feature_spec()
-    targets = list(model.targets)
-    if len(label_columns) == 1 and len(targets) == 1:
-        mapping = {label_columns[0]: targets[0]}
-    else:
-        unknown = [c for c in label_columns if c not in targets]
-        if unknown:
-            raise ClassifierError(
-                f"the model predicts {', '.join(targets)}; it has no target {', '.join(unknown)}"
-            )
-        mapping = {c: c for c in label_columns}
-    model_text = spec.text_columns[0] if spec.text_columns else None
-    aligned = []
-    for r in records:
-        row = dict(r)
-        if model_text is not None and list(text_columns) != list(spec.text_columns):
-            row[model_text] = " \n ".join(str(r.get(c) or "") for c in text_columns)
-            for extra in spec.text_columns[1:]:
-                row[extra] = ""
-        for source, target in mapping.items():
-            row[target] = r.get(source)
-        aligned.append(row)
-    return aligned, [mapping[c] for c in label_columns]
-
-
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model registry (active version) or version dir.")],
     data: Annotated[Path, typer.Option(help="Labelled CSV or JSONL file.")],
@@ -226,7 +193,7 @@ def evaluate(
             source=data.name,
             require_two_classes=False,
         )
-        aligned, targets = _align(records, loaded.model, text_column, label_column)
+        aligned, targets = align_columns(records, loaded.model, text_column, label_column)
         say(f"evaluating {loaded.version} on {len(records)} records")
         result = evaluate_model(
             loaded.model, aligned, targets=targets, drift_tolerance=drift_tolerance

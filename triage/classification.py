@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import classifiers
@@ -142,22 +142,25 @@ def records_sha256(records: Sequence[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
+def encoder_choices(settings: Settings) -> list[str]:
+    """The encoders an API or console user may train with: ``none``, the deployment's own and
+    the built-in ones (no folders: see :func:`checked_encoder`)."""
+    out = ["none", settings.encoder]
+    out += [f"builtin:{n}" for n in builtin_encoders() if f"builtin:{n}" not in out]
+    return out
+
+
 def checked_encoder(settings: Settings, name: str | None) -> str | None:
     """The encoder an API caller may name for training: the deployment's own (``None``),
     ``"none"`` or a built-in one. Folders are refused: an API caller must not make the server
     load files from paths of its choosing."""
     if name is None:
         return settings.encoder
-    if name == "none" or name == settings.encoder:
-        return name
-    if name.startswith("builtin:") and name.removeprefix("builtin:") in builtin_encoders():
+    choices = encoder_choices(settings)
+    if name in choices:
         return name
     raise ValidationFailed(
-        f"unknown encoder {name!r}",
-        fields={
-            "encoder": f"use none, {settings.encoder} or one of "
-            f"{', '.join('builtin:' + n for n in builtin_encoders())}"
-        },
+        f"unknown encoder {name!r}", fields={"encoder": f"use one of {', '.join(choices)}"}
     )
 
 
@@ -546,6 +549,11 @@ def model_stats(session: Session) -> list[ModelStats]:
         )
         for mv, s in sorted(acc.items())
     ]
+
+
+def feedback_count(session: Session) -> int:
+    """Reviewer labels stored so far (one per overridden target; a case may have several)."""
+    return int(session.scalar(select(func.count()).select_from(LabelFeedback)) or 0)
 
 
 def feedback_records(session: Session) -> list[dict[str, Any]]:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     # Intake limits.
     max_body_bytes: int = 256 * 1024
+    # Bodies that carry a labelled data set (model training and evaluation, over the API and
+    # the console's file upload) may be larger than a case submission.
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_batch_items: int = 500
     page_size_default: int = 50
     page_size_max: int = 500

@@ -171,6 +171,57 @@ def paired_bars(
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
 
 
+def reliability(title: str, bins: Sequence[Mapping[str, float]], *, size: int = 300) -> Markup:
+    """Reliability diagram: per confidence bin, a bar at the bin's accuracy and a dot at its
+    mean confidence; the diagonal is perfect calibration. ``bins`` as made by
+    ``classifiers.evaluation.reliability_bins`` (lower, upper, count, confidence, accuracy)."""
+    left, bottom, top, right = 40, 34, 8, 8
+    plot = size - left - right
+    height = top + plot + bottom
+
+    def x(v: float) -> float:
+        return left + plot * v
+
+    def y(v: float) -> float:
+        return top + plot * (1 - v)
+
+    desc = "; ".join(
+        f"confidence {b['lower']:.1f}-{b['upper']:.1f}: {int(b['count'])} predictions, "
+        f"accuracy {b['accuracy'] * 100:.0f}%, mean confidence {b['confidence'] * 100:.0f}%"
+        for b in bins
+    )
+    parts = [_head(title, desc or "no predictions", size, height)]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{x(0)}" x2="{x(1)}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" class="grid"/>'
+            f'<text x="{left - 4}" y="{y(tick) + 4:.1f}" class="axis" text-anchor="end">'
+            f"{tick:.2f}</text>"
+            f'<text x="{x(tick):.1f}" y="{top + plot + 14}" class="axis" text-anchor="middle">'
+            f"{tick:.2f}</text>"
+        )
+    parts.append(
+        f'<text x="{x(0.5):.1f}" y="{height - 4}" class="axis" text-anchor="middle">'
+        "confidence</text>"
+        f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="{PALETTE[8]}" '
+        'stroke-dasharray="4 3"/>'
+    )
+    for b in bins:
+        x0, x1 = x(b["lower"]) + 1, x(b["upper"]) - 1
+        tip = (
+            f"{b['lower']:.1f}-{b['upper']:.1f}: {int(b['count'])} predictions, accuracy "
+            f"{b['accuracy'] * 100:.1f}%, mean confidence {b['confidence'] * 100:.1f}%"
+        )
+        parts.append(
+            f'<rect x="{x0:.1f}" y="{y(b["accuracy"]):.1f}" width="{max(0.0, x1 - x0):.1f}" '
+            f'height="{plot * b["accuracy"]:.1f}" fill="{PALETTE[0]}" fill-opacity="0.75">'
+            f"<title>{escape(tip)}</title></rect>"
+            f'<circle cx="{x(b["confidence"]):.1f}" cy="{y(b["confidence"]):.1f}" r="3" '
+            f'fill="{PALETTE[5]}"><title>{escape(tip)}</title></circle>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped
+
+
 def _value(v: float | None, unit: str) -> str:
     if v is None:
         return "n/a"

@@ -6,8 +6,9 @@ respond. Forms use post/redirect/get: success and failure messages travel in a s
 cookie to the page the user came from.
 
 Role matrix (same as the API): agents (and admins) work cases and actions; approvers (and
-admins) approve or reject; auditors (and admins) read the audit trail, provenance and the
-segregation-of-duties report; every signed-in role may read cases and the dashboard.
+admins) approve or reject; auditors (and admins) read the audit trail, provenance, the
+segregation-of-duties report and the classifier models (``model_pages``: admins also train,
+evaluate, activate and roll back); every signed-in role may read cases and the dashboard.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ def _nav(p: Principal | None) -> list[tuple[str, str, str]]:
     if p.role in (R.auditor, R.admin):
         items.append(("audit", "Audit", f"{COOKIE_PATH}/audit"))
     items.append(("dashboard", "Dashboard", f"{COOKIE_PATH}/dashboard"))
+    if p.role in (R.auditor, R.admin):
+        items.append(("models", "Models", f"{COOKIE_PATH}/admin/models"))
     if p.role == R.admin:
         items.append(("users", "Users", f"{COOKIE_PATH}/admin/users"))
         items.append(("dead-letters", "Dead letters", f"{COOKIE_PATH}/admin/dead-letters"))
@@ -1404,5 +1407,9 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
     app.add_exception_handler(SignInRequired, sign_in_required)
     app.add_exception_handler(ConsoleForbidden, forbidden)
     app.add_exception_handler(CsrfFailed, csrf_failed)
+    # imported here: the models page module imports this one's helpers
+    from api.console import model_pages
+
     app.include_router(router)
+    app.include_router(model_pages.router)
     app.include_router(ops_router)

@@ -1,10 +1,14 @@
-"""Classifier models: versions, activation, rollback, evaluation, retraining (admins), and
-reviewer overrides on cases (agents)."""
+"""Classifier models: versions, activation, rollback, evaluation, training and retraining
+(admins), and reviewer overrides on cases (agents).
+
+The module-level functions (``model_infos``, ``activate_version``, ``evaluate_version``,
+``start_training``, ...) are what both these routes and the console's models page call, so a
+rule or an audit event is never different between the two."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -13,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS, summary
 from api.schemas import CaseSummary
-from classifiers import ClassifierError, evaluate_model, validate_training_data
+from classifiers import ClassifierError, align_columns, evaluate_model, validate_training_data
 from triage import audit, classification
 from triage.auth import Principal
 from triage.common import now_ts
@@ -21,6 +25,7 @@ from triage.errors import Conflict, NotFound, ValidationFailed
 
 router = APIRouter(tags=["classifier"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
+Column = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class OverrideRequest(BaseModel):
@@ -65,6 +70,13 @@ class ModelInfo(BaseModel):
     training_data_name: str | None
     n_training_records: int | None
     label_sets: dict[str, list[str]]
+    encoder: str | None = Field(default=None, description="Embedding features' encoder, if any.")
+    target_precision: float | None = None
+    validation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per target: held-out accuracy, macro-F1, coverage and precision at the "
+        "operating points, measured when the version was trained.",
+    )
     metrics: dict[str, Any]
     classified: int = 0
     override_rate: float | None = None
@@ -72,15 +84,9 @@ class ModelInfo(BaseModel):
     precision_at_close: dict[str, float | None] = Field(default_factory=dict)
 
 
-@router.get(
-    "/v1/models",
-    response_model=list[ModelInfo],
-    responses=ERRORS,
-    summary="Model versions with their metrics, override rate and precision-at-close",
-)
-def list_models(
-    ctx: ContextDep, _p: Annotated[Principal, Depends(allow(R.admin, R.auditor))]
-) -> list[ModelInfo]:
+def model_infos(ctx: Any) -> list[ModelInfo]:
+    """Every registered version, newest first, with the live statistics of its predictions
+    (shared by ``GET /v1/models`` and the console's models page)."""
     reg = classification.registry(ctx.settings)
     active = reg.active_version()
     with ctx.db.read() as s:
@@ -96,6 +102,9 @@ def list_models(
                 training_data_name=meta.get("training_data_name"),
                 n_training_records=meta.get("n_training_records"),
                 label_sets=meta.get("label_sets", {}),
+                encoder=(meta.get("feature_spec") or {}).get("embedding_encoder"),
+                target_precision=(meta.get("params") or {}).get("target_precision"),
+                validation=meta.get("validation", {}),
                 metrics=meta.get("metrics", {}),
                 classified=st.classified if st else 0,
                 override_rate=st.override_rate if st else None,
@@ -104,6 +113,18 @@ def list_models(
             )
         )
     return out
+
+
+@router.get(
+    "/v1/models",
+    response_model=list[ModelInfo],
+    responses=ERRORS,
+    summary="Model versions with their metrics, override rate and precision-at-close",
+)
+def list_models(
+    ctx: ContextDep, _p: Annotated[Principal, Depends(allow(R.admin, R.auditor))]
+) -> list[ModelInfo]:
+    return model_infos(ctx)
 
 
 def _registry_call(ctx: Any, principal: Principal, action: str, fn: Any) -> dict[str, Any]:
@@ -119,8 +140,8 @@ def _registry_call(ctx: Any, principal: Principal, action: str, fn: Any) -> dict
     return result
 
 
-@router.post("/v1/models/{version}/activate", responses=ERRORS, summary="Activate a version")
-def activate_model(version: str, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+def activate_version(ctx: Any, principal: Principal, version: str) -> dict[str, Any]:
+    """Activate ``version`` (audited ``model.activated``); NotFound / Conflict otherwise."""
     reg = classification.registry(ctx.settings)
 
     def go() -> dict[str, Any]:
@@ -131,12 +152,8 @@ def activate_model(version: str, ctx: ContextDep, principal: Admin) -> dict[str,
     return _registry_call(ctx, principal, "model.activated", go)
 
 
-@router.post(
-    "/v1/models/rollback",
-    responses=ERRORS,
-    summary="Re-activate the version that was active before the current one",
-)
-def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+def rollback_version(ctx: Any, principal: Principal) -> dict[str, Any]:
+    """Re-activate the version active before the current one (audited ``model.rolled_back``)."""
     reg = classification.registry(ctx.settings)
 
     def go() -> dict[str, Any]:
@@ -146,49 +163,109 @@ def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
     return _registry_call(ctx, principal, "model.rolled_back", go)
 
 
+@router.post("/v1/models/{version}/activate", responses=ERRORS, summary="Activate a version")
+def activate_model(version: str, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    return activate_version(ctx, principal, version)
+
+
+@router.post(
+    "/v1/models/rollback",
+    responses=ERRORS,
+    summary="Re-activate the version that was active before the current one",
+)
+def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    return rollback_version(ctx, principal)
+
+
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     records: list[dict[str, Any]] = Field(
         min_length=1,
-        max_length=5000,
+        max_length=50_000,
         description=(
-            "Case records (see classifiers.CASE_FEATURE_SPEC) with the labels to score against."
+            "Labelled records: case records (see classifiers.CASE_FEATURE_SPEC) carrying the "
+            "model's target names, or any records with text_columns and label_columns named."
         ),
+    )
+    text_columns: list[Column] | None = Field(
+        default=None,
+        max_length=10,
+        description="Columns holding the text, when they differ from the model's "
+        "(like `triage evaluate --text-column`).",
+    )
+    label_columns: list[Column] | None = Field(
+        default=None,
+        max_length=5,
+        description="Columns holding the labels (default: every model target the records carry).",
     )
 
 
-@router.post(
-    "/v1/models/{version}/evaluate",
-    responses=ERRORS,
-    summary="Evaluate a version on labelled case records",
-)
-def evaluate(
-    version: str, body: EvaluateRequest, ctx: ContextDep, principal: Admin
+def evaluate_version(
+    ctx: Any,
+    principal: Principal,
+    version: str,
+    records: list[dict[str, Any]],
+    text_columns: Sequence[str] | None = None,
+    label_columns: Sequence[str] | None = None,
+    source: str = "records",
 ) -> dict[str, Any]:
+    """Score ``version`` on labelled ``records`` (audited ``model.evaluated``): the metrics of
+    ``classifiers.evaluate_model``. Column names map as in ``triage evaluate``. NotFound for an
+    unknown version, ValidationFailed (field ``records``, ``text_columns`` or
+    ``label_columns``) for records that cannot be scored; nothing is written then."""
     reg = classification.registry(ctx.settings)
     try:
         loaded = reg.load(version)
     except ClassifierError as exc:
         raise NotFound(str(exc)) from exc
-    targets = [t for t in loaded.model.targets if all(t in r for r in body.records)]
-    if not targets:
-        raise ValidationFailed(
-            "records carry none of the model's targets",
-            fields={"records": f"need one of {list(loaded.model.targets)}"},
-        )
+    model = loaded.model
     try:
-        metrics = evaluate_model(loaded.model, body.records, targets=targets)
+        if label_columns:
+            texts = list(text_columns or model.feature_spec().text_columns)
+            validate_training_data(
+                records,
+                text_columns=texts,
+                label_columns=label_columns,
+                source=source,
+                require_two_classes=False,
+            )
+            records, targets = align_columns(records, model, texts, label_columns)
+        else:
+            targets = [t for t in model.targets if all(t in r for r in records)]
+            if not targets:
+                raise ValidationFailed(
+                    "records carry none of the model's targets",
+                    fields={
+                        "label_columns": f"name the label column, or use one of "
+                        f"{list(model.targets)}"
+                    },
+                )
+        metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
-        raise ValidationFailed(str(exc), fields={"records": str(exc)}) from exc
+        field = "label_columns" if label_columns and "target" in str(exc) else "records"
+        raise ValidationFailed(str(exc), fields={field: str(exc)}) from exc
     with ctx.db.write() as s:
         audit.append(
             s,
             principal.actor,
             "model.evaluated",
-            {"version": version, "records": len(body.records), "targets": targets},
+            {"version": version, "records": len(records), "targets": targets, "source": source},
         )
     return {"version": version, "metrics": metrics}
+
+
+@router.post(
+    "/v1/models/{version}/evaluate",
+    responses=ERRORS,
+    summary="Evaluate a version on labelled records (like `triage evaluate`)",
+)
+def evaluate(
+    version: str, body: EvaluateRequest, ctx: ContextDep, principal: Admin
+) -> dict[str, Any]:
+    return evaluate_version(
+        ctx, principal, version, body.records, body.text_columns, body.label_columns
+    )
 
 
 class ModelJob:
@@ -239,11 +316,11 @@ def _job(ctx: Any, action: str, failed_action: str) -> ModelJob:
     return job
 
 
-def _train_job(ctx: Any) -> ModelJob:
+def train_job(ctx: Any) -> ModelJob:
     return _job(ctx, "model.trained", "model.train_failed")
 
 
-def _retrain_job(ctx: Any) -> ModelJob:
+def retrain_job(ctx: Any) -> ModelJob:
     return _job(ctx, "model.retrained", "model.retrain_failed")
 
 
@@ -264,9 +341,6 @@ def _retrain_work(ctx: Any) -> Callable[[], dict[str, Any]]:
         }
 
     return work
-
-
-Column = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class TrainRequest(BaseModel):
@@ -290,13 +364,9 @@ class TrainRequest(BaseModel):
     name: str = Field(default="records posted to the API", min_length=1, max_length=200)
 
 
-@router.post(
-    "/v1/models/train",
-    status_code=202,
-    responses=ERRORS,
-    summary="Start training a new version on posted labelled records (like `triage train`)",
-)
-def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[str, Any]:
+    """Check ``body`` (ValidationFailed naming the field; nothing starts then) and start the
+    background training job; Conflict while one runs. Returns the job state."""
     encoder = classification.checked_encoder(ctx.settings, body.encoder)
     try:
         validate_training_data(
@@ -304,7 +374,7 @@ def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, An
             text_columns=body.text_columns,
             label_columns=body.label_columns,
             feature_columns=body.feature_columns,
-            source="records",
+            source=body.name,
         )
     except ClassifierError as exc:
         raise ValidationFailed(str(exc), fields={"records": str(exc)}) from exc
@@ -319,7 +389,7 @@ def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, An
             encoder=encoder,
             activate=body.activate,
             training_data_name=body.name,
-            source="records",
+            source=body.name,
             target_precision=body.target_precision,
         )
         return {
@@ -330,14 +400,29 @@ def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, An
             "validation": {t: model.validation_[t] for t in model.targets},
         }
 
-    return _train_job(ctx).start(ctx, principal, work)
+    return train_job(ctx).start(ctx, principal, work)
+
+
+def start_retraining(ctx: Any, principal: Principal) -> dict[str, Any]:
+    """Start retraining on base data + reviewer labels; Conflict while one runs."""
+    return retrain_job(ctx).start(ctx, principal, _retrain_work(ctx))
+
+
+@router.post(
+    "/v1/models/train",
+    status_code=202,
+    responses=ERRORS,
+    summary="Start training a new version on posted labelled records (like `triage train`)",
+)
+def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    return start_training(ctx, principal, body)
 
 
 @router.get(
     "/v1/models/train", responses=ERRORS, summary="State and result of the last training job"
 )
 def train_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(_train_job(ctx).state)
+    return dict(train_job(ctx).state)
 
 
 @router.post(
@@ -347,11 +432,11 @@ def train_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
     summary="Start retraining on base data + reviewer labels (activates only if not worse)",
 )
 def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
-    return _retrain_job(ctx).start(ctx, principal, _retrain_work(ctx))
+    return start_retraining(ctx, principal)
 
 
 @router.get(
     "/v1/models/retrain", responses=ERRORS, summary="State and result of the last retraining job"
 )
 def retrain_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(_retrain_job(ctx).state)
+    return dict(retrain_job(ctx).state)

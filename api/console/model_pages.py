@@ -1,0 +1,220 @@
+"""The console's classifier models page under ``/console/admin/models``.
+
+Admins train a new version from an uploaded labelled file, evaluate any version on one,
+activate a version, roll back, and start retraining on reviewer labels; auditors read the same
+page without the forms. Every handler calls the functions the ``/v1/models`` routes call
+(``api.routes.models``), so validation, the one-job-at-a-time rule and the audit events are the
+same as over the API.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from api.console import charts
+from api.console.routes import AdminP, _error_text, _text, redirect, render
+from api.console.security import COOKIE_PATH, ConsoleGuard, Form
+from api.deps import ContextDep
+from api.routes.models import (
+    TrainRequest,
+    activate_version,
+    evaluate_version,
+    model_infos,
+    retrain_job,
+    rollback_version,
+    start_retraining,
+    start_training,
+    train_job,
+)
+from classifiers import ClassifierError, parse_records
+from triage import classification
+from triage.auth import Principal, Role
+from triage.errors import TriageError
+
+router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
+MODELS_URL = f"{COOKIE_PATH}/admin/models"
+ModelReaderP = Annotated[Principal, Depends(ConsoleGuard(Role.admin, Role.auditor))]
+# A confusion matrix wider than this is shown as its largest off-diagonal cells instead.
+MATRIX_MAX_LABELS = 12
+TOP_CONFUSIONS = 15
+
+
+def _columns(form: FormData, name: str) -> list[str]:
+    """Column names from a comma-separated text field (blank entries dropped)."""
+    return [c.strip() for c in _text(form, name, 2000).split(",") if c.strip()]
+
+
+def _pydantic_text(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(x) for x in e['loc']) or 'form'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+class UploadProblem(Exception):
+    """The uploaded file is missing or unreadable; the message says which."""
+
+
+def _uploaded_records(form: FormData) -> tuple[str, list[dict[str, Any]]]:
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise UploadProblem("Choose a labelled CSV or JSONL file to upload.")
+    name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1][:200]
+    try:
+        # the form parser has spooled the file; the request limit caps its size
+        return name, parse_records(name, upload.file.read())
+    except ClassifierError as exc:
+        raise UploadProblem(str(exc)) from exc
+
+
+@router.get("/admin/models")
+def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
+    infos = model_infos(ctx)
+    with ctx.db.read() as s:
+        feedback = classification.feedback_count(s)
+    jobs = {"training": train_job(ctx).state, "retraining": retrain_job(ctx).state}
+    return render(
+        request,
+        "models.html",
+        {
+            "models": infos,
+            "active": next((m for m in infos if m.active), None),
+            "jobs": jobs,
+            "running": any(j.get("status") == "running" for j in jobs.values()),
+            "feedback": feedback,
+            "encoders": classification.encoder_choices(ctx.settings),
+            "default_encoder": ctx.settings.encoder,
+            "can_change": p.role == Role.admin,
+            "section": "models",
+        },
+    )
+
+
+def _registry_action(request: Request, action: Any, done: str) -> Response:
+    try:
+        result = action()
+    except TriageError as exc:
+        return redirect(request, MODELS_URL, _error_text(exc), "error")
+    return redirect(request, MODELS_URL, done.format(**result))
+
+
+@router.post("/admin/models/{version}/activate")
+def activate(request: Request, version: str, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    return _registry_action(
+        request,
+        lambda: activate_version(ctx, p, version),
+        "Version {version} is active (was {previous}).",
+    )
+
+
+@router.post("/admin/models/rollback")
+def rollback(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    return _registry_action(
+        request,
+        lambda: rollback_version(ctx, p),
+        "Rolled back: version {version} is active again (was {previous}).",
+    )
+
+
+@router.post("/admin/models/retrain")
+def retrain(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    return _registry_action(
+        request,
+        lambda: start_retraining(ctx, p),
+        "Retraining started; this page shows its outcome when it ends.",
+    )
+
+
+@router.post("/admin/models/train")
+def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Upload a labelled file and start training on it (nothing starts when a field is bad)."""
+    back = MODELS_URL + "#train"
+    try:
+        name, records = _uploaded_records(form)
+        body = TrainRequest.model_validate(
+            {
+                "records": records,
+                "text_columns": _columns(form, "text_columns"),
+                "label_columns": _columns(form, "label_columns"),
+                "feature_columns": _columns(form, "feature_columns"),
+                "target_precision": _text(form, "target_precision", 20) or 0.95,
+                "encoder": _text(form, "encoder", 128) or None,
+                "activate": form.get("activate") == "on",
+                "name": _text(form, "name", 200) or name,
+            }
+        )
+        state = start_training(ctx, p, body)
+    except UploadProblem as exc:
+        return redirect(request, back, str(exc), "error")
+    except ValidationError as exc:
+        return redirect(request, back, _pydantic_text(exc), "error")
+    except TriageError as exc:
+        return redirect(request, back, _error_text(exc), "error")
+    return redirect(
+        request,
+        MODELS_URL + "#jobs",
+        f"Training on {len(records)} records from {body.name} started at {state['started_at']}; "
+        "this page shows the new version when it is ready.",
+    )
+
+
+def _confusions(confusion: dict[str, Any]) -> list[tuple[str, str, int]]:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    cells = [
+        (labels[i], labels[j], n)
+        for i, row in enumerate(matrix)
+        for j, n in enumerate(row)
+        if i != j and n
+    ]
+    return sorted(cells, key=lambda c: -c[2])[:TOP_CONFUSIONS]
+
+
+@router.post("/admin/models/evaluate")
+def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Score a version on an uploaded labelled file and show the figures (audited)."""
+    back = MODELS_URL + "#evaluate"
+    version = _text(form, "version", 100)
+    try:
+        name, records = _uploaded_records(form)
+        label_columns = _columns(form, "label_columns")
+        if not label_columns:
+            raise UploadProblem("Name the label column(s) of the file.")
+        result = evaluate_version(
+            ctx,
+            p,
+            version,
+            records,
+            _columns(form, "text_columns") or None,
+            label_columns,
+            source=name,
+        )
+    except UploadProblem as exc:
+        return redirect(request, back, str(exc), "error")
+    except TriageError as exc:
+        return redirect(request, back, _error_text(exc), "error")
+    targets = result["metrics"]["targets"]
+    views = {
+        t: {
+            "m": m,
+            "matrix": len(m["confusion"]["labels"]) <= MATRIX_MAX_LABELS,
+            "confusions": _confusions(m["confusion"]),
+            "reliability": charts.reliability(f"Reliability of {t} predictions", m["reliability"]),
+        }
+        for t, m in targets.items()
+    }
+    return render(
+        request,
+        "model_evaluation.html",
+        {
+            "version": version,
+            "data_name": name,
+            "n_records": len(records),
+            "views": views,
+            "section": "models",
+        },
+    )

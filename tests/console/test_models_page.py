@@ -1,0 +1,199 @@
+"""The console's models page: admins train from an uploaded file, evaluate, activate and roll
+back; auditors read it; bad uploads are refused with the problem named and nothing trained;
+every step lands on the audit trail with the admin's name."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+
+from sqlalchemy import select
+
+from tests.console.conftest import csrf, flash, post, sign_in
+from triage import classification
+from triage.models import AuditEvent
+
+URL = "/console/admin/models"
+
+
+def _rows() -> list[dict[str, str]]:
+    with classification.BITEXT_SAMPLE.open(encoding="utf-8") as fh:
+        return [{"message": r["text"], "label": r["triage_category"]} for r in csv.DictReader(fh)]
+
+
+def _csv(rows: list[dict[str, str]]) -> bytes:
+    lines = ["message,label"]
+    for r in rows:
+        text = r["message"].replace('"', '""')
+        lines.append(f'"{text}",{r["label"]}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _upload(client, url: str, content: bytes, filename: str = "history.csv", **fields):
+    return client.post(
+        url,
+        data={"csrf_token": csrf(client), **fields},
+        files={"file": (filename, content, "text/csv")},
+        follow_redirects=False,
+    )
+
+
+def _audit(db, action: str) -> list[dict]:
+    with db.read() as s:
+        return [
+            {"actor": e.actor_id, **json.loads(e.payload)}
+            for e in s.scalars(select(AuditEvent).where(AuditEvent.action == action))
+        ]
+
+
+def _wait_for_training(client, seconds: float = 180) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        page = client.get(URL).text
+        row = page.split('id="job-training"')[1].split("</tr>")[0]
+        if "failed" in row:
+            raise AssertionError(row)
+        if ">done<" in row:
+            return re.search(r'new version <span class="mono">([^<]+)<', row).group(1)
+        time.sleep(0.2)
+    raise AssertionError("training did not finish")
+
+
+def test_roles_and_read_only_view(client, people, db):
+    sign_in(client, "agent")
+    assert client.get(URL).status_code == 403
+    assert post(client, f"{URL}/rollback").status_code == 403
+    sign_in(client, "auditor")
+    page = client.get(URL)
+    assert page.status_code == 200
+    assert 'aria-current="page">Models<' in page.text
+    assert "No active model" in page.text and "No model versions yet" in page.text
+    assert "<form" not in page.text.split("</header>")[1]  # read only: no forms at all
+    assert post(client, f"{URL}/rollback").status_code == 403
+    assert _upload(client, f"{URL}/train", b"x").status_code == 403
+
+
+def test_bad_uploads_are_refused_and_nothing_trains(client, people, db, settings):
+    sign_in(client, "boss")
+    good = _csv(_rows()[:40])
+    cases = [
+        (b"message,label\n\xff\xfe broken", {}, "history.csv", "not UTF-8"),
+        (good, {"label_columns": "category"}, "history.csv", "category"),
+        (good, {}, "history.xlsx", ".xlsx"),
+        (b"message,label\nonly one,class_a\nanother,class_a\n", {}, "history.csv", "one"),
+        (good, {"target_precision": "1.5"}, "history.csv", "target_precision"),
+        (good, {"encoder": "/etc/passwd"}, "history.csv", "encoder"),
+    ]
+    for content, overrides, filename, word in cases:
+        fields = {"text_columns": "message", "label_columns": "label", **overrides}
+        r = _upload(client, f"{URL}/train", content, filename, **fields)
+        message = flash(client, r)
+        assert message.startswith("error:") and word in message, (word, message)
+    r = post(client, f"{URL}/train", {"text_columns": "message", "label_columns": "label"})
+    assert "Choose a labelled CSV" in flash(client, r)  # no file at all
+    assert classification.registry(settings).versions() == []
+    assert _audit(db, "model.trained") == [] and _audit(db, "model.train_failed") == []
+    assert ">idle<" in client.get(URL).text.split('id="job-training"')[1].split("</tr>")[0]
+
+
+def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, db, settings):
+    rows = _rows()
+    sign_in(client, "boss")
+    r = _upload(
+        client,
+        f"{URL}/train",
+        _csv(rows[::12]),
+        text_columns="message",
+        label_columns="label",
+        encoder="none",
+        name="bitext history",
+    )
+    assert "started" in flash(client, r)
+    version = _wait_for_training(client)
+    reg = classification.registry(settings)
+    assert [m["version"] for m in reg.versions()] == [version]
+    assert reg.active_version() is None  # not ticked: registered inactive
+    trained = _audit(db, "model.trained")
+    assert len(trained) == 1 and trained[0]["actor"] == "boss"
+    assert trained[0]["version"] == version and trained[0]["encoder"] == "none"
+    page = client.get(URL).text
+    row = page.split(f'id="m-{version}"')[1].split("</tr>")[0]
+    assert "bitext history" in row and "triage_category" not in row and "label</strong>" in row
+    assert f"/console/admin/models/{version}/activate" in row
+
+    assert "is active" in flash(client, post(client, f"{URL}/{version}/activate"))
+    assert reg.active_version() == version
+    assert _audit(db, "model.activated")[0]["actor"] == "boss"
+    # only one version was ever active: nothing to roll back to, said plainly
+    message = flash(client, post(client, f"{URL}/rollback"))
+    assert message.startswith("error:"), message
+    assert reg.active_version() == version
+
+    held_out = _csv(rows[5::40])
+    ev = _upload(client, f"{URL}/evaluate", held_out, "held-out.csv", version=version,
+                 label_columns="label")  # fmt: skip
+    assert ev.status_code == 200, ev.text
+    accuracy = float(re.search(r'class="kpi">([\d.]+)%</span><span class="kpi-label">accuracy',
+                               ev.text).group(1))  # fmt: skip
+    assert accuracy > 80
+    assert 'class="grid compact confusion"' in ev.text  # 9 labels: the full matrix
+    assert ev.text.count('class="diag"') == 9
+    assert "<svg" in ev.text and "Reliability of label predictions" in ev.text
+    evaluated = _audit(db, "model.evaluated")
+    assert evaluated[0]["version"] == version and evaluated[0]["source"] == "held-out.csv"
+    # a label column the file lacks is named; an unknown version is refused
+    bad = _upload(client, f"{URL}/evaluate", held_out, version=version, label_columns="nope")
+    assert "nope" in flash(client, bad)
+    unknown = _upload(client, f"{URL}/evaluate", held_out, version="v0-none", label_columns="label")
+    assert flash(client, unknown).startswith("error:")
+    assert len(_audit(db, "model.evaluated")) == 1
+
+
+def test_upload_limit_is_separate_from_the_case_body_limit(client, people, settings):
+    """A data-set upload may exceed the 256 KiB case-body limit, up to max_upload_bytes."""
+    sign_in(client, "boss")
+    big = _csv(_rows() * 2)
+    assert len(big) > settings.max_body_bytes
+    r = _upload(client, f"{URL}/train", big, text_columns="message", label_columns="label",
+                target_precision="2")  # fmt: skip
+    assert "target_precision" in flash(client, r)  # parsed, then refused on the field
+    assert len(big) < settings.max_upload_bytes
+    # other console forms keep the small limit
+    r = client.post(
+        "/console/admin/users",
+        data={"csrf_token": csrf(client), "username": "x" * (settings.max_body_bytes + 10)},
+    )
+    assert r.status_code == 413
+
+
+def test_api_evaluate_maps_columns_like_the_cli(client, keys, settings):
+    from tests.support import bearer
+
+    rows = _rows()
+    reg = classification.registry(settings)
+    version, _model = classification.train_model(
+        [{"message": r["message"], "label": r["label"]} for r in rows[::15]],
+        registry=reg,
+        text_columns=["message"],
+        label_columns=["label"],
+        encoder="none",
+    )
+    held = [{"body": r["message"], "truth": r["label"]} for r in rows[7::50]]
+    admin = bearer(keys["admin"])
+    r = client.post(f"/v1/models/{version}/evaluate", headers=admin, json={"records": held})
+    assert r.status_code == 422 and "label_columns" in r.text
+    r = client.post(
+        f"/v1/models/{version}/evaluate",
+        headers=admin,
+        json={"records": held, "text_columns": ["body"], "label_columns": ["truth"]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"]["targets"]["label"]["accuracy"] > 0.8
+    r = client.post(
+        f"/v1/models/{version}/evaluate",
+        headers=admin,
+        json={"records": held, "text_columns": ["body"], "label_columns": ["missing"]},
+    )
+    assert r.status_code == 422 and "missing" in r.text
