@@ -215,3 +215,30 @@ def test_admin_manages_users_from_the_keyboard(page, demo_server):
     (created,) = [e for e in _events(demo_server, "user.created") if e["username"] == "kbd-user"]
     assert created["actor"] == "admin" and created["authorities"] == ["finance_approver"]
     assert [e["actor"] for e in _events(demo_server, "user.disabled")] == ["admin"]
+
+
+def test_admin_evaluates_the_demo_model_from_an_uploaded_file(page, demo_server):
+    from triage import classification
+
+    sign_in(page, demo_server, "admin")
+    page.get_by_role("link", name="Models").click()
+    page.wait_for_url(re.compile("/console/admin/models"))
+    assert "Active version" in page.locator("#active-version").inner_text()
+    assert page.locator("#versions .badge", has_text="active").count() == 1
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+             .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+             .map(el => el.name || el.id)"""
+    )
+    assert unnamed == []
+    shot(page, "12-models")
+    page.set_input_files("#e-file", str(classification.eval_data_path(demo_server["settings"])))
+    page.get_by_label("Label columns").last.fill("queue, priority")
+    page.get_by_role("button", name="Evaluate").click()
+    page.wait_for_url(re.compile("/console/admin/models/evaluate"))
+    assert page.get_by_role("heading", name="queue").is_visible()
+    assert page.get_by_role("heading", name="priority").is_visible()
+    assert page.locator("svg.chart").count() == 2
+    shot(page, "13-model-evaluation")
+    (event,) = _events(demo_server, "model.evaluated")
+    assert event["actor"] == "admin" and event["targets"] == ["queue", "priority"]
