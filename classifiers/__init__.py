@@ -14,7 +14,12 @@ This package imports nothing of ours except ``contracts``.
 """
 
 from classifiers.case_model import CASE_TARGETS, CaseModel
-from classifiers.data import load_records, parse_records, validate_training_data
+from classifiers.data import (
+    load_records,
+    parse_label_precision,
+    parse_records,
+    validate_training_data,
+)
 from classifiers.errors import (
     ClassifierError,
     DataError,
@@ -52,6 +57,7 @@ __all__ = [
     "evaluate_model",
     "load_records",
     "open_model",
+    "parse_label_precision",
     "parse_records",
     "retrain",
     "set_embedder",

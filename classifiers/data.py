@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,11 @@ def validate_training_data(
     feature_columns: Sequence[str] = (),
     source: str = "data",
     require_two_classes: bool = True,
+    label_precision: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
-    """Raise :class:`DataError` when the records cannot train (or evaluate) a model."""
+    """Raise :class:`DataError` when the records cannot train (or evaluate) a model, or when
+    ``label_precision`` (``{target: {label: precision}}``) names a target that is not a label
+    column, a label no record has, or a precision outside (0.5, 1)."""
     if not records:
         raise DataError(f"{source}: the file has no data rows")
     present: set[str] = set()
@@ -157,6 +160,38 @@ def validate_training_data(
                 f"{source}: label column {column!r} has only one class ({only!r}); "
                 "a classifier needs at least two"
             )
+        for label, precision in (label_precision or {}).get(column, {}).items():
+            if label not in labels:
+                raise DataError(
+                    f"label precision {column}:{label}: no row of {source} has label {label!r}"
+                )
+            if not 0.5 < precision < 1.0:
+                raise DataError(
+                    f"label precision {column}:{label}={precision}: use a value between 0.5 "
+                    "and 1 (exclusive)"
+                )
+    unknown = sorted(set(label_precision or {}) - set(label_columns))
+    if unknown:
+        raise DataError(
+            f"label precision for {', '.join(unknown)}: not a label column "
+            f"(label columns: {', '.join(label_columns)})"
+        )
+
+
+def parse_label_precision(items: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``TARGET:LABEL=PRECISION`` items (CLI options, a console field) into
+    ``{target: {label: precision}}``; :class:`DataError` names a malformed item."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        try:
+            key, value = item.rsplit("=", 1)
+            target, label = key.split(":", 1)
+            out.setdefault(target.strip(), {})[label.strip()] = float(value)
+        except ValueError:
+            raise DataError(
+                f"label precision {item!r}: expected TARGET:LABEL=PRECISION (e.g. queue:fraud=0.99)"
+            ) from None
+    return out
 
 
 def infer_numeric_columns(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +22,7 @@ import typer
 from classifiers.data import (
     file_sha256,
     load_records,
+    parse_label_precision,
     validate_training_data,
 )
 from classifiers.errors import ClassifierError
@@ -55,22 +56,6 @@ def _progress() -> Callable[[str], None]:
 
 def _key(value: str | None) -> bytes | None:
     return value.encode() if value else None
-
-
-def _parse_label_precision(items: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``TARGET:LABEL=PRECISION`` items into ``{target: {label: precision}}``."""
-    out: dict[str, dict[str, float]] = {}
-    for item in items:
-        try:
-            key, value = item.rsplit("=", 1)
-            target, label = key.split(":", 1)
-            out.setdefault(target, {})[label] = float(value)
-        except ValueError:
-            raise ClassifierError(
-                f"--label-precision {item!r}: expected TARGET:LABEL=PRECISION "
-                "(e.g. queue:fraud=0.99)"
-            ) from None
-    return out
 
 
 TextColumns = Annotated[
@@ -145,7 +130,7 @@ def train(
             source=data.name,
             progress=say,
             target_precision=target_precision,
-            label_precision=_parse_label_precision(label_precision or []),
+            label_precision=parse_label_precision(label_precision or []),
             base=base,
             C=c,
             cv=cv,

@@ -107,6 +107,7 @@ def train_model(
         label_columns=label_columns,
         feature_columns=feature_columns,
         source=source,
+        label_precision=params.get("label_precision"),
     )
     numeric = infer_numeric_columns(list(records), list(feature_columns))
     spec = embedding_spec(

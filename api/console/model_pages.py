@@ -31,7 +31,7 @@ from api.routes.models import (
     start_training,
     train_job,
 )
-from classifiers import ClassifierError, parse_records
+from classifiers import ClassifierError, parse_label_precision, parse_records
 from triage import classification
 from triage.auth import Principal, Role
 from triage.errors import TriageError
@@ -143,13 +143,14 @@ def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
                 "label_columns": _columns(form, "label_columns"),
                 "feature_columns": _columns(form, "feature_columns"),
                 "target_precision": _text(form, "target_precision", 20) or 0.95,
+                "label_precision": parse_label_precision(_columns(form, "label_precision")),
                 "encoder": _text(form, "encoder", 128) or None,
                 "activate": form.get("activate") == "on",
                 "name": _text(form, "name", 200) or name,
             }
         )
         state = start_training(ctx, p, body)
-    except UploadProblem as exc:
+    except (UploadProblem, ClassifierError) as exc:
         return redirect(request, back, str(exc), "error")
     except ValidationError as exc:
         return redirect(request, back, _pydantic_text(exc), "error")

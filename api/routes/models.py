@@ -354,6 +354,12 @@ class TrainRequest(BaseModel):
     label_columns: list[Column] = Field(min_length=1, max_length=5)
     feature_columns: list[Column] = Field(default_factory=list, max_length=50)
     target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
+    label_precision: dict[Column, dict[Annotated[str, Field(max_length=200)], float]] = Field(
+        default_factory=dict,
+        max_length=5,
+        description="Per-label targets overriding target_precision: "
+        '{"queue": {"fraud": 0.99}} (like `triage train --label-precision queue:fraud=0.99`).',
+    )
     encoder: str | None = Field(
         default=None,
         max_length=128,
@@ -375,9 +381,11 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             label_columns=body.label_columns,
             feature_columns=body.feature_columns,
             source=body.name,
+            label_precision=body.label_precision,
         )
     except ClassifierError as exc:
-        raise ValidationFailed(str(exc), fields={"records": str(exc)}) from exc
+        field = "label_precision" if str(exc).startswith("label precision") else "records"
+        raise ValidationFailed(str(exc), fields={field: str(exc)}) from exc
 
     def work() -> dict[str, Any]:
         version, model = classification.train_model(
@@ -391,6 +399,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             training_data_name=body.name,
             source=body.name,
             target_precision=body.target_precision,
+            label_precision=body.label_precision,
         )
         return {
             "version": version,

@@ -262,3 +262,27 @@ def test_signing_key_from_the_environment(tmp_path: Path, bitext_files: tuple[Pa
     wrong = runner.invoke(app, ["models", "show", "--registry", str(out)], env={
         "TRIAGE_MODEL_SIGNING_KEY": "k2"})  # fmt: skip
     assert wrong.exit_code == 2 and "invalid signature" in wrong.stderr
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("label:nope=0.9", "no row of a.csv has label 'nope'"),
+        ("other:order=0.9", "not a label column"),
+        ("label:order=1.2", "between 0.5 and 1"),
+        ("label-order-0.9", "expected TARGET:LABEL=PRECISION"),
+    ],
+)
+def test_bad_label_precision_is_named_and_nothing_trains(
+    tmp_path: Path, item: str, expected: str
+) -> None:
+    rows = [{"text": f"cancel order {i}", "label": "order"} for i in range(6)]
+    rows += [{"text": f"refund please {i}", "label": "refund"} for i in range(6)]
+    path = _write_csv(tmp_path / "a.csv", rows)
+    out = tmp_path / "o"
+    args = ["train", "--data", str(path), "--text-column", "text", "--label-column", "label"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--label-precision", item])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert not (out / "versions").exists() or not any((out / "versions").iterdir())

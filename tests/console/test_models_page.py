@@ -77,7 +77,7 @@ def test_roles_and_read_only_view(client, people, db):
 
 def test_bad_uploads_are_refused_and_nothing_trains(client, people, db, settings):
     sign_in(client, "boss")
-    good = _csv(_rows()[:40])
+    good = _csv(_rows()[::150])
     cases = [
         (b"message,label\n\xff\xfe broken", {}, "history.csv", "not UTF-8"),
         (good, {"label_columns": "category"}, "history.csv", "category"),
@@ -85,6 +85,8 @@ def test_bad_uploads_are_refused_and_nothing_trains(client, people, db, settings
         (b"message,label\nonly one,class_a\nanother,class_a\n", {}, "history.csv", "one"),
         (good, {"target_precision": "1.5"}, "history.csv", "target_precision"),
         (good, {"encoder": "/etc/passwd"}, "history.csv", "encoder"),
+        (good, {"label_precision": "label:no_such_label=0.99"}, "history.csv", "no_such_label"),
+        (good, {"label_precision": "label=0.99"}, "history.csv", "TARGET:LABEL=PRECISION"),
     ]
     for content, overrides, filename, word in cases:
         fields = {"text_columns": "message", "label_columns": "label", **overrides}
@@ -109,11 +111,15 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
         label_columns="label",
         encoder="none",
         name="bitext history",
+        label_precision="label:other=0.99",
     )
     assert "started" in flash(client, r)
     version = _wait_for_training(client)
     reg = classification.registry(settings)
     assert [m["version"] for m in reg.versions()] == [version]
+    thresholds = reg.verify(version)["thresholds"]["label"]
+    assert thresholds["other"]["target_precision"] == 0.99
+    assert thresholds["order"]["target_precision"] == 0.95
     assert reg.active_version() is None  # not ticked: registered inactive
     trained = _audit(db, "model.trained")
     assert len(trained) == 1 and trained[0]["actor"] == "boss"
@@ -168,7 +174,7 @@ def test_upload_limit_is_separate_from_the_case_body_limit(client, people, setti
     assert r.status_code == 413
 
 
-def test_api_evaluate_maps_columns_like_the_cli(client, keys, settings):
+def test_api_evaluate_maps_columns_and_train_checks_label_precision(client, keys, settings):
     from tests.support import bearer
 
     rows = _rows()
@@ -182,6 +188,17 @@ def test_api_evaluate_maps_columns_like_the_cli(client, keys, settings):
     )
     held = [{"body": r["message"], "truth": r["label"]} for r in rows[7::50]]
     admin = bearer(keys["admin"])
+    body = {"records": held, "text_columns": ["body"], "label_columns": ["truth"]}
+    for precision, word in (
+        ({"truth": {"no_such_label": 0.99}}, "no_such_label"),
+        ({"label": {"order": 0.99}}, "not a label column"),
+        ({"truth": {"order": 1.5}}, "between 0.5 and 1"),
+    ):
+        r = client.post(
+            "/v1/models/train", headers=admin, json={**body, "label_precision": precision}
+        )
+        assert r.status_code == 422 and word in r.text, r.text
+        assert r.json()["error"]["fields"][0]["field"] == "label_precision", r.text
     r = client.post(f"/v1/models/{version}/evaluate", headers=admin, json={"records": held})
     assert r.status_code == 422 and "label_columns" in r.text
     r = client.post(
