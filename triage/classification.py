@@ -26,6 +26,7 @@ import classifiers
 from classifiers import (
     CASE_FEATURE_SPEC,
     CaseModel,
+    DataError,
     FeatureSpec,
     LoadedModel,
     ModelRegistry,
@@ -593,9 +594,21 @@ def retrain_from_feedback(
     eval_path: Path | None = None,
     progress: Callable[..., Any] | None = None,
 ) -> RetrainResult:
-    """Train on base data + reviewer labels; activate only if not worse on the fixed eval set."""
-    base_rows = load_records(base or base_data_path(settings))
-    eval_rows = load_records(eval_path or eval_data_path(settings))
+    """Train on base data + reviewer labels; activate only if not worse on the fixed eval set.
+
+    ``base`` and ``eval_path`` default to the files ``triage demo`` / ``train_default_model``
+    store beside the registry; a DataError says what is missing and how to provide it."""
+    base = base or base_data_path(settings)
+    eval_path = eval_path or eval_data_path(settings)
+    for path, what in ((base, "base training data"), (eval_path, "fixed evaluation set")):
+        if not path.is_file():
+            raise DataError(
+                f"no {what} at {path}: retraining combines the case records the model was "
+                "trained on with reviewer labels and compares on a fixed evaluation set; the "
+                "demo set-up writes both, otherwise run `triage retrain --base FILE --eval FILE`"
+            )
+    base_rows = load_records(base)
+    eval_rows = load_records(eval_path)
     feedback = feedback_records(session)
     return retrain(
         base_rows,

@@ -214,3 +214,21 @@ def test_api_evaluate_maps_columns_and_train_checks_label_precision(client, keys
         json={"records": held, "text_columns": ["body"], "label_columns": ["missing"]},
     )
     assert r.status_code == 422 and "missing" in r.text
+
+
+def test_retrain_from_the_console_reports_its_outcome(client, people, db):
+    """Without the base data set-up stores, the retraining job fails and the page says what is
+    missing and how to provide it; the failure is audited under the admin's name."""
+    sign_in(client, "boss")
+    assert "Retraining started" in flash(client, post(client, f"{URL}/retrain"))
+    deadline = time.monotonic() + 60
+    row = ""
+    while time.monotonic() < deadline:
+        row = client.get(URL).text.split('id="job-retraining"')[1].split("</tr>")[0]
+        if ">running<" not in row:
+            break
+        time.sleep(0.1)
+    assert ">failed<" in row and "no base training data" in row, row
+    assert "triage retrain --base FILE --eval FILE" in row
+    (event,) = _audit(db, "model.retrain_failed")
+    assert event["actor"] == "boss" and "no base training data" in event["error"]
