@@ -1,7 +1,7 @@
 """Encode benchmark texts with all-MiniLM-L6-v2 or a built-in encoder for the embedding variant.
 
 ``--encoder minilm`` (default) runs the transformer from the optional extra; any other name
-(``builtin:minilm-static-v1``, a folder) is loaded with ``retrieval.embeddings.load_encoder`` and
+(``builtin:minilm-static-v2``, a folder) is loaded with ``retrieval.embeddings.load_encoder`` and
 runs in the project's own virtualenv.
 
 Needs the optional extra (in its own virtualenv, never the locked one):

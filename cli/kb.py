@@ -38,7 +38,7 @@ EncoderName = Annotated[
     typer.Option(
         "--encoder",
         envvar="TRIAGE_ENCODER",
-        help="builtin:minilm-static-v1 (default), builtin:lsa-char-v1, hashing, minilm, "
+        help="builtin:minilm-static-v2 (default), builtin:lsa-char-v1, hashing, minilm, "
         "or a fitted encoder folder.",
     ),
 ]

@@ -12,7 +12,7 @@ Contract of every :class:`Encoder`:
   ``allow_pickle=False``) and JSON, never pickle, and its sha256 is verified on load.
 
 Encoders (measured in docs/retrieval.md; precision@5 of similar-case retrieval on Bitext):
-- :class:`StaticEncoder` (default, ``builtin:minilm-static-v1``): a WordPiece token table
+- :class:`StaticEncoder` (default, ``builtin:minilm-static-v2``): a WordPiece token table
   distilled from all-MiniLM-L6-v2 (``bench/distill_static_encoder.py``), numpy only.
 - :class:`LsaEncoder` (``builtin:lsa-char-v1``): TF-IDF over character n-grams (within word
   boundaries) reduced with a truncated SVD. Fitted once on a corpus and shipped in
@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from retrieval.errors import EncoderError
 
 BUILTIN_DIR = Path(__file__).parent / "models"
-DEFAULT_ENCODER = "builtin:minilm-static-v1"
+DEFAULT_ENCODER = "builtin:minilm-static-v2"
 _DIGITS = re.compile(r"\d+")
 _MULTI_SPACE = re.compile(r"\s\s+")
 _FAST_PATH_MAX = 16

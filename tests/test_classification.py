@@ -192,7 +192,7 @@ def test_each_case_is_encoded_once_for_classifier_and_retrieval(
 
     loaded = classification.registry(settings).load(with_model)
     spec = loaded.model.feature_spec()
-    assert spec.embedding_encoder == settings.encoder == "builtin:minilm-static-v1"
+    assert spec.embedding_encoder == settings.encoder == "builtin:minilm-static-v2"
     encoded: list[int] = []
     original = StaticEncoder.encode
 

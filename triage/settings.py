@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         default=None, description="A Chroma server, e.g. http://chroma:8000; wins over chroma_path."
     )
     encoder: str = Field(
-        default="builtin:minilm-static-v1",
+        default="builtin:minilm-static-v2",
         description=(
             "Text encoder: one vector per case for retrieval and for the classifier's embedding "
             "features (see docs/retrieval.md, docs/classifier.md)."
