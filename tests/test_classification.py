@@ -271,3 +271,32 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
     )
     assert scored.status_code == 200, scored.text
     assert scored.json()["metrics"]["targets"]["triage_category"]["accuracy"] > 0.8
+
+
+def test_a_model_trained_on_the_previous_encoder_keeps_classifying(db, settings, monkeypatch):
+    """Upgrade path: the deployment's encoder moved to v2 while the active model was trained
+    with v1's vectors. The pipeline does not hand it v2 vectors (other fingerprint); the model
+    encodes with v1, which still ships, and classifies."""
+    from retrieval.embeddings import StaticEncoder
+
+    trained_on = settings.model_copy(update={"encoder": "builtin:minilm-static-v1"})
+    version = classification.train_default_model(trained_on, n_train=300, n_eval=100)
+    spec = classification.registry(settings).load(version).model.feature_spec()
+    assert spec.embedding_encoder == "builtin:minilm-static-v1"
+    assert settings.encoder == "builtin:minilm-static-v2"
+    encoded: list[str] = []
+    original = StaticEncoder.encode
+
+    def counting(self, texts):
+        encoded.append(self.fingerprint)
+        return original(self, texts)
+
+    monkeypatch.setattr(StaticEncoder, "encode", counting)
+    ids = submit_simulated(db, settings, 10, seed=12)
+    assert Worker(db, settings, default_pipeline(settings)).run_once() == 10
+    with db.read() as s:
+        rows = [cases.get(s, i) for i in ids]
+        assert {r.model_version for r in rows} == {version}
+        assert {r.status for r in rows} == {"awaiting_review"}  # triaged, none failed
+        assert sum(r.queue is not None for r in rows) >= 5
+    assert len(set(encoded)) == 2  # v2 for retrieval, v1 for the model
