@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import chat_completion
+from tests.support import chat_completion, wait_until
 from triage import webhooks
 
 # The worker command, in one place: the lead parametrises the fault tests over worker engines
@@ -38,21 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], Any], *, deadline_s: float, what: str, every: float = 0.2
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline
-    (a liveness bound for a stuck system, never a performance assertion)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up after {deadline_s:.0f}s waiting for: {what}")
-        time.sleep(every)
 
 
 # ------------------------------------------------------------------------------- processes

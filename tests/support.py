@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,3 +119,18 @@ def submit_simulated(db: Any, settings: Any, n: int, seed: int | None = None) ->
             ).case.id
             for rec in sim.cases(n)
         ]
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, deadline_s: float, what: str, every: float = 0.2
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline
+    (a liveness bound for a stuck system, never a performance assertion)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up after {deadline_s:.0f}s waiting for: {what}")
+        time.sleep(every)

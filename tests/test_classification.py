@@ -4,14 +4,13 @@ labels, per-model override rate and precision-at-close, activation, retraining."
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from contracts.case import CaseIn
-from tests.support import bearer, sample_case, submit_simulated
+from tests.support import bearer, sample_case, submit_simulated, wait_until
 from triage import audit, cases, classification
 from triage.models import AuditEvent, LabelFeedback
 from triage.settings import Settings
@@ -37,13 +36,13 @@ def with_model(settings, trained_models) -> str:
 
 
 def _finished_job(client, path: str, headers: dict[str, str], seconds: float) -> dict:
-    """Poll a model job's state until it stops running (or ``seconds`` pass)."""
-    deadline = time.monotonic() + seconds
-    state = client.get(path, headers=headers).json()
-    while state["status"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    """A model job's state once it has stopped running (fails after ``seconds``)."""
+
+    def stopped() -> dict | None:
         state = client.get(path, headers=headers).json()
-    return state
+        return state if state["status"] != "running" else None
+
+    return wait_until(stopped, deadline_s=seconds, what=f"{path} to stop running", every=0.1)
 
 
 def test_active_model_classifies_and_is_named_on_case_and_audit(db, settings, with_model):

@@ -44,9 +44,8 @@ from tests.faults_support import (
     StubLLM,
     WebhookReceiver,
     product_env,
-    wait_until,
 )
-from tests.support import fresh_pg_schema, sample_case
+from tests.support import fresh_pg_schema, sample_case, wait_until
 from triage import audit, auth, cases, migrate
 from triage.db import Database
 from triage.models import AuditEvent, Case, OutboxMessage

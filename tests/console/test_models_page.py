@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import re
-import time
 
 from sqlalchemy import select
 
 from tests.console.conftest import csrf, flash, post, sign_in
+from tests.support import wait_until
 from triage import classification
 from triage.models import AuditEvent
 
@@ -48,17 +48,31 @@ def _audit(db, action: str) -> list[dict]:
         ]
 
 
-def _wait_for_training(client, seconds: float = 180) -> str:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        page = client.get(URL).text
-        row = page.split('id="job-training"')[1].split("</tr>")[0]
-        if "failed" in row:
-            raise AssertionError(row)
-        if ">done<" in row:
-            return re.search(r'new version <span class="mono">([^<]+)<', row).group(1)
-        time.sleep(0.2)
-    raise AssertionError("training did not finish")
+def _job_row(client, kind: str) -> str:
+    """The models page's table row for the ``training`` or ``retraining`` job."""
+    return client.get(URL).text.split(f'id="job-{kind}"')[1].split("</tr>")[0]
+
+
+def _stopped(client, kind: str, seconds: float = 180) -> str:
+    """The job's row once it no longer says running."""
+
+    def stopped() -> str | None:
+        row = _job_row(client, kind)
+        return row if ">running<" not in row else None
+
+    return wait_until(
+        stopped,
+        deadline_s=seconds,
+        what=f"the {kind} job to stop",
+        every=0.1,
+    )
+
+
+def _wait_for_training(client) -> str:
+    """The new version's id, once the training job is done."""
+    row = _stopped(client, "training")
+    assert ">done<" in row, row
+    return re.search(r'new version <span class="mono">([^<]+)<', row).group(1)
 
 
 def test_roles_and_read_only_view(client, people, db):
@@ -97,7 +111,7 @@ def test_bad_uploads_are_refused_and_nothing_trains(client, people, db, settings
     assert "Choose a labelled CSV" in flash(client, r)  # no file at all
     assert classification.registry(settings).versions() == []
     assert _audit(db, "model.trained") == [] and _audit(db, "model.train_failed") == []
-    assert ">idle<" in client.get(URL).text.split('id="job-training"')[1].split("</tr>")[0]
+    assert ">idle<" in _job_row(client, "training")
 
 
 def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, db, settings):
@@ -221,13 +235,7 @@ def test_retrain_from_the_console_reports_its_outcome(client, people, db):
     missing and how to provide it; the failure is audited under the admin's name."""
     sign_in(client, "boss")
     assert "Retraining started" in flash(client, post(client, f"{URL}/retrain"))
-    deadline = time.monotonic() + 60
-    row = ""
-    while time.monotonic() < deadline:
-        row = client.get(URL).text.split('id="job-retraining"')[1].split("</tr>")[0]
-        if ">running<" not in row:
-            break
-        time.sleep(0.1)
+    row = _stopped(client, "retraining", seconds=60)
     assert ">failed<" in row and "no base training data" in row, row
     assert "triage retrain --base FILE --eval FILE" in row
     (event,) = _audit(db, "model.retrain_failed")
