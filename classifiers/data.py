@@ -144,10 +144,11 @@ def validate_training_data(
         if missing:
             raise DataError(
                 f"{source}: missing {kind} column(s) {', '.join(missing)}; "
-                f"the file has {', '.join(sorted(present))}"
+                f"the file has {', '.join(sorted(present))}",
+                field=f"{kind}_columns",
             )
     if not label_columns:
-        raise DataError(f"{source}: name at least one label column")
+        raise DataError(f"{source}: name at least one label column", field="label_columns")
     for column in label_columns:
         labels = Counter(
             str(r.get(column)).strip() for r in records if not _is_empty(r.get(column))
@@ -163,18 +164,21 @@ def validate_training_data(
         for label, precision in (label_precision or {}).get(column, {}).items():
             if label not in labels:
                 raise DataError(
-                    f"label precision {column}:{label}: no row of {source} has label {label!r}"
+                    f"label precision {column}:{label}: no row of {source} has label {label!r}",
+                    field="label_precision",
                 )
             if not 0.5 < precision < 1.0:
                 raise DataError(
                     f"label precision {column}:{label}={precision}: use a value between 0.5 "
-                    "and 1 (exclusive)"
+                    "and 1 (exclusive)",
+                    field="label_precision",
                 )
     unknown = sorted(set(label_precision or {}) - set(label_columns))
     if unknown:
         raise DataError(
             f"label precision for {', '.join(unknown)}: not a label column "
-            f"(label columns: {', '.join(label_columns)})"
+            f"(label columns: {', '.join(label_columns)})",
+            field="label_precision",
         )
 
 
@@ -189,7 +193,9 @@ def parse_label_precision(items: Sequence[str]) -> dict[str, dict[str, float]]:
             out.setdefault(target.strip(), {})[label.strip()] = float(value)
         except ValueError:
             raise DataError(
-                f"label precision {item!r}: expected TARGET:LABEL=PRECISION (e.g. queue:fraud=0.99)"
+                f"label precision {item!r}: expected TARGET:LABEL=PRECISION "
+                "(e.g. queue:fraud=0.99)",
+                field="label_precision",
             ) from None
     return out
 

@@ -14,7 +14,15 @@ class ClassifierError(Exception):
 
 
 class DataError(ClassifierError):
-    """A training or evaluation file cannot be used (missing column, one class, bad encoding...)."""
+    """A training or evaluation file cannot be used (missing column, one class, bad encoding...).
+
+    ``field`` names the request field at fault when it is not the data itself: ``text_columns``,
+    ``label_columns``, ``feature_columns`` or ``label_precision`` (None: the records).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RegistryError(ClassifierError):

@@ -28,7 +28,8 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from classifiers.case_model import CaseModel, label_of
-from classifiers.errors import ClassifierError
+from classifiers.data import validate_training_data
+from classifiers.errors import DataError
 from classifiers.features import Record
 from classifiers.operating_points import decide_batch
 
@@ -167,14 +168,24 @@ def align_columns(
     model: CaseModel,
     text_columns: Sequence[str],
     label_columns: Sequence[str],
+    source: str = "data",
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rename an evaluation file's columns to the names ``model`` was trained with.
+    """Check an evaluation file's columns and rename them to the names ``model`` was trained
+    with (what ``triage evaluate`` and ``POST /v1/models/{v}/evaluate`` score).
 
-    ``text_columns`` are joined into the model's first text column when they differ from the
-    model's; one label column maps onto a one-target model whatever its name, otherwise label
-    columns must be target names. Returns the renamed records and the targets to score;
-    raises :class:`ClassifierError` when a label column names no target.
+    The records must carry ``text_columns`` and labelled ``label_columns`` (one class is fine
+    here). The text columns are joined into the model's first text column when they differ
+    from the model's; one label column maps onto a one-target model whatever its name,
+    otherwise label columns must be target names. Returns the renamed records and the targets
+    to score; raises :class:`DataError` naming the problem.
     """
+    validate_training_data(
+        records,
+        text_columns=text_columns,
+        label_columns=label_columns,
+        source=source,
+        require_two_classes=False,
+    )
     spec = model.feature_spec()
     targets = list(model.targets)
     if len(label_columns) == 1 and len(targets) == 1:
@@ -182,8 +193,9 @@ def align_columns(
     else:
         unknown = [c for c in label_columns if c not in targets]
         if unknown:
-            raise ClassifierError(
-                f"the model predicts {', '.join(targets)}; it has no target {', '.join(unknown)}"
+            raise DataError(
+                f"the model predicts {', '.join(targets)}; it has no target {', '.join(unknown)}",
+                field="label_columns",
             )
         mapping = {c: c for c in label_columns}
     model_text = spec.text_columns[0] if spec.text_columns else None

@@ -23,7 +23,6 @@ from classifiers.data import (
     file_sha256,
     load_records,
     parse_label_precision,
-    validate_training_data,
 )
 from classifiers.errors import ClassifierError
 from classifiers.evaluation import align_columns, evaluate_model, format_table, write_report
@@ -171,14 +170,9 @@ def evaluate(
     try:
         loaded = open_model(model, _key(signing_key))
         records = load_records(data)
-        validate_training_data(
-            records,
-            text_columns=text_column,
-            label_columns=label_column,
-            source=data.name,
-            require_two_classes=False,
+        aligned, targets = align_columns(
+            records, loaded.model, text_column, label_column, source=data.name
         )
-        aligned, targets = align_columns(records, loaded.model, text_column, label_column)
         say(f"evaluating {loaded.version} on {len(records)} records")
         result = evaluate_model(
             loaded.model, aligned, targets=targets, drift_tolerance=drift_tolerance

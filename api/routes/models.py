@@ -201,6 +201,13 @@ class EvaluateRequest(BaseModel):
     )
 
 
+def _invalid(exc: Exception) -> ValidationFailed:
+    """A 422 for data that cannot be used, on the field the error names (DataError.field),
+    else on ``records``."""
+    field = getattr(exc, "field", None) or "records"
+    return ValidationFailed(str(exc), fields={field: str(exc)})
+
+
 def evaluate_version(
     ctx: Any,
     principal: Principal,
@@ -223,14 +230,7 @@ def evaluate_version(
     try:
         if label_columns:
             texts = list(text_columns or model.feature_spec().text_columns)
-            validate_training_data(
-                records,
-                text_columns=texts,
-                label_columns=label_columns,
-                source=source,
-                require_two_classes=False,
-            )
-            records, targets = align_columns(records, model, texts, label_columns)
+            records, targets = align_columns(records, model, texts, label_columns, source)
         else:
             targets = [t for t in model.targets if all(t in r for r in records)]
             if not targets:
@@ -243,8 +243,7 @@ def evaluate_version(
                 )
         metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
-        field = "label_columns" if label_columns and "target" in str(exc) else "records"
-        raise ValidationFailed(str(exc), fields={field: str(exc)}) from exc
+        raise _invalid(exc) from exc
     with ctx.db.write() as s:
         audit.append(
             s,
@@ -384,8 +383,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             label_precision=body.label_precision,
         )
     except ClassifierError as exc:
-        field = "label_precision" if str(exc).startswith("label precision") else "records"
-        raise ValidationFailed(str(exc), fields={field: str(exc)}) from exc
+        raise _invalid(exc) from exc
 
     def work() -> dict[str, Any]:
         version, model = classification.train_model(
