@@ -95,6 +95,7 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         upload_bytes=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
+        page_prefix="/console/",
     )
     for r in (
         cases.router,

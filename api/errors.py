@@ -107,7 +107,9 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("validation_error", summary, fields=fields), 422)
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The JSON error body for an HTTP error (404, 405, 413, ...); the console wraps this
+    handler to answer its own paths with a page."""
     assert isinstance(exc, StarletteHTTPException)
     code = {
         404: "not_found",
@@ -155,7 +157,7 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(TriageError, _triage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     # DBAPIError covers OperationalError and InterfaceError; DisconnectionError is raised by
     # the pool before any statement runs.
     app.add_exception_handler(DBAPIError, _database_error)

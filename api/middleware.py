@@ -28,6 +28,13 @@ async def _reply(send: Send, status: int, code: str, message: str, field: str) -
     await send({"type": "http.response.body", "body": body.encode()})
 
 
+def _refuse(message: str) -> Receive:
+    async def receive() -> Message:
+        raise HTTPException(status_code=413, detail=message)
+
+    return receive
+
+
 class RequestLimits:
     """Refuse bodies over ``max_bytes`` (413) and non-JSON bodies on the JSON API (415).
 
@@ -42,10 +49,14 @@ class RequestLimits:
         json_prefix: str = "/v1/",
         upload_bytes: int | None = None,
         upload_paths: str | None = None,
+        page_prefix: str | None = None,
     ) -> None:
         """``upload_paths`` (a regular expression matched against the whole path) get the
-        larger ``upload_bytes`` limit: data-set uploads, not case traffic."""
+        larger ``upload_bytes`` limit: data-set uploads, not case traffic. Under
+        ``page_prefix`` (the web console) an oversized body is refused through the app's
+        exception handlers, so a person sees an error page instead of a JSON body."""
         self.app = app
+        self.page_prefix = page_prefix
         self.max_bytes = max_bytes
         self.json_prefix = json_prefix
         self.upload_bytes = upload_bytes or max_bytes
@@ -71,6 +82,11 @@ class RequestLimits:
                 await _reply(send, 400, "bad_request", "invalid Content-Length", "Content-Length")
                 return
             if too_big:
+                if self.page_prefix and scope["path"].startswith(self.page_prefix):
+                    # nothing of the body is read: the first read raises the 413 inside the
+                    # app, where the console's handler renders it as a page
+                    await self.app(scope, _refuse(limit_msg), send)
+                    return
                 await _reply(send, 413, "payload_too_large", limit_msg, "body")
                 return
         if scope["path"].startswith(self.json_prefix) and (length is None or int(length) > 0):

@@ -36,7 +36,9 @@ from fastapi.responses import (
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import errors
 from api.console import charts
 from api.console.observability import Metrics, RequestContext, render_metrics
 from api.console.security import (
@@ -203,6 +205,18 @@ def _read_flash(request: Request) -> dict[str, str] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+_HTTP_ERROR_PAGES = {
+    404: ("Not found", "There is no console page at this address."),
+    405: ("Not available", "This address does not take that kind of request."),
+    413: (
+        "The upload is too large",
+        "The server refused it before reading it ({detail}). Go back and choose a smaller "
+        "file; an administrator can raise TRIAGE_MAX_UPLOAD_BYTES for data-set uploads.",
+    ),
+}
+"""Title and message of the page for an HTTP error on a console path."""
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -1404,9 +1418,26 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
             status=403,
         )
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Console paths get a page for an HTTP error (an upload over the size limit, a
+        wrong method); everything else keeps the API's JSON body."""
+        assert isinstance(exc, StarletteHTTPException)
+        if not request.url.path.startswith(COOKIE_PATH + "/"):
+            return errors.http_error(request, exc)
+        title, message = _HTTP_ERROR_PAGES.get(
+            exc.status_code, ("The request was refused", str(exc.detail))
+        )
+        return render(
+            request,
+            "error.html",
+            {"title": title, "message": message.format(detail=exc.detail)},
+            status=exc.status_code,
+        )
+
     app.add_exception_handler(SignInRequired, sign_in_required)
     app.add_exception_handler(ConsoleForbidden, forbidden)
     app.add_exception_handler(CsrfFailed, csrf_failed)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     # imported here: the models page module imports this one's helpers
     from api.console import model_pages
 

@@ -188,6 +188,34 @@ def test_upload_limit_is_separate_from_the_case_body_limit(client, people, setti
     assert r.status_code == 413
 
 
+def test_an_upload_over_the_limit_gets_a_page_not_json(settings, db, people):
+    """The console answers an oversized upload with its error page naming the limit (the API
+    keeps its JSON body), and nothing is trained."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    small = settings.model_copy(update={"max_upload_bytes": 400_000})
+    with TestClient(create_app(small, db=db, start_worker=False)) as client:
+        sign_in(client, "boss")
+        big = _csv(_rows() * 3)
+        assert len(big) > small.max_upload_bytes
+        r = _upload(client, f"{URL}/train", big, text_columns="message", label_columns="label")
+        assert r.status_code == 413
+        assert r.headers["content-type"].startswith("text/html")
+        assert "The upload is too large" in r.text
+        assert "exceeds 400000 bytes" in r.text
+        assert "Sign out" in r.text or "boss" in r.text  # the console's frame, signed in
+        page = client.get(URL).text
+        assert ">running<" not in page and ">done<" not in page  # no job was started
+        # an unknown console address is a page too; the API keeps JSON
+        r = client.get("/console/admin/nothing-here")
+        assert r.status_code == 404 and "Not found" in r.text
+        r = client.post("/v1/models/train", content=b"x" * 500_000,
+                        headers={"content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
 def test_api_evaluate_maps_columns_and_train_checks_label_precision(client, keys, settings):
     from tests.support import bearer
 
