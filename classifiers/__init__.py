@@ -25,6 +25,7 @@ from classifiers.errors import (
     DataError,
     IntegrityError,
     RegistryError,
+    UnknownVersion,
 )
 from classifiers.evaluation import align_columns, evaluate_model, write_report
 from classifiers.features import (
@@ -52,6 +53,7 @@ __all__ = [
     "RecordFeaturizer",
     "RegistryError",
     "RetrainResult",
+    "UnknownVersion",
     "align_columns",
     "embed_texts",
     "evaluate_model",

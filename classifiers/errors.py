@@ -29,5 +29,9 @@ class RegistryError(ClassifierError):
     """The model registry cannot satisfy a request (unknown version, nothing active...)."""
 
 
+class UnknownVersion(RegistryError):
+    """No version with this id is registered (or the id is not a well-formed version id)."""
+
+
 class IntegrityError(RegistryError):
     """An artifact failed its integrity check (hash mismatch, unknown file, untrusted types)."""

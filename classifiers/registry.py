@@ -43,7 +43,7 @@ import skops
 import skops.io as sio
 
 from classifiers.case_model import CaseModel
-from classifiers.errors import IntegrityError, RegistryError
+from classifiers.errors import IntegrityError, RegistryError, UnknownVersion
 
 TRUSTED_TYPES: tuple[str, ...] = (
     "classifiers.calibration.CalibratedLinearClassifier",
@@ -138,7 +138,7 @@ class ModelRegistry:
     # -- paths -----------------------------------------------------------------------------------
     def _version_dir(self, version: str) -> Path:
         if not _VERSION_RE.match(version):
-            raise RegistryError(f"{version!r} is not a valid model version id")
+            raise UnknownVersion(f"{version!r} is not a valid model version id")
         return self.root / "versions" / version
 
     # -- writing ---------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class ModelRegistry:
     def metadata(self, version: str) -> dict[str, Any]:
         meta = self._version_dir(version) / METADATA_NAME
         if not meta.is_file():
-            raise RegistryError(f"unknown model version {version} in {self.root}")
+            raise UnknownVersion(f"unknown model version {version} in {self.root}")
         try:
             data: dict[str, Any] = json.loads(meta.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
@@ -294,7 +294,7 @@ class ModelRegistry:
         directory = self._version_dir(version)
         artifact = directory / ARTIFACT_NAME
         if not artifact.is_file():
-            raise RegistryError(f"unknown model version {version}: no artifact in {directory}")
+            raise UnknownVersion(f"unknown model version {version}: no artifact in {directory}")
         if not (directory / METADATA_NAME).is_file():
             raise IntegrityError(f"{artifact} has no metadata: refusing an unregistered artifact")
         metadata = self.metadata(version)

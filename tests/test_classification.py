@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from classifiers.registry import ARTIFACT_NAME
 from contracts.case import CaseIn
 from tests.support import bearer, sample_case, submit_simulated, wait_until
 from triage import audit, cases, classification
@@ -148,7 +149,7 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
         ).status_code
         == 404
     )
-    assert client.post("/v1/models/not-a-version/activate", headers=admin).status_code in (404, 409)
+    assert client.post("/v1/models/not-a-version/activate", headers=admin).status_code == 404
     r = client.post("/v1/models/retrain", headers=admin)
     assert r.status_code == 202, r.text
     assert client.post("/v1/models/retrain", headers=admin).status_code == 409  # one at a time
@@ -167,19 +168,23 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
     with db.read() as s:
         acts = s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("model.%"))).all()
         assert "model.retrained" in acts
-    ev = client.post(
-        f"/v1/models/{with_model}/evaluate",
-        headers=admin,
-        json={
-            "records": [
-                classification.case_record(CaseIn.model_validate(sample_case()))
-                | {"queue": "warehouse_ops", "category": "pick_error", "priority": "P2"}
-            ]
-        },
-    )
+    ev_body = {
+        "records": [
+            classification.case_record(CaseIn.model_validate(sample_case()))
+            | {"queue": "warehouse_ops", "category": "pick_error", "priority": "P2"}
+        ]
+    }
+    ev = client.post(f"/v1/models/{with_model}/evaluate", headers=admin, json=ev_body)
     assert ev.status_code == 200, ev.text
     assert ev.json()["metrics"]["targets"]["queue"]["accuracy"] in (0.0, 1.0)
     assert client.get("/v1/models", headers=bearer(keys["agent"])).status_code == 403
+    # a tampered artifact exists but is refused: 409 with the reason, not "not found"
+    artifact = reg.root / "versions" / with_model / ARTIFACT_NAME
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    for url, body in ((f"{with_model}/activate", None), (f"{with_model}/evaluate", ev_body)):
+        r = client.post(f"/v1/models/{url}", headers=admin, json=body)
+        assert r.status_code == 409, r.text
+        assert "does not match the recorded" in r.json()["error"]["message"]
 
 
 def test_each_case_is_encoded_once_for_classifier_and_retrieval(

@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS, summary
 from api.schemas import CaseSummary
-from classifiers import ClassifierError, align_columns, evaluate_model, validate_training_data
+from classifiers import (
+    ClassifierError,
+    UnknownVersion,
+    align_columns,
+    evaluate_model,
+    validate_training_data,
+)
 from triage import audit, classification
 from triage.auth import Principal
 from triage.common import now_ts
@@ -127,14 +133,20 @@ def list_models(
     return model_infos(ctx)
 
 
+def _registry_error(exc: ClassifierError) -> NotFound | Conflict:
+    """404 for a version that is not registered; 409 for one that exists but cannot be used
+    (tampered or unsigned artifact) or a registry state that forbids the step (nothing to
+    roll back to)."""
+    if isinstance(exc, UnknownVersion):
+        return NotFound(str(exc))
+    return Conflict(str(exc))
+
+
 def _registry_call(ctx: Any, principal: Principal, action: str, fn: Any) -> dict[str, Any]:
     try:
         result = fn()
     except ClassifierError as exc:
-        text = str(exc)
-        if "not found" in text or "no model" in text or "unknown" in text:
-            raise NotFound(text) from exc
-        raise Conflict(text) from exc
+        raise _registry_error(exc) from exc
     with ctx.db.write() as s:
         audit.append(s, principal.actor, action, result)
     return result
@@ -225,7 +237,7 @@ def evaluate_version(
     try:
         loaded = reg.load(version)
     except ClassifierError as exc:
-        raise NotFound(str(exc)) from exc
+        raise _registry_error(exc) from exc
     model = loaded.model
     try:
         if label_columns:
