@@ -24,6 +24,7 @@ import weakref
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,6 @@ from sklearn.utils.validation import check_is_fitted
 Record = Mapping[str, Any]
 
 _DIGITS = re.compile(r"\d+")
-_SPACE = re.compile(r"\s+")
 _WORD_PATTERN = r"(?u)\b\w+\b"  # keep one-letter tokens: "a", "i" and masked digits ("0")
 
 
@@ -140,8 +140,8 @@ def normalise_text(text: str, max_chars: int) -> str:
 
     Capping keeps the per-case cost bounded: an integration error can paste a whole stack trace.
     """
-    text = _DIGITS.sub("0", text[:max_chars].lower())
-    return _SPACE.sub(" ", text).strip()
+    # str.split() splits on exactly the characters ``\s`` matches (both use Py_UNICODE_ISSPACE)
+    return " ".join(_DIGITS.sub("0", text[:max_chars].lower()).split())
 
 
 def _as_text(value: Any) -> str:
@@ -250,7 +250,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
             raise ValueError(f"embeddings must have shape ({n}, {dim}), got {arr.shape}")
         norms = np.linalg.norm(arr, axis=1, keepdims=True)
         arr = arr / np.where(norms == 0, 1.0, norms)
-        return sp.csr_matrix(arr * self.embedding_weight)
+        return sp.csr_matrix((arr * self.embedding_weight).astype(np.float32))
 
     # -- scikit-learn API ----------------------------------------------------------------------
     def fit(
@@ -338,12 +338,16 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
             blocks.append(self._one_hot(cols.categorical))
         if self.scaler_ is not None and cols.numeric is not None:
             scaled = (cols.numeric - self.scaler_.mean_) / self.scaler_.scale_
-            blocks.append(sp.csr_matrix(np.clip(scaled, -5, 5) * self.numeric_weight))
+            blocks.append(
+                sp.csr_matrix((np.clip(scaled, -5, 5) * self.numeric_weight).astype(np.float32))
+            )
         emb = self._embedding_block(embeddings, n, cols.text)
         if emb is not None:
             blocks.append(emb)
         if not blocks:
             return sp.csr_matrix((n, 0), dtype=np.float32)
+        # every block is float32 already: a dtype conversion here would make scipy sort the
+        # (deliberately unsorted) char block's indices, a third of a long batch's cost
         return sp.hstack(blocks, format="csr", dtype=np.float32)
 
     def _one_hot(self, rows: list[list[str]]) -> sp.csr_matrix:
@@ -432,6 +436,10 @@ _CHAR_CACHES: weakref.WeakKeyDictionary[TfidfVectorizer, dict[str, array[int]]] 
     weakref.WeakKeyDictionary()
 )
 _CHAR_CACHE_LIMIT = 200_000  # words per fitted vectorizer; cleared wholesale when exceeded
+# Below this many documents the batched count paths (distinct words of the batch, numpy
+# gathers, sparse products) cost more in fixed overhead than they save: a single case took
+# ~2x longer (bench: ~200 vs ~90 us per block).
+_BATCHED_MIN = 16
 
 
 def _fast_char_wb_ok(vectorizer: TfidfVectorizer) -> bool:
@@ -458,9 +466,62 @@ def _fast_word_ok(vectorizer: TfidfVectorizer) -> bool:
 
 def _word_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_matrix:
     """The word n-gram count matrix ``CountVectorizer.transform`` would give (same tokens and
-    n-gram joining), with plain dictionary lookups instead of per-document analyzer calls."""
+    n-gram joining), for n-grams up to bigrams without per-document analyzer calls.
+
+    Tokens are numbered over the batch's distinct tokens; each distinct unigram and each
+    distinct bigram (a pair of token numbers, found with numpy) is looked up in the vocabulary
+    once, and the per-position ids are gathered with numpy. Longer n-grams take the plain
+    per-document path, as do batches under ``_BATCHED_MIN`` documents. Equality with
+    scikit-learn is checked by the tests.
+    """
     vocab = vectorizer.vocabulary_
     token = re.compile(vectorizer.token_pattern)
+    min_n, max_n = vectorizer.ngram_range
+    if max_n > 2 or len(texts) < _BATCHED_MIN:
+        return _word_counts_per_document(vectorizer, texts, token)
+    tokens_of = [token.findall(doc.lower()) for doc in texts]
+    words = list(dict.fromkeys(chain.from_iterable(tokens_of)))  # distinct, first-seen order
+    position = {word: i for i, word in enumerate(words)}
+    lengths = np.fromiter(map(len, tokens_of), dtype=np.int64, count=len(texts))
+    flat = np.fromiter(
+        map(position.__getitem__, chain.from_iterable(tokens_of)),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    doc_of = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+    rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    cols: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    if min_n == 1:
+        unigram = np.fromiter((vocab.get(w, -1) for w in words), dtype=np.int64, count=len(words))
+        ids = unigram[flat]
+        rows.append(doc_of[ids >= 0])
+        cols.append(ids[ids >= 0])
+    if max_n == 2 and len(flat) > 1:
+        same_doc = doc_of[1:] == doc_of[:-1]
+        keys = flat[:-1][same_doc] * len(words) + flat[1:][same_doc]
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        n = len(words)
+        bigram = np.fromiter(
+            (vocab.get(words[k // n] + " " + words[k % n], -1) for k in distinct.tolist()),
+            dtype=np.int64,
+            count=len(distinct),
+        )
+        ids = bigram[inverse.reshape(-1)]
+        rows.append(doc_of[1:][same_doc][ids >= 0])
+        cols.append(ids[ids >= 0])
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    # COO -> CSR sums the repeated n-grams of a document
+    return sp.coo_matrix(
+        (np.ones(len(row), dtype=np.float32), (row, col)), shape=(len(texts), len(vocab))
+    ).tocsr()
+
+
+def _word_counts_per_document(
+    vectorizer: TfidfVectorizer, texts: list[str], token: re.Pattern[str]
+) -> sp.csr_matrix:
+    """``_word_counts`` for any n-gram range: the n-grams of each document joined and looked up
+    one by one."""
+    vocab = vectorizer.vocabulary_
     min_n, max_n = vectorizer.ngram_range
     indices = array("i")
     indptr = array("q", [0])
@@ -503,17 +564,65 @@ def _wb_ngrams(word: str, min_n: int, max_n: int) -> list[str]:
 def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_matrix:
     """The ``char_wb`` count matrix ``CountVectorizer.transform`` would give, computed per word.
 
-    ``char_wb`` n-grams never cross a word boundary, so a document's counts are the sum of
-    its words' counts, and words repeat (Zipf): caching each word's vocabulary indices makes
-    the transform several times faster than n-gram extraction per document, which dominated
-    the batch cost. Equality with scikit-learn is checked by the tests.
+    ``char_wb`` n-grams never cross a word boundary, so a document's counts are the sum of its
+    words' counts: ``(documents x words) @ (words x n-grams)`` over the batch's distinct words.
+    Words repeat (Zipf), so each word's n-grams are looked up once per fitted vectorizer
+    (cached) and once per batch; the sparse product sums repeated n-grams in C without
+    sorting every row, which dominated the cost of long texts. The result's column indices
+    are not sorted within rows (nothing downstream needs them sorted). Batches under
+    ``_BATCHED_MIN`` documents take the per-document path. Equality with scikit-learn is
+    checked by the tests.
     """
     cache = _CHAR_CACHES.get(vectorizer)
     if cache is None:
         cache = _CHAR_CACHES.setdefault(vectorizer, {})
+    if len(texts) < _BATCHED_MIN:
+        return _char_wb_counts_per_document(vectorizer, texts, cache)
     vocab = vectorizer.vocabulary_
     min_n, max_n = vectorizer.ngram_range
+    docs = [doc.lower().split() for doc in texts]
+    words = list(dict.fromkeys(chain.from_iterable(docs)))  # distinct, first-seen order
+    position = {word: i for i, word in enumerate(words)}
     # array('i') extends by memcpy and converts to numpy without a copy
+    gram_ids = array("i")
+    gram_ptr = array("q", [0])
+    for word in words:
+        ids = cache.get(word)
+        if ids is None:
+            ids = array("i", [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab])
+            if len(cache) >= _CHAR_CACHE_LIMIT:
+                cache.clear()
+            cache[word] = ids
+        gram_ids.extend(ids)
+        gram_ptr.append(len(gram_ids))
+    word_grams = sp.csr_matrix(
+        (
+            np.ones(len(gram_ids), dtype=np.float32),
+            np.frombuffer(gram_ids, dtype=np.int32),
+            np.frombuffer(gram_ptr, dtype=np.int64),
+        ),
+        shape=(len(words), len(vocab)),
+    )
+    doc_words = sp.csr_matrix(
+        (
+            np.ones(sum(map(len, docs)), dtype=np.float32),
+            np.fromiter(map(position.__getitem__, chain.from_iterable(docs)), dtype=np.int32),
+            np.concatenate(([0], np.cumsum([len(d) for d in docs], dtype=np.int64))),
+        ),
+        shape=(len(texts), len(words)),
+    )
+    counts: sp.csr_matrix = (doc_words @ word_grams).tocsr()
+    counts.eliminate_zeros()  # none expected: counts are sums of ones
+    return counts
+
+
+def _char_wb_counts_per_document(
+    vectorizer: TfidfVectorizer, texts: list[str], cache: dict[str, array[int]]
+) -> sp.csr_matrix:
+    """``_char_wb_counts`` for a few documents: each word's cached n-gram ids appended per
+    document, then one sort per row (cheaper than building two matrices for one case)."""
+    vocab = vectorizer.vocabulary_
+    min_n, max_n = vectorizer.ngram_range
     indices = array("i")
     indptr = array("q", [0])
     for doc in texts:

@@ -30,8 +30,10 @@ import hashlib
 import json
 import re
 import unicodedata
+from array import array
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -46,6 +48,9 @@ DEFAULT_ENCODER = "builtin:minilm-static-v2"
 _DIGITS = re.compile(r"\d+")
 _MULTI_SPACE = re.compile(r"\s\s+")
 _FAST_PATH_MAX = 16
+# Static encoder: from this many texts on, sum each distinct word of the batch once (the
+# per-batch bookkeeping costs more than it saves for a handful of texts).
+_STATIC_BATCHED_MIN = 16
 
 
 def normalise_text(text: str) -> str:
@@ -284,9 +289,17 @@ class OnnxEncoder:
 
         meta = _verified_meta(directory, self.kind)
         vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
-        self.tokenizer = WordPieceTokenizer(vocab)
-        self.cls_id = self.tokenizer.ids["[CLS]"]
-        self.sep_id = self.tokenizer.ids["[SEP]"]
+        # BERT-family models name their markers [CLS]/[SEP]/[PAD]; others (MPNet: <s>, </s>,
+        # <pad>) record theirs in encoder.json
+        special = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]"}
+        special.update(meta.get("special_tokens") or {})
+        self.tokenizer = WordPieceTokenizer(vocab, unknown=special["unk"])
+        try:
+            self.cls_id, self.sep_id, self.pad_id = (
+                self.tokenizer.ids[special[k]] for k in ("cls", "sep", "pad")
+            )
+        except KeyError as exc:
+            raise EncoderError(f"{directory}: special token {exc} is not in vocab.txt") from None
         self.max_tokens = int(meta.get("max_tokens", 256))
         self.batch_size = batch_size
         self._dim = int(meta["dim"])
@@ -318,7 +331,7 @@ class OnnxEncoder:
         for lo in range(0, len(seqs), self.batch_size):
             idx = order[lo : lo + self.batch_size]
             width = max(len(seqs[i]) for i in idx)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
             mask = np.zeros_like(ids)
             for row, i in enumerate(idx):
                 ids[row, : len(seqs[i])] = seqs[i]
@@ -431,9 +444,11 @@ class WordPieceTokenizer:
     costs a dictionary look-up per repeated word.
     """
 
-    def __init__(self, vocab: Sequence[str], *, max_word_chars: int = 100) -> None:
+    def __init__(
+        self, vocab: Sequence[str], *, max_word_chars: int = 100, unknown: str = "[UNK]"
+    ) -> None:
         self.ids = {tok: i for i, tok in enumerate(vocab)}
-        self.unk_id = self.ids.get("[UNK]", 0)
+        self.unk_id = self.ids.get(unknown, 0)
         self.max_word_chars = max_word_chars
         self._cache: dict[str, tuple[int, ...]] = {}
 
@@ -550,17 +565,47 @@ class StaticEncoder:
             ids = self.token_ids(texts[0])
             row = self.vectors[ids].sum(axis=0) if ids else np.zeros(self.dim, np.float32)
             return _l2(row.reshape(1, -1))
-        # one sparse (texts x vocabulary) count matrix times the table: no per-text numpy call
-        indices: list[int] = []
-        indptr = [0]
-        for text in texts:
-            indices.extend(self.token_ids(text))
-            indptr.append(len(indices))
-        counts = sp.csr_matrix(
-            (np.ones(len(indices), dtype=np.float32), indices, indptr),
-            shape=(len(texts), self.vectors.shape[0]),
+        if len(texts) < _STATIC_BATCHED_MIN:
+            # one sparse (texts x vocabulary) count matrix times the table
+            indices: list[int] = []
+            indptr = [0]
+            for text in texts:
+                indices.extend(self.token_ids(text))
+                indptr.append(len(indices))
+            counts = sp.csr_matrix(
+                (np.ones(len(indices), dtype=np.float32), indices, indptr),
+                shape=(len(texts), self.vectors.shape[0]),
+            )
+            return _l2(np.asarray(counts @ self.vectors, dtype=np.float32))
+        # A text's vector is the sum of its words' vectors, and words repeat (Zipf): tokenize
+        # and sum each distinct word of the batch once, then one sparse (texts x words)
+        # product. No per-text numpy call and no per-token Python work for repeated words.
+        words_of = [self.tokenizer.basic_words(_DIGITS.sub("0", t)) for t in texts]
+        words = list(dict.fromkeys(chain.from_iterable(words_of)))  # distinct, first-seen
+        position = {word: i for i, word in enumerate(words)}
+        token_ids = array("i")
+        token_ptr = array("q", [0])
+        for word in words:
+            token_ids.extend(self.tokenizer.word_ids(word))
+            token_ptr.append(len(token_ids))
+        word_tokens = sp.csr_matrix(
+            (
+                np.ones(len(token_ids), dtype=np.float32),
+                np.frombuffer(token_ids, dtype=np.int32),
+                np.frombuffer(token_ptr, dtype=np.int64),
+            ),
+            shape=(len(words), self.vectors.shape[0]),
         )
-        return _l2(np.asarray(counts @ self.vectors, dtype=np.float32))
+        text_words = sp.csr_matrix(
+            (
+                np.ones(sum(map(len, words_of)), dtype=np.float32),
+                np.fromiter(map(position.__getitem__, chain.from_iterable(words_of)), np.int32),
+                np.concatenate(([0], np.cumsum([len(w) for w in words_of], dtype=np.int64))),
+            ),
+            shape=(len(texts), len(words)),
+        )
+        word_vectors = np.asarray(word_tokens @ self.vectors, dtype=np.float32)
+        return _l2(np.asarray(text_words @ word_vectors, dtype=np.float32))
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}

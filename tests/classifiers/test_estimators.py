@@ -98,6 +98,20 @@ def test_feature_spec_validation() -> None:
     assert FeatureSpec.from_dict(CASE_FEATURE_SPEC.to_dict()) == CASE_FEATURE_SPEC
 
 
+@pytest.mark.parametrize("word_range", [(1, 1), (2, 2), (1, 3)])
+def test_word_counts_equal_scikit_learn_for_other_ngram_ranges(
+    case_records: list[dict[str, Any]], word_range: tuple[int, int]
+) -> None:
+    # unigram-only and bigram-only take the batched path, trigrams the per-document one
+    fz = RecordFeaturizer(spec=CASE_FEATURE_SPEC, word_ngram_range=word_range).fit(case_records)
+    texts = [*fz._columns(case_records[:40]).text, "", "a a a b a b", "x"]
+    assert fz.word_vectorizer_ is not None
+    want = fz.word_vectorizer_.transform(texts)
+    have = fz._text_blocks(texts)[0]
+    assert want.shape == have.shape and want.nnz == have.nnz
+    assert abs(want - have).max() < 1e-6
+
+
 def test_fast_transforms_equal_scikit_learn(case_records: list[dict[str, Any]]) -> None:
     # the featurizer's own per-word char n-gram counts, TF-IDF arithmetic and one-hot lookups
     # must give exactly what the fitted scikit-learn transformers give
