@@ -98,6 +98,27 @@ def test_feature_spec_validation() -> None:
     assert FeatureSpec.from_dict(CASE_FEATURE_SPEC.to_dict()) == CASE_FEATURE_SPEC
 
 
+def test_one_record_transforms_to_its_row_of_the_batch(case_records: list[dict[str, Any]]) -> None:
+    # a single case is assembled by direct concatenation, a batch of 16+ by the batched count
+    # paths and scipy's hstack: every row must come out the same either way
+    spec = FeatureSpec(
+        text_columns=CASE_FEATURE_SPEC.text_columns,
+        categorical_columns=CASE_FEATURE_SPEC.categorical_columns,
+        numeric_columns=CASE_FEATURE_SPEC.numeric_columns,
+        embedding_dim=4,
+    )
+    records = [*case_records[:30], dict(case_records[0], text="", exception_type=None)]
+    vectors = np.random.default_rng(0).normal(size=(len(records), 4))
+    vectors[-1] = 0.0  # an empty text's vector
+    fz = RecordFeaturizer(spec=spec).fit(records, embeddings=vectors)
+    batch = fz.transform(records, embeddings=vectors)
+    assert batch.dtype == np.float32
+    for i, record in enumerate(records):
+        one = fz.transform([record], embeddings=vectors[i : i + 1])
+        assert one.shape == (1, batch.shape[1]) and one.dtype == np.float32
+        assert abs(one - batch[i]).max() == 0
+
+
 @pytest.mark.parametrize("word_range", [(1, 1), (2, 2), (1, 3)])
 def test_word_counts_equal_scikit_learn_for_other_ngram_ranges(
     case_records: list[dict[str, Any]], word_range: tuple[int, int]
