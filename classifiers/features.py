@@ -564,14 +564,7 @@ def _word_counts_per_document(
             grams = grams + [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         indices.extend([i for i in map(get, grams) if i is not None])
         indptr.append(len(indices))
-    matrix = sp.csr_matrix(
-        (
-            np.ones(len(indices), dtype=np.float32),
-            np.frombuffer(indices, dtype=np.int32),
-            np.frombuffer(indptr, dtype=np.int64),
-        ),
-        shape=(len(texts), len(vocab)),
-    )
+    matrix = _ones_csr(indices, indptr, len(vocab))
     matrix.sum_duplicates()
     return matrix
 
@@ -614,26 +607,12 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
     docs = [doc.lower().split() for doc in texts]
     words = list(dict.fromkeys(chain.from_iterable(docs)))  # distinct, first-seen order
     position = {word: i for i, word in enumerate(words)}
-    # array('i') extends by memcpy and converts to numpy without a copy
     gram_ids = array("i")
     gram_ptr = array("q", [0])
     for word in words:
-        ids = cache.get(word)
-        if ids is None:
-            ids = array("i", [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab])
-            if len(cache) >= _CHAR_CACHE_LIMIT:
-                cache.clear()
-            cache[word] = ids
-        gram_ids.extend(ids)
+        gram_ids.extend(_char_ids(word, vocab, min_n, max_n, cache))
         gram_ptr.append(len(gram_ids))
-    word_grams = sp.csr_matrix(
-        (
-            np.ones(len(gram_ids), dtype=np.float32),
-            np.frombuffer(gram_ids, dtype=np.int32),
-            np.frombuffer(gram_ptr, dtype=np.int64),
-        ),
-        shape=(len(words), len(vocab)),
-    )
+    word_grams = _ones_csr(gram_ids, gram_ptr, len(vocab))
     doc_words = sp.csr_matrix(
         (
             np.ones(sum(map(len, docs)), dtype=np.float32),
@@ -658,24 +637,38 @@ def _char_wb_counts_per_document(
     indptr = array("q", [0])
     for doc in texts:
         for word in doc.lower().split():
-            ids = cache.get(word)
-            if ids is None:
-                ids = array("i", [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab])
-                if len(cache) >= _CHAR_CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            indices.extend(ids)
+            indices.extend(_char_ids(word, vocab, min_n, max_n, cache))
         indptr.append(len(indices))
-    matrix = sp.csr_matrix(
+    matrix = _ones_csr(indices, indptr, len(vocab))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _char_ids(
+    word: str, vocab: Mapping[str, int], min_n: int, max_n: int, cache: dict[str, array[int]]
+) -> array[int]:
+    """Vocabulary ids of one word's ``char_wb`` n-grams, cached per fitted vectorizer."""
+    ids = cache.get(word)
+    if ids is None:
+        ids = array("i", [vocab[g] for g in _wb_ngrams(word, min_n, max_n) if g in vocab])
+        if len(cache) >= _CHAR_CACHE_LIMIT:
+            cache.clear()
+        cache[word] = ids
+    return ids
+
+
+def _ones_csr(indices: array[int], indptr: array[int], width: int) -> sp.csr_matrix:
+    """A CSR matrix of ones at ``indices`` (rows delimited by ``indptr``); repeated columns in
+    a row are kept as separate entries (the caller sums them). ``array('i')`` extends by
+    memcpy and becomes numpy without a copy."""
+    return sp.csr_matrix(
         (
             np.ones(len(indices), dtype=np.float32),
             np.frombuffer(indices, dtype=np.int32),
             np.frombuffer(indptr, dtype=np.int64),
         ),
-        shape=(len(texts), len(vocab)),
+        shape=(len(indptr) - 1, width),
     )
-    matrix.sum_duplicates()
-    return matrix
 
 
 def row_ids(matrix: sp.csr_matrix) -> np.ndarray:
