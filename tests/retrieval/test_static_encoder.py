@@ -60,6 +60,20 @@ def test_encode_contract(encoder: StaticEncoder) -> None:
     )
 
 
+def test_batches_of_any_size_give_the_single_text_vectors(encoder: StaticEncoder) -> None:
+    """One text, a few (per-text counts) and 16+ (each distinct word summed once) agree."""
+    texts = [
+        f"Order {i}: pallet arrived damaged, invoice charged twice; Übergröße café {i % 3}"
+        if i % 5
+        else ""
+        for i in range(40)
+    ]
+    singles = np.vstack([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(encoder.encode(texts[:5]), singles[:5], atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(texts), singles, atol=1e-6)
+    assert not encoder.encode(texts)[0].any()  # the empty text stays a zero vector
+
+
 def test_vectors_carry_meaning_beyond_shared_words(encoder: StaticEncoder) -> None:
     """Paraphrases with no content word in common land closer than texts on another topic."""
     anchor, paraphrase, other = encoder.encode(
