@@ -1424,8 +1424,9 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
         assert isinstance(exc, StarletteHTTPException)
         if not request.url.path.startswith(COOKIE_PATH + "/"):
             return errors.http_error(request, exc)
+        # the detail is an argument, never part of the template: braces in it stay text
         title, message = _HTTP_ERROR_PAGES.get(
-            exc.status_code, ("The request was refused", str(exc.detail))
+            exc.status_code, ("The request was refused", "{detail}")
         )
         return render(
             request,

@@ -211,6 +211,13 @@ def test_an_upload_over_the_limit_gets_a_page_not_json(settings, db, people):
         # an unknown console address is a page too; the API keeps JSON
         r = client.get("/console/admin/nothing-here")
         assert r.status_code == 404 and "Not found" in r.text
+        # a body the form parser cannot read: the page carries the parser's own reason
+        r = client.post(
+            f"{URL}/train",
+            content=b"--x\r\nnot a part{0}",
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
+        assert r.status_code == 400 and "The request was refused" in r.text, r.text[:300]
         r = client.post("/v1/models/train", content=b"x" * 500_000,
                         headers={"content-type": "application/json"})  # fmt: skip
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
