@@ -156,7 +156,11 @@ def main() -> None:
     texts = _corpus_texts(args.corpus, args.corpus_limit)
     if args.augment:
         texts += _augmented(
-            texts, args.augment, 0, args.augment_crop, args.augment_dropout, args.augment_typo
+            texts,
+            args.augment,
+            crop=args.augment_crop,
+            dropout=args.augment_dropout,
+            typo=args.augment_typo,
         )
         print(f"corpus: {len(texts)} texts with {args.augment} noisy variant(s) each", flush=True)
     token_ids = [
