@@ -407,12 +407,11 @@ def _hstack(blocks: Sequence[sp.csr_matrix | np.ndarray], n: int) -> sp.csr_matr
     One row (a single case, the latency-bound call) is concatenated directly: scipy's
     constructors and ``hstack`` cost ~0.1 ms each in input checks, several times the work.
     """
-    widths = [b.shape[1] for b in blocks]
     if n == 1:
         data: list[np.ndarray] = []
         indices: list[np.ndarray] = []
         offset = 0
-        for block, width in zip(blocks, widths, strict=True):
+        for block in blocks:
             if isinstance(block, np.ndarray):
                 row = block[0]
                 (cols,) = np.nonzero(row)
@@ -421,7 +420,7 @@ def _hstack(blocks: Sequence[sp.csr_matrix | np.ndarray], n: int) -> sp.csr_matr
                 cols, data_part = block.indices, block.data
                 data.append(data_part)
             indices.append(cols.astype(np.int32) + offset)
-            offset += width
+            offset += block.shape[1]
         values = np.concatenate(data).astype(np.float32, copy=False) if data else np.zeros(0)
         return sp.csr_matrix(
             (
@@ -510,41 +509,52 @@ def _word_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_matrix
     min_n, max_n = vectorizer.ngram_range
     if max_n > 2 or len(texts) < _BATCHED_MIN:
         return _word_counts_per_document(vectorizer, texts, token)
-    tokens_of = [token.findall(doc.lower()) for doc in texts]
-    words = list(dict.fromkeys(chain.from_iterable(tokens_of)))  # distinct, first-seen order
-    position = {word: i for i, word in enumerate(words)}
-    lengths = np.fromiter(map(len, tokens_of), dtype=np.int64, count=len(texts))
-    flat = np.fromiter(
-        map(position.__getitem__, chain.from_iterable(tokens_of)),
-        dtype=np.int64,
-        count=int(lengths.sum()),
-    )
+    words, flat, lengths = _number_tokens([token.findall(doc.lower()) for doc in texts])
     doc_of = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
     rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     cols: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+
+    def keep(doc: np.ndarray, ids: np.ndarray) -> None:  # n-grams the vocabulary knows
+        known = ids >= 0
+        rows.append(doc[known])
+        cols.append(ids[known])
+
     if min_n == 1:
         unigram = np.fromiter((vocab.get(w, -1) for w in words), dtype=np.int64, count=len(words))
-        ids = unigram[flat]
-        rows.append(doc_of[ids >= 0])
-        cols.append(ids[ids >= 0])
+        keep(doc_of, unigram[flat])
     if max_n == 2 and len(flat) > 1:
         same_doc = doc_of[1:] == doc_of[:-1]
-        keys = flat[:-1][same_doc] * len(words) + flat[1:][same_doc]
-        distinct, inverse = np.unique(keys, return_inverse=True)
         n = len(words)
+        keys = flat[:-1][same_doc] * n + flat[1:][same_doc]
+        distinct, inverse = np.unique(keys, return_inverse=True)
         bigram = np.fromiter(
             (vocab.get(words[k // n] + " " + words[k % n], -1) for k in distinct.tolist()),
             dtype=np.int64,
             count=len(distinct),
         )
-        ids = bigram[inverse.reshape(-1)]
-        rows.append(doc_of[1:][same_doc][ids >= 0])
-        cols.append(ids[ids >= 0])
+        keep(doc_of[1:][same_doc], bigram[inverse.reshape(-1)])
     row, col = np.concatenate(rows), np.concatenate(cols)
     # COO -> CSR sums the repeated n-grams of a document
     return sp.coo_matrix(
         (np.ones(len(row), dtype=np.float32), (row, col)), shape=(len(texts), len(vocab))
     ).tocsr()
+
+
+def _number_tokens(
+    token_lists: list[list[str]],
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Number a batch's tokens by their distinct values (first-seen order), so that each
+    distinct token is looked up once: returns the distinct tokens, every token's number in
+    document order (int64) and each document's token count (int64)."""
+    words = list(dict.fromkeys(chain.from_iterable(token_lists)))
+    position = {word: i for i, word in enumerate(words)}
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    flat = np.fromiter(
+        map(position.__getitem__, chain.from_iterable(token_lists)),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    return words, flat, lengths
 
 
 def _word_counts_per_document(
@@ -604,9 +614,7 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
         return _char_wb_counts_per_document(vectorizer, texts, cache)
     vocab = vectorizer.vocabulary_
     min_n, max_n = vectorizer.ngram_range
-    docs = [doc.lower().split() for doc in texts]
-    words = list(dict.fromkeys(chain.from_iterable(docs)))  # distinct, first-seen order
-    position = {word: i for i, word in enumerate(words)}
+    words, flat, lengths = _number_tokens([doc.lower().split() for doc in texts])
     gram_ids = array("i")
     gram_ptr = array("q", [0])
     for word in words:
@@ -615,9 +623,9 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
     word_grams = _ones_csr(gram_ids, gram_ptr, len(vocab))
     doc_words = sp.csr_matrix(
         (
-            np.ones(sum(map(len, docs)), dtype=np.float32),
-            np.fromiter(map(position.__getitem__, chain.from_iterable(docs)), dtype=np.int32),
-            np.concatenate(([0], np.cumsum([len(d) for d in docs], dtype=np.int64))),
+            np.ones(len(flat), dtype=np.float32),
+            flat,
+            np.concatenate(([0], np.cumsum(lengths))),
         ),
         shape=(len(texts), len(words)),
     )
