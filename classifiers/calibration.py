@@ -29,6 +29,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
+from classifiers.linalg import TransposedCache
+
 BASES = ("svc", "logreg")
 
 
@@ -79,7 +81,7 @@ def _fold_splitter(
     return StratifiedKFold(n_splits, shuffle=True, random_state=random_state), n_splits
 
 
-class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
+class CalibratedLinearClassifier(TransposedCache, ClassifierMixin, BaseEstimator):
     """Linear classifier + temperature scaling fitted on out-of-fold scores.
 
     Parameters
@@ -165,13 +167,15 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         """Raw linear scores ``X @ coef_.T + intercept_`` of the model fitted on all data.
 
         Computed from the public ``coef_``/``intercept_`` directly: scikit-learn's per-call input
-        validation costs more than the product itself for one case.
+        validation costs more than the product itself for one case; the transposed
+        coefficients are kept C-ordered (see :mod:`classifiers.linalg`).
         """
         check_is_fitted(self, "estimator_")
         coef = self.estimator_.coef_
         if X.shape[1] != coef.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features, the model expects {coef.shape[1]}")
-        raw = np.asarray(X @ coef.T, dtype=np.float64) + self.estimator_.intercept_
+        raw = np.asarray(X @ self.transposed("coef", coef), dtype=np.float64)
+        raw += self.estimator_.intercept_
         if raw.shape[1] == 1:  # binary: one column for the positive class
             raw = np.column_stack([-raw[:, 0] / 2, raw[:, 0] / 2])
         return raw

@@ -39,6 +39,7 @@ from classifiers.features import (
     texts_of,
 )
 from classifiers.grouping import near_duplicate_groups
+from classifiers.linalg import TransposedCache
 from classifiers.operating_points import (
     ThresholdStats,
     decide_batch,
@@ -68,7 +69,7 @@ def _column_prefix(X: sp.csr_matrix, width: int) -> sp.csr_matrix:
     return sp.csr_matrix((X.data[keep], X.indices[keep], indptr), shape=(X.shape[0], width))
 
 
-class CaseModel(BaseEstimator):
+class CaseModel(TransposedCache, BaseEstimator):
     """Predict several targets for flat case records, calibrated, abstaining when unsure.
 
     Parameters (stored as given; learned state ends in ``_``):
@@ -259,7 +260,8 @@ class CaseModel(BaseEstimator):
         assert self.word_centroids_ is not None
         norms = row_norms(words)
         norms[norms == 0] = 1.0
-        sims = np.asarray(words @ self.word_centroids_.T) / norms[:, None]
+        sims = np.asarray(words @ self.transposed("centroids", self.word_centroids_))
+        sims /= norms[:, None]
         return np.asarray(sims.max(axis=1)).ravel()
 
     # -- prediction ----------------------------------------------------------------------------

@@ -163,3 +163,24 @@ def test_open_model_accepts_a_root_or_a_version_dir(
     assert open_model(tmp_path / "versions" / v2).version == v2
     with pytest.raises(RegistryError, match="neither"):
         open_model(tmp_path / "versions")
+
+
+def test_in_memory_transposes_stay_out_of_artifacts(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    """Predicting fills the estimators' transposed-matrix caches (classifiers.linalg); a model
+    saved afterwards must not carry them: the artifact holds fitted state only."""
+    records = [{"text": "where is my refund"}, {"text": "cancel order 42"}]
+    bitext_model.predict(records)
+    expected = bitext_model.predict_proba(records)["triage_category"]
+    estimator = bitext_model.estimators_["triage_category"]
+    assert "_transposed_cache" in estimator.__dict__
+    assert "_transposed_cache" in bitext_model.__dict__
+    reg = ModelRegistry(tmp_path)
+    reg.save(bitext_model, training_data_sha256="ab" * 32, activate=True)
+    loaded = reg.load().model
+    assert "_transposed_cache" not in loaded.__dict__
+    assert "_transposed_cache" not in loaded.estimators_["triage_category"].__dict__
+    # the model that was saved still has its caches (the state was copied, not emptied)
+    assert "_transposed_cache" in estimator.__dict__
+    assert (loaded.predict_proba(records)["triage_category"] == expected).all()
