@@ -2,6 +2,7 @@
 
 Usage (from the repository root):
     nice .venv/bin/python bench/classifier_speed_ab.py --old-rev 42fbc50 [--extra-words 100]
+    nice .venv/bin/python bench/classifier_speed_ab.py --transposes [--extra-words 100]
 
 Whole-run benchmarks (bench/classifier_speed.py) of two checkouts scatter by tens of percent
 on a shared 2-core machine, more than the change being measured. This script fits one default
@@ -11,7 +12,9 @@ row assembly and text normalisation, and ``retrieval/embeddings.py``'s static en
 from git into a scratch folder. Everything else (the fitted vectorizers, classifiers,
 calibration, thresholds) is the same object, so the difference is the code alone. It prints
 CPU seconds per batch and per single case, medians over alternations, and their ratio;
-it asserts nothing, but refuses to time a pair whose predictions differ.
+it asserts nothing, but refuses to time a pair whose predictions differ. ``--transposes``
+times this tree twice instead, with the fitted estimators' transposed-matrix cache
+(``classifiers/linalg.py``) switched off and on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import classifiers.features as features
 import retrieval.embeddings as embeddings
 from classifiers.case_model import CaseModel
+from classifiers.linalg import TransposedCache
 from triage.classification import embedding_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,9 +103,30 @@ def same_predictions(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     )
 
 
+def transposes_off_on() -> dict[str, Any]:
+    """Installers for the two sides of ``--transposes``: "old" makes every estimator compute
+    with the plain transposed view again (scipy copies it per call), "new" restores the cache."""
+    cached = TransposedCache.transposed
+
+    def plain(self: TransposedCache, name: str, matrix: np.ndarray) -> np.ndarray:
+        return matrix.T
+
+    def install(method: Any) -> Any:
+        return lambda: setattr(TransposedCache, "transposed", method)
+
+    return {"old": install(plain), "new": install(cached)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--old-rev", required=True, help="git revision to compare against")
+    side = parser.add_mutually_exclusive_group(required=True)
+    side.add_argument("--old-rev", help="git revision to compare against")
+    side.add_argument(
+        "--transposes",
+        action="store_true",
+        help="compare this tree with its transposed-matrix cache (classifiers.linalg) switched "
+        "off (old) and on (new) instead of two revisions",
+    )
     parser.add_argument("--extra-words", type=int, default=0, help="lengthen each case's notes")
     parser.add_argument("--n-train", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=5000)
@@ -115,11 +140,20 @@ def main() -> None:
     model = CaseModel(
         spec=embedding_spec(features.CASE_FEATURE_SPEC, embeddings.DEFAULT_ENCODER)
     ).fit(train)
-    with tempfile.TemporaryDirectory() as scratch:
-        old_f = old_module(args.old_rev, "classifiers/features.py", "old_features", Path(scratch))
-        old_e = old_module(args.old_rev, "retrieval/embeddings.py", "old_embeddings", Path(scratch))
-    old_f.set_embedder(features._embedder)  # the pipeline's encoder wiring, for the old side
-    install = swap(old_f, old_e)
+    if args.transposes:
+        install = transposes_off_on()
+        label = "transposed-matrix cache off (old) vs on (new)"
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            old_f = old_module(
+                args.old_rev, "classifiers/features.py", "old_features", Path(scratch)
+            )
+            old_e = old_module(
+                args.old_rev, "retrieval/embeddings.py", "old_embeddings", Path(scratch)
+            )
+        old_f.set_embedder(features._embedder)  # the pipeline's encoder wiring, for the old side
+        install = swap(old_f, old_e)
+        label = f"old {args.old_rev} vs this tree"
     outputs = {}
     for side in ("old", "new"):  # warm each side's caches; check they agree
         install[side]()
@@ -143,7 +177,7 @@ def main() -> None:
                 single[side].append(time.process_time() - started)
     words = np.mean([len(c["text"].split()) for c in cases])
     print(
-        f"old {args.old_rev} vs this tree; {len(cases)}-case batch, mean {words:.0f} words; "
+        f"{label}; {len(cases)}-case batch, mean {words:.0f} words; "
         f"CPU time, medians; load average {os.getloadavg()[0]:.2f}"
     )
     for side in ("old", "new"):
