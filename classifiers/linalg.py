@@ -1,9 +1,12 @@
 """Linear-algebra helpers shared by the fitted estimators.
 
 Sparse rows times a dense fitted matrix (``X @ W.T``) is the core of every prediction.
-scipy computes it with ``csr_matvecs`` on a C-ordered copy of ``W.T``: a transposed view is
-F-ordered, so scipy copies the whole matrix (all features x all classes) on every call. For a
-single case that copy cost more than the product itself (~0.15 of ~0.9 ms per case).
+scipy computes it with ``csr_matvecs`` on a C-ordered ``W.T``, copying the whole matrix on every
+call when the transpose is not C-ordered. scikit-learn's linear models store ``coef_``
+F-ordered (their transpose is already C-ordered), but the out-of-distribution centroids
+(classes x words, C-ordered) were copied per call: ~240 us against ~5 us for the product of
+one case with a 9 x 53k matrix, ~0.2 of ~0.9 ms per case end to end
+(``bench/classifier_speed_ab.py --transposes``).
 :class:`TransposedCache` keeps one C-ordered transpose per fitted matrix in memory.
 """
 
@@ -18,7 +21,8 @@ _CACHE = "_transposed_cache"
 
 class TransposedCache:
     """Mixin for fitted estimators: :meth:`transposed` returns ``np.ascontiguousarray(m.T)``,
-    computed once per matrix object (a refit that replaces the matrix gets a new transpose).
+    computed once per matrix object (a refit that replaces the matrix gets a new transpose; an
+    F-ordered matrix costs nothing, its transpose is a view).
 
     The cache is memory only: it is left out of the pickled / skops state, so saved artifacts
     and their sha256 do not depend on whether the model predicted before it was saved.
