@@ -8,8 +8,8 @@ Whole-run benchmarks (bench/classifier_speed.py) of two checkouts scatter by ten
 on a shared 2-core machine, more than the change being measured. This script fits one default
 model (static encoder features) and predicts the same cases with the featurisation code of
 ``--old-rev`` and of this tree swapped in turn: ``classifiers/features.py``'s count paths,
-row assembly and text normalisation, and ``retrieval/embeddings.py``'s static encoder, read
-from git into a scratch folder. Everything else (the fitted vectorizers, classifiers,
+row assembly, row norms and text normalisation, and ``retrieval/embeddings.py``'s static
+encoder, read from git into a scratch folder. Everything else (the fitted vectorizers, classifiers,
 calibration, thresholds) is the same object, so the difference is the code alone. It prints
 CPU seconds per batch and per single case, medians over alternations, and their ratio;
 it asserts nothing, but refuses to time a pair whose predictions differ. ``--transposes``
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+import classifiers.case_model as case_model_module
 import classifiers.features as features
 import retrieval.embeddings as embeddings
 from classifiers.case_model import CaseModel
@@ -78,6 +79,7 @@ def swap(old_features: ModuleType, old_embeddings: ModuleType) -> dict[str, Any]
             "_assemble": f_mod.RecordFeaturizer._assemble,
             "_embedding_block": f_mod.RecordFeaturizer._embedding_block,
             "encode": e_mod.StaticEncoder.encode,
+            "row_norms": f_mod.row_norms,
         }
 
     def setter(side: str) -> Any:
@@ -89,6 +91,9 @@ def swap(old_features: ModuleType, old_embeddings: ModuleType) -> dict[str, Any]
             cls._assemble = code["_assemble"]
             cls._embedding_block = code["_embedding_block"]
             enc.encode = code["encode"]
+            # the TF-IDF rows and the OOD check (which imported the name) normalise with it
+            features.row_norms = code["row_norms"]
+            case_model_module.row_norms = code["row_norms"]
 
         return install
 

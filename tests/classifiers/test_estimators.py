@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from classifiers.calibration import CalibratedLinearClassifier
 from classifiers.case_model import CaseModel
-from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec, RecordFeaturizer
+from classifiers.features import CASE_FEATURE_SPEC, FeatureSpec, RecordFeaturizer, row_norms
 
 
 @pytest.mark.parametrize(
@@ -154,3 +154,16 @@ def test_fast_transforms_equal_scikit_learn(case_records: list[dict[str, Any]]) 
     for want, have in zip(expected, got, strict=True):
         assert want.shape == have.shape
         assert abs(want - have).max() < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(7, 30), (1, 30), (0, 30), (5, 0)])
+def test_row_norms_match_dense_norms_including_empty_rows(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal(shape).astype(np.float32)
+    dense[rng.random(shape) < 0.7] = 0.0
+    if shape[0] >= 7:
+        dense[[0, 3, 6]] = 0.0  # empty first, middle and last rows
+    matrix = sp.csr_matrix(dense)
+    expected = np.linalg.norm(dense.astype(np.float64), axis=1)
+    assert np.allclose(row_norms(matrix), expected, rtol=1e-12, atol=0.0)
+    assert row_norms(matrix).shape == (shape[0],)
