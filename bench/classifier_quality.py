@@ -37,6 +37,7 @@ from classifiers.features import FeatureSpec
 from classifiers.grouping import group_key, near_duplicate_groups
 
 EMBEDDINGS_LABEL = "emb"
+CLASS_WEIGHT: str | None = None
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -103,7 +104,7 @@ def run_folds(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
             started = time.perf_counter()
-            model = CaseModel(spec=spec, targets=(label,)).fit(
+            model = CaseModel(spec=spec, targets=(label,), class_weight=CLASS_WEIGHT).fit(
                 [recs[i] for i in tr],
                 embeddings=None if emb is None else emb[tr],
                 groups=fold_groups,
@@ -229,9 +230,16 @@ def main() -> None:
     parser.add_argument(
         "--embeddings-label", default="emb", help="name of the embedding variant in the output"
     )
+    parser.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        default="none",
+        help="CaseModel's class weighting (the baseline keeps the reference's, none)",
+    )
     args = parser.parse_args()
-    global EMBEDDINGS_LABEL
+    global EMBEDDINGS_LABEL, CLASS_WEIGHT
     EMBEDDINGS_LABEL = args.embeddings_label
+    CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
     if args.only in (None, "bitext"):
         bitext(
             args.bitext,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +76,13 @@ SigningKey = Annotated[
 ]
 
 
+class ClassWeight(StrEnum):
+    """``triage train --class-weight``: CaseModel's ``class_weight`` (none = unweighted)."""
+
+    none = "none"
+    balanced = "balanced"
+
+
 def train(
     data: Annotated[Path, typer.Option(help="Labelled CSV or JSONL file.")],
     text_column: TextColumns,
@@ -102,6 +110,13 @@ def train(
     base: Annotated[str, typer.Option(help="Linear model: svc or logreg.")] = "svc",
     c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength.")] = 1.0,
     cv: Annotated[int, typer.Option(help="Folds for calibration and thresholds.")] = 5,
+    class_weight: Annotated[
+        ClassWeight,
+        typer.Option(
+            help="balanced: weight each label inversely to its frequency (higher macro-F1 on "
+            "imbalanced label sets, slightly lower accuracy on balanced ones).",
+        ),
+    ] = ClassWeight.none,
     encoder: Annotated[
         str,
         typer.Option(
@@ -133,6 +148,7 @@ def train(
             base=base,
             C=c,
             cv=cv,
+            class_weight=None if class_weight is ClassWeight.none else class_weight.value,
             group_near_duplicates=group_near_duplicates,
         )
     except (ClassifierError, RetrievalError, ValueError) as exc:

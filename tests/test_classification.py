@@ -246,6 +246,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
           "label_columns": ["y"]}, "one"),
         ({**base, "encoder": "/etc/passwd"}, "encoder"),
         ({**base, "target_precision": 1.5}, "target_precision"),
+        ({**base, "class_weight": "heavy"}, "class_weight"),
         ({**base, "records": records[:1]}, "records"),
     ]  # fmt: skip
     for body, word in bad:
@@ -255,7 +256,11 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
     assert client.get("/v1/models/train", headers=admin).json()["status"] == "idle"
     assert classification.registry(settings).versions() == []
 
-    r = client.post("/v1/models/train", headers=admin, json={**base, "name": "bitext sample"})
+    r = client.post(
+        "/v1/models/train",
+        headers=admin,
+        json={**base, "name": "bitext sample", "class_weight": "balanced"},
+    )
     assert r.status_code == 202, r.text
     state = _finished_job(client, "/v1/models/train", admin, seconds=120)
     assert state["status"] == "done", state
@@ -265,6 +270,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
     assert [m["version"] for m in reg.versions()] == [version]
     assert reg.active_version() is None  # activate defaults to false
     assert reg.verify(version)["training_data_name"] == "bitext sample"
+    assert reg.load(version).model.class_weight == "balanced"
     with db.read() as s:
         trained = s.scalars(
             select(AuditEvent.payload).where(AuditEvent.action == "model.trained")

@@ -145,6 +145,7 @@ def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
                 "target_precision": _text(form, "target_precision", 20) or 0.95,
                 "label_precision": parse_label_precision(_columns(form, "label_precision")),
                 "encoder": _text(form, "encoder", 128) or None,
+                "class_weight": _text(form, "class_weight", 20) or "none",
                 "activate": form.get("activate") == "on",
                 "name": _text(form, "name", 200) or name,
             }

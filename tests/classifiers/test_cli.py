@@ -143,11 +143,14 @@ def test_train_multi_target_jsonl_with_features(tmp_path: Path) -> None:
             "3",
             "--label-precision",
             "queue:claims=0.9",
+            "--class-weight",
+            "balanced",
         ],
     )
     assert result.exit_code == 0, result.output
     shown = runner.invoke(app, ["models", "show", "--registry", str(out)])
     meta = json.loads(shown.stdout)
+    assert meta["params"]["class_weight"] == "balanced"
     assert meta["targets"] == ["queue", "priority"]
     assert meta["feature_spec"]["numeric_columns"] == ["amount"]
     assert meta["feature_spec"]["categorical_columns"] == ["customer_tier"]
@@ -286,3 +289,26 @@ def test_bad_label_precision_is_named_and_nothing_trains(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert not (out / "versions").exists() or not any((out / "versions").iterdir())
+
+
+def test_train_refuses_an_unknown_class_weight(tmp_path: Path) -> None:
+    data = _write_jsonl(tmp_path / "cases.jsonl", synthetic_cases(40, seed=3))
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--text-column",
+            "text",
+            "--label-column",
+            "queue",
+            "--out",
+            str(tmp_path / "reg"),
+            "--class-weight",
+            "heavy",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "class-weight" in result.output and "balanced" in result.output
+    assert not (tmp_path / "reg").exists()

@@ -99,6 +99,7 @@ def test_bad_uploads_are_refused_and_nothing_trains(client, people, db, settings
         (b"message,label\nonly one,class_a\nanother,class_a\n", {}, "history.csv", "one"),
         (good, {"target_precision": "1.5"}, "history.csv", "target_precision"),
         (good, {"encoder": "/etc/passwd"}, "history.csv", "encoder"),
+        (good, {"class_weight": "heavy"}, "history.csv", "class_weight"),
         (good, {"label_precision": "label:no_such_label=0.99"}, "history.csv", "no_such_label"),
         (good, {"label_precision": "label=0.99"}, "history.csv", "TARGET:LABEL=PRECISION"),
     ]
@@ -126,11 +127,13 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
         encoder="none",
         name="bitext history",
         label_precision="label:other=0.99",
+        class_weight="balanced",
     )
     assert "started" in flash(client, r)
     version = _wait_for_training(client)
     reg = classification.registry(settings)
     assert [m["version"] for m in reg.versions()] == [version]
+    assert reg.load(version).model.class_weight == "balanced"
     thresholds = reg.verify(version)["thresholds"]["label"]
     assert thresholds["other"]["target_precision"] == 0.99
     assert thresholds["order"]["target_precision"] == 0.95
