@@ -113,8 +113,8 @@ def train(
     class_weight: Annotated[
         ClassWeight,
         typer.Option(
-            help="balanced: weight each label inversely to its frequency (higher macro-F1 on "
-            "imbalanced label sets, slightly lower accuracy on balanced ones).",
+            help="balanced: weight each label inversely to its frequency (rare labels gain "
+            "recall and macro-F1; overall accuracy may drop a little).",
         ),
     ] = ClassWeight.none,
     encoder: Annotated[

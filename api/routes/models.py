@@ -379,9 +379,9 @@ class TrainRequest(BaseModel):
     )
     class_weight: Literal["none", "balanced"] = Field(
         default="none",
-        description="'balanced' weights each label inversely to its frequency: higher macro-F1 "
-        "on imbalanced label sets, a little lower accuracy on balanced ones "
-        "(docs/classifier.md); like `triage train --class-weight`.",
+        description="'balanced' weights each label inversely to its frequency: rare labels "
+        "gain recall (macro-F1), overall accuracy may drop a little (docs/classifier.md); "
+        "like `triage train --class-weight`.",
     )
     activate: bool = Field(default=False, description="Activate the new version when trained.")
     name: str = Field(default="records posted to the API", min_length=1, max_length=200)
