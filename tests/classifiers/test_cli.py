@@ -293,22 +293,8 @@ def test_bad_label_precision_is_named_and_nothing_trains(
 
 def test_train_refuses_an_unknown_class_weight(tmp_path: Path) -> None:
     data = _write_jsonl(tmp_path / "cases.jsonl", synthetic_cases(40, seed=3))
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(data),
-            "--text-column",
-            "text",
-            "--label-column",
-            "queue",
-            "--out",
-            str(tmp_path / "reg"),
-            "--class-weight",
-            "heavy",
-        ],
-    )
+    args = ["train", "--data", str(data), "--text-column", "text", "--label-column", "queue"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "reg"), "--class-weight", "heavy"])
     assert result.exit_code == 2
     assert "class-weight" in result.output and "balanced" in result.output
     assert not (tmp_path / "reg").exists()
