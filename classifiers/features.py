@@ -407,6 +407,8 @@ def _hstack(blocks: Sequence[sp.csr_matrix | np.ndarray], n: int) -> sp.csr_matr
     One row (a single case, the latency-bound call) is concatenated directly: scipy's
     constructors and ``hstack`` cost ~0.1 ms each in input checks, several times the work.
     """
+    if not blocks:
+        return sp.csr_matrix((n, 0), dtype=np.float32)
     if n == 1:
         data: list[np.ndarray] = []
         indices: list[np.ndarray] = []
@@ -421,18 +423,12 @@ def _hstack(blocks: Sequence[sp.csr_matrix | np.ndarray], n: int) -> sp.csr_matr
                 data.append(data_part)
             indices.append(cols.astype(np.int32) + offset)
             offset += block.shape[1]
-        values = np.concatenate(data).astype(np.float32, copy=False) if data else np.zeros(0)
+        values = np.concatenate(data).astype(np.float32, copy=False)
         return sp.csr_matrix(
-            (
-                values,
-                np.concatenate(indices) if indices else np.zeros(0, np.int32),
-                [0, len(values)],
-            ),
+            (values, np.concatenate(indices), [0, len(values)]),
             shape=(1, offset),
             dtype=np.float32,
         )
-    if not blocks:
-        return sp.csr_matrix((n, 0), dtype=np.float32)
     sparse = [b if isinstance(b, sp.csr_matrix) else sp.csr_matrix(b) for b in blocks]
     # every block is float32 already: a dtype conversion here would make scipy sort the
     # (deliberately unsorted) char block's indices, a third of a long batch's cost
@@ -621,16 +617,8 @@ def _char_wb_counts(vectorizer: TfidfVectorizer, texts: list[str]) -> sp.csr_mat
         gram_ids.extend(_char_ids(word, vocab, min_n, max_n, cache))
         gram_ptr.append(len(gram_ids))
     word_grams = _ones_csr(gram_ids, gram_ptr, len(vocab))
-    doc_words = sp.csr_matrix(
-        (
-            np.ones(len(flat), dtype=np.float32),
-            flat,
-            np.concatenate(([0], np.cumsum(lengths))),
-        ),
-        shape=(len(texts), len(words)),
-    )
-    counts: sp.csr_matrix = (doc_words @ word_grams).tocsr()
-    counts.eliminate_zeros()  # none expected: counts are sums of ones
+    doc_words = _ones_csr(flat, np.concatenate(([0], np.cumsum(lengths))), len(words))
+    counts: sp.csr_matrix = (doc_words @ word_grams).tocsr()  # sums of ones: no zeros stored
     return counts
 
 
@@ -665,16 +653,14 @@ def _char_ids(
     return ids
 
 
-def _ones_csr(indices: array[int], indptr: array[int], width: int) -> sp.csr_matrix:
+def _ones_csr(
+    indices: array[int] | np.ndarray, indptr: array[int] | np.ndarray, width: int
+) -> sp.csr_matrix:
     """A CSR matrix of ones at ``indices`` (rows delimited by ``indptr``); repeated columns in
-    a row are kept as separate entries (the caller sums them). ``array('i')`` extends by
-    memcpy and becomes numpy without a copy."""
+    a row are kept as separate entries (the caller sums them or multiplies them out).
+    ``array('i')`` / ``array('q')`` extend by memcpy and become numpy without a copy."""
     return sp.csr_matrix(
-        (
-            np.ones(len(indices), dtype=np.float32),
-            np.frombuffer(indices, dtype=np.int32),
-            np.frombuffer(indptr, dtype=np.int64),
-        ),
+        (np.ones(len(indices), dtype=np.float32), np.asarray(indices), np.asarray(indptr)),
         shape=(len(indptr) - 1, width),
     )
 
