@@ -148,7 +148,7 @@ def train(
             base=base,
             C=c,
             cv=cv,
-            class_weight=None if class_weight is ClassWeight.none else class_weight.value,
+            class_weight=class_weight.value,
             group_near_duplicates=group_near_duplicates,
         )
     except (ClassifierError, RetrievalError, ValueError) as exc:

@@ -92,10 +92,13 @@ def train_model(
     training_data_name: str | None = None,
     source: str = "data",
     progress: Callable[[str], None] | None = None,
+    class_weight: str = "none",
     **params: Any,
 ) -> tuple[str, CaseModel]:
     """Validate ``records``, train a calibrated CaseModel on them and register it; returns the
     new version id and the model. Shared by ``triage train`` and ``POST /v1/models/train``.
+    ``class_weight`` is the callers' spelling, ``"none"`` or ``"balanced"`` (CaseModel's
+    ``None`` / ``"balanced"``).
 
     Raises ``classifiers.DataError`` (bad records), ``ClassifierError`` / ``ValueError`` (bad
     parameters) or ``RetrievalError`` (unknown encoder) before anything is written.
@@ -122,7 +125,12 @@ def train_model(
     say(f"read {len(records)} records from {source}")
     if spec.embedding_encoder:
         say(f"embedding features: {spec.embedding_encoder} ({spec.embedding_dim} dims)")
-    model = CaseModel(spec=spec, targets=tuple(label_columns), **params)
+    model = CaseModel(
+        spec=spec,
+        targets=tuple(label_columns),
+        class_weight=None if class_weight == "none" else class_weight,
+        **params,
+    )
     model.fit(list(records), progress=progress)
     say("saving the model version")
     version = registry.save(

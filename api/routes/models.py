@@ -416,7 +416,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             source=body.name,
             target_precision=body.target_precision,
             label_precision=body.label_precision,
-            class_weight=None if body.class_weight == "none" else body.class_weight,
+            class_weight=body.class_weight,
         )
         return {
             "version": version,
