@@ -64,36 +64,42 @@ def old_module(rev: str, path: str, name: str, scratch: Path) -> ModuleType:
     return module
 
 
+# What a revision swap exchanges: (module alias, dotted attribute). ``row_norms`` is also set
+# on case_model, which imported the name (its OOD check normalises with it).
+SWAPPED = (
+    ("features", "_char_wb_counts"),
+    ("features", "_word_counts"),
+    ("features", "normalise_text"),
+    ("features", "row_norms"),
+    ("features", "RecordFeaturizer._assemble"),
+    ("features", "RecordFeaturizer._embedding_block"),
+    ("embeddings", "StaticEncoder.encode"),
+)
+
+
+def _owner_and_name(module: ModuleType, dotted: str) -> tuple[Any, str]:
+    *path, name = dotted.split(".")
+    owner: Any = module
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
 def swap(old_features: ModuleType, old_embeddings: ModuleType) -> dict[str, Any]:
     """Setter functions that install one side's code; returns {"old": fn, "new": fn}."""
-    cls, enc = features.RecordFeaturizer, embeddings.StaticEncoder
-    sides: dict[str, dict[str, Any]] = {}
-    for side, f_mod, e_mod in (
-        ("new", features, embeddings),
-        ("old", old_features, old_embeddings),
-    ):
-        sides[side] = {
-            "_char_wb_counts": f_mod._char_wb_counts,
-            "_word_counts": f_mod._word_counts,
-            "normalise_text": f_mod.normalise_text,
-            "_assemble": f_mod.RecordFeaturizer._assemble,
-            "_embedding_block": f_mod.RecordFeaturizer._embedding_block,
-            "encode": e_mod.StaticEncoder.encode,
-            "row_norms": f_mod.row_norms,
-        }
+    live = {"features": features, "embeddings": embeddings}
+    old = {"features": old_features, "embeddings": old_embeddings}
+    code = {
+        side: [getattr(*_owner_and_name(mods[alias], dotted)) for alias, dotted in SWAPPED]
+        for side, mods in (("new", live), ("old", old))
+    }
+    targets = [_owner_and_name(live[alias], dotted) for alias, dotted in SWAPPED]
 
     def setter(side: str) -> Any:
         def install() -> None:
-            code = sides[side]
-            features._char_wb_counts = code["_char_wb_counts"]
-            features._word_counts = code["_word_counts"]
-            features.normalise_text = code["normalise_text"]
-            cls._assemble = code["_assemble"]
-            cls._embedding_block = code["_embedding_block"]
-            enc.encode = code["encode"]
-            # the TF-IDF rows and the OOD check (which imported the name) normalise with it
-            features.row_norms = code["row_norms"]
-            case_model_module.row_norms = code["row_norms"]
+            for (owner, name), value in zip(targets, code[side], strict=True):
+                setattr(owner, name, value)
+            case_model_module.row_norms = features.row_norms
 
         return install
 
