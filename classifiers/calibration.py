@@ -95,7 +95,9 @@ class CalibratedLinearClassifier(TransposedCache, ClassifierMixin, BaseEstimator
 
     Learned: ``classes_``, ``estimator_`` (fitted on all data), ``temperature_``,
     ``oof_proba_`` (calibrated held-out probabilities, rows in the order of ``y``),
-    ``oof_y_`` (class indices of those rows).
+    ``oof_y_`` (class indices of those rows), ``oof_index_`` (their row numbers in ``y``). Rows
+    of a rare label (fewer rows than folds) whose fold did not train on it have no out-of-fold
+    prediction worth the name and are not among them.
     """
 
     def __init__(
@@ -135,7 +137,9 @@ class CalibratedLinearClassifier(TransposedCache, ClassifierMixin, BaseEstimator
         if self.cv < 2:
             raise ValueError("cv must be at least 2")
         groups_arr = None if groups is None else np.asarray(groups)
-        splitter, _ = _fold_splitter(y_idx, groups_arr, self.cv, self.random_state)
+        splitter, n_splits = _fold_splitter(y_idx, groups_arr, self.cv, self.random_state)
+        # labels with fewer rows than folds cannot be in every fold's training part
+        rare = np.bincount(y_idx, minlength=n_classes) < n_splits
         oof = np.zeros((len(y_idx), n_classes))
         seen = np.zeros(len(y_idx), dtype=bool)
         template = self._make_base()
@@ -152,9 +156,19 @@ class CalibratedLinearClassifier(TransposedCache, ClassifierMixin, BaseEstimator
                 full = np.full((len(test_idx), n_classes), scores.min() - 10.0)
                 full[:, fold_classes] = scores
                 oof[test_idx] = full
-                seen[test_idx] = True
+                # A row of a rare label that this fold never trained on measures the sample
+                # size, not the model: it is a certain miss with a made-up score, and a few such
+                # rows drive the temperature up until every probability is near-uniform. They
+                # are left out of calibration and of the thresholds. A label with enough rows
+                # that is absent all the same was held out whole by the groups (one template):
+                # that miss is the honest measure of generalisation, and stays.
+                y_test = y_idx[test_idx]
+                seen[test_idx[~rare[y_test] | np.isin(y_test, fold_classes)]] = True
         if not seen.any():
-            raise ValueError("no fold had two classes; add more labelled examples")
+            raise ValueError(
+                "no held-out example to calibrate on (every label has fewer examples than "
+                f"{n_splits} folds, or no fold had two labels); add more labelled examples"
+            )
         self.temperature_ = fit_temperature(oof[seen], y_idx[seen], self.smoothing)
         self.oof_proba_ = softmax(oof[seen] / self.temperature_, axis=1)
         self.oof_y_ = y_idx[seen]

@@ -168,6 +168,7 @@ class CaseModel(TransposedCache, BaseEstimator):
         self.thresholds_: dict[str, np.ndarray] = {}
         self.threshold_stats_: dict[str, dict[str, ThresholdStats]] = {}
         self.validation_: dict[str, dict[str, Any]] = {}
+        first_labels: tuple[np.ndarray, np.ndarray] | None = None
         for target in self.targets:
             values = [label_of(r.get(target)) for r in records]
             idx = np.array([i for i, v in enumerate(values) if v is not None], dtype=int)
@@ -197,7 +198,10 @@ class CaseModel(TransposedCache, BaseEstimator):
                 str(c): s for c, s in zip(clf.classes_, stats, strict=True)
             }
             self.validation_[target] = self._validation_summary(target, clf)
-        self._fit_ood(X)
+            if first_labels is None:
+                first_labels = (idx, np.searchsorted(clf.classes_, y_t.astype(str)))
+        assert first_labels is not None
+        self._fit_ood(X, *first_labels)
         self.n_records_seen_ = len(records)
         return self
 
@@ -230,19 +234,22 @@ class CaseModel(TransposedCache, BaseEstimator):
             "temperature": clf.temperature_,
         }
 
-    def _fit_ood(self, X: sp.csr_matrix) -> None:
-        """Learn how similar in-distribution word profiles are to the training centroids."""
+    def _fit_ood(self, X: sp.csr_matrix, labelled: np.ndarray, label_index: np.ndarray) -> None:
+        """Learn how similar in-distribution word profiles are to the training centroids.
+
+        ``labelled`` holds the rows of ``X`` that have a label for the first target and
+        ``label_index`` those labels as indices into its ``classes_``: the centroids are one per
+        class of the first target (any partition works; this one is to hand), built from every
+        labelled row, so that a rare label's examples count too.
+        """
         words = self.featurizer_.split_word_block(X)
         self.word_centroids_: np.ndarray | None = None
         self.ood_min_similarity_ = 0.0
         if words is None or words.shape[1] == 0:
             return
-        first = self.targets[0]
-        clf = self.estimators_[first]
-        # centroids per class of the first target; any partition works, this one is to hand
+        clf = self.estimators_[self.targets[0]]
         rows = np.full(words.shape[0], -1)
-        rows_lab = clf.oof_index_  # only rows that had a label for the first target
-        rows[rows_lab] = clf.oof_y_
+        rows[labelled] = label_index
         keep = rows >= 0
         member = sp.csr_matrix(
             (np.ones(keep.sum()), (rows[keep], np.flatnonzero(keep))),

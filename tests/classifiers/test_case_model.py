@@ -111,6 +111,25 @@ def test_rows_without_a_label_are_skipped_per_target(case_records: list[dict[str
     assert len(model.estimators_["queue"].oof_y_) == 120
 
 
+def test_out_of_distribution_centroids_use_the_labelled_rows(
+    case_records: list[dict[str, Any]],
+) -> None:
+    # The first target is unlabelled on every third row: each class centroid must be built from
+    # the rows labelled with that class (before, positions within the labelled subset were read
+    # as positions among all records, so the centroids mixed in the wrong rows).
+    rows = [dict(r) for r in case_records[:120]]
+    for r in rows[1::3]:
+        r["queue"] = ""
+    model = CaseModel(targets=("queue",), cv=3).fit(rows)
+    words = model.featurizer_.split_word_block(model.featurizer_.transform(rows)).toarray()
+    assert model.word_centroids_ is not None
+    for k, label in enumerate(model.classes_["queue"]):
+        members = [i for i, r in enumerate(rows) if r["queue"] == label]
+        expected = words[members].sum(axis=0)
+        expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(model.word_centroids_[k], expected, atol=1e-6)
+
+
 def test_per_label_precision_override(case_records: list[dict[str, Any]]) -> None:
     model = CaseModel(targets=("queue",), cv=3, label_precision={"queue": {"claims": 0.5}}).fit(
         case_records[:160]

@@ -65,6 +65,24 @@ def test_calibrated_classifier_on_matrix() -> None:
     assert clf.temperature_ > 0
 
 
+def test_rare_labels_do_not_flatten_the_calibration() -> None:
+    # Three well-separated labels with 40 rows each, plus fifteen labels with one row each. A
+    # one-row label is never in its fold's training part; before, such rows still entered the
+    # temperature fit as certain misses and pushed every probability towards uniform (median
+    # top probability 0.45 on this data, against 0.99 now).
+    rng = np.random.default_rng(1)
+    centres = np.eye(18) * 6.0
+    labels = [k for k in range(3) for _ in range(40)] + list(range(3, 18))
+    X = sp.csr_matrix(np.array([centres[k] + rng.normal(size=18) for k in labels]))
+    y = np.array([f"label{k}" for k in labels])
+    clf = CalibratedLinearClassifier(cv=3).fit(X, y)
+    assert len(clf.oof_y_) == 120  # the one-row labels have no held-out prediction
+    assert set(clf.oof_index_) == set(range(120))
+    big = clf.predict_proba(X[:120])
+    assert (clf.classes_[big.argmax(axis=1)] == y[:120]).mean() > 0.95
+    assert np.median(big.max(axis=1)) > 0.9
+
+
 def test_featurizer_blocks_and_unknown_categories(case_records: list[dict[str, Any]]) -> None:
     fz = RecordFeaturizer(spec=CASE_FEATURE_SPEC).fit(case_records)
     X = fz.transform(case_records[:3])
