@@ -17,7 +17,7 @@ This is the object the triage pipeline calls. Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -158,6 +158,8 @@ class CaseModel(TransposedCache, BaseEstimator):
         spec = self.feature_spec()
         template = self.featurizer if self.featurizer is not None else RecordFeaturizer()
         self.featurizer_ = clone(template).set_params(spec=spec)
+        if embeddings is None:
+            embeddings = self.featurizer_.embed(records, progress=say)
         say(f"building features for {len(records)} records")
         X = self.featurizer_.fit_transform(records, embeddings=embeddings)
         if groups is None and self.group_near_duplicates and spec.text_columns:
@@ -272,6 +274,14 @@ class CaseModel(TransposedCache, BaseEstimator):
         return np.asarray(sims.max(axis=1)).ravel()
 
     # -- prediction ----------------------------------------------------------------------------
+    def embed(
+        self, records: Sequence[Record], progress: Callable[[str], None] | None = None
+    ) -> np.ndarray | None:
+        """The model's encoder vectors for ``records`` (``None`` without an encoder), with
+        optional progress messages; pass them on as ``embeddings`` to reuse them."""
+        check_is_fitted(self, "n_records_seen_")
+        return self.featurizer_.embed(records, progress)
+
     def transform(
         self, records: Sequence[Record], *, embeddings: np.ndarray | None = None
     ) -> sp.csr_matrix:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,13 +219,19 @@ def evaluate_model(
     targets: Sequence[str] | None = None,
     embeddings: np.ndarray | None = None,
     drift_tolerance: float = 0.02,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``targets`` (default: all model targets) on labelled ``records``."""
+    """Evaluate ``targets`` (default: all model targets) on labelled ``records``.
+
+    ``progress`` receives messages while the model's encoder (if any) encodes the texts.
+    """
     targets = list(targets or model.targets)
     unknown = [t for t in targets if t not in model.estimators_]
     if unknown:
         raise ValueError(f"the model does not predict {unknown}; it predicts {list(model.targets)}")
     records = list(records)
+    if embeddings is None:
+        embeddings = model.embed(records, progress)
     X = model.transform(records, embeddings=embeddings)
     ood = model.out_of_distribution(X)
     results: dict[str, Any] = {}

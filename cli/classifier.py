@@ -191,7 +191,7 @@ def evaluate(
         )
         say(f"evaluating {loaded.version} on {len(records)} records")
         result = evaluate_model(
-            loaded.model, aligned, targets=targets, drift_tolerance=drift_tolerance
+            loaded.model, aligned, targets=targets, drift_tolerance=drift_tolerance, progress=say
         )
         result["model_version"] = loaded.version
         report_dir = report or (model / "reports" / f"{loaded.version}-{data.stem}")
