@@ -279,9 +279,17 @@ def evaluate(
     )
 
 
+Progress = Callable[[str], None]
+
+
 class ModelJob:
     """One model-training job of a kind per process at a time (training takes seconds to
-    minutes); its state is what ``GET`` returns, its outcome goes on the audit trail."""
+    minutes); its state is what ``GET`` returns, its outcome goes on the audit trail.
+
+    ``work`` receives a progress callable: while the job runs, the state's ``progress`` holds
+    the last message (the step, or the encoder's texts done and time left) and
+    ``progress_at`` its time; both are dropped when the job ends.
+    """
 
     def __init__(self, action: str, failed_action: str) -> None:
         self.action = action  # audit actions for the outcome
@@ -290,7 +298,7 @@ class ModelJob:
         self.state: dict[str, Any] = {"status": "idle"}
 
     def start(
-        self, ctx: Any, principal: Principal, work: Callable[[], dict[str, Any]]
+        self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
     ) -> dict[str, Any]:
         if not self.lock.acquire(blocking=False):
             raise Conflict("a training job of this kind is already running", field="status")
@@ -300,15 +308,24 @@ class ModelJob:
         ).start()
         return dict(self.state)
 
-    def _run(self, ctx: Any, principal: Principal, work: Callable[[], dict[str, Any]]) -> None:
+    def _progress(self, message: str) -> None:
+        # a new dict each time: GET copies the state while this thread replaces it
+        self.state = {**self.state, "progress": message, "progress_at": now_ts()}
+
+    def _ended(self) -> dict[str, Any]:
+        return {k: v for k, v in self.state.items() if k not in ("progress", "progress_at")}
+
+    def _run(
+        self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
+    ) -> None:
         try:
-            out = work()
+            out = work(self._progress)
             with ctx.db.write() as s:
                 audit.append(s, principal.actor, self.action, out)
-            self.state = {**self.state, "status": "done", "finished_at": now_ts(), "result": out}
+            self.state = {**self._ended(), "status": "done", "finished_at": now_ts(), "result": out}
         except Exception as exc:  # reported to the admin through GET, and audited
             self.state = {
-                **self.state,
+                **self._ended(),
                 "status": "failed",
                 "finished_at": now_ts(),
                 "error": str(exc),
@@ -335,10 +352,10 @@ def retrain_job(ctx: Any) -> ModelJob:
     return _job(ctx, "model.retrained", "model.retrain_failed")
 
 
-def _retrain_work(ctx: Any) -> Callable[[], dict[str, Any]]:
-    def work() -> dict[str, Any]:
+def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:
+    def work(progress: Progress) -> dict[str, Any]:
         with ctx.db.read() as s:
-            result = classification.retrain_from_feedback(ctx.settings, s)
+            result = classification.retrain_from_feedback(ctx.settings, s, progress=progress)
         return {
             "candidate_version": result.candidate_version,
             "previous_version": result.active_version,
@@ -403,7 +420,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
     except ClassifierError as exc:
         raise _invalid(exc) from exc
 
-    def work() -> dict[str, Any]:
+    def work(progress: Progress) -> dict[str, Any]:
         version, model = classification.train_model(
             body.records,
             registry=classification.registry(ctx.settings),
@@ -417,6 +434,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             target_precision=body.target_precision,
             label_precision=body.label_precision,
             class_weight=body.class_weight,
+            progress=progress,
         )
         return {
             "version": version,

@@ -278,3 +278,41 @@ def test_retrain_from_the_console_reports_its_outcome(client, people, db):
     assert "triage retrain --base FILE --eval FILE" in row
     (event,) = _audit(db, "model.retrain_failed")
     assert event["actor"] == "boss" and "no base training data" in event["error"]
+
+
+def test_a_running_job_shows_its_progress(client, people, keys, monkeypatch):
+    """While a training job runs, the API state and the console's job row carry its last
+    progress message (e.g. the encoder's texts done and time left); when it ends, they go."""
+    import threading
+
+    from tests.support import bearer
+
+    release = threading.Event()
+
+    def slow_train(records, *, progress, **_kw):
+        progress("encoding texts with builtin:test: 512/2001 (56/s, about 27s left)")
+        assert release.wait(30), "the test never released the job"
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(classification, "train_model", slow_train)
+    admin = bearer(keys["admin"])
+    body = {"records": _rows()[::100], "text_columns": ["message"], "label_columns": ["label"]}
+    try:
+        assert client.post("/v1/models/train", headers=admin, json=body).status_code == 202
+
+        def progressed() -> dict | None:
+            state = client.get("/v1/models/train", headers=admin).json()
+            return state if state.get("progress") else None
+
+        state = wait_until(progressed, deadline_s=30, what="progress in the job state", every=0.05)
+        assert state["status"] == "running" and "512/2001" in state["progress"]
+        assert state["progress_at"]
+        sign_in(client, "boss")
+        row = _job_row(client, "training")
+        assert ">running<" in row and "512/2001 (56/s, about 27s left)" in row, row
+    finally:
+        release.set()
+    row = _stopped(client, "training", seconds=30)
+    assert ">failed<" in row and "stopped by the test" in row and "512/2001" not in row
+    state = client.get("/v1/models/train", headers=admin).json()
+    assert state["status"] == "failed" and "progress" not in state and "progress_at" not in state
