@@ -502,10 +502,9 @@ def retrain_cmd(
     settings = _settings()
     db = Database(settings)
     try:
-        with db.read() as s:
-            result = classification.retrain_from_feedback(
-                settings, s, base, eval_data, progress=lambda msg, *a: typer.echo(msg, err=True)
-            )
+        result = classification.retrain_from_feedback(
+            settings, db, base, eval_data, progress=lambda msg, *a: typer.echo(msg, err=True)
+        )
     except (ClassifierError, OSError) as exc:
         raise _fail(str(exc)) from exc
     with db.write() as s:

@@ -141,6 +141,37 @@ def test_override_becomes_label_and_shows_in_override_rate(client, keys, db, set
     assert info["precision_at_close"]["queue"] < 1.0  # the override to billing was a miss
 
 
+def test_retraining_holds_no_database_connection_while_it_trains(
+    db, settings, with_model, monkeypatch
+):
+    """Reviewer labels are read in one short transaction; training (minutes with a transformer
+    encoder) runs with no connection checked out, so none sits idle in a transaction."""
+    case_id = submit_simulated(db, settings, 1, seed=4)[0]
+    assert Worker(db, settings, default_pipeline(settings)).run_once() == 1
+    with db.write() as s:
+        classification.override(
+            s,
+            case_id,
+            actor=audit.Actor(audit.ActorType.human, "agent-1", "agent"),
+            reason="seen this before",
+            settings=settings,
+            queue="billing",
+        )
+    engines = {db.read_engine, db.write_engine}
+    during: list[int] = []
+    real_retrain = classification.retrain
+
+    def watching(base_rows, feedback, *args, **kwargs):
+        during.append(sum(e.pool.checkedout() for e in engines))
+        assert [f["case_id"] for f in feedback] == [case_id]
+        return real_retrain(base_rows, feedback, *args, **kwargs)
+
+    monkeypatch.setattr(classification, "retrain", watching)
+    result = classification.retrain_from_feedback(settings, db)
+    assert during == [0]
+    assert result.n_feedback == 1 and result.active_version == with_model
+
+
 def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings, with_model):
     admin = bearer(keys["admin"])
     assert (

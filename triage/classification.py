@@ -40,6 +40,7 @@ from retrieval.embeddings import DEFAULT_ENCODER, EncoderConfig, builtin_encoder
 from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
+from triage.db import Database
 from triage.errors import ValidationFailed
 from triage.lifecycle import Status
 from triage.models import Case, LabelFeedback
@@ -597,7 +598,7 @@ def feedback_records(session: Session) -> list[dict[str, Any]]:
 
 def retrain_from_feedback(
     settings: Settings,
-    session: Session,
+    db: Database,
     base: Path | None = None,
     eval_path: Path | None = None,
     progress: Callable[..., Any] | None = None,
@@ -605,7 +606,10 @@ def retrain_from_feedback(
     """Train on base data + reviewer labels; activate only if not worse on the fixed eval set.
 
     ``base`` and ``eval_path`` default to the files ``triage demo`` / ``train_default_model``
-    store beside the registry; a DataError says what is missing and how to provide it."""
+    store beside the registry; a DataError says what is missing and how to provide it. The
+    reviewer labels are read in one short read transaction; training (minutes with a
+    transformer encoder) runs outside any, so no connection sits idle in a transaction, where
+    PostgreSQL's ``idle_in_transaction_session_timeout`` would end it and fail the retrain."""
     base = base or base_data_path(settings)
     eval_path = eval_path or eval_data_path(settings)
     for path, what in ((base, "base training data"), (eval_path, "fixed evaluation set")):
@@ -617,7 +621,8 @@ def retrain_from_feedback(
             )
     base_rows = load_records(base)
     eval_rows = load_records(eval_path)
-    feedback = feedback_records(session)
+    with db.read() as session:
+        feedback = feedback_records(session)
     return retrain(
         base_rows,
         feedback,

@@ -354,8 +354,7 @@ def retrain_job(ctx: Any) -> ModelJob:
 
 def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:
     def work(progress: Progress) -> dict[str, Any]:
-        with ctx.db.read() as s:
-            result = classification.retrain_from_feedback(ctx.settings, s, progress=progress)
+        result = classification.retrain_from_feedback(ctx.settings, ctx.db, progress=progress)
         return {
             "candidate_version": result.candidate_version,
             "previous_version": result.active_version,
