@@ -158,8 +158,8 @@ class CaseModel(TransposedCache, BaseEstimator):
         spec = self.feature_spec()
         template = self.featurizer if self.featurizer is not None else RecordFeaturizer()
         self.featurizer_ = clone(template).set_params(spec=spec)
-        if embeddings is None:
-            embeddings = self.featurizer_.embed(records, progress=say)
+        if embeddings is None:  # encoded once, here, so that a slow encoder reports progress
+            embeddings = self.featurizer_.embed(records, progress=progress)
         say(f"building features for {len(records)} records")
         X = self.featurizer_.fit_transform(records, embeddings=embeddings)
         if groups is None and self.group_near_duplicates and spec.text_columns:
