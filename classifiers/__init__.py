@@ -13,7 +13,7 @@ Public API (what the triage pipeline, the CLI and the API use):
 This package imports nothing of ours except ``contracts``.
 """
 
-from classifiers.case_model import CASE_TARGETS, CaseModel
+from classifiers.case_model import CASE_TARGETS, CaseModel, ClassWeight
 from classifiers.data import (
     load_records,
     parse_label_precision,
@@ -44,6 +44,7 @@ __all__ = [
     "CASE_FEATURE_SPEC",
     "CASE_TARGETS",
     "CaseModel",
+    "ClassWeight",
     "ClassifierError",
     "DataError",
     "FeatureSpec",

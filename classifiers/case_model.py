@@ -18,6 +18,7 @@ This is the object the triage pipeline calls. Contract:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,19 @@ def _column_prefix(X: sp.csr_matrix, width: int) -> sp.csr_matrix:
     counts = np.bincount(row_ids(X)[keep], minlength=X.shape[0])
     indptr = np.concatenate([[0], np.cumsum(counts)])
     return sp.csr_matrix((X.data[keep], X.indices[keep], indptr), shape=(X.shape[0], width))
+
+
+class ClassWeight(StrEnum):
+    """The label weighting a caller chooses (``triage train --class-weight``, the API's
+    ``class_weight``): ``none`` trains unweighted, ``balanced`` weights each label inversely to
+    its frequency. :attr:`estimator_value` is what :class:`CaseModel` takes."""
+
+    none = "none"
+    balanced = "balanced"
+
+    @property
+    def estimator_value(self) -> str | None:
+        return None if self is ClassWeight.none else self.value
 
 
 class CaseModel(TransposedCache, BaseEstimator):

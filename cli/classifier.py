@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from classifiers.case_model import ClassWeight
 from classifiers.data import (
     file_sha256,
     load_records,
@@ -74,13 +74,6 @@ SigningKey = Annotated[
         show_default=False,
     ),
 ]
-
-
-class ClassWeight(StrEnum):
-    """``triage train --class-weight``: CaseModel's ``class_weight`` (none = unweighted)."""
-
-    none = "none"
-    balanced = "balanced"
 
 
 def train(
@@ -148,7 +141,7 @@ def train(
             base=base,
             C=c,
             cv=cv,
-            class_weight=class_weight.value,
+            class_weight=class_weight,
             group_near_duplicates=group_near_duplicates,
         )
     except (ClassifierError, RetrievalError, ValueError) as exc:

@@ -26,6 +26,7 @@ import classifiers
 from classifiers import (
     CASE_FEATURE_SPEC,
     CaseModel,
+    ClassWeight,
     DataError,
     FeatureSpec,
     LoadedModel,
@@ -93,13 +94,12 @@ def train_model(
     training_data_name: str | None = None,
     source: str = "data",
     progress: Callable[[str], None] | None = None,
-    class_weight: str = "none",
+    class_weight: ClassWeight | str = ClassWeight.none,
     **params: Any,
 ) -> tuple[str, CaseModel]:
     """Validate ``records``, train a calibrated CaseModel on them and register it; returns the
     new version id and the model. Shared by ``triage train`` and ``POST /v1/models/train``.
-    ``class_weight`` is the callers' spelling, ``"none"`` or ``"balanced"`` (CaseModel's
-    ``None`` / ``"balanced"``).
+    ``class_weight`` is a :class:`ClassWeight` or its value (``"none"``, ``"balanced"``).
 
     Raises ``classifiers.DataError`` (bad records), ``ClassifierError`` / ``ValueError`` (bad
     parameters) or ``RetrievalError`` (unknown encoder) before anything is written.
@@ -129,7 +129,7 @@ def train_model(
     model = CaseModel(
         spec=spec,
         targets=tuple(label_columns),
-        class_weight=None if class_weight == "none" else class_weight,
+        class_weight=ClassWeight(class_weight).estimator_value,
         **params,
     )
     model.fit(list(records), progress=progress)

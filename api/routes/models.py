@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +19,7 @@ from api.routes.cases import ERRORS, summary
 from api.schemas import CaseSummary
 from classifiers import (
     ClassifierError,
+    ClassWeight,
     UnknownVersion,
     align_columns,
     evaluate_model,
@@ -393,8 +394,8 @@ class TrainRequest(BaseModel):
         description="Embedding features: null = the deployment's encoder, 'none', or "
         "'builtin:NAME'.",
     )
-    class_weight: Literal["none", "balanced"] = Field(
-        default="none",
+    class_weight: ClassWeight = Field(
+        default=ClassWeight.none,
         description="'balanced' weights each label inversely to its frequency: rare labels "
         "gain recall (macro-F1), overall accuracy may drop a little (docs/classifier.md); "
         "like `triage train --class-weight`.",
