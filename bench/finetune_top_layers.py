@@ -49,6 +49,7 @@ from bench.finetune_encoder import (
     bucketed_batches,
     fold_split,
     lr_factor,
+    mean_pool,
     read_rows,
 )
 
@@ -112,11 +113,6 @@ class TopLayers:
             for layer in self.layers:
                 hidden = layer(hidden, additive)[0]
         return hidden
-
-
-def mean_pool(hidden: Any, mask: Any) -> Any:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
 def pad_states(states: list[Any]) -> tuple[Any, Any]:

@@ -243,16 +243,19 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
     def _spec(self) -> FeatureSpec:
         return self.spec if self.spec is not None else FeatureSpec()
 
+    def _texts(self, records: Sequence[Record]) -> list[str]:
+        """The normalised joined text of each record: what the n-grams and the encoder read."""
+        columns = self._spec().text_columns
+        return [
+            normalise_text(" \n ".join(_as_text(r.get(c)) for c in columns), self.max_chars)
+            for r in records
+        ]
+
     def _columns(self, records: Sequence[Record]) -> _Columns:
         spec = self._spec()
         cols = _Columns()
         if spec.text_columns:
-            cols.text = [
-                normalise_text(
-                    " \n ".join(_as_text(r.get(c)) for c in spec.text_columns), self.max_chars
-                )
-                for r in records
-            ]
+            cols.text = self._texts(records)
         if spec.categorical_columns:
             cols.categorical = [
                 [_as_text(r.get(c)).strip().lower() for c in spec.categorical_columns]
@@ -298,7 +301,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
         spec = self._spec()
         if spec.embedding_dim is None or spec.embedding_encoder is None:
             return None
-        return embed_texts(spec, self._columns(list(X)).text, progress)
+        return embed_texts(spec, self._texts(list(X)) if spec.text_columns else [], progress)
 
     # -- scikit-learn API ----------------------------------------------------------------------
     def fit(
