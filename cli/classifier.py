@@ -45,7 +45,9 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _progress() -> Callable[[str], None]:
+def progress_printer() -> Callable[[str], None]:
+    """A progress callback printing each message on stderr after the seconds since it was made
+    (``[  12.3s] message``), as ``triage train``, ``evaluate`` and ``retrain`` show it."""
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -122,7 +124,7 @@ def train(
     signing_key: SigningKey = None,
 ) -> None:
     """Train a calibrated classifier on FILE and register it as a new version in --out."""
-    say = _progress()
+    say = progress_printer()
     try:
         version, model = train_model(
             load_records(data),
@@ -175,7 +177,7 @@ def evaluate(
     signing_key: SigningKey = None,
 ) -> None:
     """Evaluate a registered model on a labelled FILE; print metrics and write a report."""
-    say = _progress()
+    say = progress_printer()
     try:
         loaded = open_model(model, _key(signing_key))
         records = load_records(data)

@@ -503,7 +503,7 @@ def retrain_cmd(
     db = Database(settings)
     try:
         result = classification.retrain_from_feedback(
-            settings, db, base, eval_data, progress=lambda msg, *a: typer.echo(msg, err=True)
+            settings, db, base, eval_data, progress=classifier_cli.progress_printer()
         )
     except (ClassifierError, OSError) as exc:
         raise _fail(str(exc)) from exc

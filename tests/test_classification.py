@@ -3,6 +3,7 @@ labels, per-model override rate and precision-at-close, activation, retraining."
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -170,6 +171,33 @@ def test_retraining_holds_no_database_connection_while_it_trains(
     result = classification.retrain_from_feedback(settings, db)
     assert during == [0]
     assert result.n_feedback == 1 and result.active_version == with_model
+
+
+def test_triage_retrain_prints_timed_progress_and_audits(
+    db, settings, with_model, monkeypatch
+):
+    """``triage retrain`` on the command line: timed progress lines on stderr (as ``triage
+    train`` prints them), the decision on stdout, and a ``model.retrained`` audit event."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from triage.settings import get_settings
+
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["retrain"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    progress = [line for line in result.stderr.splitlines() if line.strip()]
+    assert progress, "retrain printed no progress"
+    assert all(re.match(r"^\[\s*\d+\.\ds\] \S", line) for line in progress), progress
+    assert re.search(r"^candidate \S+: ", result.stdout, re.M), result.stdout
+    with db.read() as s:
+        actions = s.scalars(select(AuditEvent.action)).all()
+    assert actions.count("model.retrained") == 1
 
 
 def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings, with_model):
