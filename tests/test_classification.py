@@ -173,9 +173,7 @@ def test_retraining_holds_no_database_connection_while_it_trains(
     assert result.n_feedback == 1 and result.active_version == with_model
 
 
-def test_triage_retrain_prints_timed_progress_and_audits(
-    db, settings, with_model, monkeypatch
-):
+def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_model, monkeypatch):
     """``triage retrain`` on the command line: timed progress lines on stderr (as ``triage
     train`` prints them), the decision on stdout, and a ``model.retrained`` audit event."""
     from typer.testing import CliRunner
