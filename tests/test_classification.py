@@ -3,6 +3,7 @@ labels, per-model override rate and precision-at-close, activation, retraining."
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -242,6 +243,80 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
         r = client.post(f"/v1/models/{url}", headers=admin, json=body)
         assert r.status_code == 409, r.text
         assert "does not match the recorded" in r.json()["error"]["message"]
+
+
+def test_background_evaluation_over_the_api(client, keys, db, settings, with_model, monkeypatch):
+    """``POST /v1/models/{v}/evaluate?background=true`` checks the request as the synchronous
+    call does (404 / 422, nothing starts), answers 202, runs one job at a time (409 while it
+    runs, with its progress in ``GET /v1/models/evaluate``), and ends with the same figures as
+    the synchronous call and a ``model.evaluated`` audit event without the metrics."""
+    import threading
+
+    from api.routes import models as model_routes
+
+    admin = bearer(keys["admin"])
+    labels = [("warehouse_ops", "pick_error", "P2"), ("billing", "pricing_mismatch", "P3")]
+    records = [
+        classification.case_record(CaseIn.model_validate(sample_case(i)))
+        | {"queue": q, "category": c, "priority": p}
+        for i, (q, c, p) in enumerate(labels * 3, start=1)
+    ]
+    url = f"/v1/models/{with_model}/evaluate"
+    for path, body, status, word in (
+        ("/v1/models/v-nope/evaluate", {"records": records}, 404, "v-nope"),
+        (url, {"records": records, "label_columns": ["route"]}, 422, "route"),
+        (url, {"records": [{"text": "x"}]}, 422, "label_columns"),
+    ):
+        r = client.post(path, params={"background": "true"}, headers=admin, json=body)
+        assert r.status_code == status, r.text
+        assert word in r.text
+    assert client.get("/v1/models/evaluate", headers=admin).json() == {"status": "idle"}
+
+    sync = client.post(url, headers=admin, json={"records": records})
+    assert sync.status_code == 200, sync.text
+    release = threading.Event()
+    real_evaluate = model_routes.evaluate_model
+
+    def held(model, rows, *, targets, progress):
+        progress("encoding texts with builtin:test: 2/6 (1/s, about 4s left)")
+        assert release.wait(30), "the test never released the job"
+        return real_evaluate(model, rows, targets=targets, progress=progress)
+
+    monkeypatch.setattr(model_routes, "evaluate_model", held)
+    try:
+        r = client.post(
+            url, params={"background": "true"}, headers=admin, json={"records": records}
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "running"
+
+        def progressed() -> dict | None:
+            state = client.get("/v1/models/evaluate", headers=admin).json()
+            return state if state.get("progress") else None
+
+        state = wait_until(progressed, deadline_s=30, what="evaluation progress", every=0.05)
+        assert state["status"] == "running" and "2/6" in state["progress"]
+        again = client.post(
+            url, params={"background": "true"}, headers=admin, json={"records": records}
+        )
+        assert again.status_code == 409, again.text
+    finally:
+        release.set()
+    state = _finished_job(client, "/v1/models/evaluate", admin, seconds=60)
+    assert state["status"] == "done", state
+    result = state["result"]
+    assert result["metrics"] == sync.json()["metrics"]
+    assert result["version"] == with_model and result["records"] == 6
+    assert sorted(result["targets"]) == ["category", "priority", "queue"]
+    with db.read() as s:
+        events = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "model.evaluated")
+        ).all()
+    payloads = [json.loads(e) for e in events]
+    assert len(payloads) == 2  # the synchronous call and the job; the refused ones wrote nothing
+    assert all("metrics" not in p for p in payloads)
+    assert {p["records"] for p in payloads} == {6}
+    assert client.get("/v1/models/evaluate", headers=bearer(keys["agent"])).status_code == 403
 
 
 def test_each_case_is_encoded_once_for_classifier_and_retrieval(

@@ -41,6 +41,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/models/{version}/activate"): {"admin"},
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
+    ("GET", "/v1/models/evaluate"): {"admin"},
     ("POST", "/v1/models/train"): {"admin"},
     ("GET", "/v1/models/train"): {"admin"},
     ("POST", "/v1/models/retrain"): {"admin"},

@@ -24,9 +24,11 @@ from api.routes.models import (
     TrainRequest,
     activate_version,
     evaluate_version,
+    evaluation_job,
     model_infos,
     retrain_job,
     rollback_version,
+    start_evaluation,
     start_retraining,
     start_training,
     train_job,
@@ -77,7 +79,11 @@ def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
     infos = model_infos(ctx)
     with ctx.db.read() as s:
         feedback = classification.feedback_count(s)
-    jobs = {"training": train_job(ctx).state, "retraining": retrain_job(ctx).state}
+    jobs = {
+        "training": train_job(ctx).state,
+        "retraining": retrain_job(ctx).state,
+        "evaluation": evaluation_job(ctx).state,
+    }
     return render(
         request,
         "models.html",
@@ -178,15 +184,19 @@ def _confusions(confusion: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 @router.post("/admin/models/evaluate")
 def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
-    """Score a version on an uploaded labelled file and show the figures (audited)."""
+    """Score a version on an uploaded labelled file and show the figures (audited); with
+    "background" ticked, start the evaluation job instead and come back to the jobs table,
+    whose evaluation row links to the figures when it is done."""
     back = MODELS_URL + "#evaluate"
     version = _text(form, "version", 100)
+    background = form.get("background") == "on"
     try:
         name, records = _uploaded_records(form)
         label_columns = _columns(form, "label_columns")
         if not label_columns:
             raise UploadProblem("Name the label column(s) of the file.")
-        result = evaluate_version(
+        call = start_evaluation if background else evaluate_version
+        result = call(
             ctx,
             p,
             version,
@@ -199,7 +209,32 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
         return redirect(request, back, str(exc), "error")
     except TriageError as exc:
         return redirect(request, back, _error_text(exc), "error")
-    targets = result["metrics"]["targets"]
+    if background:
+        return redirect(
+            request,
+            MODELS_URL + "#jobs",
+            f"Evaluation of {version} on {len(records)} records from {name} started at "
+            f"{result['started_at']}; its row below links to the figures when it is done.",
+        )
+    return _evaluation_page(request, version, name, len(records), result["metrics"])
+
+
+@router.get("/admin/models/evaluation")
+def last_evaluation(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
+    """The figures of the last background evaluation (the jobs table links here)."""
+    state = evaluation_job(ctx).state
+    if state.get("status") != "done":
+        return redirect(
+            request, MODELS_URL + "#jobs", "No background evaluation has finished yet.", "error"
+        )
+    out = state["result"]
+    return _evaluation_page(request, out["version"], out["source"], out["records"], out["metrics"])
+
+
+def _evaluation_page(
+    request: Request, version: str, data_name: str, n_records: int, metrics: dict[str, Any]
+) -> Response:
+    targets = metrics["targets"]
     views = {
         t: {
             "m": m,
@@ -214,8 +249,8 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
         "model_evaluation.html",
         {
             "version": version,
-            "data_name": name,
-            "n_records": len(records),
+            "data_name": data_name,
+            "n_records": n_records,
             "views": views,
             "section": "models",
         },

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ContextDep, R, allow
@@ -221,19 +221,17 @@ def _invalid(exc: Exception) -> ValidationFailed:
     return ValidationFailed(str(exc), fields={field: str(exc)})
 
 
-def evaluate_version(
+def _prepared_evaluation(
     ctx: Any,
-    principal: Principal,
     version: str,
     records: list[dict[str, Any]],
-    text_columns: Sequence[str] | None = None,
-    label_columns: Sequence[str] | None = None,
-    source: str = "records",
-) -> dict[str, Any]:
-    """Score ``version`` on labelled ``records`` (audited ``model.evaluated``): the metrics of
-    ``classifiers.evaluate_model``. Column names map as in ``triage evaluate``. NotFound for an
-    unknown version, ValidationFailed (field ``records``, ``text_columns`` or
-    ``label_columns``) for records that cannot be scored; nothing is written then."""
+    text_columns: Sequence[str] | None,
+    label_columns: Sequence[str] | None,
+    source: str,
+) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """Load ``version`` and map ``records`` onto its columns: (model, records, targets).
+    NotFound / Conflict for a version that cannot be loaded, ValidationFailed naming the field
+    for records that cannot be scored; nothing is written either way."""
     reg = classification.registry(ctx.settings)
     try:
         loaded = reg.load(version)
@@ -254,6 +252,33 @@ def evaluate_version(
                         f"{list(model.targets)}"
                     },
                 )
+    except (ClassifierError, ValueError, KeyError) as exc:
+        raise _invalid(exc) from exc
+    return model, records, list(targets)
+
+
+def _evaluation_audit(version: str, records: int, targets: Sequence[str], source: str) -> dict:
+    return {"version": version, "records": records, "targets": list(targets), "source": source}
+
+
+def evaluate_version(
+    ctx: Any,
+    principal: Principal,
+    version: str,
+    records: list[dict[str, Any]],
+    text_columns: Sequence[str] | None = None,
+    label_columns: Sequence[str] | None = None,
+    source: str = "records",
+) -> dict[str, Any]:
+    """Score ``version`` on labelled ``records`` in the calling thread (audited
+    ``model.evaluated``): the metrics of ``classifiers.evaluate_model``. Column names map as in
+    ``triage evaluate``. NotFound for an unknown version, ValidationFailed (field ``records``,
+    ``text_columns`` or ``label_columns``) for records that cannot be scored; nothing is
+    written then."""
+    model, records, targets = _prepared_evaluation(
+        ctx, version, records, text_columns, label_columns, source
+    )
+    try:
         metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
         raise _invalid(exc) from exc
@@ -262,39 +287,97 @@ def evaluate_version(
             s,
             principal.actor,
             "model.evaluated",
-            {"version": version, "records": len(records), "targets": targets, "source": source},
+            _evaluation_audit(version, len(records), targets, source),
         )
     return {"version": version, "metrics": metrics}
 
 
+def start_evaluation(
+    ctx: Any,
+    principal: Principal,
+    version: str,
+    records: list[dict[str, Any]],
+    text_columns: Sequence[str] | None = None,
+    label_columns: Sequence[str] | None = None,
+    source: str = "records",
+) -> dict[str, Any]:
+    """Check the request as ``evaluate_version`` does (same errors, nothing starts then) and
+    score in the background evaluation job; Conflict while one runs. Returns the job state;
+    its result (``GET /v1/models/evaluate``) holds what ``evaluate_version`` returns plus
+    ``records``, ``targets`` and ``source``. For a deployment whose encoder is a transformer,
+    where scoring tens of thousands of records takes minutes."""
+    model, records, targets = _prepared_evaluation(
+        ctx, version, records, text_columns, label_columns, source
+    )
+
+    def work(progress: Progress) -> dict[str, Any]:
+        metrics = evaluate_model(model, records, targets=targets, progress=progress)
+        return {
+            **_evaluation_audit(version, len(records), targets, source),
+            "metrics": metrics,
+        }
+
+    return evaluation_job(ctx).start(ctx, principal, work)
+
+
 @router.post(
     "/v1/models/{version}/evaluate",
-    responses=ERRORS,
+    responses={**ERRORS, 202: {"description": "With background=true: the job's state."}},
     summary="Evaluate a version on labelled records (like `triage evaluate`)",
 )
 def evaluate(
-    version: str, body: EvaluateRequest, ctx: ContextDep, principal: Admin
+    version: str,
+    body: EvaluateRequest,
+    ctx: ContextDep,
+    principal: Admin,
+    response: Response,
+    background: Annotated[
+        bool,
+        Query(
+            description="Score in a background job (202; poll GET /v1/models/evaluate) "
+            "instead of in the request: for large sets or a transformer encoder."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
-    return evaluate_version(
-        ctx, principal, version, body.records, body.text_columns, body.label_columns
-    )
+    args = (ctx, principal, version, body.records, body.text_columns, body.label_columns)
+    if background:
+        response.status_code = 202
+        return start_evaluation(*args)
+    return evaluate_version(*args)
+
+
+@router.get(
+    "/v1/models/evaluate",
+    responses=ERRORS,
+    summary="State and result of the last background evaluation",
+)
+def evaluation_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
+    return dict(evaluation_job(ctx).state)
 
 
 Progress = Callable[[str], None]
 
 
 class ModelJob:
-    """One model-training job of a kind per process at a time (training takes seconds to
-    minutes); its state is what ``GET`` returns, its outcome goes on the audit trail.
+    """One model job of a kind (training, retraining, background evaluation) per process at a
+    time (each takes seconds to minutes); its state is what ``GET`` returns, its outcome goes
+    on the audit trail (``audit_detail`` picks what of the result does).
 
     ``work`` receives a progress callable: while the job runs, the state's ``progress`` holds
     the last message (the step, or the encoder's texts done and time left) and
     ``progress_at`` its time; both are dropped when the job ends.
     """
 
-    def __init__(self, action: str, failed_action: str) -> None:
+    def __init__(
+        self,
+        action: str,
+        failed_action: str,
+        audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.action = action  # audit actions for the outcome
         self.failed_action = failed_action
+        # what of the result goes on the audit trail (default: all of it)
+        self.audit_detail = audit_detail or (lambda out: out)
         self.lock = threading.Lock()
         self.state: dict[str, Any] = {"status": "idle"}
 
@@ -302,7 +385,7 @@ class ModelJob:
         self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
     ) -> dict[str, Any]:
         if not self.lock.acquire(blocking=False):
-            raise Conflict("a training job of this kind is already running", field="status")
+            raise Conflict("a job of this kind is already running", field="status")
         self.state = {"status": "running", "started_by": principal.actor.id, "started_at": now_ts()}
         threading.Thread(
             target=self._run, args=(ctx, principal, work), daemon=True, name=self.action
@@ -322,7 +405,7 @@ class ModelJob:
         try:
             out = work(self._progress)
             with ctx.db.write() as s:
-                audit.append(s, principal.actor, self.action, out)
+                audit.append(s, principal.actor, self.action, self.audit_detail(out))
             self.state = {**self._ended(), "status": "done", "finished_at": now_ts(), "result": out}
         except Exception as exc:  # reported to the admin through GET, and audited
             self.state = {
@@ -337,11 +420,16 @@ class ModelJob:
             self.lock.release()
 
 
-def _job(ctx: Any, action: str, failed_action: str) -> ModelJob:
+def _job(
+    ctx: Any,
+    action: str,
+    failed_action: str,
+    audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> ModelJob:
     # one job per kind and application instance (tests build many apps in one process)
     job: ModelJob | None = ctx.jobs.get(action)
     if job is None:
-        job = ctx.jobs.setdefault(action, ModelJob(action, failed_action))
+        job = ctx.jobs.setdefault(action, ModelJob(action, failed_action, audit_detail))
     return job
 
 
@@ -351,6 +439,16 @@ def train_job(ctx: Any) -> ModelJob:
 
 def retrain_job(ctx: Any) -> ModelJob:
     return _job(ctx, "model.retrained", "model.retrain_failed")
+
+
+def evaluation_job(ctx: Any) -> ModelJob:
+    # the audit event is the one a synchronous evaluation writes, without the metrics
+    return _job(
+        ctx,
+        "model.evaluated",
+        "model.evaluate_failed",
+        lambda out: {k: v for k, v in out.items() if k != "metrics"},
+    )
 
 
 def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:

@@ -49,7 +49,7 @@ def _audit(db, action: str) -> list[dict]:
 
 
 def _job_row(client, kind: str) -> str:
-    """The models page's table row for the ``training`` or ``retraining`` job."""
+    """The models page's table row for the ``training``, ``retraining`` or ``evaluation`` job."""
     return client.get(URL).text.split(f'id="job-{kind}"')[1].split("</tr>")[0]
 
 
@@ -172,6 +172,25 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     unknown = _upload(client, f"{URL}/evaluate", held_out, version="v0-none", label_columns="label")
     assert flash(client, unknown).startswith("error:")
     assert len(_audit(db, "model.evaluated")) == 1
+    bad = _upload(client, f"{URL}/evaluate", held_out, version=version, label_columns="nope",
+                  background="on")  # fmt: skip
+    assert "nope" in flash(client, bad) and ">idle<" in _job_row(client, "evaluation")
+    early = client.get(f"{URL}/evaluation", follow_redirects=False)
+    assert "No background evaluation" in flash(client, early)
+
+    # in the background: the jobs table shows the outcome and links to the same figures
+    bg = _upload(client, f"{URL}/evaluate", held_out, "held-out.csv", version=version,
+                 label_columns="label", background="on")  # fmt: skip
+    assert "Evaluation of" in flash(client, bg)
+    row = _stopped(client, "evaluation", seconds=60)
+    assert ">done<" in row and "held-out.csv" in row, row
+    assert f"label accuracy {accuracy:.1f}%" in row, row
+    assert f'href="{URL}/evaluation"' in row
+    figures = client.get(f"{URL}/evaluation")
+    assert figures.status_code == 200
+    assert f'class="kpi">{accuracy:.1f}%</span>' in figures.text
+    assert figures.text.count('class="diag"') == 9 and "held-out.csv" in figures.text
+    assert len(_audit(db, "model.evaluated")) == 2
 
 
 def test_upload_limit_is_separate_from_the_case_body_limit(client, people, settings):
