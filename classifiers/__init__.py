@@ -27,7 +27,12 @@ from classifiers.errors import (
     RegistryError,
     UnknownVersion,
 )
-from classifiers.evaluation import align_columns, evaluate_model, write_report
+from classifiers.evaluation import (
+    align_columns,
+    evaluate_model,
+    unlabelled_targets,
+    write_report,
+)
 from classifiers.features import (
     CASE_FEATURE_SPEC,
     FeatureSpec,
@@ -64,6 +69,7 @@ __all__ = [
     "parse_records",
     "retrain",
     "set_embedder",
+    "unlabelled_targets",
     "validate_training_data",
     "write_report",
 ]

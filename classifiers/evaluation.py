@@ -212,6 +212,12 @@ def align_columns(
     return aligned, [mapping[c] for c in label_columns]
 
 
+def unlabelled_targets(records: Sequence[Record], targets: Sequence[str]) -> list[str]:
+    """The ``targets`` that no record carries a label for (``evaluate_model`` refuses them), so
+    a caller can refuse the request before any work starts."""
+    return [t for t in targets if all(label_of(r.get(t)) is None for r in records)]
+
+
 def evaluate_model(
     model: CaseModel,
     records: Sequence[Record],

@@ -23,6 +23,7 @@ from classifiers import (
     UnknownVersion,
     align_columns,
     evaluate_model,
+    unlabelled_targets,
     validate_training_data,
 )
 from triage import audit, classification
@@ -254,6 +255,10 @@ def _prepared_evaluation(
                 )
     except (ClassifierError, ValueError, KeyError) as exc:
         raise _invalid(exc) from exc
+    unlabelled = unlabelled_targets(records, targets)
+    if unlabelled:
+        message = f"no record has a label for {', '.join(unlabelled)}"
+        raise ValidationFailed(message, fields={"records": message})
     return model, records, list(targets)
 
 
