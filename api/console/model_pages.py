@@ -28,7 +28,6 @@ from api.routes.models import (
     model_infos,
     retrain_job,
     rollback_version,
-    start_evaluation,
     start_retraining,
     start_training,
     train_job,
@@ -195,8 +194,7 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
         label_columns = _columns(form, "label_columns")
         if not label_columns:
             raise UploadProblem("Name the label column(s) of the file.")
-        call = start_evaluation if background else evaluate_version
-        result = call(
+        result = evaluate_version(
             ctx,
             p,
             version,
@@ -204,6 +202,7 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
             _columns(form, "text_columns") or None,
             label_columns,
             source=name,
+            background=background,
         )
     except UploadProblem as exc:
         return redirect(request, back, str(exc), "error")

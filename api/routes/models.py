@@ -262,10 +262,6 @@ def _prepared_evaluation(
     return model, records, list(targets)
 
 
-def _evaluation_audit(version: str, records: int, targets: Sequence[str], source: str) -> dict:
-    return {"version": version, "records": records, "targets": list(targets), "source": source}
-
-
 def evaluate_version(
     ctx: Any,
     principal: Principal,
@@ -274,55 +270,38 @@ def evaluate_version(
     text_columns: Sequence[str] | None = None,
     label_columns: Sequence[str] | None = None,
     source: str = "records",
+    *,
+    background: bool = False,
 ) -> dict[str, Any]:
-    """Score ``version`` on labelled ``records`` in the calling thread (audited
-    ``model.evaluated``): the metrics of ``classifiers.evaluate_model``. Column names map as in
-    ``triage evaluate``. NotFound for an unknown version, ValidationFailed (field ``records``,
-    ``text_columns`` or ``label_columns``) for records that cannot be scored; nothing is
-    written then."""
+    """Score ``version`` on labelled ``records`` (audited ``model.evaluated``) and return
+    ``{"version", "metrics"}``, the metrics of ``classifiers.evaluate_model``. Column names map
+    as in ``triage evaluate``. NotFound for an unknown version, Conflict for one that cannot be
+    loaded, ValidationFailed (field ``records``, ``text_columns`` or ``label_columns``) for
+    records that cannot be scored; nothing is written or started then.
+
+    With ``background`` the scoring runs in the evaluation job instead (for a deployment whose
+    encoder is a transformer, where tens of thousands of records take minutes): the call
+    returns the job's state, Conflict while one runs; the job's result (``GET
+    /v1/models/evaluate``) adds ``records``, ``targets`` and ``source``, and its audit event
+    leaves the metrics out."""
     model, records, targets = _prepared_evaluation(
         ctx, version, records, text_columns, label_columns, source
     )
+    scored = {"version": version, "records": len(records), "targets": targets, "source": source}
+    if background:
+
+        def work(progress: Progress) -> dict[str, Any]:
+            metrics = evaluate_model(model, records, targets=targets, progress=progress)
+            return {**scored, "metrics": metrics}
+
+        return evaluation_job(ctx).start(ctx, principal, work)
     try:
         metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
         raise _invalid(exc) from exc
     with ctx.db.write() as s:
-        audit.append(
-            s,
-            principal.actor,
-            "model.evaluated",
-            _evaluation_audit(version, len(records), targets, source),
-        )
+        audit.append(s, principal.actor, "model.evaluated", scored)
     return {"version": version, "metrics": metrics}
-
-
-def start_evaluation(
-    ctx: Any,
-    principal: Principal,
-    version: str,
-    records: list[dict[str, Any]],
-    text_columns: Sequence[str] | None = None,
-    label_columns: Sequence[str] | None = None,
-    source: str = "records",
-) -> dict[str, Any]:
-    """Check the request as ``evaluate_version`` does (same errors, nothing starts then) and
-    score in the background evaluation job; Conflict while one runs. Returns the job state;
-    its result (``GET /v1/models/evaluate``) holds what ``evaluate_version`` returns plus
-    ``records``, ``targets`` and ``source``. For a deployment whose encoder is a transformer,
-    where scoring tens of thousands of records takes minutes."""
-    model, records, targets = _prepared_evaluation(
-        ctx, version, records, text_columns, label_columns, source
-    )
-
-    def work(progress: Progress) -> dict[str, Any]:
-        metrics = evaluate_model(model, records, targets=targets, progress=progress)
-        return {
-            **_evaluation_audit(version, len(records), targets, source),
-            "metrics": metrics,
-        }
-
-    return evaluation_job(ctx).start(ctx, principal, work)
 
 
 @router.post(
@@ -344,11 +323,17 @@ def evaluate(
         ),
     ] = False,
 ) -> dict[str, Any]:
-    args = (ctx, principal, version, body.records, body.text_columns, body.label_columns)
     if background:
         response.status_code = 202
-        return start_evaluation(*args)
-    return evaluate_version(*args)
+    return evaluate_version(
+        ctx,
+        principal,
+        version,
+        body.records,
+        body.text_columns,
+        body.label_columns,
+        background=background,
+    )
 
 
 @router.get(
