@@ -38,6 +38,7 @@ from classifiers.grouping import group_key, near_duplicate_groups
 
 EMBEDDINGS_LABEL = "emb"
 CLASS_WEIGHT: str | None = None
+C = 1.0  # CaseModel's LinearSVC regularisation (its default)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -104,7 +105,7 @@ def run_folds(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
             started = time.perf_counter()
-            model = CaseModel(spec=spec, targets=(label,), class_weight=CLASS_WEIGHT).fit(
+            model = CaseModel(spec=spec, targets=(label,), class_weight=CLASS_WEIGHT, C=C).fit(
                 [recs[i] for i in tr],
                 embeddings=None if emb is None else emb[tr],
                 groups=fold_groups,
@@ -236,10 +237,17 @@ def main() -> None:
         default="none",
         help="CaseModel's class weighting (the baseline keeps the reference's, none)",
     )
+    parser.add_argument(
+        "--C",
+        type=float,
+        default=1.0,
+        help="CaseModel's LinearSVC C (default 1.0, the product's; the baseline keeps 1.0)",
+    )
     args = parser.parse_args()
-    global EMBEDDINGS_LABEL, CLASS_WEIGHT
+    global EMBEDDINGS_LABEL, CLASS_WEIGHT, C
     EMBEDDINGS_LABEL = args.embeddings_label
     CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
+    C = args.C
     if args.only in (None, "bitext"):
         bitext(
             args.bitext,
