@@ -266,7 +266,12 @@ def test_background_evaluation_over_the_api(client, keys, db, settings, with_mod
         ("/v1/models/v-nope/evaluate", {"records": records}, 404, "v-nope"),
         (url, {"records": records, "label_columns": ["route"]}, 422, "route"),
         (url, {"records": [{"text": "x"}]}, 422, "label_columns"),
-        (url, {"records": [r | {"queue": "", "category": None} for r in records]}, 422, "label"),
+        (
+            url,
+            {"records": [r | {"queue": "", "category": None} for r in records]},
+            422,
+            '"field":"records","problem":"no record has a label for category, queue"',
+        ),
     ):
         r = client.post(path, params={"background": "true"}, headers=admin, json=body)
         assert r.status_code == status, r.text
