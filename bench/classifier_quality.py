@@ -27,7 +27,12 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import (
+    GroupShuffleSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
 from sklearn.pipeline import make_pipeline, make_union
 from sklearn.svm import LinearSVC
 
@@ -189,11 +194,20 @@ def bitext(
     report("Bitext [low-resource keyword hold-out], mean over seeds:", result)
 
 
-def banking77(path: Path, folds: int, embeddings: np.ndarray | None) -> None:
+def banking77(
+    path: Path, folds: int, embeddings: np.ndarray | None, train_fraction: float = 1.0
+) -> None:
     rows = read_csv(path)
     y = np.array([r["category"] for r in rows])
     print(f"BANKING77, stratified {folds}-fold CV on the official train split ({len(rows)} rows)")
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    if train_fraction < 1.0:
+        # a learning curve: the same test folds, a stratified share of each training part
+        splits = [
+            (train_test_split(tr, train_size=train_fraction, stratify=y[tr], random_state=0)[0], te)
+            for tr, te in splits
+        ]
+        print(f"  training on {train_fraction:g} of each fold's training part")
     report("BANKING77, mean over folds:", run_folds(rows, "category", splits, None, embeddings))
 
 
@@ -243,6 +257,13 @@ def main() -> None:
         default=1.0,
         help="CaseModel's LinearSVC C (default 1.0, the product's; the baseline keeps 1.0)",
     )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="BANKING77: train on this stratified share of each fold's training part (same "
+        "test folds), for a learning curve",
+    )
     args = parser.parse_args()
     global EMBEDDINGS_LABEL, CLASS_WEIGHT, C
     EMBEDDINGS_LABEL = args.embeddings_label
@@ -256,7 +277,7 @@ def main() -> None:
             proxy_only=args.bitext_proxy_only,
         )
     if args.only in (None, "banking77"):
-        banking77(args.banking77, args.folds, _load(args.banking77_embeddings))
+        banking77(args.banking77, args.folds, _load(args.banking77_embeddings), args.train_fraction)
 
 
 if __name__ == "__main__":
