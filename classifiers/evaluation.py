@@ -236,6 +236,9 @@ def evaluate_model(
     if unknown:
         raise ValueError(f"the model does not predict {unknown}; it predicts {list(model.targets)}")
     records = list(records)
+    unlabelled = unlabelled_targets(records, targets)
+    if unlabelled:  # before the encoder's minutes, not after
+        raise ValueError(f"no record has a label for {', '.join(unlabelled)}")
     if embeddings is None:
         embeddings = model.embed(records, progress)
     X = model.transform(records, embeddings=embeddings)
@@ -244,8 +247,6 @@ def evaluate_model(
     for target in targets:
         labels = [label_of(r.get(target)) for r in records]
         idx = np.array([i for i, v in enumerate(labels) if v is not None], dtype=int)
-        if len(idx) == 0:
-            raise ValueError(f"no record has a label for {target!r}")
         proba = model.estimators_[target].predict_proba(X[idx])
         results[target] = evaluate_target(
             model,
