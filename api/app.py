@@ -79,6 +79,7 @@ def create_app(
         try:
             yield
         finally:
+            models.shutdown_jobs(ctx)
             if worker is not None:
                 worker.stop()
 

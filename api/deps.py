@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -26,7 +26,8 @@ class AppContext:
     worker: Worker | None
     keys: auth.KeyCache
     limiter: auth.RateLimiter
-    jobs: dict[str, Any] = field(default_factory=dict)
+    # ids of the model jobs this app's threads run (closed as interrupted at shutdown)
+    running_jobs: set[int] = field(default_factory=set)
 
     def notify_worker(self) -> None:
         if self.worker is not None:

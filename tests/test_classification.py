@@ -325,6 +325,102 @@ def test_background_evaluation_over_the_api(client, keys, db, settings, with_mod
     assert client.get("/v1/models/evaluate", headers=bearer(keys["agent"])).status_code == 403
 
 
+def test_job_state_is_shared_by_api_processes_and_survives_a_restart(
+    db, settings, keys, with_model, monkeypatch
+):
+    """Two API processes on one database (two apps, each with its own engine): a background
+    evaluation started on one shows running, with its progress, on the other, which cannot
+    start a second; its outcome is still there for a third app started afterwards (a restart),
+    in the jobs list and by id; the audit event names the job. Stopping the API that runs a
+    job closes it as interrupted at once."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.routes import models as model_routes
+    from triage.db import Database
+
+    admin, auditor = bearer(keys["admin"]), bearer(keys["auditor"])
+    labels = [("warehouse_ops", "pick_error", "P2"), ("billing", "pricing_mismatch", "P3")]
+    records = [
+        classification.case_record(CaseIn.model_validate(sample_case(i)))
+        | {"queue": q, "category": c, "priority": p}
+        for i, (q, c, p) in enumerate(labels * 3, start=1)
+    ]
+    url, body = f"/v1/models/{with_model}/evaluate", {"records": records}
+    release = threading.Event()
+    real_evaluate = model_routes.evaluate_model
+
+    def held(model, rows, *, targets, progress):
+        progress("encoding texts with builtin:test: 2/6 (1/s, about 4s left)")
+        assert release.wait(30), "the test never released the job"
+        return real_evaluate(model, rows, targets=targets, progress=progress)
+
+    monkeypatch.setattr(model_routes, "evaluate_model", held)
+
+    def api() -> TestClient:
+        return TestClient(create_app(settings, db=Database(settings), start_worker=False))
+
+    with api() as one, api() as two:
+        started = one.post(url, params={"background": "true"}, headers=admin, json=body)
+        assert started.status_code == 202, started.text
+        job_id = started.json()["id"]
+        try:
+
+            def progressed() -> dict | None:
+                state = two.get("/v1/models/evaluate", headers=admin).json()
+                return state if state.get("progress") else None
+
+            state = wait_until(progressed, deadline_s=30, what="progress on the other API")
+            assert state["status"] == "running" and state["id"] == job_id
+            assert "2/6" in state["progress"]
+            refused = two.post(url, params={"background": "true"}, headers=admin, json=body)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["fields"][0]["field"] == "status"
+        finally:
+            release.set()
+        state = _finished_job(two, "/v1/models/evaluate", admin, seconds=60)
+        assert state["status"] == "done" and state["id"] == job_id
+        figures = state["result"]["metrics"]
+
+    with api() as restarted:
+        state = restarted.get("/v1/models/evaluate", headers=admin).json()
+        assert state["status"] == "done" and state["result"]["metrics"] == figures
+        listed = restarted.get("/v1/models/jobs", headers=auditor, params={"kind": "evaluate"})
+        assert listed.status_code == 200, listed.text
+        assert [j["id"] for j in listed.json()["items"]] == [job_id]
+        assert "result" not in listed.json()["items"][0] and listed.json()["next_before"] is None
+        one_job = restarted.get(f"/v1/models/jobs/{job_id}", headers=auditor).json()
+        assert one_job["result"]["metrics"] == figures and one_job["started_by"] == "test-admin"
+        for path, params in (
+            ("/v1/models/jobs", {"kind": "deploy"}),
+            ("/v1/models/jobs", {"limit": 0}),
+            ("/v1/models/jobs/abc", {}),
+        ):
+            r = restarted.get(path, headers=admin, params=params)
+            assert r.status_code == 422, r.text
+        assert restarted.get("/v1/models/jobs/999999", headers=admin).status_code == 404
+    with db.read() as s:
+        events = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "model.evaluated")
+        ).all()
+    assert [json.loads(e)["job_id"] for e in events] == [job_id]
+
+    # stopping the API that runs a job closes it at once (its thread dies with the process)
+    release.clear()
+    with api() as stopping:
+        r = stopping.post(url, params={"background": "true"}, headers=admin, json=body)
+        assert r.status_code == 202, r.text
+    try:
+        with api() as after:
+            state = after.get("/v1/models/evaluate", headers=admin).json()
+            assert state["id"] == r.json()["id"] and state["status"] == "interrupted", state
+            assert "shut down" in state["error"]
+    finally:
+        release.set()
+
+
 def test_each_case_is_encoded_once_for_classifier_and_retrieval(
     db, settings, with_model, monkeypatch
 ):

@@ -46,6 +46,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/models/train"): {"admin"},
     ("POST", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/models/retrain"): {"admin"},
+    ("GET", "/v1/models/jobs"): {"admin", "auditor"},
+    ("GET", "/v1/models/jobs/{job_id}"): {"admin", "auditor"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},

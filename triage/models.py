@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -353,3 +354,35 @@ class DashboardRollupState(Base):
     through_seq: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[str] = mapped_column(Ts)
+
+
+class ModelJobRow(Base):
+    """A model job (training, retraining, background evaluation): its state while it runs and
+    its outcome after (``triage.model_jobs``). The partial unique index lets at most one job
+    of a kind be ``running`` in the whole deployment."""
+
+    __tablename__ = "model_jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    started_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[str] = mapped_column(Ts)
+    runner: Mapped[str] = mapped_column(String(128))
+    heartbeat_at: Mapped[str] = mapped_column(Ts)
+    progress: Mapped[str | None] = mapped_column(String(500))
+    progress_at: Mapped[str | None] = mapped_column(Ts)
+    finished_at: Mapped[str | None] = mapped_column(Ts)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_model_jobs_kind_id", "kind", "id"),
+        Index(
+            "uq_model_jobs_running",
+            "kind",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A worker whose heartbeat is older than this is dead: its jobs are re-queued.",
     )
+    model_job_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A model job (training, retraining, background evaluation) whose runner "
+        "has not reported for this long reads 'interrupted', and the next start of its kind "
+        "may take the slot; the runner reports every quarter of it.",
+    )
 
     # SLA: hours from intake to triage and to resolution, per priority.
     sla_triage_hours: dict[str, float] = Field(

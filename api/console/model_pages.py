@@ -21,21 +21,21 @@ from api.console.routes import AdminP, _error_text, _text, redirect, render
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.models import (
+    EVALUATION,
+    RETRAINING,
+    TRAINING,
     TrainRequest,
     activate_version,
     evaluate_version,
-    evaluation_job,
     model_infos,
-    retrain_job,
     rollback_version,
     start_retraining,
     start_training,
-    train_job,
 )
 from classifiers import ClassifierError, parse_label_precision, parse_records
-from triage import classification
+from triage import classification, model_jobs
 from triage.auth import Principal, Role
-from triage.errors import TriageError
+from triage.errors import NotFound, TriageError
 
 router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
 MODELS_URL = f"{COOKIE_PATH}/admin/models"
@@ -43,6 +43,7 @@ ModelReaderP = Annotated[Principal, Depends(ConsoleGuard(Role.admin, Role.audito
 # A confusion matrix wider than this is shown as its largest off-diagonal cells instead.
 MATRIX_MAX_LABELS = 12
 TOP_CONFUSIONS = 15
+RECENT_JOBS = 10  # rows of the recent-jobs table (GET /v1/models/jobs pages through all)
 
 
 def _columns(form: FormData, name: str) -> list[str]:
@@ -79,10 +80,14 @@ def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
     with ctx.db.read() as s:
         feedback = classification.feedback_count(s)
     jobs = {
-        "training": train_job(ctx).state,
-        "retraining": retrain_job(ctx).state,
-        "evaluation": evaluation_job(ctx).state,
+        "training": TRAINING.state(ctx),
+        "retraining": RETRAINING.state(ctx),
+        "evaluation": EVALUATION.state(ctx),
     }
+    with ctx.db.read() as s:
+        recent, _ = model_jobs.history(
+            s, lease_seconds=ctx.settings.model_job_lease_seconds, limit=RECENT_JOBS
+        )
     return render(
         request,
         "models.html",
@@ -90,6 +95,7 @@ def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
             "models": infos,
             "active": next((m for m in infos if m.active), None),
             "jobs": jobs,
+            "recent_jobs": recent,
             "running": any(j.get("status") == "running" for j in jobs.values()),
             "feedback": feedback,
             "encoders": classification.encoder_choices(ctx.settings),
@@ -220,12 +226,27 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
 
 @router.get("/admin/models/evaluation")
 def last_evaluation(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
-    """The figures of the last background evaluation (the jobs table links here)."""
-    state = evaluation_job(ctx).state
-    if state.get("status") != "done":
-        return redirect(
-            request, MODELS_URL + "#jobs", "No background evaluation has finished yet.", "error"
-        )
+    """The figures of a background evaluation: ``?job=ID``, or the last one (the jobs tables
+    link here)."""
+    job = request.query_params.get("job", "")
+    if job:
+        try:
+            with ctx.db.read() as s:
+                state = model_jobs.get(
+                    s, int(job), lease_seconds=ctx.settings.model_job_lease_seconds
+                )
+        except (ValueError, NotFound):
+            state = {}
+        if state.get("kind") != "evaluate" or state.get("status") != "done":
+            return redirect(
+                request, MODELS_URL + "#jobs", f"No finished evaluation job {job[:20]}.", "error"
+            )
+    else:
+        state = EVALUATION.state(ctx)
+        if state.get("status") != "done":
+            return redirect(
+                request, MODELS_URL + "#jobs", "No background evaluation has finished yet.", "error"
+            )
     out = state["result"]
     return _evaluation_page(request, out["version"], out["source"], out["records"], out["metrics"])
 

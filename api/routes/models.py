@@ -7,9 +7,11 @@ rule or an audit event is never different between the two."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,13 +28,14 @@ from classifiers import (
     unlabelled_targets,
     validate_training_data,
 )
-from triage import audit, classification
+from triage import audit, classification, model_jobs
 from triage.auth import Principal
-from triage.common import now_ts
 from triage.errors import Conflict, NotFound, ValidationFailed
 
+log = logging.getLogger("triage.api.models")
 router = APIRouter(tags=["classifier"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
+AdminOrAuditor = Annotated[Principal, Depends(allow(R.admin, R.auditor))]
 Column = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -129,9 +132,7 @@ def model_infos(ctx: Any) -> list[ModelInfo]:
     responses=ERRORS,
     summary="Model versions with their metrics, override rate and precision-at-close",
 )
-def list_models(
-    ctx: ContextDep, _p: Annotated[Principal, Depends(allow(R.admin, R.auditor))]
-) -> list[ModelInfo]:
+def list_models(ctx: ContextDep, _p: AdminOrAuditor) -> list[ModelInfo]:
     return model_infos(ctx)
 
 
@@ -294,7 +295,7 @@ def evaluate_version(
             metrics = evaluate_model(model, records, targets=targets, progress=progress)
             return {**scored, "metrics": metrics}
 
-        return evaluation_job(ctx).start(ctx, principal, work)
+        return EVALUATION.start(ctx, principal, work)
     try:
         metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
@@ -342,16 +343,18 @@ def evaluate(
     summary="State and result of the last background evaluation",
 )
 def evaluation_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(evaluation_job(ctx).state)
+    return EVALUATION.state(ctx)
 
 
 Progress = Callable[[str], None]
 
 
 class ModelJob:
-    """One model job of a kind (training, retraining, background evaluation) per process at a
-    time (each takes seconds to minutes); its state is what ``GET`` returns, its outcome goes
-    on the audit trail (``audit_detail`` picks what of the result does).
+    """A kind of model job (training, retraining, background evaluation): at most one of a
+    kind runs at a time in the whole deployment, in a thread of the API process that started
+    it. Its state lives in the database (``triage.model_jobs``), so every API process reports
+    the same state and a restart keeps the last outcome; its outcome goes on the audit trail
+    in the transaction that records it (``audit_detail`` picks what of the result does).
 
     ``work`` receives a progress callable: while the job runs, the state's ``progress`` holds
     the last message (the step, or the encoder's texts done and time left) and
@@ -360,85 +363,175 @@ class ModelJob:
 
     def __init__(
         self,
+        kind: str,
         action: str,
         failed_action: str,
         audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        self.kind = kind
         self.action = action  # audit actions for the outcome
         self.failed_action = failed_action
         # what of the result goes on the audit trail (default: all of it)
         self.audit_detail = audit_detail or (lambda out: out)
-        self.lock = threading.Lock()
-        self.state: dict[str, Any] = {"status": "idle"}
+
+    def state(self, ctx: Any) -> dict[str, Any]:
+        """The newest job of this kind, as ``GET /v1/models/<kind>`` returns it."""
+        with ctx.db.read() as s:
+            return model_jobs.state(
+                s, self.kind, lease_seconds=ctx.settings.model_job_lease_seconds
+            )
 
     def start(
         self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
     ) -> dict[str, Any]:
-        if not self.lock.acquire(blocking=False):
-            raise Conflict("a job of this kind is already running", field="status")
-        self.state = {"status": "running", "started_by": principal.actor.id, "started_at": now_ts()}
+        """Record the job as running and run ``work`` in a thread; Conflict while a job of
+        this kind runs in any process. Returns the new job's state."""
+        lease = ctx.settings.model_job_lease_seconds
+        state = model_jobs.start(ctx.db, self.kind, principal.actor.id, lease_seconds=lease)
+        job_id: int = state["id"]
+        ctx.running_jobs.add(job_id)
+        reporter = _Reporter(ctx.db, job_id, heartbeat_seconds=lease / 4)
         threading.Thread(
-            target=self._run, args=(ctx, principal, work), daemon=True, name=self.action
+            target=self._run,
+            args=(ctx, principal, work, job_id, reporter),
+            daemon=True,
+            name=f"model-job-{self.kind}-{job_id}",
         ).start()
-        return dict(self.state)
-
-    def _progress(self, message: str) -> None:
-        # a new dict each time: GET copies the state while this thread replaces it
-        self.state = {**self.state, "progress": message, "progress_at": now_ts()}
-
-    def _ended(self) -> dict[str, Any]:
-        return {k: v for k, v in self.state.items() if k not in ("progress", "progress_at")}
+        return state
 
     def _run(
-        self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
+        self,
+        ctx: Any,
+        principal: Principal,
+        work: Callable[[Progress], dict[str, Any]],
+        job_id: int,
+        reporter: _Reporter,
     ) -> None:
         try:
-            out = work(self._progress)
+            try:
+                out = work(reporter.progress)
+            except Exception as exc:  # reported to the admin through GET, and audited
+                reporter.stop()
+                error = str(exc) or type(exc).__name__
+                with ctx.db.write() as s:
+                    model_jobs.finish(s, job_id, error=error)
+                    audit.append(
+                        s, principal.actor, self.failed_action, {"error": error, "job_id": job_id}
+                    )
+                return
+            reporter.stop()
             with ctx.db.write() as s:
-                audit.append(s, principal.actor, self.action, self.audit_detail(out))
-            self.state = {**self._ended(), "status": "done", "finished_at": now_ts(), "result": out}
-        except Exception as exc:  # reported to the admin through GET, and audited
-            self.state = {
-                **self._ended(),
-                "status": "failed",
-                "finished_at": now_ts(),
-                "error": str(exc),
-            }
-            with ctx.db.write() as s:
-                audit.append(s, principal.actor, self.failed_action, {"error": str(exc)})
+                model_jobs.finish(s, job_id, result=out)
+                audit.append(
+                    s, principal.actor, self.action, {**self.audit_detail(out), "job_id": job_id}
+                )
+        except Exception:  # the database failed us: the row reads interrupted after the lease
+            log.exception("model job %s (%s) could not record its outcome", job_id, self.kind)
         finally:
-            self.lock.release()
+            reporter.stop()
+            ctx.running_jobs.discard(job_id)
 
 
-def _job(
-    ctx: Any,
-    action: str,
-    failed_action: str,
-    audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> ModelJob:
-    # one job per kind and application instance (tests build many apps in one process)
-    job: ModelJob | None = ctx.jobs.get(action)
-    if job is None:
-        job = ctx.jobs.setdefault(action, ModelJob(action, failed_action, audit_detail))
-    return job
+class _Reporter:
+    """Writes a running job's progress and heartbeat: a progress line at most once a second
+    (the encoder reports every batch), and a heartbeat every ``heartbeat_seconds`` from its own
+    thread, so a step that reports nothing for minutes (a model fit) does not read as dead.
+    A failed write is logged and skipped: the job itself goes on."""
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(self, db: Any, job_id: int, *, heartbeat_seconds: float) -> None:
+        self.db, self.job_id = db, job_id
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._pending: str | None = None
+        self._stopped = threading.Event()
+        threading.Thread(
+            target=self._beat, args=(heartbeat_seconds,), daemon=True, name=f"beat-{job_id}"
+        ).start()
+
+    def progress(self, message: str) -> None:
+        with self._lock:
+            self._pending = message
+            if time.monotonic() - self._last_write < self.MIN_INTERVAL:
+                return  # the heartbeat (or a later message) writes it
+            self._write()
+
+    def _write(self) -> None:
+        message, self._pending = self._pending, None
+        self._last_write = time.monotonic()
+        try:
+            model_jobs.beat(self.db, self.job_id, message)
+        except Exception:
+            log.warning("model job %s: progress not recorded", self.job_id, exc_info=True)
+
+    def _beat(self, every: float) -> None:
+        while not self._stopped.wait(min(every, self.MIN_INTERVAL) if self._pending else every):
+            with self._lock:
+                if not self._stopped.is_set():
+                    self._write()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
 
 
-def train_job(ctx: Any) -> ModelJob:
-    return _job(ctx, "model.trained", "model.train_failed")
+def shutdown_jobs(ctx: Any) -> None:
+    """At API shutdown: the jobs this process runs die with it (daemon threads), so close
+    them as interrupted now rather than a lease later."""
+    for job_id in list(ctx.running_jobs):
+        model_jobs.interrupt(ctx.db, job_id, "the API process running it shut down")
 
 
-def retrain_job(ctx: Any) -> ModelJob:
-    return _job(ctx, "model.retrained", "model.retrain_failed")
+TRAINING = ModelJob("train", "model.trained", "model.train_failed")
+RETRAINING = ModelJob("retrain", "model.retrained", "model.retrain_failed")
+# the audit event is the one a synchronous evaluation writes, without the metrics
+EVALUATION = ModelJob(
+    "evaluate",
+    "model.evaluated",
+    "model.evaluate_failed",
+    lambda out: {k: v for k, v in out.items() if k != "metrics"},
+)
 
 
-def evaluation_job(ctx: Any) -> ModelJob:
-    # the audit event is the one a synchronous evaluation writes, without the metrics
-    return _job(
-        ctx,
-        "model.evaluated",
-        "model.evaluate_failed",
-        lambda out: {k: v for k, v in out.items() if k != "metrics"},
-    )
+@router.get(
+    "/v1/models/jobs",
+    responses=ERRORS,
+    summary="Model jobs (training, retraining, background evaluation), newest first",
+)
+def list_jobs(
+    ctx: ContextDep,
+    _p: AdminOrAuditor,
+    kind: Annotated[Literal["train", "retrain", "evaluate"] | None, Query()] = None,
+    status: Annotated[
+        Literal["running", "done", "failed", "interrupted"] | None,
+        Query(description="The stored status (see GET /v1/models/jobs/{job_id})."),
+    ] = None,
+    before: Annotated[
+        int | None, Query(ge=1, description="Cursor: the next_before of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        items, cursor = model_jobs.history(
+            s,
+            lease_seconds=ctx.settings.model_job_lease_seconds,
+            kind=kind,
+            status=status,
+            before=before,
+            limit=limit,
+        )
+    return {"items": items, "next_before": cursor}
+
+
+@router.get(
+    "/v1/models/jobs/{job_id}",
+    responses=ERRORS,
+    summary="One model job with its result or error",
+)
+def get_job(job_id: int, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        return model_jobs.get(s, job_id, lease_seconds=ctx.settings.model_job_lease_seconds)
 
 
 def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:
@@ -532,12 +625,12 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             "validation": {t: model.validation_[t] for t in model.targets},
         }
 
-    return train_job(ctx).start(ctx, principal, work)
+    return TRAINING.start(ctx, principal, work)
 
 
 def start_retraining(ctx: Any, principal: Principal) -> dict[str, Any]:
     """Start retraining on base data + reviewer labels; Conflict while one runs."""
-    return retrain_job(ctx).start(ctx, principal, _retrain_work(ctx))
+    return RETRAINING.start(ctx, principal, _retrain_work(ctx))
 
 
 @router.post(
@@ -554,7 +647,7 @@ def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, An
     "/v1/models/train", responses=ERRORS, summary="State and result of the last training job"
 )
 def train_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(train_job(ctx).state)
+    return TRAINING.state(ctx)
 
 
 @router.post(
@@ -571,4 +664,4 @@ def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
     "/v1/models/retrain", responses=ERRORS, summary="State and result of the last retraining job"
 )
 def retrain_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return dict(retrain_job(ctx).state)
+    return RETRAINING.state(ctx)

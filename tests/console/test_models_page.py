@@ -185,11 +185,19 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     row = _stopped(client, "evaluation", seconds=60)
     assert ">done<" in row and "held-out.csv" in row, row
     assert f"label accuracy {accuracy:.1f}%" in row, row
-    assert f'href="{URL}/evaluation"' in row
-    figures = client.get(f"{URL}/evaluation")
-    assert figures.status_code == 200
-    assert f'class="kpi">{accuracy:.1f}%</span>' in figures.text
-    assert figures.text.count('class="diag"') == 9 and "held-out.csv" in figures.text
+    job = re.search(rf'href="{URL}/evaluation\?job=(\d+)"', row).group(1)
+    for link in (f"{URL}/evaluation?job={job}", f"{URL}/evaluation"):  # this job, the last one
+        figures = client.get(link)
+        assert figures.status_code == 200
+        assert f'class="kpi">{accuracy:.1f}%</span>' in figures.text
+        assert figures.text.count('class="diag"') == 9 and "held-out.csv" in figures.text
+    recent = client.get(URL).text.split('id="recent-jobs"')[1].split("</details>")[0]
+    assert f'evaluation?job={job}">#{job}</a>' in recent and "boss" in recent, recent
+    for other in ("999999", "abc"):  # no such job, not a number: back to the page, no 500
+        gone = client.get(f"{URL}/evaluation?job={other}", follow_redirects=False)
+        assert f"No finished evaluation job {other}" in flash(client, gone)
+    (*_, event) = _audit(db, "model.evaluated")
+    assert event["job_id"] == int(job) and "metrics" not in event
     assert len(_audit(db, "model.evaluated")) == 2
 
 

@@ -1,0 +1,157 @@
+"""Model jobs in the database (``triage.model_jobs``), on SQLite and PostgreSQL: one running
+job per kind whichever process starts it, a dead runner's job reads interrupted and frees the
+slot, outcomes and history survive the process."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select, update
+
+from triage import model_jobs
+from triage.db import Database
+from triage.errors import Conflict, NotFound
+from triage.models import ModelJobRow
+
+LEASE = 60.0
+
+
+def _stored(db: Database, job_id: int) -> dict:
+    """The row as stored (not as ``state`` reads it)."""
+    with db.read() as s:
+        row = s.get(ModelJobRow, job_id)
+        assert row is not None
+        return {"status": row.status, "error": row.error, "finished_at": row.finished_at}
+
+
+def _age_heartbeat(db: Database, job_id: int, ts: str = "2026-01-01T00:00:00.000000Z") -> None:
+    with db.write() as s:
+        s.execute(update(ModelJobRow).where(ModelJobRow.id == job_id).values(heartbeat_at=ts))
+
+
+def _state(db: Database, kind: str) -> dict:
+    with db.read() as s:
+        return model_jobs.state(s, kind, lease_seconds=LEASE)
+
+
+def test_one_running_job_per_kind_then_done_with_its_result(db):
+    assert _state(db, "train") == {"status": "idle"}
+    job = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
+    assert job["status"] == "running" and job["started_by"] == "ana"
+    assert job["runner"] == model_jobs.runner_id()
+    with pytest.raises(Conflict, match="already running"):
+        model_jobs.start(db, "train", "bo", lease_seconds=LEASE)
+    other = model_jobs.start(db, "evaluate", "bo", lease_seconds=LEASE)  # another kind may run
+
+    model_jobs.beat(db, job["id"], "encoding texts: 10/20")
+    state = _state(db, "train")
+    assert state["status"] == "running" and state["progress"] == "encoding texts: 10/20"
+    assert state["progress_at"] >= job["started_at"]
+
+    with db.write() as s:
+        model_jobs.finish(s, job["id"], result={"version": "v1", "ece": float("nan"), "n": [1.5]})
+    state = _state(db, "train")
+    assert state["status"] == "done" and state["id"] == job["id"]
+    # NaN stored as null: PostgreSQL's JSON refuses NaN, and the outcome must not be lost
+    assert state["result"] == {"version": "v1", "ece": None, "n": [1.5]}
+    assert "progress" not in state and state["finished_at"] >= state["started_at"]
+    assert _state(db, "evaluate")["id"] == other["id"]
+
+    again = model_jobs.start(db, "train", "bo", lease_seconds=LEASE)  # the slot is free
+    with db.write() as s:
+        model_jobs.finish(s, again["id"], error="no base training data")
+    state = _state(db, "train")
+    assert state["status"] == "failed" and state["error"] == "no base training data"
+    assert "result" not in state
+
+
+def test_concurrent_starts_let_exactly_one_job_run(db):
+    """Starts racing from several threads (each its own connection): the partial unique index
+    lets one insert win; the others get Conflict, not a second running row."""
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            model_jobs.start(db, "retrain", "racer", lease_seconds=LEASE)
+            outcomes.append("started")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["conflict"] * 3 + ["started"]
+    with db.read() as s:
+        statuses = s.scalars(select(ModelJobRow.status)).all()
+    assert statuses == ["running"]
+
+
+def test_a_runner_that_stopped_reporting_reads_interrupted_and_frees_the_slot(db):
+    job = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
+    model_jobs.beat(db, job["id"], "fitting")
+    assert _state(db, "train")["status"] == "running"  # beating recently
+    _age_heartbeat(db, job["id"])
+    state = _state(db, "train")
+    assert state["status"] == "interrupted" and "progress" not in state
+    assert model_jobs.runner_id() in state["error"] and "2026-01-01T00:00:00" in state["error"]
+    assert _stored(db, job["id"])["status"] == "running"  # reading changes nothing
+
+    new = model_jobs.start(db, "train", "bo", lease_seconds=LEASE)
+    old = _stored(db, job["id"])
+    assert old["status"] == "interrupted" and old["finished_at"] is not None
+    assert old["error"].startswith("interrupted:")
+    assert _state(db, "train")["id"] == new["id"]
+    # a late beat from the old runner does not revive its row
+    model_jobs.beat(db, job["id"], "still here")
+    assert _stored(db, job["id"])["status"] == "interrupted"
+
+
+def test_interrupt_closes_a_running_job_only(db):
+    running = model_jobs.start(db, "evaluate", "ana", lease_seconds=LEASE)
+    model_jobs.interrupt(db, running["id"], "the API process running it shut down")
+    state = _state(db, "evaluate")
+    assert state["status"] == "interrupted"
+    assert state["error"] == "interrupted: the API process running it shut down"
+    done = model_jobs.start(db, "evaluate", "ana", lease_seconds=LEASE)
+    with db.write() as s:
+        model_jobs.finish(s, done["id"], result={"ok": True})
+    model_jobs.interrupt(db, done["id"], "too late")
+    assert _state(db, "evaluate")["status"] == "done"
+
+
+def test_history_pages_newest_first_with_filters(db):
+    ids = []
+    for i in range(5):
+        kind = "train" if i % 2 == 0 else "evaluate"
+        job = model_jobs.start(db, kind, f"user{i}", lease_seconds=LEASE)
+        with db.write() as s:
+            model_jobs.finish(s, job["id"], result={"i": i}, error="boom" if i == 3 else None)
+        ids.append(job["id"])
+
+    seen, before = [], None
+    while True:
+        with db.read() as s:
+            page, before = model_jobs.history(s, lease_seconds=LEASE, before=before, limit=2)
+        assert len(page) <= 2 and all("result" not in j for j in page)
+        seen += [j["id"] for j in page]
+        if before is None:
+            break
+    assert seen == ids[::-1]
+    with db.read() as s:
+        trains, cursor = model_jobs.history(s, lease_seconds=LEASE, kind="train")
+        failed, _ = model_jobs.history(s, lease_seconds=LEASE, status="failed")
+        assert model_jobs.get(s, ids[2], lease_seconds=LEASE)["result"] == {"i": 2}
+        with pytest.raises(NotFound):
+            model_jobs.get(s, 10**9, lease_seconds=LEASE)
+    assert [j["id"] for j in trains] == [ids[4], ids[2], ids[0]] and cursor is None
+    assert [(j["id"], j["error"]) for j in failed] == [(ids[3], "boom")]
+
+
+def test_unknown_kind_is_refused(db):
+    with pytest.raises(ValueError, match="unknown model job kind"):
+        model_jobs.start(db, "deploy", "ana", lease_seconds=LEASE)
