@@ -155,3 +155,49 @@ def test_history_pages_newest_first_with_filters(db):
 def test_unknown_kind_is_refused(db):
     with pytest.raises(ValueError, match="unknown model job kind"):
         model_jobs.start(db, "deploy", "ana", lease_seconds=LEASE)
+
+
+def test_a_running_job_keeps_beating_while_its_work_reports_nothing(
+    db, settings, keys, monkeypatch
+):
+    """A training step that reports no progress for several leases (a long fit) still reads
+    running: the runner's own thread refreshes the heartbeat. Fails if nothing beats."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.support import bearer, wait_until
+    from triage import classification
+
+    release = threading.Event()
+
+    def silent_train(records, *, progress, **_kw):
+        assert release.wait(30), "the test never released the job"
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(classification, "train_model", silent_train)
+    quick = settings.model_copy(update={"model_job_lease_seconds": 0.4})  # beats every 0.1 s
+    admin = bearer(keys["admin"])
+    body = {
+        "records": [{"text": f"parcel {i} late", "label": "a" if i % 2 else "b"} for i in range(8)],
+        "text_columns": ["text"],
+        "label_columns": ["label"],
+    }
+    with TestClient(create_app(quick, db=db, start_worker=False)) as client:
+        try:
+            assert client.post("/v1/models/train", headers=admin, json=body).status_code == 202
+            beats = set()
+            for _ in range(15):  # 1.5 s, almost four leases
+                state = client.get("/v1/models/train", headers=admin).json()
+                assert state["status"] == "running", state
+                beats.add(state["heartbeat_at"])
+                threading.Event().wait(0.1)
+            assert len(beats) >= 5, beats
+        finally:
+            release.set()
+
+        def ended() -> dict | None:
+            state = client.get("/v1/models/train", headers=admin).json()
+            return state if state["status"] != "running" else None
+
+        state = wait_until(ended, deadline_s=30, what="the job to end")
+        assert state["status"] == "failed" and state["error"] == "stopped by the test"
