@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -496,30 +497,33 @@ def retrain_cmd(
 ) -> None:
     """Retrain on base data + reviewer overrides; activate only if not worse on the eval set."""
     from classifiers import ClassifierError
-    from triage import audit, classification
+    from triage import audit, classification, model_jobs
     from triage.db import Database
+    from triage.errors import Conflict
 
     settings = _settings()
     db = Database(settings)
-    try:
+
+    def work(progress: Callable[[str], None]) -> dict[str, Any]:
         result = classification.retrain_from_feedback(
-            settings, db, base, eval_data, progress=classifier_cli.progress_printer()
+            settings, db, base, eval_data, progress=progress
         )
-    except (ClassifierError, OSError) as exc:
-        raise _fail(str(exc)) from exc
-    with db.write() as s:
-        audit.append(
-            s,
+        return classification.retrain_summary(result)
+
+    # The same job slot as POST /v1/models/retrain: never two retrainings at once, and this
+    # one shows in GET /v1/models/jobs and the console like any other.
+    try:
+        out = model_jobs.RETRAINING.run(
+            db,
+            settings,
             audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
-            "model.retrained",
-            {
-                "candidate_version": result.candidate_version,
-                "activated": result.activated,
-                "reason": result.reason,
-            },
+            work,
+            echo=classifier_cli.progress_printer(),
         )
-    typer.echo(f"candidate {result.candidate_version}: {result.reason}")
-    for check in result.checks:
+    except (ClassifierError, OSError, Conflict) as exc:
+        raise _fail(exc.message if isinstance(exc, Conflict) else str(exc)) from exc
+    typer.echo(f"candidate {out['candidate_version']}: {out['reason']}")
+    for check in out["checks"]:
         typer.echo(f"  - {check}")
     raise typer.Exit(0)
 

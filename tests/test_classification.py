@@ -14,7 +14,7 @@ from sqlalchemy import select
 from classifiers.registry import ARTIFACT_NAME
 from contracts.case import CaseIn
 from tests.support import bearer, sample_case, submit_simulated, wait_until
-from triage import audit, cases, classification
+from triage import audit, cases, classification, model_jobs
 from triage.models import AuditEvent, LabelFeedback
 from triage.settings import Settings
 from triage.stages import default_pipeline
@@ -196,7 +196,30 @@ def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_mode
     assert re.search(r"^candidate \S+: ", result.stdout, re.M), result.stdout
     with db.read() as s:
         actions = s.scalars(select(AuditEvent.action)).all()
+        (payload,) = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "model.retrained")
+        ).all()
     assert actions.count("model.retrained") == 1
+    # recorded as a retrain job, like POST /v1/models/retrain: same slot, same history
+    state = model_jobs.RETRAINING.state(db, settings)
+    assert state["status"] == "done" and state["started_by"] == "cli-admin", state
+    assert json.loads(payload)["job_id"] == state["id"]
+    assert state["result"]["candidate_version"] in result.stdout
+
+    # while another retraining runs (here: one a dead-looking API started), the command
+    # refuses with exit 2 naming it, and trains nothing
+    running = model_jobs.start(db, "retrain", "ana", lease_seconds=600)
+    get_settings.cache_clear()
+    try:
+        refused = CliRunner().invoke(app, ["retrain"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 2, refused.output
+    assert f"a retrain job is already running (job {running['id']}, started by ana" in (
+        refused.output
+    )
+    with db.read() as s:
+        assert s.scalars(select(AuditEvent.action)).all().count("model.retrained") == 1
 
 
 def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings, with_model):

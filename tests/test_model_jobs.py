@@ -161,7 +161,8 @@ def test_a_running_job_keeps_beating_while_its_work_reports_nothing(
     db, settings, keys, monkeypatch
 ):
     """A training step that reports no progress for several leases (a long fit) still reads
-    running: the runner's own thread refreshes the heartbeat. Fails if nothing beats."""
+    running: the runner's own thread refreshes the heartbeat (fails if nothing beats), and the
+    last progress line shows even when it came too soon after the previous one to be written."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -171,6 +172,8 @@ def test_a_running_job_keeps_beating_while_its_work_reports_nothing(
     release = threading.Event()
 
     def silent_train(records, *, progress, **_kw):
+        progress("preparing")
+        progress("fitting the model")  # within the second: held back, written by the beat
         assert release.wait(30), "the test never released the job"
         raise ValueError("stopped by the test")
 
@@ -192,6 +195,7 @@ def test_a_running_job_keeps_beating_while_its_work_reports_nothing(
                 beats.add(state["heartbeat_at"])
                 threading.Event().wait(0.1)
             assert len(beats) >= 5, beats
+            assert state["progress"] == "fitting the model", state
         finally:
             release.set()
 

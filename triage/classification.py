@@ -596,6 +596,21 @@ def feedback_records(session: Session) -> list[dict[str, Any]]:
     return out
 
 
+def retrain_summary(result: RetrainResult) -> dict[str, Any]:
+    """A retraining's outcome as the retrain job records and audits it (API and CLI alike)."""
+    return {
+        "candidate_version": result.candidate_version,
+        "previous_version": result.active_version,
+        "activated": result.activated,
+        "reason": result.reason,
+        "checks": list(result.checks),
+        "n_base": result.n_base,
+        "n_feedback": result.n_feedback,
+        "candidate_metrics": result.candidate_metrics,
+        "active_metrics": result.active_metrics,
+    }
+
+
 def retrain_from_feedback(
     settings: Settings,
     db: Database,

@@ -20,9 +20,13 @@ string comparison that reads the same on both databases.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,10 +34,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from triage import audit
 from triage.common import now_ts, to_ts
 from triage.db import Database
 from triage.errors import Conflict, NotFound
 from triage.models import ModelJobRow
+from triage.settings import Settings
+
+log = logging.getLogger("triage.model_jobs")
+Progress = Callable[[str], None]
+Work = Callable[[Progress], dict[str, Any]]
 
 KINDS = ("train", "retrain", "evaluate")
 RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
@@ -101,7 +111,20 @@ def start(db: Database, kind: str, started_by: str, *, lease_seconds: float) -> 
             s.flush()
             return _state(row, lease_seconds)
     except IntegrityError as exc:  # the partial unique index: one running row per kind
-        raise Conflict("a job of this kind is already running", field="status") from exc
+        raise Conflict(_already_running(db, kind), field="status") from exc
+
+
+def _already_running(db: Database, kind: str) -> str:
+    with db.read() as s:
+        row = s.scalars(
+            select(ModelJobRow).where(ModelJobRow.kind == kind, ModelJobRow.status == RUNNING)
+        ).first()
+        if row is None:  # it ended in between: the caller may simply try again
+            return f"a {kind} job was already running; try again"
+        return (
+            f"a {kind} job is already running (job {row.id}, started by {row.started_by} at "
+            f"{row.started_at} on {row.runner})"
+        )
 
 
 def beat(db: Database, job_id: int, progress: str | None = None) -> None:
@@ -222,3 +245,171 @@ def history(
     page = rows[:limit]
     cursor = page[-1].id if len(rows) > limit and page else None
     return [_state(r, lease_seconds, with_result=False) for r in page], cursor
+
+
+class Reporter:
+    """Writes a running job's progress and heartbeat: a progress line at most once a second
+    (the encoder reports every batch), and a heartbeat every ``heartbeat_seconds`` from its own
+    thread, so a step that reports nothing for minutes (a model fit) does not read as dead.
+    A failed write is logged and skipped: the job itself goes on. ``echo`` also receives
+    every line (the CLI prints them)."""
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(
+        self,
+        db: Database,
+        job_id: int,
+        *,
+        heartbeat_seconds: float,
+        echo: Progress | None = None,
+    ) -> None:
+        self.db, self.job_id, self.echo = db, job_id, echo
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._pending: str | None = None
+        self._stopped = threading.Event()
+        threading.Thread(
+            target=self._beat, args=(heartbeat_seconds,), daemon=True, name=f"beat-{job_id}"
+        ).start()
+
+    def progress(self, message: str) -> None:
+        if self.echo is not None:
+            self.echo(message)
+        with self._lock:
+            self._pending = message
+            if time.monotonic() - self._last_write < self.MIN_INTERVAL:
+                return  # the heartbeat thread writes it within the second
+            self._write()
+
+    def _write(self) -> None:
+        message, self._pending = self._pending, None
+        self._last_write = time.monotonic()
+        try:
+            beat(self.db, self.job_id, message)
+        except Exception:
+            log.warning("model job %s: progress not recorded", self.job_id, exc_info=True)
+
+    def _beat(self, every: float) -> None:
+        # Wakes often (cheap), writes only when a held-back progress line waits or a heartbeat
+        # is due: a line that arrived within a second of the last write shows a second later.
+        while not self._stopped.wait(min(every, self.MIN_INTERVAL)):
+            with self._lock:
+                since = time.monotonic() - self._last_write
+                if not self._stopped.is_set() and (
+                    since >= every or (self._pending is not None and since >= self.MIN_INTERVAL)
+                ):
+                    self._write()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+
+
+class JobKind:
+    """A kind of model job and how its outcome is audited: ``action`` / ``failed_action``,
+    ``audit_detail`` picks what of a result goes on the trail (default: all of it; the
+    result itself is kept on the job's row). The API runs jobs in a thread (:meth:`start`),
+    the CLI in its own (:meth:`run`); both take the same slot and record the same way."""
+
+    def __init__(
+        self,
+        kind: str,
+        action: str,
+        failed_action: str,
+        audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown model job kind {kind!r}")
+        self.kind, self.action, self.failed_action = kind, action, failed_action
+        self.audit_detail = audit_detail or (lambda out: out)
+
+    def state(self, db: Database, settings: Settings) -> dict[str, Any]:
+        """The newest job of this kind (see :func:`state`)."""
+        with db.read() as s:
+            return state(s, self.kind, lease_seconds=settings.model_job_lease_seconds)
+
+    def start(
+        self,
+        db: Database,
+        settings: Settings,
+        actor: audit.Actor,
+        work: Work,
+        *,
+        running: set[int],
+    ) -> dict[str, Any]:
+        """Take the slot (Conflict while a job of this kind runs anywhere) and run ``work``
+        in a daemon thread; returns the new job's state. ``running`` holds the job's id while
+        its thread runs (the API closes those at shutdown)."""
+        lease = settings.model_job_lease_seconds
+        job = start(db, self.kind, actor.id, lease_seconds=lease)
+        job_id: int = job["id"]
+        running.add(job_id)
+        reporter = Reporter(db, job_id, heartbeat_seconds=lease / 4)
+
+        def thread() -> None:
+            try:
+                self._execute(db, actor, job_id, work, reporter)
+            except Exception:  # the database failed us: the row reads interrupted later
+                log.exception("model job %s (%s) could not record its outcome", job_id, self.kind)
+            finally:
+                reporter.stop()
+                running.discard(job_id)
+
+        threading.Thread(target=thread, daemon=True, name=f"model-job-{job_id}").start()
+        return job
+
+    def run(
+        self,
+        db: Database,
+        settings: Settings,
+        actor: audit.Actor,
+        work: Work,
+        *,
+        echo: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Take the slot and run ``work`` in the caller's thread (the CLI), recording it as
+        :meth:`start` does; returns the result, or re-raises the work's exception once the
+        failure is recorded."""
+        lease = settings.model_job_lease_seconds
+        job_id: int = start(db, self.kind, actor.id, lease_seconds=lease)["id"]
+        reporter = Reporter(db, job_id, heartbeat_seconds=lease / 4, echo=echo)
+        try:
+            out, error = self._execute(db, actor, job_id, work, reporter)
+        except BaseException:  # Ctrl-C or a database failure: do not leave it "running"
+            reporter.stop()
+            interrupt(db, job_id, "the command running it stopped")
+            raise
+        if error is not None:
+            raise error
+        return out
+
+    def _execute(
+        self, db: Database, actor: audit.Actor, job_id: int, work: Work, reporter: Reporter
+    ) -> tuple[dict[str, Any], Exception | None]:
+        # The outcome and its audit event commit in one transaction.
+        try:
+            out = work(reporter.progress)
+        except Exception as exc:  # reported through the job's state, and audited
+            reporter.stop()
+            message = str(exc) or type(exc).__name__
+            with db.write() as s:
+                finish(s, job_id, error=message)
+                audit.append(s, actor, self.failed_action, {"error": message, "job_id": job_id})
+            return {}, exc
+        reporter.stop()
+        with db.write() as s:
+            finish(s, job_id, result=out)
+            audit.append(s, actor, self.action, {**self.audit_detail(out), "job_id": job_id})
+        return out, None
+
+
+TRAINING = JobKind("train", "model.trained", "model.train_failed")
+RETRAINING = JobKind("retrain", "model.retrained", "model.retrain_failed")
+# the audit event is the one a synchronous evaluation writes, without the metrics
+EVALUATION = JobKind(
+    "evaluate",
+    "model.evaluated",
+    "model.evaluate_failed",
+    lambda out: {k: v for k, v in out.items() if k != "metrics"},
+)

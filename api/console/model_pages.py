@@ -21,9 +21,6 @@ from api.console.routes import AdminP, _error_text, _text, redirect, render
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.models import (
-    EVALUATION,
-    RETRAINING,
-    TRAINING,
     TrainRequest,
     activate_version,
     evaluate_version,
@@ -36,6 +33,7 @@ from classifiers import ClassifierError, parse_label_precision, parse_records
 from triage import classification, model_jobs
 from triage.auth import Principal, Role
 from triage.errors import NotFound, TriageError
+from triage.model_jobs import EVALUATION, RETRAINING, TRAINING
 
 router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
 MODELS_URL = f"{COOKIE_PATH}/admin/models"
@@ -80,9 +78,9 @@ def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
     with ctx.db.read() as s:
         feedback = classification.feedback_count(s)
     jobs = {
-        "training": TRAINING.state(ctx),
-        "retraining": RETRAINING.state(ctx),
-        "evaluation": EVALUATION.state(ctx),
+        "training": TRAINING.state(ctx.db, ctx.settings),
+        "retraining": RETRAINING.state(ctx.db, ctx.settings),
+        "evaluation": EVALUATION.state(ctx.db, ctx.settings),
     }
     with ctx.db.read() as s:
         recent, _ = model_jobs.history(
@@ -242,7 +240,7 @@ def last_evaluation(request: Request, ctx: ContextDep, p: ModelReaderP) -> Respo
                 request, MODELS_URL + "#jobs", f"No finished evaluation job {job[:20]}.", "error"
             )
     else:
-        state = EVALUATION.state(ctx)
+        state = EVALUATION.state(ctx.db, ctx.settings)
         if state.get("status") != "done":
             return redirect(
                 request, MODELS_URL + "#jobs", "No background evaluation has finished yet.", "error"

@@ -8,8 +8,6 @@ rule or an audit event is never different between the two."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -31,6 +29,7 @@ from classifiers import (
 from triage import audit, classification, model_jobs
 from triage.auth import Principal
 from triage.errors import Conflict, NotFound, ValidationFailed
+from triage.model_jobs import EVALUATION, RETRAINING, TRAINING, Progress
 
 log = logging.getLogger("triage.api.models")
 router = APIRouter(tags=["classifier"])
@@ -295,7 +294,9 @@ def evaluate_version(
             metrics = evaluate_model(model, records, targets=targets, progress=progress)
             return {**scored, "metrics": metrics}
 
-        return EVALUATION.start(ctx, principal, work)
+        return EVALUATION.start(
+            ctx.db, ctx.settings, principal.actor, work, running=ctx.running_jobs
+        )
     try:
         metrics = evaluate_model(model, records, targets=targets)
     except (ClassifierError, ValueError, KeyError) as exc:
@@ -343,155 +344,17 @@ def evaluate(
     summary="State and result of the last background evaluation",
 )
 def evaluation_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return EVALUATION.state(ctx)
-
-
-Progress = Callable[[str], None]
-
-
-class ModelJob:
-    """A kind of model job (training, retraining, background evaluation): at most one of a
-    kind runs at a time in the whole deployment, in a thread of the API process that started
-    it. Its state lives in the database (``triage.model_jobs``), so every API process reports
-    the same state and a restart keeps the last outcome; its outcome goes on the audit trail
-    in the transaction that records it (``audit_detail`` picks what of the result does).
-
-    ``work`` receives a progress callable: while the job runs, the state's ``progress`` holds
-    the last message (the step, or the encoder's texts done and time left) and
-    ``progress_at`` its time; both are dropped when the job ends.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        action: str,
-        failed_action: str,
-        audit_detail: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    ) -> None:
-        self.kind = kind
-        self.action = action  # audit actions for the outcome
-        self.failed_action = failed_action
-        # what of the result goes on the audit trail (default: all of it)
-        self.audit_detail = audit_detail or (lambda out: out)
-
-    def state(self, ctx: Any) -> dict[str, Any]:
-        """The newest job of this kind, as ``GET /v1/models/<kind>`` returns it."""
-        with ctx.db.read() as s:
-            return model_jobs.state(
-                s, self.kind, lease_seconds=ctx.settings.model_job_lease_seconds
-            )
-
-    def start(
-        self, ctx: Any, principal: Principal, work: Callable[[Progress], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Record the job as running and run ``work`` in a thread; Conflict while a job of
-        this kind runs in any process. Returns the new job's state."""
-        lease = ctx.settings.model_job_lease_seconds
-        state = model_jobs.start(ctx.db, self.kind, principal.actor.id, lease_seconds=lease)
-        job_id: int = state["id"]
-        ctx.running_jobs.add(job_id)
-        reporter = _Reporter(ctx.db, job_id, heartbeat_seconds=lease / 4)
-        threading.Thread(
-            target=self._run,
-            args=(ctx, principal, work, job_id, reporter),
-            daemon=True,
-            name=f"model-job-{self.kind}-{job_id}",
-        ).start()
-        return state
-
-    def _run(
-        self,
-        ctx: Any,
-        principal: Principal,
-        work: Callable[[Progress], dict[str, Any]],
-        job_id: int,
-        reporter: _Reporter,
-    ) -> None:
-        try:
-            try:
-                out = work(reporter.progress)
-            except Exception as exc:  # reported to the admin through GET, and audited
-                reporter.stop()
-                error = str(exc) or type(exc).__name__
-                with ctx.db.write() as s:
-                    model_jobs.finish(s, job_id, error=error)
-                    audit.append(
-                        s, principal.actor, self.failed_action, {"error": error, "job_id": job_id}
-                    )
-                return
-            reporter.stop()
-            with ctx.db.write() as s:
-                model_jobs.finish(s, job_id, result=out)
-                audit.append(
-                    s, principal.actor, self.action, {**self.audit_detail(out), "job_id": job_id}
-                )
-        except Exception:  # the database failed us: the row reads interrupted after the lease
-            log.exception("model job %s (%s) could not record its outcome", job_id, self.kind)
-        finally:
-            reporter.stop()
-            ctx.running_jobs.discard(job_id)
-
-
-class _Reporter:
-    """Writes a running job's progress and heartbeat: a progress line at most once a second
-    (the encoder reports every batch), and a heartbeat every ``heartbeat_seconds`` from its own
-    thread, so a step that reports nothing for minutes (a model fit) does not read as dead.
-    A failed write is logged and skipped: the job itself goes on."""
-
-    MIN_INTERVAL = 1.0
-
-    def __init__(self, db: Any, job_id: int, *, heartbeat_seconds: float) -> None:
-        self.db, self.job_id = db, job_id
-        self._lock = threading.Lock()
-        self._last_write = 0.0
-        self._pending: str | None = None
-        self._stopped = threading.Event()
-        threading.Thread(
-            target=self._beat, args=(heartbeat_seconds,), daemon=True, name=f"beat-{job_id}"
-        ).start()
-
-    def progress(self, message: str) -> None:
-        with self._lock:
-            self._pending = message
-            if time.monotonic() - self._last_write < self.MIN_INTERVAL:
-                return  # the heartbeat (or a later message) writes it
-            self._write()
-
-    def _write(self) -> None:
-        message, self._pending = self._pending, None
-        self._last_write = time.monotonic()
-        try:
-            model_jobs.beat(self.db, self.job_id, message)
-        except Exception:
-            log.warning("model job %s: progress not recorded", self.job_id, exc_info=True)
-
-    def _beat(self, every: float) -> None:
-        while not self._stopped.wait(min(every, self.MIN_INTERVAL) if self._pending else every):
-            with self._lock:
-                if not self._stopped.is_set():
-                    self._write()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped.set()
+    return EVALUATION.state(ctx.db, ctx.settings)
 
 
 def shutdown_jobs(ctx: Any) -> None:
     """At API shutdown: the jobs this process runs die with it (daemon threads), so close
     them as interrupted now rather than a lease later."""
     for job_id in list(ctx.running_jobs):
-        model_jobs.interrupt(ctx.db, job_id, "the API process running it shut down")
-
-
-TRAINING = ModelJob("train", "model.trained", "model.train_failed")
-RETRAINING = ModelJob("retrain", "model.retrained", "model.retrain_failed")
-# the audit event is the one a synchronous evaluation writes, without the metrics
-EVALUATION = ModelJob(
-    "evaluate",
-    "model.evaluated",
-    "model.evaluate_failed",
-    lambda out: {k: v for k, v in out.items() if k != "metrics"},
-)
+        try:
+            model_jobs.interrupt(ctx.db, job_id, "the API process running it shut down")
+        except Exception:  # shutting down regardless: the lease closes it later
+            log.warning("model job %s: not closed at shutdown", job_id, exc_info=True)
 
 
 @router.get(
@@ -537,17 +400,7 @@ def get_job(job_id: int, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
 def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:
     def work(progress: Progress) -> dict[str, Any]:
         result = classification.retrain_from_feedback(ctx.settings, ctx.db, progress=progress)
-        return {
-            "candidate_version": result.candidate_version,
-            "previous_version": result.active_version,
-            "activated": result.activated,
-            "reason": result.reason,
-            "checks": list(result.checks),
-            "n_base": result.n_base,
-            "n_feedback": result.n_feedback,
-            "candidate_metrics": result.candidate_metrics,
-            "active_metrics": result.active_metrics,
-        }
+        return classification.retrain_summary(result)
 
     return work
 
@@ -625,12 +478,14 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             "validation": {t: model.validation_[t] for t in model.targets},
         }
 
-    return TRAINING.start(ctx, principal, work)
+    return TRAINING.start(ctx.db, ctx.settings, principal.actor, work, running=ctx.running_jobs)
 
 
 def start_retraining(ctx: Any, principal: Principal) -> dict[str, Any]:
     """Start retraining on base data + reviewer labels; Conflict while one runs."""
-    return RETRAINING.start(ctx, principal, _retrain_work(ctx))
+    return RETRAINING.start(
+        ctx.db, ctx.settings, principal.actor, _retrain_work(ctx), running=ctx.running_jobs
+    )
 
 
 @router.post(
@@ -647,7 +502,7 @@ def train(body: TrainRequest, ctx: ContextDep, principal: Admin) -> dict[str, An
     "/v1/models/train", responses=ERRORS, summary="State and result of the last training job"
 )
 def train_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return TRAINING.state(ctx)
+    return TRAINING.state(ctx.db, ctx.settings)
 
 
 @router.post(
@@ -664,4 +519,4 @@ def retrain(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
     "/v1/models/retrain", responses=ERRORS, summary="State and result of the last retraining job"
 )
 def retrain_status(ctx: ContextDep, _p: Admin) -> dict[str, Any]:
-    return RETRAINING.state(ctx)
+    return RETRAINING.state(ctx.db, ctx.settings)
