@@ -205,3 +205,36 @@ def test_a_running_job_keeps_beating_while_its_work_reports_nothing(
 
         state = wait_until(ended, deadline_s=30, what="the job to end")
         assert state["status"] == "failed" and state["error"] == "stopped by the test"
+
+
+def test_a_job_run_in_the_callers_thread_records_failure_and_ctrl_c(db, settings):
+    """``JobKind.run`` (the CLI's way): a failing job is recorded failed and audited, then its
+    exception re-raised; Ctrl-C leaves the job interrupted, not running for a lease."""
+    from triage import audit
+    from triage.models import AuditEvent
+
+    actor = audit.Actor(audit.ActorType.human, "cli-admin", "admin")
+    lines: list[str] = []
+
+    def failing(progress):
+        progress("loading base data")
+        raise ValueError("no base training data")
+
+    with pytest.raises(ValueError, match="no base training data"):
+        model_jobs.RETRAINING.run(db, settings, actor, failing, echo=lines.append)
+    state = model_jobs.RETRAINING.state(db, settings)
+    assert state["status"] == "failed" and state["error"] == "no base training data"
+    assert lines == ["loading base data"]
+    with db.read() as s:
+        actions = s.scalars(select(AuditEvent.action)).all()
+    assert actions.count("model.retrain_failed") == 1
+
+    def stopped(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model_jobs.RETRAINING.run(db, settings, actor, stopped)
+    state = model_jobs.RETRAINING.state(db, settings)
+    assert state["status"] == "interrupted"
+    assert state["error"] == "interrupted: the command running it stopped"
+    assert model_jobs.RETRAINING.run(db, settings, actor, lambda progress: {"ok": 1}) == {"ok": 1}
