@@ -268,22 +268,42 @@ def test_activation_rollback_and_retrain_over_the_api(client, keys, db, settings
         assert "does not match the recorded" in r.json()["error"]["message"]
 
 
+def _labelled_case_records() -> list[dict]:
+    """Six case records labelled with all three targets (two labels each)."""
+    labels = [("warehouse_ops", "pick_error", "P2"), ("billing", "pricing_mismatch", "P3")]
+    return [
+        classification.case_record(CaseIn.model_validate(sample_case(i)))
+        | {"queue": q, "category": c, "priority": p}
+        for i, (q, c, p) in enumerate(labels * 3, start=1)
+    ]
+
+
+def _hold_evaluations(monkeypatch):
+    """Make background evaluations report a progress line, then wait for the returned event
+    (set it to let them finish)."""
+    import threading
+
+    from api.routes import models as model_routes
+
+    release = threading.Event()
+    real_evaluate = model_routes.evaluate_model
+
+    def held(model, rows, *, targets, progress):
+        progress("encoding texts with builtin:test: 2/6 (1/s, about 4s left)")
+        assert release.wait(30), "the test never released the job"
+        return real_evaluate(model, rows, targets=targets, progress=progress)
+
+    monkeypatch.setattr(model_routes, "evaluate_model", held)
+    return release
+
+
 def test_background_evaluation_over_the_api(client, keys, db, settings, with_model, monkeypatch):
     """``POST /v1/models/{v}/evaluate?background=true`` checks the request as the synchronous
     call does (404 / 422, nothing starts), answers 202, runs one job at a time (409 while it
     runs, with its progress in ``GET /v1/models/evaluate``), and ends with the same figures as
     the synchronous call and a ``model.evaluated`` audit event without the metrics."""
-    import threading
-
-    from api.routes import models as model_routes
-
     admin = bearer(keys["admin"])
-    labels = [("warehouse_ops", "pick_error", "P2"), ("billing", "pricing_mismatch", "P3")]
-    records = [
-        classification.case_record(CaseIn.model_validate(sample_case(i)))
-        | {"queue": q, "category": c, "priority": p}
-        for i, (q, c, p) in enumerate(labels * 3, start=1)
-    ]
+    records = _labelled_case_records()
     url = f"/v1/models/{with_model}/evaluate"
     for path, body, status, word in (
         ("/v1/models/v-nope/evaluate", {"records": records}, 404, "v-nope"),
@@ -303,15 +323,7 @@ def test_background_evaluation_over_the_api(client, keys, db, settings, with_mod
 
     sync = client.post(url, headers=admin, json={"records": records})
     assert sync.status_code == 200, sync.text
-    release = threading.Event()
-    real_evaluate = model_routes.evaluate_model
-
-    def held(model, rows, *, targets, progress):
-        progress("encoding texts with builtin:test: 2/6 (1/s, about 4s left)")
-        assert release.wait(30), "the test never released the job"
-        return real_evaluate(model, rows, targets=targets, progress=progress)
-
-    monkeypatch.setattr(model_routes, "evaluate_model", held)
+    release = _hold_evaluations(monkeypatch)
     try:
         r = client.post(
             url, params={"background": "true"}, headers=admin, json={"records": records}
@@ -356,31 +368,14 @@ def test_job_state_is_shared_by_api_processes_and_survives_a_restart(
     start a second; its outcome is still there for a third app started afterwards (a restart),
     in the jobs list and by id; the audit event names the job. Stopping the API that runs a
     job closes it as interrupted at once."""
-    import threading
-
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from api.routes import models as model_routes
     from triage.db import Database
 
     admin, auditor = bearer(keys["admin"]), bearer(keys["auditor"])
-    labels = [("warehouse_ops", "pick_error", "P2"), ("billing", "pricing_mismatch", "P3")]
-    records = [
-        classification.case_record(CaseIn.model_validate(sample_case(i)))
-        | {"queue": q, "category": c, "priority": p}
-        for i, (q, c, p) in enumerate(labels * 3, start=1)
-    ]
-    url, body = f"/v1/models/{with_model}/evaluate", {"records": records}
-    release = threading.Event()
-    real_evaluate = model_routes.evaluate_model
-
-    def held(model, rows, *, targets, progress):
-        progress("encoding texts with builtin:test: 2/6 (1/s, about 4s left)")
-        assert release.wait(30), "the test never released the job"
-        return real_evaluate(model, rows, targets=targets, progress=progress)
-
-    monkeypatch.setattr(model_routes, "evaluate_model", held)
+    url, body = f"/v1/models/{with_model}/evaluate", {"records": _labelled_case_records()}
+    release = _hold_evaluations(monkeypatch)
 
     def api() -> TestClient:
         return TestClient(create_app(settings, db=Database(settings), start_worker=False))
