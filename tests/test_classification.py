@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -184,11 +185,15 @@ def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_mode
 
     monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["retrain"])
-    finally:
-        get_settings.cache_clear()
+
+    def retrain() -> Any:
+        get_settings.cache_clear()  # read the environment set above
+        try:
+            return CliRunner().invoke(app, ["retrain"])
+        finally:
+            get_settings.cache_clear()
+
+    result = retrain()
     assert result.exit_code == 0, result.output
     progress = [line for line in result.stderr.splitlines() if line.strip()]
     assert progress, "retrain printed no progress"
@@ -206,14 +211,10 @@ def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_mode
     assert json.loads(payload)["job_id"] == state["id"]
     assert state["result"]["candidate_version"] in result.stdout
 
-    # while another retraining runs (here: one a dead-looking API started), the command
-    # refuses with exit 2 naming it, and trains nothing
+    # while another retraining runs (here: the row another process's running job leaves),
+    # the command refuses with exit 2 naming it, and trains nothing
     running = model_jobs.start(db, "retrain", "ana", lease_seconds=600)
-    get_settings.cache_clear()
-    try:
-        refused = CliRunner().invoke(app, ["retrain"])
-    finally:
-        get_settings.cache_clear()
+    refused = retrain()
     assert refused.exit_code == 2, refused.output
     assert f"a retrain job is already running (job {running['id']}, started by ana" in (
         refused.output
