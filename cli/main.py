@@ -499,7 +499,7 @@ def retrain_cmd(
     from classifiers import ClassifierError
     from triage import audit, classification, model_jobs
     from triage.db import Database
-    from triage.errors import Conflict
+    from triage.errors import TriageError
 
     settings = _settings()
     db = Database(settings)
@@ -520,8 +520,8 @@ def retrain_cmd(
             work,
             echo=classifier_cli.progress_printer(),
         )
-    except (ClassifierError, OSError, Conflict) as exc:
-        raise _fail(exc.message if isinstance(exc, Conflict) else str(exc)) from exc
+    except (ClassifierError, OSError, TriageError) as exc:  # TriageError: busy, cancelled
+        raise _fail(exc.message if isinstance(exc, TriageError) else str(exc)) from exc
     typer.echo(f"candidate {out['candidate_version']}: {out['reason']}")
     for check in out["checks"]:
         typer.echo(f"  - {check}")

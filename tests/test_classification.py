@@ -440,6 +440,46 @@ def test_job_state_is_shared_by_api_processes_and_survives_a_restart(
         release.set()
 
 
+def test_cancel_a_background_job_over_the_api(client, keys, db, with_model, monkeypatch):
+    """``POST /v1/models/jobs/{id}/cancel``: 202 with the request on the state while the job
+    winds down, then ``cancelled`` at its next progress line; 409 once it has ended, 404 for no
+    such job; both events audited."""
+    import time
+
+    from api.routes import models as model_routes
+
+    def reporting(model, rows, *, targets, progress):
+        for i in range(1500):  # a progress line every 20 ms for up to 30 s
+            progress(f"encoding texts with builtin:test: {i}/1500")
+            time.sleep(0.02)
+        return {"targets": {}}
+
+    monkeypatch.setattr(model_routes, "evaluate_model", reporting)
+    admin = bearer(keys["admin"])
+    r = client.post(
+        f"/v1/models/{with_model}/evaluate",
+        params={"background": "true"},
+        headers=admin,
+        json={"records": _labelled_case_records()},
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    asked = client.post(f"/v1/models/jobs/{job_id}/cancel", headers=admin)
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["cancel_requested_by"] == "test-admin"
+    state = _finished_job(client, "/v1/models/evaluate", admin, seconds=30)
+    assert state["status"] == "cancelled" and state["error"] == "cancelled by test-admin"
+    late = client.post(f"/v1/models/jobs/{job_id}/cancel", headers=admin)
+    assert late.status_code == 409 and late.json()["error"]["fields"][0]["field"] == "job_id"
+    assert client.post("/v1/models/jobs/999999/cancel", headers=admin).status_code == 404
+    listed = client.get("/v1/models/jobs", headers=admin, params={"status": "cancelled"})
+    assert [j["id"] for j in listed.json()["items"]] == [job_id]
+    with db.read() as s:
+        actions = s.scalars(select(AuditEvent.action)).all()
+    assert actions.count("model.job_cancel_requested") == 1
+    assert actions.count("model.job_cancelled") == 1 and "model.evaluated" not in actions
+
+
 def test_each_case_is_encoded_once_for_classifier_and_retrieval(
     db, settings, with_model, monkeypatch
 ):

@@ -4,6 +4,7 @@ slot, outcomes and history survive the process."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -238,3 +239,103 @@ def test_a_job_run_in_the_callers_thread_records_failure_and_ctrl_c(db, settings
     assert state["status"] == "interrupted"
     assert state["error"] == "interrupted: the command running it stopped"
     assert model_jobs.RETRAINING.run(db, settings, actor, lambda progress: {"ok": 1}) == {"ok": 1}
+
+
+def _until_cancelled(progress) -> dict:
+    """Work that reports a line every 20 ms for up to 30 s (ends done if never cancelled)."""
+    import time
+
+    for i in range(1500):
+        progress(f"step {i}")
+        time.sleep(0.02)
+    return {"finished": True}
+
+
+def test_cancel_stops_a_running_job_at_its_next_progress_line(db, settings):
+    from tests.support import wait_until
+    from triage import audit
+    from triage.models import AuditEvent
+
+    starter = audit.Actor(audit.ActorType.human, "ana", "admin")
+    canceller = audit.Actor(audit.ActorType.human, "bo", "admin")
+    running: set[int] = set()
+
+    def wrapping(progress) -> dict:  # work that wraps every error in its own
+        try:
+            return _until_cancelled(progress)
+        except Exception as exc:
+            raise RuntimeError(f"training failed: {exc}") from exc
+
+    for work in (_until_cancelled, wrapping):
+        job = model_jobs.TRAINING.start(db, settings, starter, work, running=running)
+        asked = model_jobs.request_cancel(db, job["id"], canceller, lease_seconds=LEASE)
+        assert asked["status"] == "running" and asked["cancel_requested_by"] == "bo", asked
+        again = model_jobs.request_cancel(db, job["id"], canceller, lease_seconds=LEASE)
+        assert again["cancel_requested_at"] == asked["cancel_requested_at"]  # asked once
+
+        def ended() -> dict | None:
+            state = model_jobs.TRAINING.state(db, settings)
+            return state if state["status"] != "running" else None
+
+        state = wait_until(ended, deadline_s=20, what="the job to stop")
+        assert state["status"] == "cancelled" and state["error"] == "cancelled by bo", state
+        assert "result" not in state
+        wait_until(lambda: not running or None, deadline_s=10, what="the thread to end")
+        with pytest.raises(Conflict, match="has ended \\(cancelled\\)"):
+            model_jobs.request_cancel(db, job["id"], canceller, lease_seconds=LEASE)
+
+    with db.read() as s:
+        events = [
+            (e.action, e.actor_id, json.loads(e.payload))
+            for e in s.scalars(select(AuditEvent).order_by(AuditEvent.seq))
+            if e.action.startswith("model.")
+        ]
+    assert [(a, who) for a, who, _ in events] == [
+        ("model.job_cancel_requested", "bo"),
+        ("model.job_cancelled", "ana"),
+    ] * 2
+    assert events[1][2]["cancelled_by"] == "bo" and events[1][2]["kind"] == "train"
+    with pytest.raises(NotFound):
+        model_jobs.request_cancel(db, 10**9, canceller, lease_seconds=LEASE)
+
+
+def test_cancelling_a_job_whose_runner_is_gone_closes_it_at_once(db, settings):
+    from triage import audit
+
+    admin = audit.Actor(audit.ActorType.human, "bo", "admin")
+    job = model_jobs.start(db, "evaluate", "ana", lease_seconds=LEASE)
+    _age_heartbeat(db, job["id"])
+    state = model_jobs.request_cancel(db, job["id"], admin, lease_seconds=LEASE)
+    assert state["status"] == "cancelled" and state["error"].startswith("cancelled by bo; ")
+    assert _stored(db, job["id"])["status"] == "cancelled"
+    model_jobs.start(db, "evaluate", "bo", lease_seconds=LEASE)  # the slot is free
+
+
+def test_a_cancelled_command_line_job_raises_job_cancelled(db, settings):
+    from triage import audit
+
+    actor = audit.Actor(audit.ActorType.human, "cli-admin", "admin")
+    outcome: list[BaseException] = []
+
+    def cli() -> None:
+        try:
+            model_jobs.RETRAINING.run(db, settings, actor, _until_cancelled)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=cli)
+    thread.start()
+    from tests.support import wait_until
+
+    job = wait_until(
+        lambda: (s := model_jobs.RETRAINING.state(db, settings))["status"] == "running" and s,
+        deadline_s=10,
+        what="the job to start",
+    )
+    model_jobs.request_cancel(
+        db, job["id"], audit.Actor(audit.ActorType.human, "bo", "admin"), lease_seconds=LEASE
+    )
+    thread.join(20)
+    assert len(outcome) == 1 and isinstance(outcome[0], model_jobs.JobCancelled), outcome
+    assert outcome[0].message == "cancelled by bo"
+    assert model_jobs.RETRAINING.state(db, settings)["status"] == "cancelled"

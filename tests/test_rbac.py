@@ -48,6 +48,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/models/retrain"): {"admin"},
     ("GET", "/v1/models/jobs"): {"admin", "auditor"},
     ("GET", "/v1/models/jobs/{job_id}"): {"admin", "auditor"},
+    ("POST", "/v1/models/jobs/{job_id}/cancel"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},

@@ -13,6 +13,11 @@ kind, so the state survives a restart of the API and every API process sees the 
   in the same transaction that inserts the new row.
 * **The outcome and its audit event commit together** (:func:`finish` runs in the caller's
   transaction, beside ``audit.append``).
+* **Cancelling is cooperative.** :func:`request_cancel` marks the row; the runner sees the mark
+  at its next heartbeat and the job stops at its next progress line (:class:`JobCancelled`),
+  ending ``cancelled``. A step that reports nothing (a model fit) finishes first; a job that
+  completes before it notices ends ``done``, since its work (a registered version) exists. A
+  job whose runner is gone is closed as ``cancelled`` at once, which frees its slot.
 
 Timestamps are canonical UTC text (see :mod:`triage.models`), so "older than the lease" is a
 string comparison that reads the same on both databases.
@@ -37,7 +42,7 @@ from sqlalchemy.orm import Session
 from triage import audit
 from triage.common import now_ts, to_ts
 from triage.db import Database
-from triage.errors import Conflict, NotFound
+from triage.errors import Conflict, NotFound, TriageError
 from triage.models import ModelJobRow
 from triage.settings import Settings
 
@@ -46,10 +51,22 @@ Progress = Callable[[str], None]
 Work = Callable[[Progress], dict[str, Any]]
 
 KINDS = ("train", "retrain", "evaluate")
-RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
-STATUSES = (RUNNING, DONE, FAILED, INTERRUPTED)
+RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
+    "running",
+    "done",
+    "failed",
+    "interrupted",
+    "cancelled",
+)
+STATUSES = (RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED)
 PROGRESS_MAX = 500  # characters kept of a progress line
 ERROR_MAX = 4000
+
+
+class JobCancelled(TriageError):
+    """Raised into a job's work at its next progress line once a cancel was requested."""
+
+    code = "cancelled"
 
 
 def runner_id() -> str:
@@ -127,8 +144,9 @@ def _already_running(db: Database, kind: str) -> str:
         )
 
 
-def beat(db: Database, job_id: int, progress: str | None = None) -> None:
-    """Refresh the heartbeat (and the progress line, when given) of a running job."""
+def beat(db: Database, job_id: int, progress: str | None = None) -> str | None:
+    """Refresh the heartbeat (and the progress line, when given) of a running job; returns
+    who asked to cancel it, if anyone has."""
     ts = now_ts()
     values: dict[str, Any] = {"heartbeat_at": ts}
     if progress is not None:
@@ -139,6 +157,40 @@ def beat(db: Database, job_id: int, progress: str | None = None) -> None:
             .where(ModelJobRow.id == job_id, ModelJobRow.status == RUNNING)
             .values(**values)
         )
+        return s.scalar(select(ModelJobRow.cancel_requested_by).where(ModelJobRow.id == job_id))
+
+
+def request_cancel(
+    db: Database, job_id: int, actor: audit.Actor, *, lease_seconds: float
+) -> dict[str, Any]:
+    """Ask a running job to stop and return its state: the runner stops it at its next
+    progress line (``cancel_requested_by`` shows meanwhile). A job whose runner stopped
+    reporting is closed as ``cancelled`` at once. Audited ``model.job_cancel_requested`` in
+    the same transaction (once: asking again changes nothing). NotFound for an unknown id,
+    Conflict (field ``job_id``) for a job that has ended."""
+    actor_id = actor.id
+    ts = now_ts()
+    with db.write() as s:
+        row = s.get(ModelJobRow, job_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"model job {job_id} not found", field="job_id")
+        if row.status != RUNNING:
+            raise Conflict(
+                f"model job {job_id} has ended ({row.status}); only a running job can be cancelled",
+                field="job_id",
+            )
+        if row.cancel_requested_by is not None:  # asked before: the runner will see it
+            return _state(row, lease_seconds)
+        row.cancel_requested_by, row.cancel_requested_at = actor_id, ts
+        detail: dict[str, Any] = {"job_id": job_id, "kind": row.kind}
+        if row.heartbeat_at < _stale_before(lease_seconds):  # nobody left to notice
+            row.status, row.finished_at = CANCELLED, ts
+            row.progress = row.progress_at = None
+            row.error = f"cancelled by {actor_id}; {_interrupted_error(row)}"[:ERROR_MAX]
+            detail["closed"] = True
+        audit.append(s, actor, "model.job_cancel_requested", detail)
+        s.flush()
+        return _state(row, lease_seconds)
 
 
 def finish(
@@ -147,14 +199,15 @@ def finish(
     *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    cancelled: bool = False,
 ) -> None:
-    """Close a job as ``done`` (with ``result``) or ``failed`` (with ``error``) in the
-    caller's transaction. Closes it even if another process has meanwhile declared it
+    """Close a job as ``done`` (with ``result``), ``failed`` (with ``error``) or ``cancelled``
+    in the caller's transaction. Closes it even if another process has meanwhile declared it
     interrupted: the work did finish, and the row should say how."""
     row = session.get(ModelJobRow, job_id)
     if row is None:  # pragma: no cover - rows are never deleted
         raise NotFound(f"model job {job_id} not found")
-    row.status = FAILED if error is not None else DONE
+    row.status = CANCELLED if cancelled else FAILED if error is not None else DONE
     row.finished_at = now_ts()
     row.progress = row.progress_at = None
     row.result = json_safe(result) if result is not None else None
@@ -187,6 +240,11 @@ def _state(row: ModelJobRow, lease_seconds: float, *, with_result: bool = True) 
         "started_at": row.started_at,
         "runner": row.runner,
     }
+    if row.cancel_requested_by is not None:
+        out.update(
+            cancel_requested_by=row.cancel_requested_by,
+            cancel_requested_at=row.cancel_requested_at,
+        )
     if row.status == RUNNING and row.heartbeat_at < _stale_before(lease_seconds):
         # read-only: the next start of this kind closes the row for good
         out.update(status=INTERRUPTED, error=_interrupted_error(row))
@@ -269,11 +327,15 @@ class Reporter:
         self._last_write = 0.0
         self._pending: str | None = None
         self._stopped = threading.Event()
+        self.cancelled_by: str | None = None  # set once the database says cancel
         threading.Thread(
             target=self._beat, args=(heartbeat_seconds,), daemon=True, name=f"beat-{job_id}"
         ).start()
 
     def progress(self, message: str) -> None:
+        """Report a progress line; raises JobCancelled once a cancel was requested."""
+        if self.cancelled_by is not None:
+            raise JobCancelled(f"cancelled by {self.cancelled_by}")
         if self.echo is not None:
             self.echo(message)
         with self._lock:
@@ -286,7 +348,7 @@ class Reporter:
         message, self._pending = self._pending, None
         self._last_write = time.monotonic()
         try:
-            beat(self.db, self.job_id, message)
+            self.cancelled_by = beat(self.db, self.job_id, message) or self.cancelled_by
         except Exception:
             log.warning("model job %s: progress not recorded", self.job_id, exc_info=True)
 
@@ -392,6 +454,14 @@ class JobKind:
             out = work(reporter.progress)
         except Exception as exc:  # reported through the job's state, and audited
             reporter.stop()
+            who = reporter.cancelled_by
+            if who is not None:  # whatever the work wrapped the JobCancelled in
+                message = f"cancelled by {who}"
+                detail = {"kind": self.kind, "job_id": job_id, "cancelled_by": who}
+                with db.write() as s:
+                    finish(s, job_id, error=message, cancelled=True)
+                    audit.append(s, actor, "model.job_cancelled", detail)
+                return {}, JobCancelled(message)
             message = str(exc) or type(exc).__name__
             with db.write() as s:
                 finish(s, job_id, error=message)

@@ -375,6 +375,8 @@ class ModelJobRow(Base):
     finished_at: Mapped[str | None] = mapped_column(Ts)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
+    cancel_requested_at: Mapped[str | None] = mapped_column(Ts)
 
     __table_args__ = (
         Index("ix_model_jobs_kind_id", "kind", "id"),

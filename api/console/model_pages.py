@@ -139,6 +139,18 @@ def retrain(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respons
     )
 
 
+@router.post("/admin/models/jobs/{job_id}/cancel")
+def cancel_job(request: Request, job_id: int, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Ask a running job to stop (as ``POST /v1/models/jobs/{id}/cancel``)."""
+    return _registry_action(
+        request,
+        lambda: model_jobs.request_cancel(
+            ctx.db, job_id, p.actor, lease_seconds=ctx.settings.model_job_lease_seconds
+        ),
+        "Cancel requested for job {id} ({kind}): it stops at its next progress line.",
+    )
+
+
 @router.post("/admin/models/train")
 def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
     """Upload a labelled file and start training on it (nothing starts when a field is bad)."""

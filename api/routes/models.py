@@ -367,7 +367,7 @@ def list_jobs(
     _p: AdminOrAuditor,
     kind: Annotated[Literal["train", "retrain", "evaluate"] | None, Query()] = None,
     status: Annotated[
-        Literal["running", "done", "failed", "interrupted"] | None,
+        Literal["running", "done", "failed", "interrupted", "cancelled"] | None,
         Query(description="The stored status (see GET /v1/models/jobs/{job_id})."),
     ] = None,
     before: Annotated[
@@ -395,6 +395,20 @@ def list_jobs(
 def get_job(job_id: int, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
     with ctx.db.read() as s:
         return model_jobs.get(s, job_id, lease_seconds=ctx.settings.model_job_lease_seconds)
+
+
+@router.post(
+    "/v1/models/jobs/{job_id}/cancel",
+    status_code=202,
+    responses=ERRORS,
+    summary="Ask a running model job to stop (at its next progress line)",
+)
+def cancel_job(job_id: int, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+    """202 with the job's state: ``cancel_requested_by`` while it winds down, ``cancelled``
+    once it has (at once for a job whose runner is gone); 409 for a job that has ended."""
+    return model_jobs.request_cancel(
+        ctx.db, job_id, principal.actor, lease_seconds=ctx.settings.model_job_lease_seconds
+    )
 
 
 def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:

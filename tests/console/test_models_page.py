@@ -11,7 +11,7 @@ import re
 from sqlalchemy import select
 
 from tests.console.conftest import csrf, flash, post, sign_in
-from tests.support import wait_until
+from tests.support import bearer, wait_until
 from triage import classification
 from triage.models import AuditEvent
 
@@ -254,8 +254,6 @@ def test_an_upload_over_the_limit_gets_a_page_not_json(settings, db, people):
 
 
 def test_api_evaluate_maps_columns_and_train_checks_label_precision(client, keys, settings):
-    from tests.support import bearer
-
     rows = _rows()
     reg = classification.registry(settings)
     version, _model = classification.train_model(
@@ -312,8 +310,6 @@ def test_a_running_job_shows_its_progress(client, people, keys, monkeypatch):
     progress message (e.g. the encoder's texts done and time left); when it ends, they go."""
     import threading
 
-    from tests.support import bearer
-
     release = threading.Event()
 
     def slow_train(records, *, progress, **_kw):
@@ -343,3 +339,36 @@ def test_a_running_job_shows_its_progress(client, people, keys, monkeypatch):
     assert ">failed<" in row and "stopped by the test" in row and "512/2001" not in row
     state = client.get("/v1/models/train", headers=admin).json()
     assert state["status"] == "failed" and "progress" not in state and "progress_at" not in state
+
+
+def test_cancel_a_running_job_from_the_console(client, people, keys, db, monkeypatch):
+    """A running job's row has a Cancel button (admins); pressing it shows who asked, and the
+    job ends cancelled at its next progress line. Auditors see no button."""
+    import time
+
+    def reporting_train(records, *, progress, **_kw):
+        for i in range(1500):
+            progress(f"encoding texts with builtin:test: {i}/1500")
+            time.sleep(0.02)
+        raise AssertionError("the job was never cancelled")
+
+    monkeypatch.setattr(classification, "train_model", reporting_train)
+    body = {"records": _rows()[::100], "text_columns": ["message"], "label_columns": ["label"]}
+    r = client.post("/v1/models/train", headers=bearer(keys["admin"]), json=body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    sign_in(client, "auditor")
+    assert "/cancel" not in _job_row(client, "training")
+    sign_in(client, "boss")
+    row = _job_row(client, "training")
+    assert f'action="{URL}/jobs/{job_id}/cancel"' in row, row
+    message = flash(client, post(client, f"{URL}/jobs/{job_id}/cancel"))
+    assert message == (
+        f"ok: Cancel requested for job {job_id} (train): it stops at its next progress line."
+    )
+    row = _stopped(client, "training", seconds=30)
+    assert ">cancelled<" in row and "cancelled by boss" in row, row
+    again = flash(client, post(client, f"{URL}/jobs/{job_id}/cancel"))
+    assert again.startswith("error:") and "has ended (cancelled)" in again
+    (event,) = _audit(db, "model.job_cancel_requested")
+    assert event["actor"] == "boss" and event["job_id"] == job_id

@@ -31,6 +31,8 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.String(length=32), nullable=True),
     sa.Column('result', sa.JSON(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('cancel_requested_by', sa.String(length=128), nullable=True),
+    sa.Column('cancel_requested_at', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_jobs'))
     )
     with op.batch_alter_table('model_jobs', schema=None) as batch_op:
