@@ -528,6 +528,79 @@ def retrain_cmd(
     raise typer.Exit(0)
 
 
+# ------------------------------------------------------------------ model jobs
+
+
+@classifier_cli.models_app.command("jobs")
+def model_jobs_list(
+    kind: Annotated[str | None, typer.Option(help="train, retrain or evaluate.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="running, done, failed, interrupted or cancelled.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    before: Annotated[
+        int | None, typer.Option(help="List jobs older than this id (paging).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List model jobs (training, retraining, background evaluation), newest first, from the
+    deployment's database: the history GET /v1/models/jobs returns."""
+    from triage import model_jobs
+    from triage.db import Database
+
+    if kind is not None and kind not in model_jobs.KINDS:
+        raise _fail(f"--kind must be one of {', '.join(model_jobs.KINDS)}")
+    if status is not None and status not in model_jobs.STATUSES:
+        raise _fail(f"--status must be one of {', '.join(model_jobs.STATUSES)}")
+    settings = _settings()
+    with Database(settings).read() as s:
+        items, cursor = model_jobs.history(
+            s,
+            lease_seconds=settings.model_job_lease_seconds,
+            kind=kind,
+            status=status,
+            before=before,
+            limit=limit,
+        )
+    for j in items:
+        if as_json:
+            typer.echo(json.dumps(j, sort_keys=True))
+            continue
+        note = j.get("error") or j.get("progress") or ""
+        typer.echo(
+            f"{j['id']:>6}  {j['kind']:<8} {j['status']:<11} {j['started_at']}  "
+            f"{j['started_by']}  {note}".rstrip()
+        )
+    more = f"; older: --before {cursor}" if cursor is not None else ""
+    typer.echo(f"{len(items)} jobs{more}", err=True)
+
+
+@classifier_cli.models_app.command("cancel")
+def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
+    """Ask a running model job to stop (at its next progress line; at once if the process
+    running it is gone). Audited as the CLI admin."""
+    from triage import audit, model_jobs
+    from triage.db import Database
+    from triage.errors import TriageError
+
+    settings = _settings()
+    try:
+        state = model_jobs.request_cancel(
+            Database(settings),
+            job_id,
+            audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+            lease_seconds=settings.model_job_lease_seconds,
+        )
+    except TriageError as exc:
+        raise _fail(exc.message) from exc
+    if state["status"] == "cancelled":
+        typer.echo(f"job {job_id} ({state['kind']}) cancelled: its runner was gone")
+    else:
+        typer.echo(
+            f"job {job_id} ({state['kind']}): cancel requested; it stops at its next progress line"
+        )
+
+
 @app.command("demo")
 def demo(
     cases: Annotated[int, typer.Option(help="Demo cases to load on first start.")] = 200,

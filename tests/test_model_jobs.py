@@ -339,3 +339,54 @@ def test_a_cancelled_command_line_job_raises_job_cancelled(db, settings):
     assert len(outcome) == 1 and isinstance(outcome[0], model_jobs.JobCancelled), outcome
     assert outcome[0].message == "cancelled by bo"
     assert model_jobs.RETRAINING.state(db, settings)["status"] == "cancelled"
+
+
+def test_model_jobs_on_the_command_line(db, settings, monkeypatch):
+    """``triage models jobs`` lists the history (filters, paging hint, --json, refusals);
+    ``triage models cancel`` cancels (at once when the runner is gone) or refuses an ended job."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from triage.settings import get_settings
+
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+
+    def triage(*args: str):
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(args))
+        finally:
+            get_settings.cache_clear()
+
+    done = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
+    with db.write() as s:
+        model_jobs.finish(s, done["id"], result={"version": "v1"})
+    gone = model_jobs.start(db, "evaluate", "bo", lease_seconds=LEASE)
+    _age_heartbeat(db, gone["id"])
+    live = model_jobs.start(db, "retrain", "cy", lease_seconds=LEASE)
+    model_jobs.beat(db, live["id"], "fitting target 'queue'")
+
+    listed = triage("models", "jobs")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines] == [live["id"], gone["id"], done["id"]]
+    assert "running" in lines[0] and "fitting target 'queue'" in lines[0]
+    assert "interrupted" in lines[1] and "stopped reporting" in lines[1]
+    assert "3 jobs" in listed.stderr
+    page = triage("models", "jobs", "--limit", "1")
+    assert f"1 jobs; older: --before {live['id']}" in page.stderr
+    as_json = triage("models", "jobs", "--kind", "train", "--json")
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert row["id"] == done["id"] and row["status"] == "done" and "result" not in row
+    bad = triage("models", "jobs", "--kind", "deploy")
+    assert bad.exit_code == 2 and "--kind must be one of train, retrain, evaluate" in bad.output
+
+    closed = triage("models", "cancel", str(gone["id"]))
+    assert closed.exit_code == 0 and "cancelled: its runner was gone" in closed.stdout
+    asked = triage("models", "cancel", str(live["id"]))
+    assert asked.exit_code == 0 and "cancel requested" in asked.stdout
+    state = model_jobs.RETRAINING.state(db, settings)
+    assert state["status"] == "running" and state["cancel_requested_by"] == "cli-admin"
+    ended = triage("models", "cancel", str(done["id"]))
+    assert ended.exit_code == 2 and "has ended (done)" in ended.output
