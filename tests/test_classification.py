@@ -415,7 +415,9 @@ def test_job_state_is_shared_by_api_processes_and_survives_a_restart(
         for path, params in (
             ("/v1/models/jobs", {"kind": "deploy"}),
             ("/v1/models/jobs", {"limit": 0}),
+            ("/v1/models/jobs", {"before": 2**63}),  # past a bigint: 422, not a 500
             ("/v1/models/jobs/abc", {}),
+            (f"/v1/models/jobs/{2**63}", {}),
         ):
             r = restarted.get(path, headers=admin, params=params)
             assert r.status_code == 422, r.text

@@ -60,6 +60,7 @@ RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = (
 )
 STATUSES = (RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED)
 PROGRESS_MAX = 500  # characters kept of a progress line
+MAX_ID = 2**63 - 1  # ids are bigints: a larger number names no job (and would overflow)
 ERROR_MAX = 4000
 
 
@@ -171,7 +172,7 @@ def request_cancel(
     actor_id = actor.id
     ts = now_ts()
     with db.write() as s:
-        row = s.get(ModelJobRow, job_id, with_for_update=True)
+        row = s.get(ModelJobRow, job_id, with_for_update=True) if 0 < job_id <= MAX_ID else None
         if row is None:
             raise NotFound(f"model job {job_id} not found", field="job_id")
         if row.status != RUNNING:
@@ -273,7 +274,7 @@ def state(session: Session, kind: str, *, lease_seconds: float) -> dict[str, Any
 
 def get(session: Session, job_id: int, *, lease_seconds: float) -> dict[str, Any]:
     """One job by id, with its result; NotFound if there is none."""
-    row = session.get(ModelJobRow, job_id)
+    row = session.get(ModelJobRow, job_id) if 0 < job_id <= MAX_ID else None
     if row is None:
         raise NotFound(f"model job {job_id} not found", field="job_id")
     return _state(row, lease_seconds)
@@ -298,7 +299,7 @@ def history(
     if status is not None:
         query = query.where(ModelJobRow.status == status)
     if before is not None:
-        query = query.where(ModelJobRow.id < before)
+        query = query.where(ModelJobRow.id < min(before, MAX_ID))
     rows = list(session.scalars(query))
     page = rows[:limit]
     cursor = page[-1].id if len(rows) > limit and page else None

@@ -140,12 +140,16 @@ def retrain(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respons
 
 
 @router.post("/admin/models/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: int, ctx: ContextDep, p: AdminP, form: Form) -> Response:
-    """Ask a running job to stop (as ``POST /v1/models/jobs/{id}/cancel``)."""
+def cancel_job(request: Request, job_id: str, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Ask a running job to stop (as ``POST /v1/models/jobs/{id}/cancel``); an id that is not
+    a number names no job (a flash on the page, not an error page)."""
     return _registry_action(
         request,
         lambda: model_jobs.request_cancel(
-            ctx.db, job_id, p.actor, lease_seconds=ctx.settings.model_job_lease_seconds
+            ctx.db,
+            int(job_id) if job_id.isdecimal() else 0,
+            p.actor,
+            lease_seconds=ctx.settings.model_job_lease_seconds,
         ),
         "Cancel requested for job {id} ({kind}): it stops at its next progress line.",
     )

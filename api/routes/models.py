@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ContextDep, R, allow
@@ -36,6 +36,8 @@ router = APIRouter(tags=["classifier"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
 AdminOrAuditor = Annotated[Principal, Depends(allow(R.admin, R.auditor))]
 Column = Annotated[str, Field(min_length=1, max_length=128)]
+MAX_ID = 2**63 - 1  # job ids are PostgreSQL bigints: larger numbers are a 422, not a 500
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class OverrideRequest(BaseModel):
@@ -371,7 +373,8 @@ def list_jobs(
         Query(description="The stored status (see GET /v1/models/jobs/{job_id})."),
     ] = None,
     before: Annotated[
-        int | None, Query(ge=1, description="Cursor: the next_before of the previous page.")
+        int | None,
+        Query(ge=1, le=MAX_ID, description="Cursor: the next_before of the previous page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
@@ -392,7 +395,7 @@ def list_jobs(
     responses=ERRORS,
     summary="One model job with its result or error",
 )
-def get_job(job_id: int, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
+def get_job(job_id: JobId, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
     with ctx.db.read() as s:
         return model_jobs.get(s, job_id, lease_seconds=ctx.settings.model_job_lease_seconds)
 
@@ -403,7 +406,7 @@ def get_job(job_id: int, ctx: ContextDep, _p: AdminOrAuditor) -> dict[str, Any]:
     responses=ERRORS,
     summary="Ask a running model job to stop (at its next progress line)",
 )
-def cancel_job(job_id: int, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
+def cancel_job(job_id: JobId, ctx: ContextDep, principal: Admin) -> dict[str, Any]:
     """202 with the job's state: ``cancel_requested_by`` while it winds down, ``cancelled``
     once it has (at once for a job whose runner is gone); 409 for a job that has ended."""
     return model_jobs.request_cancel(

@@ -193,9 +193,10 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
         assert figures.text.count('class="diag"') == 9 and "held-out.csv" in figures.text
     recent = client.get(URL).text.split('id="recent-jobs"')[1].split("</details>")[0]
     assert f'evaluation?job={job}">#{job}</a>' in recent and "boss" in recent, recent
-    for other in ("999999", "abc"):  # no such job, not a number: back to the page, no 500
+    # no such job, not a number, past a bigint: back to the page with a message, no 500
+    for other in ("999999", "abc", "9" * 30):
         gone = client.get(f"{URL}/evaluation?job={other}", follow_redirects=False)
-        assert f"No finished evaluation job {other}" in flash(client, gone)
+        assert f"No finished evaluation job {other[:20]}" in flash(client, gone)
     (*_, event) = _audit(db, "model.evaluated")
     assert event["job_id"] == int(job) and "metrics" not in event
     assert len(_audit(db, "model.evaluated")) == 2
@@ -370,5 +371,8 @@ def test_cancel_a_running_job_from_the_console(client, people, keys, db, monkeyp
     assert ">cancelled<" in row and "cancelled by boss" in row, row
     again = flash(client, post(client, f"{URL}/jobs/{job_id}/cancel"))
     assert again.startswith("error:") and "has ended (cancelled)" in again
+    for other in ("abc", "9" * 30):  # names no job: a message on the page, no error page
+        gone = flash(client, post(client, f"{URL}/jobs/{other}/cancel"))
+        assert gone.startswith("error:") and "not found" in gone, gone
     (event,) = _audit(db, "model.job_cancel_requested")
     assert event["actor"] == "boss" and event["job_id"] == job_id
