@@ -264,8 +264,9 @@ def _state(row: ModelJobRow, lease_seconds: float, *, with_result: bool = True) 
 
 def state(session: Session, kind: str, *, lease_seconds: float) -> dict[str, Any]:
     """The newest job of ``kind`` (``{"status": "idle"}`` if there never was one): ``status``
-    running / done / failed / interrupted, who started it and when, the progress line while
-    it runs, ``result`` or ``error`` once it ended."""
+    running / done / failed / interrupted / cancelled, who started it, when and where
+    (``runner``), who asked to cancel it if anyone did, the progress line while it runs,
+    ``result`` or ``error`` once it ended."""
     row = session.scalars(
         select(ModelJobRow).where(ModelJobRow.kind == kind).order_by(ModelJobRow.id.desc()).limit(1)
     ).first()
