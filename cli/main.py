@@ -572,7 +572,7 @@ def model_jobs_list(
             f"{j['started_by']}  {note}".rstrip()
         )
     more = f"; older: --before {cursor}" if cursor is not None else ""
-    typer.echo(f"{len(items)} jobs{more}", err=True)
+    typer.echo(f"{len(items)} job{'' if len(items) == 1 else 's'}{more}", err=True)
 
 
 @classifier_cli.models_app.command("cancel")

@@ -375,7 +375,7 @@ def test_model_jobs_on_the_command_line(db, settings, monkeypatch):
     assert "interrupted" in lines[1] and "stopped reporting" in lines[1]
     assert "3 jobs" in listed.stderr
     page = triage("models", "jobs", "--limit", "1")
-    assert f"1 jobs; older: --before {live['id']}" in page.stderr
+    assert f"1 job; older: --before {live['id']}" in page.stderr
     as_json = triage("models", "jobs", "--kind", "train", "--json")
     (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert row["id"] == done["id"] and row["status"] == "done" and "result" not in row
