@@ -575,6 +575,29 @@ def model_jobs_list(
     typer.echo(f"{len(items)} job{'' if len(items) == 1 else 's'}{more}", err=True)
 
 
+@classifier_cli.models_app.command("prune-jobs")
+def model_jobs_prune(
+    older_than_days: Annotated[
+        float, typer.Option(min=0, help="Delete ended jobs that finished more than this ago.")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be deleted.")] = False,
+) -> None:
+    """Delete old ended model jobs and their stored results (an evaluation keeps its confusion
+    matrices on its row); running jobs are never touched, and the audit events of the
+    outcomes stay. Audited as the CLI admin."""
+    from triage import audit, model_jobs
+    from triage.db import Database
+
+    count = model_jobs.prune(
+        Database(_settings()),
+        audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+        older_than_days=older_than_days,
+        dry_run=dry_run,
+    )
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {count} model job{'' if count == 1 else 's'}")
+
+
 @classifier_cli.models_app.command("cancel")
 def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
     """Ask a running model job to stop (at its next progress line; at once if the process

@@ -390,3 +390,60 @@ def test_model_jobs_on_the_command_line(db, settings, monkeypatch):
     assert state["status"] == "running" and state["cancel_requested_by"] == "cli-admin"
     ended = triage("models", "cancel", str(done["id"]))
     assert ended.exit_code == 2 and "has ended (done)" in ended.output
+
+
+def test_prune_deletes_old_ended_jobs_only(db, settings, monkeypatch):
+    """``triage models prune-jobs --older-than-days N``: ended jobs that finished before the
+    cutoff go (counted first with --dry-run), running and recent ones stay; audited once."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from triage.models import AuditEvent
+    from triage.settings import get_settings
+
+    old_done = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
+    with db.write() as s:
+        model_jobs.finish(s, old_done["id"], result={"v": 1})
+    old_failed = model_jobs.start(db, "evaluate", "ana", lease_seconds=LEASE)
+    with db.write() as s:
+        model_jobs.finish(s, old_failed["id"], error="boom")
+    with db.write() as s:  # both finished long ago
+        s.execute(
+            update(ModelJobRow)
+            .where(ModelJobRow.id.in_([old_done["id"], old_failed["id"]]))
+            .values(finished_at="2026-01-01T00:00:00.000000Z")
+        )
+    recent = model_jobs.start(db, "train", "bo", lease_seconds=LEASE)
+    with db.write() as s:
+        model_jobs.finish(s, recent["id"], result={"v": 2})
+    running = model_jobs.start(db, "retrain", "cy", lease_seconds=LEASE)
+    _age_heartbeat(db, running["id"])  # even a dead runner's job is not pruned while running
+
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+
+    def triage(*args: str):
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, ["models", "prune-jobs", *args])
+        finally:
+            get_settings.cache_clear()
+
+    dry = triage("--older-than-days", "30", "--dry-run")
+    assert dry.exit_code == 0 and "would delete 2 model jobs" in dry.stdout, dry.output
+    assert triage("--older-than-days", "-1").exit_code == 2
+    done = triage("--older-than-days", "30")
+    assert done.exit_code == 0 and "deleted 2 model jobs" in done.stdout, done.output
+    with db.read() as s:
+        left = sorted(s.scalars(select(ModelJobRow.id)).all())
+        events = [
+            json.loads(e.payload)
+            for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "model.jobs_pruned"))
+        ]
+    assert left == sorted([recent["id"], running["id"]])
+    assert [e["deleted"] for e in events] == [2]
+    again = triage("--older-than-days", "30")
+    assert "deleted 0 model jobs" in again.stdout
+    with db.read() as s:  # nothing deleted, nothing audited
+        pruned = select(AuditEvent.seq).where(AuditEvent.action == "model.jobs_pruned")
+        assert len(s.scalars(pruned).all()) == 1

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -305,6 +305,25 @@ def history(
     page = rows[:limit]
     cursor = page[-1].id if len(rows) > limit and page else None
     return [_state(r, lease_seconds, with_result=False) for r in page], cursor
+
+
+def prune(
+    db: Database, actor: audit.Actor, *, older_than_days: float, dry_run: bool = False
+) -> int:
+    """Delete ended jobs that finished more than ``older_than_days`` ago (their results go;
+    the audit events of their outcomes stay) and return how many; running jobs are never
+    touched. Audited ``model.jobs_pruned`` in the same transaction unless ``dry_run``."""
+    if older_than_days < 0:
+        raise ValueError("older_than_days must not be negative")
+    cutoff = to_ts(datetime.now(UTC) - timedelta(days=older_than_days))
+    ended = (ModelJobRow.status != RUNNING) & (ModelJobRow.finished_at < cutoff)
+    with db.write() as s:
+        count = s.scalar(select(func.count()).select_from(ModelJobRow).where(ended)) or 0
+        if dry_run or count == 0:
+            return int(count)
+        s.execute(delete(ModelJobRow).where(ended))
+        audit.append(s, actor, "model.jobs_pruned", {"deleted": count, "finished_before": cutoff})
+        return int(count)
 
 
 class Reporter:
