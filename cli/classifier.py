@@ -35,7 +35,8 @@ from triage.classification import train_model  # also installs the classifiers' 
 SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
 
 models_app = typer.Typer(
-    help="List, inspect, activate and roll back classifier model versions.",
+    help="List, inspect, activate and roll back classifier model versions; list, cancel and "
+    "prune model jobs (training, retraining, evaluation).",
     no_args_is_help=True,
 )
 

@@ -543,8 +543,9 @@ def model_jobs_list(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """List model jobs (training, retraining, background evaluation), newest first, from the
-    deployment's database: the history GET /v1/models/jobs returns."""
+    """List model jobs (training, retraining, evaluation), newest first.
+
+    Read from the deployment's database: the history GET /v1/models/jobs returns."""
     from triage import model_jobs
     from triage.db import Database
 
@@ -582,9 +583,10 @@ def model_jobs_prune(
     ],
     dry_run: Annotated[bool, typer.Option(help="Only count what would be deleted.")] = False,
 ) -> None:
-    """Delete old ended model jobs and their stored results (an evaluation keeps its confusion
-    matrices on its row); running jobs are never touched, and the audit events of the
-    outcomes stay. Audited as the CLI admin."""
+    """Delete ended model jobs older than N days, with their stored results.
+
+    An evaluation keeps its confusion matrices on its row. Running jobs are never touched,
+    and the audit events of the outcomes stay. Audited as the CLI admin."""
     from triage import audit, model_jobs
     from triage.db import Database
 
@@ -600,8 +602,10 @@ def model_jobs_prune(
 
 @classifier_cli.models_app.command("cancel")
 def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
-    """Ask a running model job to stop (at its next progress line; at once if the process
-    running it is gone). Audited as the CLI admin."""
+    """Ask a running model job to stop.
+
+    It stops at its next progress line, or at once if the process running it is gone.
+    Audited as the CLI admin."""
     from triage import audit, model_jobs
     from triage.db import Database
     from triage.errors import TriageError
