@@ -436,7 +436,6 @@ class JobKind:
             except Exception:  # the database failed us: the row reads interrupted later
                 log.exception("model job %s (%s) could not record its outcome", job_id, self.kind)
             finally:
-                reporter.stop()
                 running.discard(job_id)
 
         threading.Thread(target=thread, daemon=True, name=f"model-job-{job_id}").start()
@@ -460,7 +459,6 @@ class JobKind:
         try:
             out, error = self._execute(db, actor, job_id, work, reporter)
         except BaseException:  # Ctrl-C or a database failure: do not leave it "running"
-            reporter.stop()
             interrupt(db, job_id, "the command running it stopped")
             raise
         if error is not None:
@@ -471,28 +469,33 @@ class JobKind:
         self, db: Database, actor: audit.Actor, job_id: int, work: Work, reporter: Reporter
     ) -> tuple[dict[str, Any], Exception | None]:
         # The outcome and its audit event commit in one transaction.
+        out: dict[str, Any] = {}
+        error: Exception | None = None
         try:
             out = work(reporter.progress)
         except Exception as exc:  # reported through the job's state, and audited
-            reporter.stop()
-            who = reporter.cancelled_by
-            if who is not None:  # whatever the work wrapped the JobCancelled in
-                message = f"cancelled by {who}"
-                detail = {"kind": self.kind, "job_id": job_id, "cancelled_by": who}
-                with db.write() as s:
-                    finish(s, job_id, error=message, cancelled=True)
-                    audit.append(s, actor, "model.job_cancelled", detail)
-                return {}, JobCancelled(message)
-            message = str(exc) or type(exc).__name__
-            with db.write() as s:
-                finish(s, job_id, error=message)
-                audit.append(s, actor, self.failed_action, {"error": message, "job_id": job_id})
-            return {}, exc
-        reporter.stop()
+            error = exc
+        finally:
+            reporter.stop()  # also on Ctrl-C: no heartbeat after the work
+        who = reporter.cancelled_by
+        message: str | None = None  # None: done
+        if error is not None and who is not None:  # whatever the work wrapped JobCancelled in
+            message = f"cancelled by {who}"
+            error = JobCancelled(message)
+            action = "model.job_cancelled"
+            detail: dict[str, Any] = {"kind": self.kind, "cancelled_by": who}
+        elif error is not None:
+            message = str(error) or type(error).__name__
+            action, detail = self.failed_action, {"error": message}
+        else:
+            action, detail = self.action, self.audit_detail(out)
         with db.write() as s:
-            finish(s, job_id, result=out)
-            audit.append(s, actor, self.action, {**self.audit_detail(out), "job_id": job_id})
-        return out, None
+            if message is None:
+                finish(s, job_id, result=out)
+            else:
+                finish(s, job_id, error=message, cancelled=isinstance(error, JobCancelled))
+            audit.append(s, actor, action, {**detail, "job_id": job_id})
+        return out, error
 
 
 TRAINING = JobKind("train", "model.trained", "model.train_failed")
