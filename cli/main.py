@@ -9,7 +9,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -503,13 +502,6 @@ def retrain_cmd(
 
     settings = _settings()
     db = Database(settings)
-
-    def work(progress: Callable[[str], None]) -> dict[str, Any]:
-        result = classification.retrain_from_feedback(
-            settings, db, base, eval_data, progress=progress
-        )
-        return classification.retrain_summary(result)
-
     # The same job slot as POST /v1/models/retrain: never two retrainings at once, and this
     # one shows in GET /v1/models/jobs and the console like any other.
     try:
@@ -517,7 +509,7 @@ def retrain_cmd(
             db,
             settings,
             audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
-            work,
+            classification.retrain_work(settings, db, base, eval_data),
             echo=classifier_cli.progress_printer(),
         )
     except (ClassifierError, OSError, TriageError) as exc:  # TriageError: busy, cancelled

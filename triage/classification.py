@@ -596,19 +596,28 @@ def feedback_records(session: Session) -> list[dict[str, Any]]:
     return out
 
 
-def retrain_summary(result: RetrainResult) -> dict[str, Any]:
-    """A retraining's outcome as the retrain job records and audits it (API and CLI alike)."""
-    return {
-        "candidate_version": result.candidate_version,
-        "previous_version": result.active_version,
-        "activated": result.activated,
-        "reason": result.reason,
-        "checks": list(result.checks),
-        "n_base": result.n_base,
-        "n_feedback": result.n_feedback,
-        "candidate_metrics": result.candidate_metrics,
-        "active_metrics": result.active_metrics,
-    }
+def retrain_work(
+    settings: Settings, db: Database, base: Path | None = None, eval_path: Path | None = None
+) -> Callable[[Callable[[str], None]], dict[str, Any]]:
+    """The retrain job's work (``model_jobs.RETRAINING``, API and CLI alike): retrain from
+    feedback with the job's progress callable and return the outcome as the job records and
+    audits it."""
+
+    def work(progress: Callable[[str], None]) -> dict[str, Any]:
+        result = retrain_from_feedback(settings, db, base, eval_path, progress=progress)
+        return {
+            "candidate_version": result.candidate_version,
+            "previous_version": result.active_version,
+            "activated": result.activated,
+            "reason": result.reason,
+            "checks": list(result.checks),
+            "n_base": result.n_base,
+            "n_feedback": result.n_feedback,
+            "candidate_metrics": result.candidate_metrics,
+            "active_metrics": result.active_metrics,
+        }
+
+    return work
 
 
 def retrain_from_feedback(

@@ -8,7 +8,7 @@ rule or an audit event is never different between the two."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -414,14 +414,6 @@ def cancel_job(job_id: JobId, ctx: ContextDep, principal: Admin) -> dict[str, An
     )
 
 
-def _retrain_work(ctx: Any) -> Callable[[Progress], dict[str, Any]]:
-    def work(progress: Progress) -> dict[str, Any]:
-        result = classification.retrain_from_feedback(ctx.settings, ctx.db, progress=progress)
-        return classification.retrain_summary(result)
-
-    return work
-
-
 class TrainRequest(BaseModel):
     """Labelled records to train a new model version on (what ``triage train`` reads from a
     file). Checked before the job starts: a bad request trains nothing."""
@@ -501,7 +493,11 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
 def start_retraining(ctx: Any, principal: Principal) -> dict[str, Any]:
     """Start retraining on base data + reviewer labels; Conflict while one runs."""
     return RETRAINING.start(
-        ctx.db, ctx.settings, principal.actor, _retrain_work(ctx), running=ctx.running_jobs
+        ctx.db,
+        ctx.settings,
+        principal.actor,
+        classification.retrain_work(ctx.settings, ctx.db),
+        running=ctx.running_jobs,
     )
 
 
