@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,9 @@ from cli import classifier as classifier_cli
 from cli import kb as kb_cli
 from cli import policy as policy_cli
 from triage.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from triage.audit import Actor
 
 app = typer.Typer(
     help="Exception triage assistant: intake API, triage pipeline and audit trail.",
@@ -48,6 +51,13 @@ ADMIN_CLI = "cli-admin"
 
 def _settings() -> Settings:
     return get_settings()
+
+
+def _cli_admin() -> Actor:
+    """The actor the audit trail names for admin commands run on the command line."""
+    from triage import audit  # lazily, like every command: `triage --help` stays quick
+
+    return audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -108,7 +118,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
-    from triage import audit, auth
+    from triage import auth
     from triage.db import Database
     from triage.errors import ValidationFailed
 
@@ -120,7 +130,7 @@ def keys_create(
                 name,
                 role,
                 authorities=authority,
-                created_by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+                created_by=_cli_admin(),
             )
     except ValidationFailed as exc:
         raise _fail(exc.message) from exc
@@ -143,13 +153,13 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by id; it stops working immediately."""
-    from triage import audit, auth
+    from triage import auth
     from triage.db import Database
     from triage.errors import NotFound
 
     try:
         with Database(_settings()).write() as s:
-            auth.revoke_key(s, key_id, by=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"))
+            auth.revoke_key(s, key_id, by=_cli_admin())
     except NotFound as exc:
         raise _fail(exc.message) from exc
     typer.echo(f"revoked {key_id}")
@@ -463,7 +473,7 @@ def jobs_list(
 @jobs_app.command("retry")
 def jobs_retry(job_id: int) -> None:
     """Re-drive a failed (dead-lettered) job; a failed case goes back to received. Audited."""
-    from triage import audit, jobs
+    from triage import jobs
     from triage.db import Database
     from triage.errors import TriageError
 
@@ -472,9 +482,7 @@ def jobs_retry(job_id: int) -> None:
         raise _fail("TRIAGE_JOB_ENGINE is embedded: there are no jobs to retry")
     try:
         with Database(settings).write() as s:
-            j = jobs.retry_job(
-                s, job_id, actor=audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
-            )
+            j = jobs.retry_job(s, job_id, actor=_cli_admin())
     except TriageError as exc:
         raise _fail(exc.message) from exc
     typer.echo(_job_line(j))
@@ -496,7 +504,7 @@ def retrain_cmd(
 ) -> None:
     """Retrain on base data + reviewer overrides; activate only if not worse on the eval set."""
     from classifiers import ClassifierError
-    from triage import audit, classification, model_jobs
+    from triage import classification, model_jobs
     from triage.db import Database
     from triage.errors import TriageError
 
@@ -508,7 +516,7 @@ def retrain_cmd(
         out = model_jobs.RETRAINING.run(
             db,
             settings,
-            audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+            _cli_admin(),
             classification.retrain_work(settings, db, base, eval_data),
             echo=classifier_cli.progress_printer(),
         )
@@ -579,12 +587,12 @@ def model_jobs_prune(
 
     An evaluation keeps its confusion matrices on its row. Running jobs are never touched,
     and the audit events of the outcomes stay. Audited as the CLI admin."""
-    from triage import audit, model_jobs
+    from triage import model_jobs
     from triage.db import Database
 
     count = model_jobs.prune(
         Database(_settings()),
-        audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+        _cli_admin(),
         older_than_days=older_than_days,
         dry_run=dry_run,
     )
@@ -598,7 +606,7 @@ def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id."
 
     It stops at its next progress line, or at once if the process running it is gone.
     Audited as the CLI admin."""
-    from triage import audit, model_jobs
+    from triage import model_jobs
     from triage.db import Database
     from triage.errors import TriageError
 
@@ -607,7 +615,7 @@ def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id."
         state = model_jobs.request_cancel(
             Database(settings),
             job_id,
-            audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin"),
+            _cli_admin(),
             lease_seconds=settings.model_job_lease_seconds,
         )
     except TriageError as exc:

@@ -75,17 +75,19 @@ def _uploaded_records(form: FormData) -> tuple[str, list[dict[str, Any]]]:
 @router.get("/admin/models")
 def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
     infos = model_infos(ctx)
+    lease = ctx.settings.model_job_lease_seconds
+    # one read for the page: it reloads every 5 s while a job runs
     with ctx.db.read() as s:
         feedback = classification.feedback_count(s)
-    jobs = {
-        "training": TRAINING.state(ctx.db, ctx.settings),
-        "retraining": RETRAINING.state(ctx.db, ctx.settings),
-        "evaluation": EVALUATION.state(ctx.db, ctx.settings),
-    }
-    with ctx.db.read() as s:
-        recent, _ = model_jobs.history(
-            s, lease_seconds=ctx.settings.model_job_lease_seconds, limit=RECENT_JOBS
-        )
+        jobs = {
+            name: model_jobs.state(s, job.kind, lease_seconds=lease)
+            for name, job in (
+                ("training", TRAINING),
+                ("retraining", RETRAINING),
+                ("evaluation", EVALUATION),
+            )
+        }
+        recent, _ = model_jobs.history(s, lease_seconds=lease, limit=RECENT_JOBS)
     return render(
         request,
         "models.html",

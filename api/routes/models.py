@@ -36,8 +36,8 @@ router = APIRouter(tags=["classifier"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
 AdminOrAuditor = Annotated[Principal, Depends(allow(R.admin, R.auditor))]
 Column = Annotated[str, Field(min_length=1, max_length=128)]
-MAX_ID = 2**63 - 1  # job ids are PostgreSQL bigints: larger numbers are a 422, not a 500
-JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+# job ids are bigints: a larger number is a 422, not an overflow 500
+JobId = Annotated[int, Path(ge=1, le=model_jobs.MAX_ID)]
 
 
 class OverrideRequest(BaseModel):
@@ -374,7 +374,9 @@ def list_jobs(
     ] = None,
     before: Annotated[
         int | None,
-        Query(ge=1, le=MAX_ID, description="Cursor: the next_before of the previous page."),
+        Query(
+            ge=1, le=model_jobs.MAX_ID, description="Cursor: the next_before of the previous page."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
