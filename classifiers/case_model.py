@@ -47,7 +47,7 @@ from classifiers.operating_points import (
     resolve_targets,
     select_thresholds,
 )
-from contracts.suggestion import Prediction
+from contracts.suggestion import Explanation, Prediction
 
 CASE_TARGETS: tuple[str, ...] = ("category", "queue", "priority")
 
@@ -371,6 +371,19 @@ class CaseModel(TransposedCache, BaseEstimator):
                 )
             )
         return out
+
+    def explain(
+        self,
+        records: Sequence[Record],
+        *,
+        embeddings: np.ndarray | None = None,
+        targets: Sequence[str] | None = None,
+        top: int = 8,
+    ) -> list[dict[str, Explanation]]:
+        """Why each record's top label won, per target: see :func:`classifiers.explain.explain`."""
+        from classifiers.explain import explain
+
+        return explain(self, records, embeddings=embeddings, targets=targets, top=top)
 
     def predict_labels(
         self, records: Sequence[Record], *, embeddings: np.ndarray | None = None

@@ -243,7 +243,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
     def _spec(self) -> FeatureSpec:
         return self.spec if self.spec is not None else FeatureSpec()
 
-    def _texts(self, records: Sequence[Record]) -> list[str]:
+    def texts(self, records: Sequence[Record]) -> list[str]:
         """The normalised joined text of each record: what the n-grams and the encoder read."""
         columns = self._spec().text_columns
         return [
@@ -255,7 +255,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
         spec = self._spec()
         cols = _Columns()
         if spec.text_columns:
-            cols.text = self._texts(records)
+            cols.text = self.texts(records)
         if spec.categorical_columns:
             cols.categorical = [
                 [_as_text(r.get(c)).strip().lower() for c in spec.categorical_columns]
@@ -301,7 +301,7 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
         spec = self._spec()
         if spec.embedding_dim is None or spec.embedding_encoder is None:
             return None
-        return embed_texts(spec, self._texts(list(X)) if spec.text_columns else [], progress)
+        return embed_texts(spec, self.texts(list(X)) if spec.text_columns else [], progress)
 
     # -- scikit-learn API ----------------------------------------------------------------------
     def fit(

@@ -51,6 +51,43 @@ class ClassifierView(_Model):
     priority: Prediction
 
 
+class Evidence(_Model):
+    """One piece of evidence in an :class:`Explanation`: a word, phrase or field of the case."""
+
+    kind: Literal["word", "phrase", "field", "number", "meaning"] = Field(
+        description="word: a word of the case text (its word and spelling features together); "
+        "phrase: a two-word sequence; field: a structured field's value; number: a numeric "
+        "field; meaning: the text's embedding vector as a whole."
+    )
+    feature: str = Field(description="The word or phrase, the field name, or the encoder.")
+    value: str | None = Field(default=None, description="The field's value on this case.")
+    weight: float = Field(
+        description="Log-odds this evidence adds for `label` over `versus` (negative: it "
+        "pulls towards `versus`)."
+    )
+
+
+class Explanation(_Model):
+    """Why the model ranked ``label`` first for one target: an exact additive breakdown.
+
+    ``log_odds`` = ln(P(label) / P(versus)) under the calibrated probabilities, and
+    ``log_odds == baseline + sum(e.weight for e in evidence) + other`` (up to rounding): the
+    model is linear in its features, so nothing here is an approximation.
+    """
+
+    target: str
+    label: str = Field(description="The top-ranked label (also when the prediction abstained).")
+    probability: float = Field(ge=0, le=1)
+    versus: str = Field(description="The runner-up label the evidence is weighed against.")
+    versus_probability: float = Field(ge=0, le=1)
+    log_odds: float
+    baseline: float = Field(
+        description="What the labels' intercepts give before any evidence (label frequency)."
+    )
+    evidence: list[Evidence] = Field(description="Strongest evidence first, by |weight|.")
+    other: float = Field(description="Sum of the weights of the evidence not listed.")
+
+
 class Routing(_Model):
     queue: str | None
     rationale: str = Field(max_length=1000)

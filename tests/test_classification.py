@@ -605,3 +605,88 @@ def test_a_model_trained_on_the_previous_encoder_keeps_classifying(db, settings,
         assert {r.status for r in rows} == {"awaiting_review"}  # triaged, none failed
         assert sum(r.queue is not None for r in rows) >= 5
     assert len(set(encoded)) == 2  # v2 for retrieval, v1 for the model
+
+
+def _explanation(client, case_id: str, key: str, **params: Any):
+    return client.get(f"/v1/cases/{case_id}/explanation", params=params, headers=bearer(key))
+
+
+def test_explanation_of_a_model_prediction_over_the_api(client, keys, db, settings, with_model):
+    """An agent (and an auditor) reads why the model routed a case: per target, the top label
+    against the runner-up as an exact sum of evidence, recomputed with the model version that
+    classified the case and checked against the stored probabilities."""
+    ids = submit_simulated(db, settings, 6, seed=21)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    for case_id in ids:
+        r = _explanation(client, case_id, keys["agent"], top=5)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["source"], body["model_version"]) == ("model", with_model)
+        assert set(body["targets"]) == {"category", "queue", "priority"}
+        assert body["reproduced"] == {"category": True, "queue": True, "priority": True}
+        stored = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
+        for target, exp in body["targets"].items():
+            assert 1 <= len(exp["evidence"]) <= 5
+            total = exp["baseline"] + sum(e["weight"] for e in exp["evidence"]) + exp["other"]
+            assert total == pytest.approx(exp["log_odds"], abs=1e-3)
+            pred = stored["suggestion"]["classifier"][target]
+            top_label = max(pred["probabilities"], key=pred["probabilities"].__getitem__)
+            assert exp["label"] == top_label
+            assert exp["label"] == (pred["label"] or top_label)
+    assert _explanation(client, ids[0], keys["auditor"]).status_code == 200
+
+
+def test_explanation_refusals(client, keys, db, settings, with_model):
+    ids = submit_simulated(db, settings, 2, seed=22)
+    for bad in ("0", "51", "x"):
+        r = _explanation(client, ids[0], keys["agent"], top=bad)
+        assert r.status_code == 422 and "top" in r.text
+    assert _explanation(client, "01NOSUCHCASE", keys["agent"]).status_code == 404
+    r = _explanation(client, ids[0], keys["agent"])  # not triaged yet
+    assert r.status_code == 409 and "no classification yet" in r.json()["error"]["message"]
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    # the version that classified the case is gone from the registry: said so, not a 500
+    shutil.rmtree(settings.data_dir / "models" / "versions" / with_model)
+    r = _explanation(client, ids[1], keys["agent"])
+    assert r.status_code == 409
+    assert with_model in r.json()["error"]["message"] and "no longer in the registry" in r.text
+
+
+def test_explanation_detects_a_stored_answer_the_model_did_not_give(
+    client, keys, db, settings, with_model
+):
+    (case_id,) = submit_simulated(db, settings, 1, seed=23)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    with db.write() as s:
+        row = cases.get(s, case_id)
+        stored = cases.current_suggestion(s, row)
+        body = json.loads(json.dumps(stored.body))
+        probs = body["classifier"]["queue"]["probabilities"]
+        top = max(probs, key=probs.__getitem__)
+        probs[top] = round(probs[top] - 0.01, 6)
+        stored.body = body
+    r = _explanation(client, case_id, keys["auditor"])
+    assert r.json()["reproduced"] == {"category": True, "queue": False, "priority": True}
+
+
+def test_explanation_of_the_fixed_rules(client, keys, db, settings):
+    """Without an active model the rules classify; the explanation lists the rules applied."""
+    case = sample_case(
+        exception_type="pricing_mismatch",
+        references={"customer": {"id": "C-1", "tier": "A"}},
+        amount_in_dispute={"amount": "25000", "currency": "EUR"},
+    )
+    case_id = client.post("/v1/cases", json=case, headers=bearer(keys["orchestrator"])).json()[
+        "case_id"
+    ]
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    body = _explanation(client, case_id, keys["agent"]).json()
+    assert (body["source"], body["model_version"], body["targets"]) == ("rules", "rules-1", {})
+    assert body["rules"]["queue"] == ["pricing mismatch cases go to queue billing (fixed rule)"]
+    assert body["rules"]["priority"] == [
+        "pricing mismatch cases start at P3",
+        "tier A customer: one level higher",
+        "amount in dispute of 10,000 or more: one level higher",
+    ]
+    detail = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
+    assert detail["priority"] == "P1"

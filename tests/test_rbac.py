@@ -21,6 +21,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/cases/batch"): {"orchestrator", "admin"},
     ("GET", "/v1/cases"): ALL,
     ("GET", "/v1/cases/{case_id}"): ALL,
+    ("GET", "/v1/cases/{case_id}/explanation"): ALL,
     ("POST", "/v1/cases/{case_id}/transitions"): {"agent", "admin"},
     ("POST", "/v1/cases/{case_id}/overrides"): {"agent", "admin"},
     ("GET", "/v1/models"): {"admin", "auditor"},

@@ -51,12 +51,25 @@ LARGE_AMOUNT = Decimal("10000")
 
 
 def rule_priority(case: CaseIn) -> str:
+    """The rule-based priority (the fallback when no trained model is active)."""
+    return _rule_priority(case)[0]
+
+
+def rule_priority_reasons(case: CaseIn) -> list[str]:
+    """Why :func:`rule_priority` says what it says: one line per rule that applied."""
+    return _rule_priority(case)[1]
+
+
+def _rule_priority(case: CaseIn) -> tuple[str, list[str]]:
     level = _BASE_PRIORITY[case.exception_type]
+    reasons = [f"{case.exception_type.value.replace('_', ' ')} cases start at P{level}"]
     if case.references.customer.tier == CustomerTier.A:
         level -= 1
+        reasons.append("tier A customer: one level higher")
     if case.amount_in_dispute is not None and case.amount_in_dispute.amount >= LARGE_AMOUNT:
         level -= 1
-    return f"P{max(1, level)}"
+        reasons.append(f"amount in dispute of {LARGE_AMOUNT:,} or more: one level higher")
+    return f"P{max(1, level)}", reasons
 
 
 def request_hash(case: CaseIn) -> str:

@@ -35,18 +35,19 @@ from classifiers import (
     retrain,
 )
 from classifiers.data import infer_numeric_columns, load_records, validate_training_data
+from classifiers.explain import MAX_TOP
 from contracts.case import CaseIn
-from contracts.suggestion import ClassifierView, Prediction
+from contracts.suggestion import ClassifierView, Explanation, Prediction
 from retrieval.embeddings import DEFAULT_ENCODER, EncoderConfig, builtin_encoders, load_encoder
 from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
 from triage.db import Database
-from triage.errors import ValidationFailed
+from triage.errors import Conflict, ValidationFailed
 from triage.lifecycle import Status
 from triage.models import Case, LabelFeedback
 from triage.models import Suggestion as SuggestionRow
-from triage.pipeline import RuleClassifier
+from triage.pipeline import CATEGORY_BY_TYPE, QUEUE_BY_TYPE, RuleClassifier
 from triage.settings import PRIORITIES, Settings
 from triage.simulator import SimConfig, Simulator, bitext_messages
 
@@ -304,6 +305,126 @@ class ClassifierProvider:
 
 def registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry(settings.data_dir / "models")
+
+
+# -- why a prediction --------------------------------------------------------------------------
+# Recently explained model versions, so that a reviewer paging through cases does not reload a
+# model (seconds) per page. Two: the active version and the one before it cover nearly all cases.
+_EXPLAIN_CACHE_SIZE = 2
+_explain_cache: dict[tuple[str, str], LoadedModel] = {}
+_explain_lock = threading.Lock()
+# stored probabilities are rounded to 6 places; a recomputation that differs by more than this
+# did not come from the same model and inputs
+REPRODUCE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CaseExplanation:
+    """Why the case's current suggestion routed it as it did.
+
+    ``source`` is ``model`` (``targets`` holds each target's :class:`Explanation`, recomputed
+    from the stored case payload with the model version that classified it, and
+    ``reproduced[target]`` says whether that recomputation gives the stored probabilities) or
+    ``rules`` (``rules[target]`` lists the rules that applied).
+    """
+
+    case_id: str
+    model_version: str
+    source: str
+    targets: dict[str, Explanation]
+    reproduced: dict[str, bool]
+    rules: dict[str, list[str]]
+
+
+def _explain_model(settings: Settings, version: str) -> LoadedModel:
+    key = (str(settings.data_dir.resolve()), version)
+    with _explain_lock:
+        loaded = _explain_cache.get(key)
+    if loaded is not None:
+        return loaded
+    try:
+        loaded = registry(settings).load(version)
+    except classifiers.UnknownVersion as exc:
+        raise Conflict(
+            f"model version {version} that classified this case is no longer in the registry",
+            field="model_version",
+        ) from exc
+    except classifiers.IntegrityError as exc:
+        raise Conflict(
+            f"model version {version} that classified this case was refused: {exc}",
+            field="model_version",
+        ) from exc
+    with _explain_lock:
+        _explain_cache[key] = loaded
+        while len(_explain_cache) > _EXPLAIN_CACHE_SIZE:
+            _explain_cache.pop(next(iter(_explain_cache)))
+    return loaded
+
+
+def explain_case(settings: Settings, db: Database, case_id: str, *, top: int) -> CaseExplanation:
+    """Explain the classifier behind ``case_id``'s current suggestion.
+
+    Raises ``NotFound`` for an unknown case, ``Conflict`` when the case has no classified
+    suggestion yet or its model version can no longer be loaded, ``ValidationFailed`` for a
+    ``top`` outside 1..``classifiers.explain.MAX_TOP``.
+    """
+    if not 1 <= top <= MAX_TOP:
+        raise ValidationFailed(
+            f"top must be between 1 and {MAX_TOP}", fields={"top": f"use 1 to {MAX_TOP}"}
+        )
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        suggestion = cases.current_suggestion(s, row)
+        body = suggestion.body if suggestion is not None else None
+        payload, status = row.payload, row.status
+    view_data = (body or {}).get("classifier")
+    if view_data is None:
+        raise Conflict(
+            f"case {case_id} has no classification yet (status {status})", field="case_id"
+        )
+    view = ClassifierView.model_validate(view_data)
+    case = CaseIn.model_validate(payload)
+    if view.model_version == RuleClassifier.version:
+        return CaseExplanation(
+            case_id=case_id,
+            model_version=view.model_version,
+            source="rules",
+            targets={},
+            reproduced={},
+            rules=rule_reasons(case),
+        )
+    model = _explain_model(settings, view.model_version).model
+    trained = [t for t in TARGETS if t in model.estimators_]
+    explained = model.explain([case_record(case)], targets=trained, top=top)[0]
+    reproduced = {}
+    for target, exp in explained.items():
+        stored = getattr(view, target).probabilities
+        reproduced[target] = all(
+            abs(stored.get(label, -1.0) - p) <= REPRODUCE_TOLERANCE
+            for label, p in ((exp.label, exp.probability), (exp.versus, exp.versus_probability))
+        )
+    fallback = rule_reasons(case)
+    return CaseExplanation(
+        case_id=case_id,
+        model_version=view.model_version,
+        source="model",
+        targets=explained,
+        reproduced=reproduced,
+        # a target the model was not trained for kept the rule-based answer (ModelClassifier)
+        rules={t: fallback[t] for t in TARGETS if t not in explained},
+    )
+
+
+def rule_reasons(case: CaseIn) -> dict[str, list[str]]:
+    """The rules behind :class:`RuleClassifier`'s answer for each target."""
+    kind = case.exception_type.value.replace("_", " ")
+    return {
+        "category": [
+            f"{kind} cases are category {CATEGORY_BY_TYPE[case.exception_type]} (fixed rule)"
+        ],
+        "queue": [f"{kind} cases go to queue {QUEUE_BY_TYPE[case.exception_type]} (fixed rule)"],
+        "priority": cases.rule_priority_reasons(case),
+    }
 
 
 def _labelled_records(sim_records: Iterable[Any]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from api.schemas import (
     BatchItem,
     BatchResponse,
     CaseDetail,
+    CaseExplanationOut,
     CasePage,
     CaseSummary,
     ErrorResponse,
@@ -21,7 +23,7 @@ from api.schemas import (
     TransitionRequest,
 )
 from contracts.case import CaseIn, ExceptionType
-from triage import cases, intake
+from triage import cases, classification, intake
 from triage.auth import Principal
 from triage.common import to_ts
 from triage.errors import ValidationFailed
@@ -193,6 +195,31 @@ def get_case(
     with ctx.db.read() as s:
         row = cases.get(s, case_id)
         return detail(row, cases.current_suggestion(s, row))
+
+
+@router.get(
+    "/{case_id}/explanation",
+    response_model=CaseExplanationOut,
+    responses=ERRORS,
+    summary="Why the classifier routed the case as it did: evidence per target",
+)
+def explain_case(
+    case_id: str,
+    ctx: ContextDep,
+    _p: Annotated[Principal, Depends(allow(*EVERYONE))],
+    top: Annotated[
+        int, Query(ge=1, le=classification.MAX_TOP, description="Evidence items per target.")
+    ] = 8,
+) -> CaseExplanationOut:
+    """The current suggestion's classifier, explained: for a model, each target's top label
+    against its runner-up as an exact sum of log-odds over the case's words, phrases and
+    fields (recomputed with the model version that classified the case, and checked against
+    the stored probabilities); for the fixed rules, the rules that applied.
+
+    409 when the case has no classification yet or its model version is no longer loadable.
+    """
+    found = classification.explain_case(ctx.settings, ctx.db, case_id, top=top)
+    return CaseExplanationOut(**dataclasses.asdict(found))
 
 
 def _ts_param(value: datetime | None, name: str) -> str | None:
