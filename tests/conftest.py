@@ -117,3 +117,26 @@ def client(app: Any) -> Iterator[Any]:
 
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with the default demo model, trained once per run (small: 700 cases)."""
+    from triage import classification
+
+    root = tmp_path_factory.mktemp("models-src")
+    classification.train_default_model(Settings(data_dir=root), n_train=700, n_eval=200)
+    return root / "models"
+
+
+@pytest.fixture
+def with_model(settings: Settings, trained_models: Path) -> str:
+    """A copy of ``trained_models`` as this test's registry; the active version's id."""
+    import shutil
+
+    from triage import classification
+
+    shutil.copytree(trained_models, settings.data_dir / "models")
+    version = classification.registry(settings).active_version()
+    assert version is not None
+    return version

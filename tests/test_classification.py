@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,26 +16,10 @@ from contracts.case import CaseIn
 from tests.support import bearer, sample_case, submit_simulated, wait_until
 from triage import audit, cases, classification, model_jobs
 from triage.models import AuditEvent, LabelFeedback
-from triage.settings import Settings
 from triage.stages import default_pipeline
 from triage.worker import Worker
 
 ORCH = audit.Actor(audit.ActorType.integration, "orch", "orchestrator")
-
-
-@pytest.fixture(scope="module")
-def trained_models(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("models-src")
-    classification.train_default_model(Settings(data_dir=root), n_train=700, n_eval=200)
-    return root / "models"
-
-
-@pytest.fixture
-def with_model(settings, trained_models) -> str:
-    shutil.copytree(trained_models, settings.data_dir / "models")
-    version = classification.registry(settings).active_version()
-    assert version is not None
-    return version
 
 
 def _finished_job(client, path: str, headers: dict[str, str], seconds: float) -> dict:

@@ -298,7 +298,9 @@ class ClassifierProvider:
                 if active is None:
                     self._current = None
                 elif self._current is None or self._current.version != active:
-                    self._current = ModelClassifier(self.registry.load(active))
+                    loaded = self.registry.load(active)
+                    self._current = ModelClassifier(loaded)
+                    _remember(self.registry.root, loaded)
                     log.info("classifier model %s loaded", active)
         return self._current if self._current is not None else RuleClassifier()
 
@@ -336,14 +338,25 @@ class CaseExplanation:
     rules: dict[str, list[str]]
 
 
-def _explain_model(settings: Settings, version: str) -> LoadedModel:
-    key = (str(settings.data_dir.resolve()), version)
+def _remember(root: Path, loaded: LoadedModel) -> None:
+    """Keep ``loaded`` for explanations (the pipeline's provider shares its active model)."""
     with _explain_lock:
-        loaded = _explain_cache.get(key)
-    if loaded is not None:
-        return loaded
+        _explain_cache[(str(root.resolve()), loaded.version)] = loaded
+        while len(_explain_cache) > _EXPLAIN_CACHE_SIZE:
+            _explain_cache.pop(next(iter(_explain_cache)))
+
+
+def _explain_model(settings: Settings, version: str) -> LoadedModel:
+    models = registry(settings)
     try:
-        loaded = registry(settings).load(version)
+        # the small metadata file first, also for a cached model: a version deleted from the
+        # registry reads as gone whatever this process still holds in memory
+        models.metadata(version)
+        with _explain_lock:
+            loaded = _explain_cache.get((str(models.root.resolve()), version))
+        if loaded is None:
+            loaded = models.load(version)
+            _remember(models.root, loaded)
     except classifiers.UnknownVersion as exc:
         raise Conflict(
             f"model version {version} that classified this case is no longer in the registry",
@@ -354,10 +367,6 @@ def _explain_model(settings: Settings, version: str) -> LoadedModel:
             f"model version {version} that classified this case was refused: {exc}",
             field="model_version",
         ) from exc
-    with _explain_lock:
-        _explain_cache[key] = loaded
-        while len(_explain_cache) > _EXPLAIN_CACHE_SIZE:
-            _explain_cache.pop(next(iter(_explain_cache)))
     return loaded
 
 
@@ -382,7 +391,20 @@ def explain_case(settings: Settings, db: Database, case_id: str, *, top: int) ->
         raise Conflict(
             f"case {case_id} has no classification yet (status {status})", field="case_id"
         )
-    view = ClassifierView.model_validate(view_data)
+    return explain_classification(settings, case_id, payload, view_data, top=top)
+
+
+def explain_classification(
+    settings: Settings,
+    case_id: str,
+    payload: dict[str, Any],
+    classifier_view: dict[str, Any],
+    *,
+    top: int,
+) -> CaseExplanation:
+    """:func:`explain_case` for a case payload and its suggestion's stored ``classifier`` view
+    already read (the console's case page has both). Raises ``Conflict`` as it does."""
+    view = ClassifierView.model_validate(classifier_view)
     case = CaseIn.model_validate(payload)
     if view.model_version == RuleClassifier.version:
         return CaseExplanation(

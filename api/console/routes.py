@@ -61,7 +61,7 @@ from api.console.security import (
     state,
 )
 from api.console.settings import ConsoleSettings
-from api.deps import ContextDep
+from api.deps import AppContext, ContextDep
 from contracts.suggestion import (
     AdjustInventory,
     ContactCarrier,
@@ -599,7 +599,29 @@ def case_page(
         }
         context["new_action"] = new_action
         context["new_fields"] = _action_fields(new_action, defaults)
+    context["why"], context["why_error"] = _why(ctx, row.id, row.payload, context["suggestion"])
     return render(request, "case.html", context)
+
+
+WHY_TOP = 6  # evidence items per target on the case page (the API serves up to 50)
+
+
+def _why(
+    ctx: AppContext, case_id: str, payload: dict[str, Any], suggestion: dict[str, Any] | None
+) -> tuple[classification.CaseExplanation | None, str | None]:
+    """The classifier's explanation for the case page, or why there is none."""
+    view = (suggestion or {}).get("classifier")
+    if view is None:
+        return None, None
+    try:
+        return (
+            classification.explain_classification(
+                ctx.settings, case_id, payload, view, top=WHY_TOP
+            ),
+            None,
+        )
+    except TriageError as exc:  # the model version is gone or refused: say so on the page
+        return None, exc.message
 
 
 def _case_url(case_id: str, anchor: str = "") -> str:
