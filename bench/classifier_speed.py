@@ -15,6 +15,11 @@ pipeline encodes once and reuses the vector for retrieval, so this is the classi
 plus the one encoding). ``--encoder none`` times the n-gram model alone; ``--encoder minilm``
 the optional sentence-embedding extra (run from a virtualenv that has it).
 
+``--explain N`` also times N single-case explanations (``CaseModel.explain``, three targets,
+eight evidence items each: what the console's case page and ``GET /v1/cases/{id}/explanation``
+compute), alternated call by call with ``predict`` on the same case, and prints both medians
+and their ratio.
+
 ``--processes N`` also times the batch split over N forked worker processes (one per core, as
 a deployment runs one triage worker per core): the throughput of the machine rather than of one
 Python process, whose featurisation is single-threaded.
@@ -138,6 +143,9 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=0, help="also time the batch over N worker processes"
     )
+    parser.add_argument(
+        "--explain", type=int, default=0, help="also time N single-case explanations"
+    )
     args = parser.parse_args()
     with args.bitext.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -183,6 +191,27 @@ def main() -> None:
         f"single case: median {np.median(ms):.3f} ms, p95 {np.percentile(ms, 95):.3f} ms, "
         f"p99 {np.percentile(ms, 99):.3f} ms over {len(ms)} calls; mean CPU "
         f"{1000 * np.mean(cpu_times):.3f} ms; load average {os.getloadavg()[0]:.2f}"
+    )
+    if args.explain:
+        time_explain(model, test[: args.explain])
+
+
+def time_explain(model: Any, cases: list[dict[str, Any]]) -> None:
+    """Median ms of ``explain`` vs ``predict`` for single cases, alternated call by call."""
+    model.explain(cases[:5])  # warm-up: builds the word vocabulary's reverse index once
+    predict_ms, explain_ms = [], []
+    for case in cases:
+        started = time.perf_counter()
+        model.predict([case])
+        predict_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        model.explain([case])
+        explain_ms.append((time.perf_counter() - started) * 1000)
+    p, e = float(np.median(predict_ms)), float(np.median(explain_ms))
+    print(
+        f"explain vs predict, {len(cases)} single cases alternated: explain median {e:.3f} ms "
+        f"(p95 {np.percentile(explain_ms, 95):.3f}), predict median {p:.3f} ms; ratio "
+        f"{e / p:.1f}x; load average {os.getloadavg()[0]:.2f}"
     )
 
 
