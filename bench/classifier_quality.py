@@ -38,12 +38,14 @@ from sklearn.svm import LinearSVC
 
 from classifiers.case_model import CaseModel
 from classifiers.evaluation import evaluate_model
-from classifiers.features import FeatureSpec
+from classifiers.features import FeatureSpec, RecordFeaturizer
 from classifiers.grouping import group_key, near_duplicate_groups
 
 EMBEDDINGS_LABEL = "emb"
 CLASS_WEIGHT: str | None = None
 C = 1.0  # CaseModel's LinearSVC regularisation (its default)
+EMBEDDING_WEIGHT = 2.0  # RecordFeaturizer's default weight of the embedding block
+MAX_FOLDS: int | None = None  # run only the first N folds (quick comparisons)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -93,7 +95,7 @@ def run_folds(
     variants: dict[str, list[dict[str, float | None]]] = {"baseline": [], "CaseModel": []}
     if embeddings is not None:
         variants[f"CaseModel+{EMBEDDINGS_LABEL}"] = []
-    for k, (tr, te) in enumerate(splits):
+    for k, (tr, te) in enumerate(splits[:MAX_FOLDS]):
         started = time.perf_counter()
         pred = baseline().fit(texts[tr], y[tr]).predict(texts[te])
         variants["baseline"].append(
@@ -111,7 +113,13 @@ def run_folds(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
             started = time.perf_counter()
-            model = CaseModel(spec=spec, targets=(label,), class_weight=CLASS_WEIGHT, C=C).fit(
+            model = CaseModel(
+                spec=spec,
+                targets=(label,),
+                class_weight=CLASS_WEIGHT,
+                C=C,
+                featurizer=RecordFeaturizer(embedding_weight=EMBEDDING_WEIGHT),
+            ).fit(
                 [recs[i] for i in tr],
                 embeddings=None if emb is None else emb[tr],
                 groups=fold_groups,
@@ -279,11 +287,22 @@ def main() -> None:
         help="BANKING77: train on this stratified share of each fold's training part (same "
         "test folds), for a learning curve",
     )
+    parser.add_argument(
+        "--embedding-weight",
+        type=float,
+        default=2.0,
+        help="weight of the embedding block in CaseModel's features (default 2.0, the product's)",
+    )
+    parser.add_argument(
+        "--max-folds", type=int, default=None, help="run only the first N folds / seeds"
+    )
     args = parser.parse_args()
-    global EMBEDDINGS_LABEL, CLASS_WEIGHT, C
+    global EMBEDDINGS_LABEL, CLASS_WEIGHT, C, EMBEDDING_WEIGHT, MAX_FOLDS
     EMBEDDINGS_LABEL = args.embeddings_label
     CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
     C = args.C
+    EMBEDDING_WEIGHT = args.embedding_weight
+    MAX_FOLDS = args.max_folds
     if args.only in (None, "bitext"):
         bitext(
             args.bitext,

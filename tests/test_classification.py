@@ -673,3 +673,26 @@ def test_explanation_of_the_fixed_rules(client, keys, db, settings):
     ]
     detail = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
     assert detail["priority"] == "P1"
+
+
+def test_explanation_when_the_encoder_changed_since_training(
+    client, keys, db, settings, with_model, monkeypatch
+):
+    """The encoder behind the model's embedding features now gives other vectors (another
+    fingerprint): the model cannot score the case again, and the explanation says so (409)."""
+    from classifiers import features
+
+    (case_id,) = submit_simulated(db, settings, 1, seed=24)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    original = features._embedder
+
+    def changed(name, texts):
+        vectors, _ = original(name, texts)
+        return vectors, "static-0000000000000000"
+
+    monkeypatch.setattr(features, "_embedder", changed)
+    r = _explanation(client, case_id, keys["agent"])
+    assert r.status_code == 409
+    assert "cannot recompute this case now" in r.text and "retrain the model" in r.text
+    error = r.json()["error"]
+    assert error["fields"] == [{"field": "model_version", "problem": error["message"]}]

@@ -38,7 +38,13 @@ from classifiers.data import infer_numeric_columns, load_records, validate_train
 from classifiers.explain import MAX_TOP
 from contracts.case import CaseIn
 from contracts.suggestion import ClassifierView, Explanation, Prediction
-from retrieval.embeddings import DEFAULT_ENCODER, EncoderConfig, builtin_encoders, load_encoder
+from retrieval.embeddings import (
+    DEFAULT_ENCODER,
+    EncoderConfig,
+    EncoderError,
+    builtin_encoders,
+    load_encoder,
+)
 from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
@@ -417,7 +423,15 @@ def explain_classification(
         )
     model = _explain_model(settings, view.model_version).model
     trained = [t for t in TARGETS if t in model.estimators_]
-    explained = model.explain([case_record(case)], targets=trained, top=top)[0]
+    try:
+        explained = model.explain([case_record(case)], targets=trained, top=top)[0]
+    except (ValueError, OSError, EncoderError) as exc:
+        # e.g. the encoder behind the model's embedding features changed since it was trained:
+        # the model cannot score this case again, and says so instead of guessing
+        raise Conflict(
+            f"model version {view.model_version} cannot recompute this case now: {exc}",
+            field="model_version",
+        ) from exc
     reproduced = {}
     for target, exp in explained.items():
         stored = getattr(view, target).probabilities
