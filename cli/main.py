@@ -628,6 +628,51 @@ def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id."
         )
 
 
+@classifier_cli.models_app.command("explain")
+def model_explain(
+    case_id: Annotated[str, typer.Argument(help="The case's id.")],
+    top: Annotated[int, typer.Option(min=1, max=50, help="Evidence items per target.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON object.")] = False,
+) -> None:
+    """Why the classifier routed a case: per target, the case's evidence for the top label
+    against the runner-up (log-odds that add up to the total), recomputed with the model
+    version that classified the case; or the fixed rules that decided.
+
+    The same answer as GET /v1/cases/{id}/explanation. Exit 2 for an unknown case, one not
+    classified yet, or a model version that can no longer be loaded."""
+    import dataclasses
+
+    from triage import classification
+    from triage.db import Database
+    from triage.errors import TriageError
+
+    settings = _settings()
+    try:
+        found = classification.explain_case(settings, Database(settings), case_id, top=top)
+    except TriageError as exc:
+        raise _fail(exc.message) from exc
+    if as_json:
+        data = dataclasses.asdict(found)
+        data["targets"] = {t: e.model_dump() for t, e in found.targets.items()}
+        typer.echo(json.dumps(data, sort_keys=True))
+        return
+    typer.echo(f"case {found.case_id}: classified by {found.model_version} ({found.source})")
+    for target, exp in found.targets.items():
+        check = "" if found.reproduced[target] else "  [stored probabilities NOT reproduced]"
+        typer.echo(
+            f"\n{target}: {exp.label} {exp.probability:.0%} over {exp.versus} "
+            f"{exp.versus_probability:.0%} (log-odds {exp.log_odds:+.2f}){check}"
+        )
+        for ev in exp.evidence:
+            name = f"{ev.feature} = {ev.value}" if ev.value is not None else ev.feature
+            towards = exp.label if ev.weight > 0 else exp.versus
+            typer.echo(f"  {ev.weight:+7.2f}  {ev.kind:<7} {name}  -> {towards}")
+        typer.echo(f"  {exp.other:+7.2f}  (all other evidence)")
+        typer.echo(f"  {exp.baseline:+7.2f}  (label frequency, before any evidence)")
+    for target, reasons in found.rules.items():
+        typer.echo(f"\n{target} (fixed rules): " + "; ".join(reasons))
+
+
 @app.command("demo")
 def demo(
     cases: Annotated[int, typer.Option(help="Demo cases to load on first start.")] = 200,

@@ -696,3 +696,45 @@ def test_explanation_when_the_encoder_changed_since_training(
     assert "cannot recompute this case now" in r.text and "retrain the model" in r.text
     error = r.json()["error"]
     assert error["fields"] == [{"field": "model_version", "problem": error["message"]}]
+
+
+def test_triage_models_explain_on_the_command_line(
+    client, keys, db, settings, with_model, monkeypatch
+):
+    """``triage models explain CASE`` prints what the API returns (text and --json), exit 2
+    naming the problem for an unknown or untriaged case."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from triage.settings import get_settings
+
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+
+    def triage(*args: str):
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(args))
+        finally:
+            get_settings.cache_clear()
+
+    (first,) = submit_simulated(db, settings, 1, seed=25)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    api = _explanation(client, first, keys["auditor"], top=3).json()
+    out = triage("models", "explain", first, "--top", "3", "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == api
+    text = triage("models", "explain", first, "--top", "3")
+    assert text.exit_code == 0
+    assert f"classified by {with_model} (model)" in text.stdout
+    queue = api["targets"]["queue"]
+    assert f"queue: {queue['label']} " in text.stdout
+    assert f"{queue['evidence'][0]['weight']:+7.2f}" in text.stdout
+    missing = triage("models", "explain", "01NOSUCHCASE")
+    assert missing.exit_code == 2 and "01NOSUCHCASE" in missing.output
+    with db.write() as s:  # a case submitted after the worker ran: not classified yet
+        later = cases.submit(
+            s, CaseIn.model_validate(sample_case(77)), actor=ORCH, settings=settings
+        )
+    pending = triage("models", "explain", later.case.id)
+    assert pending.exit_code == 2 and "no classification yet" in pending.output
