@@ -134,3 +134,25 @@ def wait_until(
         if time.monotonic() > end:
             raise AssertionError(f"gave up after {deadline_s:.0f}s waiting for: {what}")
         time.sleep(every)
+
+
+def cli_runner(monkeypatch: Any, settings: Any) -> Callable[..., Any]:
+    """``triage(*args)``: the command line run in-process against ``settings``' database and
+    data directory (set in the environment, with the settings cache cleared around each call);
+    returns typer's ``Result`` (``exit_code``, ``stdout``, ``stderr``, ``output``)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from triage.settings import get_settings
+
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+
+    def triage(*args: str) -> Any:
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(args))
+        finally:
+            get_settings.cache_clear()
+
+    return triage

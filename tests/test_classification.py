@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from classifiers.registry import ARTIFACT_NAME
 from contracts.case import CaseIn
-from tests.support import bearer, sample_case, submit_simulated, wait_until
+from tests.support import bearer, cli_runner, sample_case, submit_simulated, wait_until
 from triage import audit, cases, classification, model_jobs
 from triage.models import AuditEvent, LabelFeedback
 from triage.stages import default_pipeline
@@ -161,22 +161,8 @@ def test_retraining_holds_no_database_connection_while_it_trains(
 def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_model, monkeypatch):
     """``triage retrain`` on the command line: timed progress lines on stderr (as ``triage
     train`` prints them), the decision on stdout, and a ``model.retrained`` audit event."""
-    from typer.testing import CliRunner
-
-    from cli.main import app
-    from triage.settings import get_settings
-
-    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
-
-    def retrain() -> Any:
-        get_settings.cache_clear()  # read the environment set above
-        try:
-            return CliRunner().invoke(app, ["retrain"])
-        finally:
-            get_settings.cache_clear()
-
-    result = retrain()
+    triage = cli_runner(monkeypatch, settings)
+    result = triage("retrain")
     assert result.exit_code == 0, result.output
     progress = [line for line in result.stderr.splitlines() if line.strip()]
     assert progress, "retrain printed no progress"
@@ -197,7 +183,7 @@ def test_triage_retrain_prints_timed_progress_and_audits(db, settings, with_mode
     # while another retraining runs (here: the row another process's running job leaves),
     # the command refuses with exit 2 naming it, and trains nothing
     running = model_jobs.start(db, "retrain", "ana", lease_seconds=600)
-    refused = retrain()
+    refused = triage("retrain")
     assert refused.exit_code == 2, refused.output
     assert f"a retrain job is already running (job {running['id']}, started by ana" in (
         refused.output
@@ -703,21 +689,7 @@ def test_triage_models_explain_on_the_command_line(
 ):
     """``triage models explain CASE`` prints what the API returns (text and --json), exit 2
     naming the problem for an unknown or untriaged case."""
-    from typer.testing import CliRunner
-
-    from cli.main import app
-    from triage.settings import get_settings
-
-    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
-
-    def triage(*args: str):
-        get_settings.cache_clear()
-        try:
-            return CliRunner().invoke(app, list(args))
-        finally:
-            get_settings.cache_clear()
-
+    triage = cli_runner(monkeypatch, settings)
     (first,) = submit_simulated(db, settings, 1, seed=25)
     Worker(db, settings, default_pipeline(settings)).run_once()
     api = _explanation(client, first, keys["auditor"], top=3).json()

@@ -10,6 +10,7 @@ import threading
 import pytest
 from sqlalchemy import select, update
 
+from tests.support import cli_runner
 from triage import model_jobs
 from triage.db import Database
 from triage.errors import Conflict, NotFound
@@ -344,21 +345,7 @@ def test_a_cancelled_command_line_job_raises_job_cancelled(db, settings):
 def test_model_jobs_on_the_command_line(db, settings, monkeypatch):
     """``triage models jobs`` lists the history (filters, paging hint, --json, refusals);
     ``triage models cancel`` cancels (at once when the runner is gone) or refuses an ended job."""
-    from typer.testing import CliRunner
-
-    from cli.main import app
-    from triage.settings import get_settings
-
-    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
-
-    def triage(*args: str):
-        get_settings.cache_clear()
-        try:
-            return CliRunner().invoke(app, list(args))
-        finally:
-            get_settings.cache_clear()
-
+    triage = cli_runner(monkeypatch, settings)
     done = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
     with db.write() as s:
         model_jobs.finish(s, done["id"], result={"version": "v1"})
@@ -395,11 +382,7 @@ def test_model_jobs_on_the_command_line(db, settings, monkeypatch):
 def test_prune_deletes_old_ended_jobs_only(db, settings, monkeypatch):
     """``triage models prune-jobs --older-than-days N``: ended jobs that finished before the
     cutoff go (counted first with --dry-run), running and recent ones stay; audited once."""
-    from typer.testing import CliRunner
-
-    from cli.main import app
     from triage.models import AuditEvent
-    from triage.settings import get_settings
 
     old_done = model_jobs.start(db, "train", "ana", lease_seconds=LEASE)
     with db.write() as s:
@@ -419,15 +402,10 @@ def test_prune_deletes_old_ended_jobs_only(db, settings, monkeypatch):
     running = model_jobs.start(db, "retrain", "cy", lease_seconds=LEASE)
     _age_heartbeat(db, running["id"])  # even a dead runner's job is not pruned while running
 
-    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+    cli = cli_runner(monkeypatch, settings)
 
     def triage(*args: str):
-        get_settings.cache_clear()
-        try:
-            return CliRunner().invoke(app, ["models", "prune-jobs", *args])
-        finally:
-            get_settings.cache_clear()
+        return cli("models", "prune-jobs", *args)
 
     dry = triage("--older-than-days", "30", "--dry-run")
     assert dry.exit_code == 0 and "would delete 2 model jobs" in dry.stdout, dry.output
