@@ -39,6 +39,7 @@ from classifiers.features import (
     RecordFeaturizer,
     embed_texts,
     set_embedder,
+    set_word_splitter,
 )
 from classifiers.operating_points import ABSTAIN_REASONS
 from classifiers.registry import LoadedModel, ModelRegistry, open_model
@@ -69,6 +70,7 @@ __all__ = [
     "parse_records",
     "retrain",
     "set_embedder",
+    "set_word_splitter",
     "unlabelled_targets",
     "validate_training_data",
     "write_report",

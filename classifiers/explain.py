@@ -12,8 +12,11 @@ Contract:
   weights of the character n-grams inside it (an n-gram that occurs in several words is
   shared equally between its occurrences) become one ``word`` item; word bigrams are
   ``phrase`` items; one-hot columns are ``field`` items with the case's value; numeric columns
-  are ``number`` items; the embedding block as a whole is one ``meaning`` item (its 384 or 768
-  dimensions mean nothing one by one).
+  are ``number`` items. The embedding block's weight is split over the words too when the
+  encoder's text vector is a normalised sum of word vectors (the static tables, the default:
+  the split is exact, see :func:`classifiers.features.split_into_words`), so each ``word``
+  item also carries its share of the text's meaning; for other encoders (transformers) the
+  block is one ``meaning`` item (its 384 or 768 dimensions mean nothing one by one).
 - Texts are shown as the model read them: lower-cased, digit runs masked as ``0``.
 """
 
@@ -30,7 +33,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.utils.validation import check_is_fitted
 
 from classifiers.calibration import CalibratedLinearClassifier
-from classifiers.features import FeatureSpec, Record, RecordFeaturizer, _as_float, _wb_ngrams
+from classifiers.features import (
+    FeatureSpec,
+    Record,
+    RecordFeaturizer,
+    _as_float,
+    _wb_ngrams,
+    split_into_words,
+)
 from contracts.suggestion import Evidence, Explanation
 
 DEFAULT_TOP = 8
@@ -108,7 +118,7 @@ def _evidence_keys(
 ) -> list[list[tuple[_Key, float]]]:
     """For each feature column of one row: the evidence items it folds into, with shares."""
     owners = _char_owners(fz, text, layout.words)
-    meaning = spec.embedding_encoder or "text embedding"
+    meaning = _meaning_key(spec)
     out: list[list[tuple[_Key, float]]] = []
     for col in cols.tolist():
         if col < layout.words:
@@ -127,8 +137,41 @@ def _evidence_keys(
             name = spec.numeric_columns[col - layout.one_hot]
             out.append([(("number", name, f"{_as_float(record.get(name)):g}"), 1.0)])
         else:
-            out.append([(("meaning", meaning, None), 1.0)])
+            out.append([(meaning, 1.0)])
     return out
+
+
+def _meaning_key(spec: FeatureSpec) -> _Key:
+    return ("meaning", spec.embedding_encoder or "text embedding", None)
+
+
+def _meaning_by_word(
+    cols: np.ndarray,
+    vals: np.ndarray,
+    text: str,
+    fz: RecordFeaturizer,
+    spec: FeatureSpec,
+    layout: _Layout,
+) -> tuple[list[str], np.ndarray, float] | None:
+    """The row's meaning vector as a sum over its words: (words, word vectors, norm of their
+    sum), when the encoder allows it and its vector is the one in the row; else ``None``."""
+    if spec.embedding_dim is None or not text:
+        return None
+    split = split_into_words(spec, text)
+    if split is None:
+        return None
+    word_list, vectors = split
+    total = vectors.sum(axis=0)
+    norm = float(np.linalg.norm(total))
+    if not word_list or norm == 0.0:
+        return None
+    in_row = np.zeros(spec.embedding_dim)
+    block = cols >= layout.numeric
+    in_row[cols[block] - layout.numeric] = vals[block] / fz.embedding_weight
+    # vectors passed in by a caller may not be this text's: split only what it would encode
+    if not np.allclose(total / norm, in_row, atol=1e-4):
+        return None
+    return word_list, vectors, norm
 
 
 def _pair_weights(clf: CalibratedLinearClassifier, k: int, j: int) -> tuple[np.ndarray, float]:
@@ -180,6 +223,7 @@ def explain(
         cols = np.asarray(X.indices[lo:hi], dtype=np.int64)
         vals = np.asarray(X.data[lo:hi], dtype=np.float64)
         keys = _evidence_keys(cols, record, texts[i], fz, spec, layout, words)
+        by_word = _meaning_by_word(cols, vals, texts[i], fz, spec, layout)
         per_target: dict[str, Explanation] = {}
         for target in chosen:
             clf = model.estimators_[target]
@@ -193,6 +237,19 @@ def explain(
             for shares, c in zip(keys, contrib.tolist(), strict=True):
                 for key, share in shares:
                     items[key] = items.get(key, 0.0) + c * share
+            rounding = 0.0
+            if by_word is not None:
+                # the meaning vector is a normalised sum of word vectors: its weight splits
+                # exactly over the words, which join their n-gram evidence
+                word_list, vectors, norm = by_word
+                meaning = items.pop(_meaning_key(spec), 0.0)
+                parts = (
+                    fz.embedding_weight * (vectors @ w[layout.numeric :]) / norm / clf.temperature_
+                )
+                for word, part in zip(word_list, parts.tolist(), strict=True):
+                    key = ("word", _display(word), None)
+                    items[key] = items.get(key, 0.0) + part
+                rounding = meaning - float(parts.sum())  # float32 features: ~1e-7
             ranked = sorted(
                 ((key, v) for key, v in items.items() if v != 0.0), key=lambda kv: -abs(kv[1])
             )
@@ -209,7 +266,7 @@ def explain(
                     Evidence(kind=kind, feature=feature, value=value, weight=round(v, 6))
                     for (kind, feature, value), v in shown
                 ],
-                other=round(sum(v for _, v in rest), 6),
+                other=round(sum(v for _, v in rest) + rounding, 6),
             )
         out.append(per_target)
     return out

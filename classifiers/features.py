@@ -104,6 +104,35 @@ def set_embedder(embedder: Embedder | None) -> None:
     _embedder = embedder
 
 
+# (encoder name, text) -> (words, float64 (n_words, dim) vectors, encoder fingerprint), where
+# the rows sum to the text's vector before L2 normalisation; None for an encoder whose vector is
+# not a sum over words (a transformer's)
+WordSplitter = Callable[[str, str], tuple[list[str], np.ndarray, str] | None]
+_word_splitter: WordSplitter | None = None
+
+
+def set_word_splitter(splitter: WordSplitter | None) -> None:
+    """Install the function that splits a text's encoder vector over its words (see
+    :func:`split_into_words`); wired by ``triage.classification`` like :func:`set_embedder`."""
+    global _word_splitter
+    _word_splitter = splitter
+
+
+def split_into_words(spec: FeatureSpec, text: str) -> tuple[list[str], np.ndarray] | None:
+    """The words of ``text`` and their vectors under the spec's encoder, when that encoder's
+    vector is a normalised sum over words (the static tables) and is still the encoder the model
+    was trained with; ``None`` otherwise."""
+    if _word_splitter is None or spec.embedding_encoder is None:
+        return None
+    found = _word_splitter(spec.embedding_encoder, text)
+    if found is None:
+        return None
+    words, vectors, fingerprint = found
+    if spec.embedding_fingerprint and fingerprint != spec.embedding_fingerprint:
+        return None
+    return words, vectors
+
+
 EMBED_CHUNK = 512  # texts per encoder call when progress is reported
 PROGRESS_SECONDS = 5.0  # at most one progress message per this many seconds
 

@@ -560,6 +560,21 @@ class StaticEncoder:
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(_DIGITS.sub("0", text))
 
+    def word_vectors(self, text: str) -> tuple[list[str], np.ndarray]:
+        """The text's words (BERT's basic tokenizer, digit runs masked) and each word's vector
+        (the sum of its word pieces' rows), float64, one row per word occurrence.
+
+        The rows sum to the vector :meth:`encode` L2-normalises, so any linear score of the
+        text's vector splits exactly over its words (used to explain predictions).
+        """
+        words = self.tokenizer.basic_words(_DIGITS.sub("0", text))
+        vectors = np.zeros((len(words), self.dim), dtype=np.float64)
+        for i, word in enumerate(words):
+            ids = self.tokenizer.word_ids(word)
+            if ids:
+                vectors[i] = self.vectors[list(ids)].sum(axis=0, dtype=np.float64)
+        return words, vectors
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 1:
             ids = self.token_ids(texts[0])

@@ -710,3 +710,33 @@ def test_triage_models_explain_on_the_command_line(
         )
     pending = triage("models", "explain", later.case.id)
     assert pending.exit_code == 2 and "no classification yet" in pending.output
+
+
+def test_the_default_models_meaning_vector_splits_over_the_words(settings, with_model):
+    """The demo model's embedding (the static table: a normalised sum of word vectors) is
+    explained word by word: no opaque "meaning" item, and each word's weight gains exactly its
+    share of what the meaning item weighs when the split is not available."""
+    from classifiers import features
+
+    model = classification.registry(settings).load(with_model).model
+    record = classification.case_record(CaseIn.model_validate(sample_case(5)))
+    split = model.explain([record], top=50)[0]
+    saved = features._word_splitter
+    features.set_word_splitter(None)
+    try:
+        whole = model.explain([record], top=50)[0]
+    finally:
+        features.set_word_splitter(saved)
+    for target in ("category", "queue", "priority"):
+        with_words = {(e.kind, e.feature): e.weight for e in split[target].evidence}
+        without = {(e.kind, e.feature): e.weight for e in whole[target].evidence}
+        assert not any(kind == "meaning" for kind, _ in with_words)
+        meaning = without.pop(("meaning", "builtin:minilm-static-v2"))
+        assert abs(meaning) > 0.05  # the embedding does carry weight in this model
+        assert len(with_words) < 50  # all listed: `other` holds float rounding only
+        assert abs(split[target].other) < 1e-4 and abs(whole[target].other) < 1e-4
+        gained = sum(w - without.get(key, 0.0) for key, w in with_words.items())
+        assert gained == pytest.approx(meaning, abs=1e-4)
+        assert split[target].log_odds == pytest.approx(whole[target].log_odds, abs=1e-6)
+        total = split[target].baseline + sum(with_words.values()) + split[target].other
+        assert total == pytest.approx(split[target].log_odds, abs=1e-4)

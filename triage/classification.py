@@ -72,7 +72,19 @@ def _embed(name: str, texts: Sequence[str]) -> tuple[np.ndarray, str]:
     return encoder.encode(list(texts)), encoder.fingerprint
 
 
+def _split_words(name: str, text: str) -> tuple[list[str], np.ndarray, str] | None:
+    """The classifiers' word splitter: the encoder's per-word vectors, for encoders whose
+    text vector is a normalised sum over words (the static tables); ``None`` for others."""
+    encoder = load_encoder(EncoderConfig(name=name))
+    split = getattr(encoder, "word_vectors", None)
+    if split is None:
+        return None
+    words, vectors = split(text)
+    return words, vectors, encoder.fingerprint
+
+
 classifiers.set_embedder(_embed)
+classifiers.set_word_splitter(_split_words)
 
 
 def embedding_spec(spec: FeatureSpec, encoder_name: str | None) -> FeatureSpec:

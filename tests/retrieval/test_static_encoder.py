@@ -74,6 +74,24 @@ def test_batches_of_any_size_give_the_single_text_vectors(encoder: StaticEncoder
     assert not encoder.encode(texts)[0].any()  # the empty text stays a zero vector
 
 
+def test_word_vectors_sum_to_the_text_vector(encoder: StaticEncoder) -> None:
+    """Per-word vectors (what explanations split the meaning vector over) add up to the text's
+    vector before normalisation: punctuation, masked digits, accents, unknown words."""
+    for text in (
+        "Pallet damaged, 12 cartons crushed!",
+        "Lieferung verspätet: Café order #4711 (ETA missed)",
+        "zzyzx qwxv",
+        "refund",
+    ):
+        words, vectors = encoder.word_vectors(text)
+        assert len(words) == len(vectors) > 0
+        total = vectors.sum(axis=0)
+        expected = encoder.encode([text])[0]
+        assert np.allclose(total / np.linalg.norm(total), expected, atol=1e-6), text
+    words, _ = encoder.word_vectors("Order 4711, please!")
+    assert words == ["order", "0", ",", "please", "!"]
+
+
 def test_vectors_carry_meaning_beyond_shared_words(encoder: StaticEncoder) -> None:
     """Paraphrases with no content word in common land closer than texts on another topic."""
     anchor, paraphrase, other = encoder.encode(
