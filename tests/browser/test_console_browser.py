@@ -39,6 +39,16 @@ def test_agent_overrides_routing_and_sends_an_edited_draft(page, demo_server):
     assert page.get_by_role("heading", name="Suggestion").is_visible()
     shot(page, "02-agent-case")
 
+    # why the demo model routed it: closed until asked, then one table per field
+    why = page.locator("details.why")
+    assert not page.locator("table.why-table").first.is_visible()
+    why.locator("summary").click()
+    tables = page.locator("table.why-table")
+    assert tables.count() == 3 and tables.first.is_visible()
+    assert re.match(r"Queue: \S+ \d+% over ", tables.first.locator("caption").inner_text())
+    assert tables.first.locator("tbody tr").count() >= 3
+    shot(page, "02b-agent-case-why")
+
     override = page.locator("details.override")
     if override.get_attribute("open") is None:
         override.locator("summary").click()
