@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.utils.validation import check_is_fitted
 
@@ -174,14 +175,22 @@ def _meaning_by_word(
     return word_list, vectors, norm
 
 
-def _pair_weights(clf: CalibratedLinearClassifier, k: int, j: int) -> tuple[np.ndarray, float]:
-    """Weights and intercept of ``(s_k - s_j) / T`` as a linear function of the features."""
+def _pair_weights(
+    clf: CalibratedLinearClassifier, k: int, j: int, columns: np.ndarray | slice
+) -> tuple[np.ndarray, float]:
+    """Weights (at ``columns``) and intercept of ``(s_k - s_j)``, linear in the features.
+
+    Only the columns asked for are read: the full difference of two rows is the vocabulary's
+    size (hundreds of thousands), a case has a few hundred non-zero features.
+    """
     coef = clf.estimator_.coef_
     intercept = np.asarray(clf.estimator_.intercept_, dtype=np.float64)
     if coef.shape[0] == 1:  # binary: the scores are -raw/2 and +raw/2 (see decision_function)
         sign = 1.0 if k == 1 else -1.0
-        return sign * np.asarray(coef[0], dtype=np.float64), sign * float(intercept[0])
-    w = np.asarray(coef[k], dtype=np.float64) - np.asarray(coef[j], dtype=np.float64)
+        return sign * np.asarray(coef[0, columns], dtype=np.float64), sign * float(intercept[0])
+    w = np.asarray(coef[k, columns], dtype=np.float64) - np.asarray(
+        coef[j, columns], dtype=np.float64
+    )
     return w, float(intercept[k] - intercept[j])
 
 
@@ -224,15 +233,16 @@ def explain(
         vals = np.asarray(X.data[lo:hi], dtype=np.float64)
         keys = _evidence_keys(cols, record, texts[i], fz, spec, layout, words)
         by_word = _meaning_by_word(cols, vals, texts[i], fz, spec, layout)
+        row = X[i]
         per_target: dict[str, Explanation] = {}
         for target in chosen:
             clf = model.estimators_[target]
-            scores = clf.decision_function(X[i]) / clf.temperature_
-            proba = np.asarray(clf.predict_proba(X[i]))[0]
+            scores = clf.decision_function(row) / clf.temperature_
+            proba = softmax(scores[0])  # what clf.predict_proba gives, without a second pass
             order = np.argsort(-scores[0], kind="stable")
             k, j = int(order[0]), int(order[1])
-            w, bias = _pair_weights(clf, k, j)
-            contrib = vals * w[cols] / clf.temperature_
+            w, bias = _pair_weights(clf, k, j, cols)
+            contrib = vals * w / clf.temperature_
             items: dict[_Key, float] = {}
             for shares, c in zip(keys, contrib.tolist(), strict=True):
                 for key, share in shares:
@@ -243,9 +253,8 @@ def explain(
                 # exactly over the words, which join their n-gram evidence
                 word_list, vectors, norm = by_word
                 meaning = items.pop(_meaning_key(spec), 0.0)
-                parts = (
-                    fz.embedding_weight * (vectors @ w[layout.numeric :]) / norm / clf.temperature_
-                )
+                w_meaning, _ = _pair_weights(clf, k, j, slice(layout.numeric, None))
+                parts = fz.embedding_weight * (vectors @ w_meaning) / norm / clf.temperature_
                 for word, part in zip(word_list, parts.tolist(), strict=True):
                     key = ("word", _display(word), None)
                     items[key] = items.get(key, 0.0) + part
