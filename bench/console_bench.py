@@ -297,6 +297,10 @@ def populate(db: Database, n_cases: int, n_events: int, seed: int = 11) -> dict[
                 "lease_expires_at": None,
                 "suggestion_revision": 1 if triaged else 0,
                 "model_version": "bench-model" if triaged else None,
+                # the classifier's labels as the suggestion below states them (migration 0008)
+                "predicted_category": category if triaged else None,
+                "predicted_queue": queue if triaged else None,
+                "predicted_priority": priority if triaged else None,
                 "abstain_reasons": {"priority": "close_runner_up"}
                 if random.random() < 0.2
                 else None,

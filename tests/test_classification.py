@@ -740,3 +740,104 @@ def test_the_default_models_meaning_vector_splits_over_the_words(settings, with_
         assert split[target].log_odds == pytest.approx(whole[target].log_odds, abs=1e-6)
         total = split[target].baseline + sum(with_words.values()) + split[target].other
         assert total == pytest.approx(split[target].log_odds, abs=1e-4)
+
+
+def _labels_in_bodies(db) -> dict[str, dict[str, str | None]]:
+    """Each classified case's current classifier labels, read from the suggestion bodies."""
+    from triage.models import Case
+    from triage.models import Suggestion as SuggestionRow
+
+    with db.read() as s:
+        rows = s.execute(
+            select(Case.id, SuggestionRow.body).join(
+                SuggestionRow,
+                (SuggestionRow.case_id == Case.id)
+                & (SuggestionRow.revision == Case.suggestion_revision),
+            )
+        ).all()
+    return {
+        cid: {t: body["classifier"][t]["label"] for t in classification.TARGETS}
+        for cid, body in rows
+    }
+
+
+def _labels_on_rows(db) -> dict[str, dict[str, str | None]]:
+    from triage.models import Case
+
+    with db.read() as s:
+        rows = s.scalars(select(Case).where(Case.suggestion_revision > 0)).all()
+        return {
+            r.id: {t: getattr(r, f"predicted_{t}") for t in classification.TARGETS} for r in rows
+        }
+
+
+def _odd_case(client, keys) -> str:
+    """A case unlike anything in training: the model abstains on it."""
+    odd = sample_case(
+        901,
+        exception_type="other",
+        title="Zebra quantum poetry recital",
+        text={"customer_message": "Xylophone lunar banquet, purple hieroglyphs tango."},
+        references={"customer": {"id": "NEW-9", "tier": "C"}, "warehouse_id": "WH-MARS"},
+    )
+    return client.post("/v1/cases", json=odd, headers=bearer(keys["orchestrator"])).json()[
+        "case_id"
+    ]
+
+
+def test_model_stats_equal_a_count_over_the_suggestion_bodies(
+    client, keys, db, settings, with_model
+):
+    """Override rate and precision-at-close come from aggregates over the case rows' predicted
+    labels; they equal the definition computed from every suggestion body (overrides on each
+    target, resolved and open cases, an abstention)."""
+    from triage.models import Case
+
+    ids = [*submit_simulated(db, settings, 24, seed=27), _odd_case(client, keys)]
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    agent = bearer(keys["agent"])
+    edits = [{"queue": "billing"}, {"priority": "P1"}, {"category": "damage"}, {"queue": "returns"}]
+    for cid, change in zip(ids[:8:2], edits, strict=True):
+        r = client.post(f"/v1/cases/{cid}/overrides", json=change | {"reason": "r"}, headers=agent)
+        assert r.status_code == 200, r.text
+    for cid in [*ids[:12], ids[-1]]:
+        done = {"to": "resolved", "resolution": "ok"}
+        r = client.post(f"/v1/cases/{cid}/transitions", json=done, headers=agent)
+        assert r.status_code == 200, r.text
+    bodies = _labels_in_bodies(db)
+    assert any(v is None for labels in bodies.values() for v in labels.values())  # abstained
+    with db.read() as s:
+        rows = {r.id: (r.status, r.category, r.queue, r.priority) for r in s.scalars(select(Case))}
+        over = {c for (c,) in s.execute(select(LabelFeedback.case_id)).all()}
+        (stats,) = classification.model_stats(s)
+    final = {c: dict(zip(classification.TARGETS, v[1:], strict=True)) for c, v in rows.items()}
+    resolved = [c for c in bodies if rows[c][0] == "resolved"]
+    assert (stats.model_version, stats.classified, stats.closed) == (with_model, 25, 13)
+    assert stats.overridden_cases == len(over) == 4
+    assert stats.override_rate == pytest.approx(4 / 25)
+    for t in classification.TARGETS:
+        made = [c for c in resolved if bodies[c][t] is not None]
+        hits = [c for c in made if bodies[c][t] == final[c][t]]
+        expected = len(hits) / len(made) if made else None
+        assert stats.precision_at_close[t] == pytest.approx(expected), (t, len(made))
+    assert 0 < stats.precision_at_close["queue"] < 1.0  # the overrides are misses
+
+
+def test_predicted_labels_are_kept_on_the_row_and_backfilled(
+    client, keys, db, settings, with_model
+):
+    """The pipeline writes the classifier's labels on the case row; migration 0008 fills them
+    for cases triaged before it existed (down to 0007 drops them, up again refills them)."""
+    from alembic import command
+
+    from triage import migrate
+
+    submit_simulated(db, settings, 6, seed=28)
+    _odd_case(client, keys)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    bodies = _labels_in_bodies(db)
+    assert len(bodies) == 7 and _labels_on_rows(db) == bodies
+    db.dispose()
+    command.downgrade(migrate.alembic_config(settings.resolved_database_url), "0007")
+    migrate.upgrade(settings)
+    assert _labels_on_rows(db) == bodies

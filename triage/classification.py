@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import case as sql_case
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -52,7 +53,6 @@ from triage.db import Database
 from triage.errors import Conflict, ValidationFailed
 from triage.lifecycle import Status
 from triage.models import Case, LabelFeedback
-from triage.models import Suggestion as SuggestionRow
 from triage.pipeline import CATEGORY_BY_TYPE, QUEUE_BY_TYPE, RuleClassifier
 from triage.settings import PRIORITIES, Settings
 from triage.simulator import SimConfig, Simulator, bitext_messages
@@ -667,68 +667,55 @@ def model_stats(session: Session) -> list[ModelStats]:
     """Per model version: how often agents overrode it, and how often it was right at close.
 
     Precision-at-close for a target = share of resolved, non-abstained predictions whose label
-    equals the case's final value.
+    equals the case's final value. Two aggregate queries over the cases' narrow columns (the
+    classifier's labels are kept on the case row, ``predicted_*``), never the suggestion
+    bodies: the console's models page and ``GET /v1/models`` read this on every load.
     """
+    resolved = Case.status == Status.resolved.value
+    predicted = {t: getattr(Case, f"predicted_{t}") for t in TARGETS}
+    final = {t: getattr(Case, t) for t in TARGETS}
+
+    def count_if(condition: Any) -> Any:
+        return func.coalesce(func.sum(sql_case((condition, 1), else_=0)), 0)
+
+    columns = [Case.model_version, func.count(), count_if(resolved)]
+    for t in TARGETS:
+        made = resolved & predicted[t].is_not(None)
+        columns += [count_if(made), count_if(made & (predicted[t] == final[t]))]
     rows = session.execute(
-        select(
-            Case.id,
-            Case.model_version,
-            Case.status,
-            Case.category,
-            Case.queue,
-            Case.priority,
-            SuggestionRow.body,
-        )
-        .join(
-            SuggestionRow,
-            (SuggestionRow.case_id == Case.id)
-            & (SuggestionRow.revision == Case.suggestion_revision),
-        )
-        .where(Case.model_version.is_not(None))
+        select(*columns).where(Case.model_version.is_not(None)).group_by(Case.model_version)
     ).all()
-    overridden = {
-        (cid, mv)
-        for cid, mv in session.execute(
-            select(LabelFeedback.case_id, LabelFeedback.model_version)
+    overridden: dict[Any, Any] = dict(
+        session.execute(
+            select(Case.model_version, func.count(func.distinct(Case.id)))
+            .join(
+                LabelFeedback,
+                (LabelFeedback.case_id == Case.id)
+                & (LabelFeedback.model_version == Case.model_version),
+            )
+            .group_by(Case.model_version)
         ).all()
-    }
-    acc: dict[str, dict[str, Any]] = {}
+    )
+    out = []
     row: Any
-    for row in rows:
-        cid, mv, status, category, queue, priority, body = row
-        s = acc.setdefault(
-            mv,
-            {
-                "n": 0,
-                "over": 0,
-                "closed": 0,
-                "hit": dict.fromkeys(TARGETS, 0),
-                "tot": dict.fromkeys(TARGETS, 0),
-            },
+    for row in sorted(rows, key=lambda r: str(r[0])):
+        version, classified, closed, *per_target = row
+        over = int(overridden.get(version, 0))
+        precision: dict[str, float | None] = {}
+        for i, t in enumerate(TARGETS):
+            made, hit = int(per_target[2 * i]), int(per_target[2 * i + 1])
+            precision[t] = hit / made if made else None
+        out.append(
+            ModelStats(
+                version,
+                int(classified),
+                over,
+                over / classified if classified else None,
+                int(closed),
+                precision,
+            )
         )
-        s["n"] += 1
-        s["over"] += (cid, mv) in overridden
-        if status != Status.resolved.value:
-            continue
-        s["closed"] += 1
-        final = {"category": category, "queue": queue, "priority": priority}
-        for t in TARGETS:
-            label = ((body or {}).get("classifier") or {}).get(t, {}).get("label")
-            if label is None:
-                continue
-            s["tot"][t] += 1
-            s["hit"][t] += label == final[t]
-    return [
-        ModelStats(
-            mv,
-            s["n"],
-            s["over"],
-            s["over"] / s["n"] if s["n"] else None,
-            s["closed"],
-            {t: (s["hit"][t] / s["tot"][t] if s["tot"][t] else None) for t in TARGETS},
-        )
-        for mv, s in sorted(acc.items())
-    ]
+    return out
 
 
 def feedback_count(session: Session) -> int:

@@ -87,6 +87,11 @@ class Case(Base):
     lease_expires_at: Mapped[str | None] = mapped_column(Ts)
     suggestion_revision: Mapped[int] = mapped_column(Integer, default=0)
     model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    # the current suggestion's classifier labels (None where it abstained): per-model
+    # statistics aggregate these instead of reading every suggestion body
+    predicted_category: Mapped[str | None] = mapped_column(String(64))
+    predicted_queue: Mapped[str | None] = mapped_column(String(64))
+    predicted_priority: Mapped[str | None] = mapped_column(String(64))
     abstain_reasons: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     injection_flags: Mapped[list[Any] | None] = mapped_column(JSON)
     indexed_at: Mapped[str | None] = mapped_column(Ts)

@@ -784,9 +784,14 @@ def _apply_classification(s: Any, row: Case, suggestion: Suggestion, settings: S
     if view is None:
         row.category = suggestion.category
         row.queue = suggestion.routing.queue
+        row.predicted_category = row.predicted_queue = row.predicted_priority = None
         return
     row.model_version = view.model_version
     preds = (view.category, view.queue, view.priority)
+    # what the classifier said, kept beside the (overridable) routing fields for model_stats
+    row.predicted_category = view.category.label
+    row.predicted_queue = view.queue.label
+    row.predicted_priority = view.priority.label
     reasons = {p.target: p.abstain_reason or "abstained" for p in preds if p.abstained}
     row.abstain_reasons = reasons or None
     row.category = None if view.category.abstained else view.category.label
