@@ -184,6 +184,38 @@ def _suggestion(i: int, queue: str, category: str, priority: str) -> dict:
     }
 
 
+def populated_database(
+    kind: str, tmp: Path, name: str, size: int, **overrides: Any
+) -> tuple[Settings, Database, str | None]:
+    """A fresh migrated database (``kind`` sqlite or postgres) filled by :func:`populate` with
+    ``size`` cases (about three audit events each), analysed on PostgreSQL; prints the load
+    time. Returns its settings, an open ``Database`` and the schema for ``_drop``."""
+    from bench.intake_bench import _db_url
+
+    url, schema = _db_url(kind, tmp, name)
+    settings = Settings(
+        data_dir=tmp,
+        database_url=url,
+        worker_enabled=False,
+        retrieval_enabled=False,
+        **overrides,
+    )
+    migrate.upgrade(settings)
+    db = Database(settings)
+    started = time.perf_counter()
+    populate(db, size, size * 3)
+    if kind == "postgres":
+        with db.write_engine.connect() as c:
+            c.exec_driver_sql("ANALYZE")
+            c.commit()
+    print(
+        f"{kind}: {size:,} cases loaded in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return settings, db, schema
+
+
 class Chain:
     """Builds audit rows with a valid hash chain, in insert order."""
 

@@ -30,12 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.console_bench import populate  # noqa: E402
-from bench.intake_bench import _db_url, _drop  # noqa: E402
+from bench.console_bench import populated_database  # noqa: E402
+from bench.intake_bench import _drop  # noqa: E402
 from tests.support import sample_case  # noqa: E402
-from triage import audit, auth, migrate  # noqa: E402
-from triage.db import Database  # noqa: E402
-from triage.settings import Settings  # noqa: E402
+from triage import audit, auth  # noqa: E402
 
 
 def _pcts(samples: list[float]) -> tuple[float, float]:
@@ -62,26 +60,8 @@ def run(kind: str, size: int, n_intake: int, n_queries: int) -> dict[str, tuple[
     from api.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        url, schema = _db_url(kind, Path(tmp), "growth")
-        settings = Settings(
-            data_dir=Path(tmp),
-            database_url=url,
-            worker_enabled=False,
-            retrieval_enabled=False,
-            rate_limit_per_second=0,
-        )
-        migrate.upgrade(settings)
-        db = Database(settings)
-        t0 = time.perf_counter()
-        populate(db, size, size * 3)
-        if kind == "postgres":
-            with db.write_engine.connect() as c:
-                c.exec_driver_sql("ANALYZE")
-                c.commit()
-        print(
-            f"{kind}: {size:,} cases loaded in {time.perf_counter() - t0:.0f} s",
-            file=sys.stderr,
-            flush=True,
+        settings, db, schema = populated_database(
+            kind, Path(tmp), "growth", size, rate_limit_per_second=0
         )
         with db.write() as s:
             admin = audit.Actor(audit.ActorType.human, "bench-admin", "admin")

@@ -29,14 +29,12 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.console_bench import populate  # noqa: E402
-from bench.intake_bench import _db_url, _drop  # noqa: E402
-from triage import classification, migrate  # noqa: E402
-from triage.db import Database  # noqa: E402
+from bench.console_bench import populated_database  # noqa: E402
+from bench.intake_bench import _drop  # noqa: E402
+from triage import classification  # noqa: E402
 from triage.lifecycle import Status  # noqa: E402
 from triage.models import Case, LabelFeedback  # noqa: E402
 from triage.models import Suggestion as SuggestionRow  # noqa: E402
-from triage.settings import Settings  # noqa: E402
 
 TARGETS = classification.TARGETS
 
@@ -100,19 +98,7 @@ def new_stats(session: Session) -> dict[str, tuple[int, int, int, dict[str, Any]
 
 def run(kind: str, size: int, repeats: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        url, schema = _db_url(kind, Path(tmp), "modelstats")
-        settings = Settings(
-            data_dir=Path(tmp), database_url=url, worker_enabled=False, retrieval_enabled=False
-        )
-        migrate.upgrade(settings)
-        db = Database(settings)
-        started = time.perf_counter()
-        populate(db, size, size * 3)
-        if kind == "postgres":
-            with db.write_engine.connect() as c:
-                c.exec_driver_sql("ANALYZE")
-                c.commit()
-        print(f"{kind}: {size:,} cases loaded in {time.perf_counter() - started:.0f} s", flush=True)
+        _, db, schema = populated_database(kind, Path(tmp), "modelstats", size)
         with db.read() as s:
             ref, new = reference_stats(s), new_stats(s)
         assert ref == new, f"figures differ:\n{ref}\n{new}"
