@@ -117,6 +117,9 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+MAX_LABEL_CHARS = 64  # the width of the case's category / queue / priority columns
+
+
 def validate_training_data(
     records: Sequence[dict[str, Any]],
     *,
@@ -155,6 +158,13 @@ def validate_training_data(
         )
         if not labels:
             raise DataError(f"{source}: label column {column!r} is empty (no row has a label)")
+        long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
+        if require_two_classes and long:  # training: what the model predicts must be storable
+            raise DataError(
+                f"{source}: label column {column!r} has a label longer than {MAX_LABEL_CHARS} "
+                f"characters ({long[0][:40]!r}...); labels are identifiers (a case stores "
+                "its category, queue and priority in 64 characters)"
+            )
         if require_two_classes and len(labels) < 2:
             only = next(iter(labels))
             raise DataError(

@@ -215,6 +215,9 @@ def _bad_file(tmp_path: Path, kind: str) -> tuple[Path, str]:
         return _write_csv(tmp_path / "b.csv", [{"text": "x", "label": ""}] * 3), "is empty"
     if kind == "one class":
         return _write_csv(tmp_path / "c.csv", [{"text": "x", "label": "a"}] * 3), "only one class"
+    if kind == "long label":
+        rows = [*good, {"text": "y", "label": "L" * 65}]
+        return _write_csv(tmp_path / "h.csv", rows), "longer than 64 characters"
     if kind == "encoding":
         path = tmp_path / "d.csv"
         path.write_bytes("text,label\ncaf\u00e9,a\n".encode("latin-1"))
@@ -237,8 +240,10 @@ _KINDS = ["missing column", "empty labels", "encoding", "empty file", "extension
 
 @pytest.mark.parametrize(
     ("command", "kind"),
-    # one class is refused for training only: a one-class evaluation set is legitimate
-    [("train", k) for k in [*_KINDS, "one class"]] + [("evaluate", k) for k in _KINDS],
+    # one class and over-long labels are refused for training only: such an evaluation set is
+    # legitimate (the model never predicts those labels, and nothing is stored)
+    [("train", k) for k in [*_KINDS, "one class", "long label"]]
+    + [("evaluate", k) for k in _KINDS],
 )
 def test_bad_files_exit_2_with_one_line(
     tmp_path: Path, trained: Path, kind: str, command: str
