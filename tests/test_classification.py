@@ -595,13 +595,19 @@ def test_explanation_of_a_model_prediction_over_the_api(client, keys, db, settin
         assert body["reproduced"] == {"category": True, "queue": True, "priority": True}
         stored = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
         for target, exp in body["targets"].items():
-            assert 1 <= len(exp["evidence"]) <= 5
+            # a simulated case has far more than five non-zero features: exactly `top` listed,
+            # strongest first, the rest summed in `other`
+            weights = [abs(e["weight"]) for e in exp["evidence"]]
+            assert len(weights) == 5 and weights == sorted(weights, reverse=True)
+            assert exp["other"] != 0.0
             total = exp["baseline"] + sum(e["weight"] for e in exp["evidence"]) + exp["other"]
             assert total == pytest.approx(exp["log_odds"], abs=1e-3)
             pred = stored["suggestion"]["classifier"][target]
             top_label = max(pred["probabilities"], key=pred["probabilities"].__getitem__)
             assert exp["label"] == top_label
-            assert exp["label"] == (pred["label"] or top_label)
+            assert exp["versus"] == pred["runner_up"]
+            if not pred["abstained"]:
+                assert pred["label"] == exp["label"]
     assert _explanation(client, ids[0], keys["auditor"]).status_code == 200
 
 
