@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from contracts.suggestion import Explanation
 from triage.lifecycle import Status
 
 
@@ -86,28 +85,6 @@ class CaseDetail(CaseSummary):
     policy_decisions: list[dict[str, Any]] = Field(default_factory=list)
     triage_attempts: int
     resolution: str | None
-
-
-class CaseExplanationOut(BaseModel):
-    """Why the classifier behind the case's current suggestion answered as it did."""
-
-    case_id: str
-    model_version: str = Field(description="The model (or `rules-1`) that classified the case.")
-    source: Literal["model", "rules"]
-    targets: dict[str, Explanation] = Field(
-        default_factory=dict,
-        description="Per target the model predicts: the top label's evidence against the "
-        "runner-up, recomputed from the stored case with that model version.",
-    )
-    reproduced: dict[str, bool] = Field(
-        default_factory=dict,
-        description="Per explained target: whether the recomputation gives the stored "
-        "probabilities (false means the stored answer did not come from this model and input).",
-    )
-    rules: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Per target answered by the fixed rules: the rules that applied.",
-    )
 
 
 class CasePage(BaseModel):

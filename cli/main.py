@@ -640,8 +640,6 @@ def model_explain(
 
     The same answer as GET /v1/cases/{id}/explanation. Exit 2 for an unknown case, one not
     classified yet, or a model version that can no longer be loaded."""
-    import dataclasses
-
     from triage import classification
     from triage.db import Database
     from triage.errors import TriageError
@@ -652,9 +650,7 @@ def model_explain(
     except TriageError as exc:
         raise _fail(exc.message) from exc
     if as_json:
-        data = dataclasses.asdict(found)
-        data["targets"] = {t: e.model_dump() for t, e in found.targets.items()}
-        typer.echo(json.dumps(data, sort_keys=True))
+        typer.echo(json.dumps(found.model_dump(mode="json"), sort_keys=True))
         return
     typer.echo(f"case {found.case_id}: classified by {found.model_version} ({found.source})")
     for target, exp in found.targets.items():

@@ -88,6 +88,28 @@ class Explanation(_Model):
     other: float = Field(description="Sum of the weights of the evidence not listed.")
 
 
+class CaseExplanation(_Model):
+    """Why the classifier behind a case's current suggestion answered as it did."""
+
+    case_id: str
+    model_version: str = Field(description="The model (or `rules-1`) that classified the case.")
+    source: Literal["model", "rules"]
+    targets: dict[str, Explanation] = Field(
+        default_factory=dict,
+        description="Per target the model predicts: the top label's evidence against the "
+        "runner-up, recomputed from the stored case with that model version.",
+    )
+    reproduced: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Per explained target: whether the recomputation gives the stored "
+        "probabilities (false means the stored answer did not come from this model and input).",
+    )
+    rules: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per target answered by the fixed rules: the rules that applied.",
+    )
+
+
 class Routing(_Model):
     queue: str | None
     rationale: str = Field(max_length=1000)

@@ -38,7 +38,7 @@ from classifiers import (
 from classifiers.data import infer_numeric_columns, load_records, validate_training_data
 from classifiers.explain import MAX_TOP
 from contracts.case import CaseIn
-from contracts.suggestion import ClassifierView, Explanation, Prediction
+from contracts.suggestion import CaseExplanation, ClassifierView, Prediction
 from retrieval.embeddings import (
     DEFAULT_ENCODER,
     EncoderConfig,
@@ -53,7 +53,7 @@ from triage.db import Database
 from triage.errors import Conflict, ValidationFailed
 from triage.lifecycle import Status
 from triage.models import Case, LabelFeedback
-from triage.pipeline import CATEGORY_BY_TYPE, QUEUE_BY_TYPE, RuleClassifier
+from triage.pipeline import RuleClassifier
 from triage.settings import PRIORITIES, Settings
 from triage.simulator import SimConfig, Simulator, bitext_messages
 
@@ -338,24 +338,6 @@ _explain_lock = threading.Lock()
 REPRODUCE_TOLERANCE = 1e-4
 
 
-@dataclass(frozen=True)
-class CaseExplanation:
-    """Why the case's current suggestion routed it as it did.
-
-    ``source`` is ``model`` (``targets`` holds each target's :class:`Explanation`, recomputed
-    from the stored case payload with the model version that classified it, and
-    ``reproduced[target]`` says whether that recomputation gives the stored probabilities) or
-    ``rules`` (``rules[target]`` lists the rules that applied).
-    """
-
-    case_id: str
-    model_version: str
-    source: str
-    targets: dict[str, Explanation]
-    reproduced: dict[str, bool]
-    rules: dict[str, list[str]]
-
-
 def _remember(root: Path, loaded: LoadedModel) -> None:
     """Keep ``loaded`` for explanations (the pipeline's provider shares its active model)."""
     with _explain_lock:
@@ -429,9 +411,7 @@ def explain_classification(
             case_id=case_id,
             model_version=view.model_version,
             source="rules",
-            targets={},
-            reproduced={},
-            rules=rule_reasons(case),
+            rules=RuleClassifier.reasons(case),
         )
     model = _explain_model(settings, view.model_version).model
     trained = [t for t in TARGETS if t in model.estimators_]
@@ -451,7 +431,8 @@ def explain_classification(
             abs(stored.get(label, -1.0) - p) <= REPRODUCE_TOLERANCE
             for label, p in ((exp.label, exp.probability), (exp.versus, exp.versus_probability))
         )
-    fallback = rule_reasons(case)
+    untrained = [t for t in TARGETS if t not in explained]
+    fallback = RuleClassifier.reasons(case) if untrained else {}
     return CaseExplanation(
         case_id=case_id,
         model_version=view.model_version,
@@ -459,20 +440,8 @@ def explain_classification(
         targets=explained,
         reproduced=reproduced,
         # a target the model was not trained for kept the rule-based answer (ModelClassifier)
-        rules={t: fallback[t] for t in TARGETS if t not in explained},
+        rules={t: fallback[t] for t in untrained},
     )
-
-
-def rule_reasons(case: CaseIn) -> dict[str, list[str]]:
-    """The rules behind :class:`RuleClassifier`'s answer for each target."""
-    kind = case.exception_type.value.replace("_", " ")
-    return {
-        "category": [
-            f"{kind} cases are category {CATEGORY_BY_TYPE[case.exception_type]} (fixed rule)"
-        ],
-        "queue": [f"{kind} cases go to queue {QUEUE_BY_TYPE[case.exception_type]} (fixed rule)"],
-        "priority": cases.rule_priority_reasons(case),
-    }
 
 
 def _labelled_records(sim_records: Iterable[Any]) -> list[dict[str, Any]]:

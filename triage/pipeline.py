@@ -157,6 +157,17 @@ class RuleClassifier:
             priority=_certain("priority", cases.rule_priority(case)),
         )
 
+    @staticmethod
+    def reasons(case: CaseIn) -> dict[str, list[str]]:
+        """Per target, the rules behind :meth:`classify`'s answer (for explanations)."""
+        kind = case.exception_type.value.replace("_", " ")
+        category, queue = CATEGORY_BY_TYPE[case.exception_type], QUEUE_BY_TYPE[case.exception_type]
+        return {
+            "category": [f"{kind} cases are category {category} (fixed rule)"],
+            "queue": [f"{kind} cases go to queue {queue} (fixed rule)"],
+            "priority": cases.rule_priority_reasons(case),
+        }
+
 
 class NoRetriever:
     """Retrieves nothing: for tests and deployments without a knowledge base."""

@@ -64,6 +64,7 @@ from api.console.settings import ConsoleSettings
 from api.deps import AppContext, ContextDep
 from contracts.suggestion import (
     AdjustInventory,
+    CaseExplanation,
     ContactCarrier,
     Escalate,
     IssueCreditNote,
@@ -608,7 +609,7 @@ WHY_TOP = 6  # evidence items per target on the case page (the API serves up to 
 
 def _why(
     ctx: AppContext, case_id: str, payload: dict[str, Any], suggestion: dict[str, Any] | None
-) -> tuple[classification.CaseExplanation | None, str | None]:
+) -> tuple[CaseExplanation | None, str | None]:
     """The classifier's explanation for the case page, or why there is none."""
     view = (suggestion or {}).get("classifier")
     if view is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,7 +13,6 @@ from api.schemas import (
     BatchItem,
     BatchResponse,
     CaseDetail,
-    CaseExplanationOut,
     CasePage,
     CaseSummary,
     ErrorResponse,
@@ -23,6 +21,7 @@ from api.schemas import (
     TransitionRequest,
 )
 from contracts.case import CaseIn, ExceptionType
+from contracts.suggestion import CaseExplanation
 from triage import cases, classification, intake
 from triage.auth import Principal
 from triage.common import to_ts
@@ -199,7 +198,7 @@ def get_case(
 
 @router.get(
     "/{case_id}/explanation",
-    response_model=CaseExplanationOut,
+    response_model=CaseExplanation,
     responses=ERRORS,
     summary="Why the classifier routed the case as it did: evidence per target",
 )
@@ -210,7 +209,7 @@ def explain_case(
     top: Annotated[
         int, Query(ge=1, le=classification.MAX_TOP, description="Evidence items per target.")
     ] = 8,
-) -> CaseExplanationOut:
+) -> CaseExplanation:
     """The current suggestion's classifier, explained: for a model, each target's top label
     against its runner-up as an exact sum of log-odds over the case's words, phrases and
     fields (recomputed with the model version that classified the case, and checked against
@@ -218,8 +217,7 @@ def explain_case(
 
     409 when the case has no classification yet or its model version is no longer loadable.
     """
-    found = classification.explain_case(ctx.settings, ctx.db, case_id, top=top)
-    return CaseExplanationOut(**dataclasses.asdict(found))
+    return classification.explain_case(ctx.settings, ctx.db, case_id, top=top)
 
 
 def _ts_param(value: datetime | None, name: str) -> str | None:
