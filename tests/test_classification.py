@@ -45,9 +45,11 @@ def test_active_model_classifies_and_is_named_on_case_and_audit(db, settings, wi
         assert len(events) == 30 and all(with_model in e for e in events)
 
 
-def test_abstention_leaves_queue_empty_with_reason_visible(client, keys, db, settings, with_model):
-    # nothing like this was ever seen in training: out of distribution for every target
+def _odd_case(client, keys) -> str:
+    """Submit a case unlike anything in training (out of distribution for every target: the
+    model abstains on it); its id."""
     odd = sample_case(
+        901,
         exception_type="other",
         title="Zebra quantum poetry recital",
         text={
@@ -61,7 +63,11 @@ def test_abstention_leaves_queue_empty_with_reason_visible(client, keys, db, set
         },
     )
     r = client.post("/v1/cases", json=odd, headers=bearer(keys["orchestrator"]))
-    case_id = r.json()["case_id"]
+    return r.json()["case_id"]
+
+
+def test_abstention_leaves_queue_empty_with_reason_visible(client, keys, db, settings, with_model):
+    case_id = _odd_case(client, keys)
     Worker(db, settings, default_pipeline(settings)).run_once()
     detail = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
     assert detail["queue"] is None
@@ -775,20 +781,6 @@ def _labels_on_rows(db) -> dict[str, dict[str, str | None]]:
         return {
             r.id: {t: getattr(r, f"predicted_{t}") for t in classification.TARGETS} for r in rows
         }
-
-
-def _odd_case(client, keys) -> str:
-    """A case unlike anything in training: the model abstains on it."""
-    odd = sample_case(
-        901,
-        exception_type="other",
-        title="Zebra quantum poetry recital",
-        text={"customer_message": "Xylophone lunar banquet, purple hieroglyphs tango."},
-        references={"customer": {"id": "NEW-9", "tier": "C"}, "warehouse_id": "WH-MARS"},
-    )
-    return client.post("/v1/cases", json=odd, headers=bearer(keys["orchestrator"])).json()[
-        "case_id"
-    ]
 
 
 def test_model_stats_equal_a_count_over_the_suggestion_bodies(

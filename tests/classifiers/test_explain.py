@@ -44,8 +44,9 @@ def test_exact_with_embedding_features() -> None:
     rng = np.random.default_rng(0)
     records = synthetic_cases(200, seed=2)
     vectors = rng.normal(size=(200, 16))
+    queues = sorted({r["queue"] for r in records})
     for i, r in enumerate(records):  # the embedding carries the queue too
-        vectors[i, hash(r["queue"]) % 16] += 3.0
+        vectors[i, queues.index(r["queue"])] += 3.0
     model = CaseModel(
         spec=FeatureSpec(text_columns=("text",), embedding_dim=16), targets=("queue",), cv=3
     ).fit(records, embeddings=vectors)
