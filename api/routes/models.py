@@ -26,6 +26,7 @@ from classifiers import (
     unlabelled_targets,
     validate_training_data,
 )
+from classifiers.data import MAX_LABEL_CHARS
 from triage import audit, classification, model_jobs
 from triage.auth import Principal
 from triage.errors import Conflict, NotFound, ValidationFailed
@@ -43,8 +44,8 @@ JobId = Annotated[int, Path(ge=1, le=model_jobs.MAX_ID)]
 class OverrideRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    category: str | None = Field(default=None, max_length=64)
-    queue: str | None = Field(default=None, max_length=64)
+    category: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
+    queue: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
     priority: str | None = Field(default=None, max_length=2)
     reason: str = Field(min_length=1, max_length=2000)
 
