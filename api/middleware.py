@@ -89,7 +89,10 @@ class RequestLimits:
                     return
                 await _reply(send, 413, "payload_too_large", limit_msg, "body")
                 return
-        if scope["path"].startswith(self.json_prefix) and (length is None or int(length) > 0):
+        # A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112
+        # 6.3): `curl -X POST .../activate` must not need a Content-Type for nothing.
+        has_body = int(length) > 0 if length is not None else b"transfer-encoding" in headers
+        if scope["path"].startswith(self.json_prefix) and has_body:
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
                 await _reply(

@@ -270,3 +270,23 @@ def test_database_outage_answers_503_with_retry_after_not_500(client, keys, monk
     assert r.headers["Retry-After"] == "5"
     assert r.json()["error"]["code"] == "service_unavailable"
     assert "503" in client.app.openapi()["paths"]["/v1/cases"]["get"]["responses"]
+
+
+def test_request_without_body_needs_no_content_type(client, keys, db):
+    """`curl -X POST` sends neither Content-Length nor Transfer-Encoding: no body, so no
+    Content-Type is needed and the route's own validation answers (here: the body is missing).
+    """
+    request = client.build_request("POST", "/v1/cases", headers=bearer(keys["orchestrator"]))
+    del request.headers["content-length"]
+    r = client.send(request)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "body"
+    chunked = client.build_request(
+        "POST",
+        "/v1/cases",
+        content=iter([b"source=x"]),
+        headers={**bearer(keys["orchestrator"]), "Content-Type": "text/plain"},
+    )
+    assert "content-length" not in chunked.headers
+    assert client.send(chunked).status_code == 415  # a streamed body still needs JSON
+    assert _count(db, Case) == 0
