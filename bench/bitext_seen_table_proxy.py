@@ -30,7 +30,6 @@ proxy's test texts included (too flattering). This proxy sits where the hidden t
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -56,10 +55,7 @@ def split(data: Path, seed: int, out: Path) -> None:
     seen, unseen = next(GroupShuffleSplit(1, train_size=0.5, random_state=seed).split(y, y, groups))
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "split.npz", seen=seen, unseen=unseen, seed=seed)
-    with (out / "seen.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text"])
-        writer.writerows([rows[i]["text"]] for i in seen)
+    cq.write_texts(out / "seen.csv", [rows[i]["text"] for i in seen])
     print(
         f"half A (a table may see its texts): {len(seen)} rows, "
         f"{len({groups[i] for i in seen})} keyword groups; half B (test only): {len(unseen)} "

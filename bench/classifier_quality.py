@@ -53,6 +53,14 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
+def write_texts(path: Path, texts: list[str]) -> None:
+    """A CSV with one ``text`` column: a corpus for bench/distill_static_encoder.py."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([t] for t in texts)
+
+
 def baseline() -> Any:
     return make_pipeline(
         make_union(
@@ -85,10 +93,14 @@ def run_folds(
     label: str,
     splits: list[tuple[np.ndarray, np.ndarray]],
     groups: list[int] | None,
-    embeddings: np.ndarray | None = None,
+    embeddings: np.ndarray | list[np.ndarray] | None = None,
     verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Baseline, default CaseModel and (with ``embeddings``) CaseModel + embeddings per fold."""
+    """Baseline, default CaseModel and (with ``embeddings``) CaseModel + embeddings per fold.
+
+    ``embeddings`` is one array for every fold, or a list with one array per fold (vectors from
+    an encoder built for that fold, e.g. a table that saw only the fold's training texts).
+    """
     texts = np.array([r["text"] for r in rows], dtype=object)
     y = np.array([r[label] for r in rows], dtype=object)
     recs = [{"text": r["text"], label: r[label]} for r in rows]
@@ -107,8 +119,9 @@ def run_folds(
             }
         )
         fold_groups = None if groups is None else [groups[i] for i in tr]
+        fold_embeddings = embeddings[k] if isinstance(embeddings, list) else embeddings
         for name in list(variants)[1:]:
-            emb = embeddings if name.endswith(EMBEDDINGS_LABEL) else None
+            emb = fold_embeddings if name.endswith(EMBEDDINGS_LABEL) else None
             spec = FeatureSpec(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
@@ -218,12 +231,23 @@ def bitext(
 
 
 def banking77(
-    path: Path, folds: int, embeddings: np.ndarray | None, train_fraction: float = 1.0
+    path: Path,
+    folds: int,
+    embeddings: np.ndarray | list[np.ndarray] | None,
+    train_fraction: float = 1.0,
+    fold_texts: Path | None = None,
 ) -> None:
     rows = read_csv(path)
     y = np.array([r["category"] for r in rows])
-    print(f"BANKING77, stratified {folds}-fold CV on the official train split ({len(rows)} rows)")
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    if fold_texts is not None:
+        # corpora for per-fold tables: each fold's training texts, never its test texts
+        fold_texts.mkdir(parents=True, exist_ok=True)
+        for k, (tr, _) in enumerate(splits):
+            write_texts(fold_texts / f"fold{k}_train.csv", [rows[i]["text"] for i in tr])
+        print(f"wrote the training texts of {folds} folds to {fold_texts}")
+        return
+    print(f"BANKING77, stratified {folds}-fold CV on the official train split ({len(rows)} rows)")
     if train_fraction < 1.0:
         # a learning curve: the same test folds, a stratified share of each training part
         splits = [
@@ -234,8 +258,13 @@ def banking77(
     report("BANKING77, mean over folds:", run_folds(rows, "category", splits, None, embeddings))
 
 
-def _load(path: Path | None) -> np.ndarray | None:
-    return None if path is None else np.load(path)
+def _load(path: Path | None, folds: int = 0) -> np.ndarray | list[np.ndarray] | None:
+    """One array, or with ``{fold}`` in the path one array per fold."""
+    if path is None:
+        return None
+    if "{fold}" in str(path):
+        return [np.load(str(path).format(fold=k)) for k in range(folds)]
+    return np.load(path)
 
 
 def main() -> None:
@@ -257,7 +286,15 @@ def main() -> None:
         "--banking77-embeddings",
         type=Path,
         default=None,
-        help=".npy from bench/classifier_encode.py (optional extra)",
+        help=".npy from bench/classifier_encode.py (optional extra); with {fold} in the name, "
+        "one file per fold",
+    )
+    parser.add_argument(
+        "--banking77-fold-texts",
+        type=Path,
+        default=None,
+        help="write each fold's training texts to DIR/fold<k>_train.csv (corpora for per-fold "
+        "tables) and stop",
     )
     parser.add_argument("--only", choices=("bitext", "banking77"), default=None)
     parser.add_argument(
@@ -307,11 +344,17 @@ def main() -> None:
         bitext(
             args.bitext,
             args.folds,
-            _load(args.bitext_embeddings),
+            None if args.bitext_embeddings is None else np.load(args.bitext_embeddings),
             proxy_only=args.bitext_proxy_only,
         )
     if args.only in (None, "banking77"):
-        banking77(args.banking77, args.folds, _load(args.banking77_embeddings), args.train_fraction)
+        banking77(
+            args.banking77,
+            args.folds,
+            _load(args.banking77_embeddings, args.folds),
+            args.train_fraction,
+            args.banking77_fold_texts,
+        )
 
 
 if __name__ == "__main__":
