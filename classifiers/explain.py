@@ -18,6 +18,8 @@ Contract:
   item also carries its share of the text's meaning; for other encoders (transformers) the
   block is one ``meaning`` item (its 384 or 768 dimensions mean nothing one by one).
 - Texts are shown as the model read them: lower-cased, digit runs masked as ``0``.
+- Punctuation the static table reads as words of their own ("?", ",") is never listed: its
+  weight stays in ``other``, so the sum above still holds and the list names only words.
 """
 
 from __future__ import annotations
@@ -106,6 +108,11 @@ def _char_owners(fz: RecordFeaturizer, text: str, start: int) -> dict[int, list[
 
 
 _Key = tuple[str, str, str | None]  # (kind, feature, value) of an Evidence item
+
+
+def _listable(key: _Key) -> bool:
+    """A reviewer reads words: a "word" of punctuation alone is not worth a row."""
+    return key[0] != "word" or any(ch.isalnum() for ch in key[1])
 
 
 def _evidence_keys(
@@ -259,8 +266,10 @@ def explain(
                     key = ("word", _display(word), None)
                     items[key] = items.get(key, 0.0) + part
                 rounding = meaning - float(parts.sum())  # float32 features: ~1e-7
+            unlisted = sum(v for key, v in items.items() if not _listable(key))
             ranked = sorted(
-                ((key, v) for key, v in items.items() if v != 0.0), key=lambda kv: -abs(kv[1])
+                ((key, v) for key, v in items.items() if v != 0.0 and _listable(key)),
+                key=lambda kv: -abs(kv[1]),
             )
             shown, rest = ranked[:top], ranked[top:]
             per_target[target] = Explanation(
@@ -275,7 +284,7 @@ def explain(
                     Evidence(kind=kind, feature=feature, value=value, weight=round(v, 6))
                     for (kind, feature, value), v in shown
                 ],
-                other=round(sum(v for _, v in rest) + rounding, 6),
+                other=round(sum(v for _, v in rest) + unlisted + rounding, 6),
             )
         out.append(per_target)
     return out
