@@ -152,6 +152,8 @@ def main() -> None:
     embeddings = {}
     for item in args.embeddings:
         name, _, file = item.partition("=")
+        if not name or not file:
+            parser.error(f"--embeddings {item!r}: expected NAME=FILE")
         embeddings[name] = np.load(file)
     fractions = sorted(float(f) for f in args.fractions.split(","))
     run(args.data, args.split, embeddings, fractions, args.seeds, args.baseline_target)
