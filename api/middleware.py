@@ -89,9 +89,14 @@ class RequestLimits:
                     return
                 await _reply(send, 413, "payload_too_large", limit_msg, "body")
                 return
-        # A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112
-        # 6.3): `curl -X POST .../activate` must not need a Content-Type for nothing.
-        has_body = int(length) > 0 if length is not None else b"transfer-encoding" in headers
+        # An HTTP/1.x request with neither Content-Length nor Transfer-Encoding has no body
+        # (RFC 9112 6.3): `curl -X POST .../activate` must not need a Content-Type for nothing.
+        # HTTP/2 may stream a body without either header, so there the check stays.
+        if length is not None:
+            has_body = int(length) > 0
+        else:
+            http1 = str(scope.get("http_version", "1.1")).startswith("1")
+            has_body = b"transfer-encoding" in headers or not http1
         if scope["path"].startswith(self.json_prefix) and has_body:
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":

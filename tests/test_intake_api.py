@@ -290,3 +290,41 @@ def test_request_without_body_needs_no_content_type(client, keys, db):
     assert "content-length" not in chunked.headers
     assert client.send(chunked).status_code == 415  # a streamed body still needs JSON
     assert _count(db, Case) == 0
+
+
+def test_http2_request_without_length_still_needs_json():
+    """HTTP/2 can stream a body with no Content-Length or Transfer-Encoding: the Content-Type
+    check cannot assume such a request is empty there."""
+    import asyncio
+
+    from api.middleware import RequestLimits
+
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"source=x", "more_body": False}
+
+    limits = RequestLimits(app, max_bytes=1024)
+    for version, expected in (("2", 415), ("1.1", None)):
+        sent.clear()
+        reached.clear()
+        scope = {
+            "type": "http",
+            "http_version": version,
+            "method": "POST",
+            "path": "/v1/cases",
+            "headers": [(b"content-type", b"text/plain")],
+        }
+        asyncio.run(limits(scope, receive, send))
+        if expected is None:
+            assert reached == ["/v1/cases"] and not sent  # HTTP/1.1: no body to check
+        else:
+            assert not reached and sent[0]["status"] == expected
