@@ -13,7 +13,7 @@ Public API (what the triage pipeline, the CLI and the API use):
 This package imports nothing of ours except ``contracts``.
 """
 
-from classifiers.case_model import CASE_TARGETS, CaseModel, ClassWeight
+from classifiers.case_model import CASE_TARGETS, DEFAULT_CLASS_WEIGHT, CaseModel, ClassWeight
 from classifiers.data import (
     load_records,
     parse_label_precision,
@@ -49,6 +49,7 @@ __all__ = [
     "ABSTAIN_REASONS",
     "CASE_FEATURE_SPEC",
     "CASE_TARGETS",
+    "DEFAULT_CLASS_WEIGHT",
     "CaseModel",
     "ClassWeight",
     "ClassifierError",

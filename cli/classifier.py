@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from classifiers.case_model import ClassWeight
+from classifiers.case_model import DEFAULT_CLASS_WEIGHT, ClassWeight
 from classifiers.data import (
     file_sha256,
     load_records,
@@ -109,10 +109,10 @@ def train(
     class_weight: Annotated[
         ClassWeight,
         typer.Option(
-            help="balanced: weight each label inversely to its frequency (rare labels gain "
-            "recall and macro-F1; overall accuracy may drop a little).",
+            help="balanced (the default): weight each label inversely to its frequency (rare "
+            "labels gain recall and macro-F1); none: train unweighted.",
         ),
-    ] = ClassWeight.none,
+    ] = DEFAULT_CLASS_WEIGHT,
     encoder: Annotated[
         str,
         typer.Option(

@@ -523,13 +523,15 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
         r = client.post("/v1/models/train", headers=admin, json=body)
         assert r.status_code == 422, (word, r.text)
         assert word in r.text.lower()
+    schema = client.app.openapi()["components"]["schemas"]["TrainRequest"]
+    assert schema["properties"]["class_weight"]["default"] == "balanced"
     assert client.get("/v1/models/train", headers=admin).json()["status"] == "idle"
     assert classification.registry(settings).versions() == []
 
     r = client.post(
         "/v1/models/train",
         headers=admin,
-        json={**base, "name": "bitext sample", "class_weight": "balanced"},
+        json={**base, "name": "bitext sample", "class_weight": "none"},
     )
     assert r.status_code == 202, r.text
     state = _finished_job(client, "/v1/models/train", admin, seconds=120)
@@ -540,7 +542,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
     assert [m["version"] for m in reg.versions()] == [version]
     assert reg.active_version() is None  # activate defaults to false
     assert reg.verify(version)["training_data_name"] == "bitext sample"
-    assert reg.load(version).model.class_weight == "balanced"
+    assert reg.load(version).model.class_weight is None  # unweighted on request
     with db.read() as s:
         trained = s.scalars(
             select(AuditEvent.payload).where(AuditEvent.action == "model.trained")

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 import classifiers
 from classifiers import (
     CASE_FEATURE_SPEC,
+    DEFAULT_CLASS_WEIGHT,
     CaseModel,
     ClassWeight,
     DataError,
@@ -113,7 +114,7 @@ def train_model(
     training_data_name: str | None = None,
     source: str = "data",
     progress: Callable[[str], None] | None = None,
-    class_weight: ClassWeight | str = ClassWeight.none,
+    class_weight: ClassWeight | str = DEFAULT_CLASS_WEIGHT,
     **params: Any,
 ) -> tuple[str, CaseModel]:
     """Validate ``records``, train a calibrated CaseModel on them and register it; returns the

@@ -29,7 +29,12 @@ from api.routes.models import (
     start_retraining,
     start_training,
 )
-from classifiers import ClassifierError, parse_label_precision, parse_records
+from classifiers import (
+    DEFAULT_CLASS_WEIGHT,
+    ClassifierError,
+    parse_label_precision,
+    parse_records,
+)
 from triage import classification, model_jobs
 from triage.auth import Principal, Role
 from triage.errors import NotFound, TriageError
@@ -172,7 +177,7 @@ def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
                 "target_precision": _text(form, "target_precision", 20) or 0.95,
                 "label_precision": parse_label_precision(_columns(form, "label_precision")),
                 "encoder": _text(form, "encoder", 128) or None,
-                "class_weight": _text(form, "class_weight", 20) or "none",
+                "class_weight": _text(form, "class_weight", 20) or DEFAULT_CLASS_WEIGHT.value,
                 "activate": form.get("activate") == "on",
                 "name": _text(form, "name", 200) or name,
             }

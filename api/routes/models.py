@@ -18,6 +18,7 @@ from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS, summary
 from api.schemas import CaseSummary
 from classifiers import (
+    DEFAULT_CLASS_WEIGHT,
     ClassifierError,
     ClassWeight,
     UnknownVersion,
@@ -441,9 +442,9 @@ class TrainRequest(BaseModel):
         "'builtin:NAME'.",
     )
     class_weight: ClassWeight = Field(
-        default=ClassWeight.none,
-        description="'balanced' weights each label inversely to its frequency: rare labels "
-        "gain recall (macro-F1), overall accuracy may drop a little (docs/classifier.md); "
+        default=DEFAULT_CLASS_WEIGHT,
+        description="'balanced' (the default) weights each label inversely to its frequency: "
+        "rare labels gain recall (macro-F1); 'none' trains unweighted (docs/classifier.md); "
         "like `triage train --class-weight`.",
     )
     activate: bool = Field(default=False, description="Activate the new version when trained.")

@@ -144,13 +144,13 @@ def test_train_multi_target_jsonl_with_features(tmp_path: Path) -> None:
             "--label-precision",
             "queue:claims=0.9",
             "--class-weight",
-            "balanced",
+            "none",
         ],
     )
     assert result.exit_code == 0, result.output
     shown = runner.invoke(app, ["models", "show", "--registry", str(out)])
     meta = json.loads(shown.stdout)
-    assert meta["params"]["class_weight"] == "balanced"
+    assert meta["params"]["class_weight"] is None  # unweighted on request
     assert meta["targets"] == ["queue", "priority"]
     assert meta["feature_spec"]["numeric_columns"] == ["amount"]
     assert meta["feature_spec"]["categorical_columns"] == ["customer_tier"]
@@ -179,6 +179,7 @@ def test_train_multi_target_jsonl_with_features(tmp_path: Path) -> None:
 def test_models_list_activate_rollback(trained: Path, bitext_files: tuple[Path, Path]) -> None:
     first = runner.invoke(app, ["models", "show", "--registry", str(trained)])
     v1 = json.loads(first.stdout)["version"]
+    assert json.loads(first.stdout)["params"]["class_weight"] == "balanced"  # the default
     again = runner.invoke(
         app,
         [

@@ -127,13 +127,13 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
         encoder="none",
         name="bitext history",
         label_precision="label:other=0.99",
-        class_weight="balanced",
+        class_weight="none",
     )
     assert "started" in flash(client, r)
     version = _wait_for_training(client)
     reg = classification.registry(settings)
     assert [m["version"] for m in reg.versions()] == [version]
-    assert reg.load(version).model.class_weight == "balanced"
+    assert reg.load(version).model.class_weight is None  # unweighted on request
     thresholds = reg.verify(version)["thresholds"]["label"]
     assert thresholds["other"]["target_precision"] == 0.99
     assert thresholds["order"]["target_precision"] == 0.95
@@ -142,6 +142,7 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     assert len(trained) == 1 and trained[0]["actor"] == "boss"
     assert trained[0]["version"] == version and trained[0]["encoder"] == "none"
     page = client.get(URL).text
+    assert '<option value="balanced" selected>' in page  # the form offers the default
     row = page.split(f'id="m-{version}"')[1].split("</tr>")[0]
     assert "bitext history" in row and "triage_category" not in row and "label</strong>" in row
     assert f"/console/admin/models/{version}/activate" in row
