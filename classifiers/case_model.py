@@ -85,7 +85,7 @@ class ClassWeight(StrEnum):
 
 # What `triage train`, `POST /v1/models/train` and the console's training form use unless told
 # otherwise. Measured (docs/classifier.md): +0.25 to +0.36 macro-F1 on the Bitext wording-shift
-# proxies, neutral on BANKING77 (accuracy -0.03, balanced accuracy +0.05 points); an
+# proxies, neutral on BANKING77 (accuracy -0.03 to -0.04, balanced accuracy +0.05 points); an
 # operator's labels are rarely balanced and the rare ones (fraud, write-offs) matter most.
 # CaseModel itself keeps scikit-learn's unweighted default.
 DEFAULT_CLASS_WEIGHT = ClassWeight.balanced
