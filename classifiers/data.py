@@ -163,7 +163,7 @@ def validate_training_data(
             raise DataError(
                 f"{source}: label column {column!r} has a label longer than {MAX_LABEL_CHARS} "
                 f"characters ({long[0][:40]!r}...); labels are identifiers (a case stores "
-                "its category, queue and priority in 64 characters)"
+                f"its category, queue and priority in {MAX_LABEL_CHARS} characters)"
             )
         if require_two_classes and len(labels) < 2:
             only = next(iter(labels))

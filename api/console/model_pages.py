@@ -32,6 +32,7 @@ from api.routes.models import (
 from classifiers import (
     DEFAULT_CLASS_WEIGHT,
     ClassifierError,
+    ClassWeight,
     parse_label_precision,
     parse_records,
 )
@@ -105,6 +106,8 @@ def models_page(request: Request, ctx: ContextDep, p: ModelReaderP) -> Response:
             "feedback": feedback,
             "encoders": classification.encoder_choices(ctx.settings),
             "default_encoder": ctx.settings.encoder,
+            "class_weights": [w.value for w in ClassWeight],
+            "default_class_weight": DEFAULT_CLASS_WEIGHT.value,
             "can_change": p.role == Role.admin,
             "section": "models",
         },
@@ -168,18 +171,22 @@ def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
     back = MODELS_URL + "#train"
     try:
         name, records = _uploaded_records(form)
+        # fields left empty take TrainRequest's defaults (one place for them, as for the API)
+        optional = {
+            "target_precision": _text(form, "target_precision", 20),
+            "encoder": _text(form, "encoder", 128),
+            "class_weight": _text(form, "class_weight", 20),
+        }
         body = TrainRequest.model_validate(
             {
                 "records": records,
                 "text_columns": _columns(form, "text_columns"),
                 "label_columns": _columns(form, "label_columns"),
                 "feature_columns": _columns(form, "feature_columns"),
-                "target_precision": _text(form, "target_precision", 20) or 0.95,
                 "label_precision": parse_label_precision(_columns(form, "label_precision")),
-                "encoder": _text(form, "encoder", 128) or None,
-                "class_weight": _text(form, "class_weight", 20) or DEFAULT_CLASS_WEIGHT.value,
                 "activate": form.get("activate") == "on",
                 "name": _text(form, "name", 200) or name,
+                **{key: value for key, value in optional.items() if value},
             }
         )
         state = start_training(ctx, p, body)
