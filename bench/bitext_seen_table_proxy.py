@@ -100,11 +100,7 @@ def run(
             f"training rows, {len(unseen)} test rows",
             flush=True,
         )
-        scores: dict[str, dict[str, float]] = {}
-        for name, vectors in embeddings.items():
-            cq.EMBEDDINGS_LABEL = name
-            # baseline and CaseModel come back with every file: the same splits, the same figures
-            scores.update(cq.run_folds(rows, LABEL, splits, groups, vectors, verbose=False))
+        scores = cq.run_folds(rows, LABEL, splits, groups, embeddings, verbose=False)
         for variant, score in scores.items():
             curves.setdefault(variant, []).append(score["macro_f1"])
             extra = (

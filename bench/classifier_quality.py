@@ -21,6 +21,7 @@ import argparse
 import csv
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from classifiers.features import FeatureSpec, RecordFeaturizer
 from classifiers.grouping import group_key, near_duplicate_groups
 
 EMBEDDINGS_LABEL = "emb"
+Vectors = np.ndarray | list[np.ndarray]  # one array for all folds, or one per fold
 CLASS_WEIGHT: str | None = None
 C = 1.0  # CaseModel's LinearSVC regularisation (its default)
 EMBEDDING_WEIGHT = 2.0  # RecordFeaturizer's default weight of the embedding block
@@ -93,20 +95,27 @@ def run_folds(
     label: str,
     splits: list[tuple[np.ndarray, np.ndarray]],
     groups: list[int] | None,
-    embeddings: np.ndarray | list[np.ndarray] | None = None,
+    embeddings: Vectors | Mapping[str, Vectors] | None = None,
     verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Baseline, default CaseModel and (with ``embeddings``) CaseModel + embeddings per fold.
 
-    ``embeddings`` is one array for every fold, or a list with one array per fold (vectors from
-    an encoder built for that fold, e.g. a table that saw only the fold's training texts).
+    Vectors are one array for every fold, or a list with one array per fold (from an encoder
+    built for that fold, e.g. a table that saw only the fold's training texts). A mapping
+    ``{name: vectors}`` scores one ``CaseModel+name`` variant per entry on the same folds,
+    fitting the baseline and the plain CaseModel once; bare vectors are named
+    ``EMBEDDINGS_LABEL``.
     """
     texts = np.array([r["text"] for r in rows], dtype=object)
     y = np.array([r[label] for r in rows], dtype=object)
     recs = [{"text": r["text"], label: r[label]} for r in rows]
+    named: dict[str, Vectors] = {}
+    if isinstance(embeddings, Mapping):
+        named.update(embeddings)
+    elif embeddings is not None:
+        named[EMBEDDINGS_LABEL] = embeddings
     variants: dict[str, list[dict[str, float | None]]] = {"baseline": [], "CaseModel": []}
-    if embeddings is not None:
-        variants[f"CaseModel+{EMBEDDINGS_LABEL}"] = []
+    variants.update({f"CaseModel+{name}": [] for name in named})
     for k, (tr, te) in enumerate(splits[:MAX_FOLDS]):
         started = time.perf_counter()
         pred = baseline().fit(texts[tr], y[tr]).predict(texts[te])
@@ -119,9 +128,9 @@ def run_folds(
             }
         )
         fold_groups = None if groups is None else [groups[i] for i in tr]
-        fold_embeddings = embeddings[k] if isinstance(embeddings, list) else embeddings
         for name in list(variants)[1:]:
-            emb = fold_embeddings if name.endswith(EMBEDDINGS_LABEL) else None
+            vectors = named.get(name.partition("+")[2])  # None for the plain CaseModel
+            emb = vectors[k] if isinstance(vectors, list) else vectors
             spec = FeatureSpec(
                 text_columns=("text",), embedding_dim=None if emb is None else emb.shape[1]
             )
@@ -233,7 +242,7 @@ def bitext(
 def banking77(
     path: Path,
     folds: int,
-    embeddings: np.ndarray | list[np.ndarray] | None,
+    embeddings: Vectors | None,
     train_fraction: float = 1.0,
     fold_texts: Path | None = None,
 ) -> None:
@@ -258,7 +267,7 @@ def banking77(
     report("BANKING77, mean over folds:", run_folds(rows, "category", splits, None, embeddings))
 
 
-def _load(path: Path | None, folds: int = 0) -> np.ndarray | list[np.ndarray] | None:
+def _load(path: Path | None, folds: int = 0) -> Vectors | None:
     """One array, or with ``{fold}`` in the path one array per fold."""
     if path is None:
         return None
