@@ -30,17 +30,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
-import json
 import os
 import re
+import sys
 import time
-import zlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from retrieval.distil import (
+    augmented,
+    fit_table,
+    reduce_table,
+    sif_weights,
+    write_table,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -65,46 +71,6 @@ def _corpus_texts(paths: list[Path], limit: int) -> list[str]:
     if len(unique) > limit:
         unique = [unique[i] for i in sorted(rng.choice(len(unique), limit, replace=False))]
     return [_DIGITS.sub("0", t) for t in unique]
-
-
-def _augmented(
-    texts: list[str],
-    copies: int,
-    seed: int = 0,
-    crop: float = 1.0,
-    dropout: float = 0.0,
-    typo: float = 0.15,
-) -> list[str]:
-    """``copies`` noisy variants of each text (unlabelled, like the texts): a contiguous crop
-    of ``crop``-100% of the words, ``dropout`` word dropout, and a typo (swap, drop or double a
-    letter) in a ``typo`` share of the words. The teacher encodes the variants too, so the table
-    learns from more (bag of tokens -> sentence vector) pairs, including misspelt words'
-    WordPiece pieces."""
-    out: list[str] = []
-    for text in texts:
-        # seeded per text, so a text gets the same variants whatever corpus it is part of
-        # (a teacher cache built on one corpus then serves the others)
-        rng = np.random.default_rng([seed, zlib.crc32(text.encode())])
-        words = text.split()
-        if len(words) < 3:
-            continue
-        for _ in range(copies):
-            keep = max(2, int(len(words) * rng.uniform(crop, 1.0)))
-            start = int(rng.integers(0, len(words) - keep + 1))
-            variant = [w for w in words[start : start + keep] if rng.random() >= dropout] or words
-            for i, word in enumerate(variant):
-                if len(word) > 3 and rng.random() < typo:
-                    j = int(rng.integers(1, len(word) - 1))
-                    kind = rng.integers(3)
-                    if kind == 0:
-                        word = word[:j] + word[j + 1] + word[j] + word[j + 2 :]
-                    elif kind == 1:
-                        word = word[:j] + word[j + 1 :]
-                    else:
-                        word = word[:j] + word[j] + word[j:]
-                    variant[i] = word
-            out.append(" ".join(variant))
-    return out
 
 
 def _teacher_vectors(model: Any, texts: list[str], cache: Path | None) -> np.ndarray:
@@ -137,7 +103,10 @@ def main() -> None:
     parser.add_argument("--sif-a", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--augment", type=int, default=0, help="noisy variants per corpus text (see _augmented)"
+        "--augment",
+        type=int,
+        default=0,
+        help="noisy variants per corpus text (retrieval.distil.augmented)",
     )
     parser.add_argument("--augment-crop", type=float, default=1.0)
     parser.add_argument("--augment-dropout", type=float, default=0.0)
@@ -159,8 +128,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from scipy import sparse
-    from scipy.sparse.linalg import cg
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(args.threads)
@@ -197,10 +164,11 @@ def main() -> None:
 
     # 2. token frequencies (corpus counts, add-one; a Zipf prior on vocab order without one),
     # smooth inverse frequency weights, then fit the table so that the weighted mean of a
-    # text's token vectors reproduces MiniLM's vector of that text
+    # text's token vectors reproduces the teacher's vector of that text (retrieval.distil,
+    # which `triage kb distil-encoder` runs with an ONNX teacher)
     texts = _corpus_texts(args.corpus, args.corpus_limit)
     if args.augment:
-        texts += _augmented(
+        texts += augmented(
             texts,
             args.augment,
             crop=args.augment_crop,
@@ -212,70 +180,35 @@ def main() -> None:
         tokenizer(t, add_special_tokens=False, truncation=True, max_length=256)["input_ids"]
         for t in texts
     ]
-    if texts:
-        counts = np.ones(n, dtype=np.float64)
-        for ids in token_ids:
-            np.add.at(counts, ids, 1)
-        freq = counts / counts.sum()
-    else:
-        zipf = 1.0 / np.log(np.arange(n) + 2.0)
-        freq = zipf / zipf.sum()
-    weights = args.sif_a / (args.sif_a + freq)
-    table = base.copy()
+    weights = sif_weights(token_ids, n, args.sif_a)
+    table = base
     if texts:
         started = time.perf_counter()
         targets = _teacher_vectors(model, texts, args.teacher_cache)
         print(f"step 2: encoded {len(texts)} corpus texts in {time.perf_counter() - started:.0f}s")
-        rows, cols, vals = [], [], []
-        for i, ids in enumerate(token_ids):
-            if not ids:
-                continue
-            uniq, freq_in_text = np.unique(ids, return_counts=True)
-            w = freq_in_text * weights[uniq]
-            rows.extend([i] * len(uniq))
-            cols.extend(uniq.tolist())
-            vals.extend((w / w.sum()).tolist())
-        A = sparse.csr_matrix((vals, (rows, cols)), shape=(len(texts), n))
-        # (A^T A + r I) X = A^T Y + r X0, solved per output dimension with conjugate gradients
-        gram = (A.T @ A).tocsr() + args.ridge * sparse.identity(n, format="csr")
-        rhs = A.T @ targets + args.ridge * base.astype(np.float64)
         started = time.perf_counter()
-        for d in range(table.shape[1]):
-            sol, _ = cg(gram, rhs[:, d], x0=base[:, d].astype(np.float64), maxiter=300)
-            table[:, d] = sol
+        table = fit_table(base, token_ids, targets, weights, ridge=args.ridge)
         print(f"step 2: fitted the table in {time.perf_counter() - started:.0f}s", flush=True)
 
     # 3. PCA; the weights are baked into the rows so the encoder takes a plain sum
-    mean = table.mean(axis=0)
-    _, _, vt = np.linalg.svd(table - mean, full_matrices=False)
-    reduced = (table - mean) @ vt[: args.dim].T
-    vectors = (reduced * weights[:, None]).astype(np.float16)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.save(args.out / "vectors.npy", vectors, allow_pickle=False)
-    (args.out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    meta = {
-        "kind": "static",
-        "name": args.out.name,
-        "dim": args.dim,
-        "vocab_size": n,
-        "teacher": teacher_name,
-        "corpus_texts": len(texts),
-        "augment": {
-            "copies": args.augment,
-            "crop": args.augment_crop,
-            "dropout": args.augment_dropout,
-            "typo": args.augment_typo,
+    vectors = reduce_table(table, weights, args.dim)
+    write_table(
+        args.out,
+        vocab,
+        vectors,
+        {
+            "teacher": teacher_name,
+            "corpus_texts": len(texts),
+            "augment": {
+                "copies": args.augment,
+                "crop": args.augment_crop,
+                "dropout": args.augment_dropout,
+                "typo": args.augment_typo,
+            },
+            "ridge": args.ridge,
+            "sif_a": args.sif_a,
         },
-        "ridge": args.ridge,
-        "sif_a": args.sif_a,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "sha256": {
-            name: hashlib.sha256((args.out / name).read_bytes()).hexdigest()
-            for name in ("vectors.npy", "vocab.txt")
-        },
-    }
-    (args.out / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    )
     print(f"wrote {args.out} ({vectors.shape[0]} x {vectors.shape[1]} float16)")
 
 

@@ -188,33 +188,83 @@ def reindex(
     typer.echo(f"re-embedded {chunks} chunks and {cases} cases with {enc.fingerprint}")
 
 
+def _corpus(paths: list[Path], text_columns: list[str]) -> list[str]:
+    """Texts of the given files: one per line of a ``.txt`` file, one per chunk of a document
+    (``.md``, ``.pdf``, knowledge folders), one per row of a CSV or JSONL export (its
+    ``text_columns`` joined as the classifier joins them). Exits 2 naming the file at fault."""
+    from classifiers import ClassifierError
+    from classifiers.data import SUPPORTED_EXTENSIONS, load_records
+    from classifiers.features import texts_of
+    from retrieval.chunking import SUPPORTED_SUFFIXES, chunk_document, load_document
+    from retrieval.knowledge import expand_paths
+
+    texts: list[str] = []
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(expand_paths([path]))
+        elif not path.is_file():
+            raise _fail(f"{path}: no such file or folder")
+        else:
+            files.append(path)
+    for path in files:
+        suffix = path.suffix.lower()
+        try:
+            if suffix in SUPPORTED_EXTENSIONS:
+                records = load_records(path)
+                missing = [c for c in text_columns if not any(c in r for r in records[:1])]
+                if missing:
+                    columns = ", ".join(sorted(records[0])) if records else "none"
+                    raise _fail(
+                        f"{path}: no column {', '.join(map(repr, missing))} "
+                        f"(columns: {columns}); choose with --text-column"
+                    )
+                texts.extend(t for t in texts_of(records, text_columns) if t.strip())
+            elif suffix == ".txt":
+                texts.extend(
+                    line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+                )
+            elif suffix in SUPPORTED_SUFFIXES:
+                texts.extend(c.embed_text for c in chunk_document(load_document(path)))
+            else:
+                raise _fail(
+                    f"{path}: unsupported file type {suffix or '(none)'!r}; use "
+                    + ", ".join(sorted({*SUPPORTED_EXTENSIONS, *SUPPORTED_SUFFIXES}))
+                )
+        except (OSError, UnicodeDecodeError, RetrievalError, ClassifierError) as exc:
+            raise _fail(f"{path}: {exc}") from exc
+    return texts
+
+
+TextColumns = Annotated[
+    list[str],
+    typer.Option(
+        "--text-column",
+        help="Text column of CSV/JSONL files (repeat for several, joined per row).",
+    ),
+]
+
+
 @app.command("fit-encoder")
 def fit_encoder(
     corpus: Annotated[
-        list[Path], typer.Argument(help="Text files (one text per line) and/or knowledge folders.")
+        list[Path],
+        typer.Argument(
+            help="Text files (one text per line), documents or knowledge folders, CSV/JSONL "
+            "exports."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the encoder to.")],
     dim: Annotated[int, typer.Option("--dim", min=8, max=1024)] = 256,
+    text_column: TextColumns = ["text"],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Fit a TF-IDF + SVD encoder on your own texts (then use it with --encoder FOLDER).
 
     A collection built with one encoder must be re-ingested to use another.
     """
-    from retrieval.chunking import chunk_document, load_document
     from retrieval.embeddings import LsaConfig, LsaEncoder
-    from retrieval.knowledge import expand_paths
 
-    texts: list[str] = []
-    for path in expand_paths(corpus):
-        try:
-            if path.suffix.lower() == ".txt":
-                texts.extend(
-                    line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-                )
-            else:
-                texts.extend(c.embed_text for c in chunk_document(load_document(path)))
-        except (OSError, UnicodeDecodeError, RetrievalError) as exc:
-            raise _fail(f"{path}: {exc}") from exc
+    texts = _corpus(corpus, text_column)
     try:
         encoder = LsaEncoder.fit(texts, LsaConfig(dim=dim))
     except RetrievalError as exc:
@@ -224,3 +274,90 @@ def fit_encoder(
         f"fitted on {len(texts)} texts: vocabulary {len(encoder.vocabulary)}, dim {encoder.dim}, "
         f"fingerprint {encoder.fingerprint} -> {out}"
     )
+
+
+@app.command("distil-encoder")
+def distil_encoder(
+    corpus: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Your unlabelled texts: CSV/JSONL case exports, text files (one text per "
+            "line), documents or knowledge folders."
+        ),
+    ] = None,
+    *,
+    teacher: Annotated[
+        Path,
+        typer.Option(
+            "--teacher",
+            help="An ONNX sentence-encoder folder (bench/export_minilm_onnx.py writes one).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the static table to.")],
+    text_column: TextColumns = ["text"],  # noqa: B006 - typer reads the default, never mutates it
+    augment: Annotated[
+        int, typer.Option("--augment", min=0, max=8, help="Typo'd variants per text.")
+    ] = 2,
+    dim: Annotated[int, typer.Option("--dim", min=8, max=1024)] = 256,
+    max_texts: Annotated[
+        int, typer.Option("--max-texts", min=1, help="Sample this many distinct texts at most.")
+    ] = 40_000,
+    from_cases: Annotated[
+        bool,
+        typer.Option(
+            "--from-cases",
+            help="Add the texts of the most recent stored cases (up to --max-texts) from the "
+            "database (TRIAGE_DATABASE_URL).",
+        ),
+    ] = False,
+) -> None:
+    """Distil a fast static encoder from an ONNX teacher, refined on your own texts.
+
+    The result runs like the default encoder (numpy, thousands of texts per second) and,
+    refined on the operator's texts, comes close to its teacher's accuracy (docs/classifier.md).
+    Texts only, never labels. Then: `triage kb reindex --encoder OUT` and
+    `triage train --encoder OUT ...`, and serve with TRIAGE_ENCODER=OUT.
+    """
+    from retrieval.distil import DistilConfig, distil_static_table
+    from retrieval.embeddings import OnnxEncoder
+
+    if not corpus and not from_cases:
+        raise _fail("give files of texts, --from-cases, or both")
+    texts = _corpus(corpus or [], text_column)
+    if from_cases:
+        texts += _stored_case_texts(max_texts)
+    if not texts:
+        raise _fail("no texts in the given files" + (" or stored cases" if from_cases else ""))
+    try:
+        config = DistilConfig(dim=dim, augment=augment, max_texts=max_texts)
+        encoder = OnnxEncoder(teacher.expanduser().resolve(), source=str(teacher))
+        table = distil_static_table(encoder, texts, out, config, progress=typer.echo)
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"{teacher}: {exc}") from exc
+    typer.echo(
+        f"distilled {teacher}: vocabulary {table.vectors.shape[0]}, dim {table.dim}, "
+        f"fingerprint {table.fingerprint} -> {out}"
+    )
+
+
+def _stored_case_texts(limit: int) -> list[str]:
+    """The classifier's text of the most recent stored cases (``triage.classification``)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from triage.classification import case_texts
+    from triage.db import Database
+    from triage.errors import TriageError
+    from triage.settings import get_settings
+
+    try:
+        db = Database(get_settings())
+        with db.read() as session:
+            texts = case_texts(session, limit)
+    except (TriageError, OSError, SQLAlchemyError) as exc:
+        # no database, or one not migrated: say so in one line, not a traceback
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(f"reading stored cases: {detail}") from exc
+    typer.echo(f"stored cases: {len(texts)} texts")
+    return texts

@@ -289,6 +289,7 @@ class OnnxEncoder:
 
         meta = _verified_meta(directory, self.kind)
         vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        self.vocab: list[str] = vocab
         # BERT-family models name their markers [CLS]/[SEP]/[PAD]; others (MPNet: <s>, </s>,
         # <pad>) record theirs in encoder.json
         special = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]"}
@@ -321,12 +322,19 @@ class OnnxEncoder:
         return self._fingerprint
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         keep = self.max_tokens - 2  # room for [CLS] and [SEP]
-        seqs = [
-            [self.cls_id, *self.tokenizer.encode(_DIGITS.sub("0", t))[:keep], self.sep_id]
-            for t in texts
-        ]
+        return self.encode_ids(
+            [
+                [self.cls_id, *self.tokenizer.encode(_DIGITS.sub("0", t))[:keep], self.sep_id]
+                for t in texts
+            ]
+        )
+
+    def encode_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Unit vectors of already tokenized sequences (markers included, each at most
+        ``max_tokens`` long): what :meth:`encode` runs after tokenizing, and how a static
+        table is distilled from single vocabulary tokens (:mod:`retrieval.distil`)."""
+        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         for lo in range(0, len(seqs), self.batch_size):
             idx = order[lo : lo + self.batch_size]

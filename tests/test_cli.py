@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
 from contracts.case import CaseIn
+from retrieval.embeddings import EncoderConfig, load_encoder
+from tests.support import cli_runner, submit_simulated
 from triage import auth
+from triage.classification import case_record, case_texts
+from triage.models import Case
 from triage.settings import get_settings
 from triage.simulator import SimConfig, Simulator, parse_rates
 
@@ -123,3 +128,32 @@ def test_db_upgrade_and_current(env):
     r = runner.invoke(app, ["db", "upgrade"])
     assert r.exit_code == 0 and f"database at {head}" in r.output
     assert runner.invoke(app, ["db", "current"]).output.strip() == head
+
+
+def test_kb_distil_encoder_from_stored_cases(monkeypatch, settings, db, tmp_path):
+    submit_simulated(db, settings, 12, seed=5)
+    with db.read() as s:
+        expected = sorted(
+            case_record(CaseIn.model_validate(row.payload))["text"] for row in s.query(Case).all()
+        )
+        assert sorted(case_texts(s, 100)) == expected and len(expected) == 12
+        assert len(case_texts(s, 5)) == 5
+    teacher = Path(__file__).parent / "retrieval" / "data" / "tiny-onnx"
+    triage = cli_runner(monkeypatch, settings)
+    out = tmp_path / "ours"
+    r = triage(
+        "kb",
+        "distil-encoder",
+        "--from-cases",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--dim",
+        "8",
+    )
+    assert r.exit_code == 0, r.output
+    assert "stored cases: 12 texts" in r.output
+    assert load_encoder(EncoderConfig(name=str(out))).dim == 8
+    nothing = triage("kb", "distil-encoder", "--teacher", str(teacher), "--out", str(out))
+    assert nothing.exit_code == 2 and "give files of texts, --from-cases, or both" in nothing.output

@@ -688,6 +688,20 @@ def model_stats(session: Session) -> list[ModelStats]:
     return out
 
 
+def case_texts(session: Session, limit: int) -> list[str]:
+    """The classifier's text (``case_record(...)["text"]``) of the ``limit`` most recently
+    created stored cases, newest first: what the model and similar-case retrieval encode, so
+    an encoder refined on them (``triage kb distil-encoder --from-cases``) fits the
+    operator's own wording. Texts only; no labels, no structured fields."""
+    rows: Iterable[dict[str, Any]] = session.scalars(
+        select(Case.payload)
+        .order_by(Case.created_at.desc(), Case.id.desc())
+        .limit(limit)
+        .execution_options(yield_per=1000)
+    )
+    return [case_record(CaseIn.model_validate(payload))["text"] for payload in rows]
+
+
 def feedback_count(session: Session) -> int:
     """Reviewer labels stored so far (one per overridden target; a case may have several)."""
     return int(session.scalar(select(func.count()).select_from(LabelFeedback)) or 0)
