@@ -212,7 +212,7 @@ def _corpus(paths: list[Path], text_columns: list[str]) -> list[str]:
         try:
             if suffix in SUPPORTED_EXTENSIONS:
                 records = load_records(path)
-                missing = [c for c in text_columns if not any(c in r for r in records[:1])]
+                missing = [c for c in text_columns if not any(c in r for r in records)]
                 if missing:
                     columns = ", ".join(sorted(records[0])) if records else "none"
                     raise _fail(
@@ -335,7 +335,7 @@ def distil_encoder(
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     except OSError as exc:
-        raise _fail(f"{teacher}: {exc}") from exc
+        raise _fail(str(exc)) from exc  # names the file: the teacher's or --out's
     typer.echo(
         f"distilled {teacher}: vocabulary {table.vectors.shape[0]}, dim {table.dim}, "
         f"fingerprint {table.fingerprint} -> {out}"

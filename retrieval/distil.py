@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -193,23 +195,39 @@ def reduce_table(table: np.ndarray, weights: np.ndarray, dim: int) -> np.ndarray
 def write_table(
     out: Path, vocab: Sequence[str], vectors: np.ndarray, meta: dict[str, Any]
 ) -> StaticEncoder:
-    """Write a static encoder folder and load it back (which verifies the recorded sha256)."""
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "vectors.npy", vectors, allow_pickle=False)
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    record = {
-        "kind": StaticEncoder.kind,
-        "name": out.name,
-        "dim": int(vectors.shape[1]),
-        "vocab_size": len(vocab),
-        **meta,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "sha256": {
-            name: hashlib.sha256((out / name).read_bytes()).hexdigest()
-            for name in ("vectors.npy", "vocab.txt")
-        },
-    }
-    (out / "encoder.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    """Write a static encoder folder and load it back (which verifies the recorded sha256).
+
+    The files are written to a sibling temporary folder that then takes ``out``'s place, so a
+    failure part-way (disk full, interrupted) leaves ``out`` as it was, never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        np.save(staging / "vectors.npy", vectors, allow_pickle=False)
+        (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        record = {
+            "kind": StaticEncoder.kind,
+            "name": out.name,
+            "dim": int(vectors.shape[1]),
+            "vocab_size": len(vocab),
+            **meta,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sha256": {
+                name: hashlib.sha256((staging / name).read_bytes()).hexdigest()
+                for name in ("vectors.npy", "vocab.txt")
+            },
+        }
+        text = json.dumps(record, indent=2) + "\n"
+        (staging / "encoder.json").write_text(text, encoding="utf-8")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return StaticEncoder.load(out)
 
 

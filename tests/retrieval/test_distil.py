@@ -124,3 +124,25 @@ def test_cli_distil_encoder(tmp_path: Path) -> None:
     unsupported.write_bytes(b"PK")
     wrong_type = CliRunner().invoke(app, [*args[:1], str(unsupported), *args[2:]])
     assert wrong_type.exit_code == 2 and "unsupported file type '.xlsx'" in wrong_type.output
+
+
+def test_a_failed_write_leaves_the_previous_table(tmp_path: Path, monkeypatch) -> None:
+    teacher = OnnxEncoder(TINY_ONNX)
+    out = tmp_path / "ours"
+    first = distil_static_table(teacher, TEXTS[:20], out, DistilConfig(dim=8))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("retrieval.distil.np.save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ours"]  # no staging folder left behind
+    monkeypatch.undo()
+    # overwriting a table replaces it whole
+    second = distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8))
+    assert second.fingerprint != first.fingerprint
+    assert load_encoder(EncoderConfig(name=str(out))).fingerprint == second.fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["ours"]
