@@ -669,6 +669,57 @@ def model_explain(
         typer.echo(f"\n{target} (fixed rules): " + "; ".join(reasons))
 
 
+@classifier_cli.models_app.command("profile")
+def model_profile_cmd(
+    version: Annotated[
+        str | None, typer.Argument(help="The model version (default: the active one).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="Most recent cases classified by it to read.")
+    ] = 200,
+    top: Annotated[int, typer.Option(min=1, max=50, help="Evidence items per label.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON object.")] = False,
+) -> None:
+    """What a model version relied on, per target and label, over its recent cases: each case
+    explained exactly (as `triage models explain` does) and the evidence summed per label.
+
+    The same answer as GET /v1/models/{version}/profile. Exit 2 for an unknown version or
+    one that can no longer be loaded."""
+    from triage import classification
+    from triage.db import Database
+    from triage.errors import TriageError
+
+    settings = _settings()
+    chosen = version or classification.registry(settings).active_version()
+    if chosen is None:
+        raise _fail("no active model version: name one (triage models list)")
+    try:
+        found = classification.model_profile(
+            settings, Database(settings), chosen, limit=limit, top=top
+        )
+    except TriageError as exc:
+        raise _fail(exc.message) from exc
+    if as_json:
+        typer.echo(json.dumps(found.model_dump(mode="json"), sort_keys=True))
+        return
+    typer.echo(f"model {found.model_version}: {found.cases} most recent cases it classified")
+    if not found.cases:
+        typer.echo("  no cases yet: nothing to profile")
+    for target, labels in found.targets.items():
+        typer.echo(f"\n{target}")
+        for lp in labels:
+            typer.echo(
+                f"  {lp.label}: {lp.cases} cases, mean probability {lp.mean_probability:.0%}, "
+                f"{lp.abstained} abstained"
+            )
+            for ev in lp.evidence:
+                name = f"{ev.feature} = {ev.value}" if ev.value is not None else ev.feature
+                typer.echo(
+                    f"    {ev.weight:+8.2f}  {ev.kind:<7} {name}  "
+                    f"(in {ev.cases} cases, {ev.mean_weight:+.2f} each)"
+                )
+
+
 @app.command("demo")
 def demo(
     cases: Annotated[int, typer.Option(help="Demo cases to load on first start.")] = 200,

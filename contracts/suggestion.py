@@ -292,3 +292,40 @@ class Suggestion(_Model):
         if len(words) > MAX_SUMMARY_WORDS:
             raise ValueError(f"summary has {len(words)} words; at most {MAX_SUMMARY_WORDS}")
         return value
+
+
+class ProfileItem(_Model):
+    """Evidence that recurred across the cases a model gave one label (:class:`LabelProfile`)."""
+
+    kind: Literal["word", "phrase", "field", "number", "meaning"]
+    feature: str
+    value: str | None = Field(default=None, description="The field's value (fields only).")
+    weight: float = Field(
+        description="Log-odds it added for the label over each case's runner-up, summed over "
+        "the cases it appeared in."
+    )
+    mean_weight: float = Field(description="`weight` per case it appeared in.")
+    cases: int = Field(ge=1, description="Cases given the label in which it appeared.")
+
+
+class LabelProfile(_Model):
+    """What a model relied on when it ranked ``label`` first, over recent cases."""
+
+    label: str
+    cases: int = Field(ge=1, description="Recent cases where the label was ranked first.")
+    abstained: int = Field(ge=0, description="Of those, cases where the model abstained.")
+    mean_probability: float = Field(ge=0, le=1)
+    evidence: list[ProfileItem] = Field(
+        description="Strongest first: the evidence that added the most log-odds in total."
+    )
+
+
+class ModelProfile(_Model):
+    """A model version's global view: per target and label, the evidence it relied on most,
+    aggregated from exact per-case explanations of the cases it classified."""
+
+    model_version: str
+    cases: int = Field(ge=0, description="Recent cases read (classified by this version).")
+    targets: dict[str, list[LabelProfile]] = Field(
+        default_factory=dict, description="Per target, labels by number of cases."
+    )

@@ -848,3 +848,80 @@ def test_predicted_labels_are_kept_on_the_row_and_backfilled(
     command.downgrade(migrate.alembic_config(settings.resolved_database_url), "0007")
     migrate.upgrade(settings)
     assert _labels_on_rows(db) == bodies
+
+
+def _profile(client, version: str, key: str, **params: Any):
+    return client.get(f"/v1/models/{version}/profile", params=params, headers=bearer(key))
+
+
+def test_model_profile_sums_the_per_case_explanations(
+    client, keys, db, settings, with_model, monkeypatch
+):
+    """An auditor reads what a model version relied on: per target and label, the evidence
+    of the exact per-case explanations summed over the recent cases it classified."""
+    empty = _profile(client, with_model, keys["auditor"])
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {"model_version": with_model, "cases": 0, "targets": {}}
+
+    ids = submit_simulated(db, settings, 12, seed=31)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    r = _profile(client, with_model, keys["auditor"], top=4)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cases"] == len(ids)
+    # recompute from the per-case explanations (all evidence listed) and stored suggestions
+    expected: dict[str, dict[str, dict[str, Any]]] = {}
+    for case_id in ids:
+        exp = _explanation(client, case_id, keys["auditor"], top=50).json()["targets"]
+        stored = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["agent"])).json()
+        for target, e in exp.items():
+            acc = expected.setdefault(target, {}).setdefault(
+                e["label"], {"cases": 0, "abstained": 0, "items": {}}
+            )
+            acc["cases"] += 1
+            acc["abstained"] += stored["suggestion"]["classifier"][target]["abstained"]
+            for item in e["evidence"]:
+                # numbers are grouped by field (their values differ case by case)
+                value = item["value"] if item["kind"] == "field" else None
+                key = (item["kind"], item["feature"], value)
+                acc["items"][key] = acc["items"].get(key, 0.0) + item["weight"]
+    assert set(body["targets"]) == set(expected) == {"category", "queue", "priority"}
+    for target, labels in body["targets"].items():
+        assert {lp["label"]: lp["cases"] for lp in labels} == {
+            label: acc["cases"] for label, acc in expected[target].items()
+        }
+        assert [lp["cases"] for lp in labels] == sorted(
+            (lp["cases"] for lp in labels), reverse=True
+        )
+        for lp in labels:
+            acc = expected[target][lp["label"]]
+            assert lp["abstained"] == acc["abstained"]
+            best = sorted((w for w in acc["items"].values() if w > 0), reverse=True)[:4]
+            assert [e["weight"] for e in lp["evidence"]] == pytest.approx(best, abs=1e-4)
+            for e in lp["evidence"]:
+                assert e["weight"] == pytest.approx(
+                    acc["items"][(e["kind"], e["feature"], e["value"])], abs=1e-4
+                )
+                assert 1 <= e["cases"] <= lp["cases"]
+                assert e["mean_weight"] * e["cases"] == pytest.approx(e["weight"], abs=1e-4)
+    assert body["targets"]["category"][0]["evidence"], "the most frequent label has evidence"
+
+    assert _profile(client, with_model, keys["admin"], limit=3).json()["cases"] == 3
+    assert _profile(client, with_model, keys["agent"]).status_code == 403
+    for params in ({"limit": 0}, {"limit": 1001}, {"top": 51}):
+        bad = _profile(client, with_model, keys["auditor"], **params)
+        assert bad.status_code == 422 and next(iter(params)) in bad.text
+    gone = _profile(client, "v20990101T000000000000Z-deadbeef", keys["auditor"])
+    assert gone.status_code == 404 and "deadbeef" in gone.text
+    assert _profile(client, "rules-1", keys["auditor"]).status_code == 404
+
+    triage = cli_runner(monkeypatch, settings)
+    out = triage("models", "profile", "--top", "4", "--json")  # the active version
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == body
+    text = triage("models", "profile", with_model, "--top", "4")
+    first = body["targets"]["queue"][0]
+    assert f"  {first['label']}: {first['cases']} cases" in text.stdout
+    assert f"{first['evidence'][0]['weight']:+8.2f}" in text.stdout
+    unknown = triage("models", "profile", "v20990101T000000000000Z-deadbeef")
+    assert unknown.exit_code == 2 and "no model version" in unknown.output

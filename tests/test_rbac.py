@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("PUT", "/v1/fx-rates"): {"admin"},
     ("GET", "/v1/fx-rates"): {"approver", "auditor", "admin"},
     ("POST", "/v1/models/{version}/activate"): {"admin"},
+    ("GET", "/v1/models/{version}/profile"): {"admin", "auditor"},
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
     ("GET", "/v1/models/evaluate"): {"admin"},

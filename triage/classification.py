@@ -39,7 +39,14 @@ from classifiers import (
 from classifiers.data import infer_numeric_columns, load_records, validate_training_data
 from classifiers.explain import MAX_TOP
 from contracts.case import CaseIn
-from contracts.suggestion import CaseExplanation, ClassifierView, Prediction
+from contracts.suggestion import (
+    CaseExplanation,
+    ClassifierView,
+    LabelProfile,
+    ModelProfile,
+    Prediction,
+    ProfileItem,
+)
 from retrieval.embeddings import (
     DEFAULT_ENCODER,
     EncoderConfig,
@@ -51,7 +58,7 @@ from triage import audit, cases
 from triage.audit import Actor
 from triage.common import now_ts
 from triage.db import Database
-from triage.errors import Conflict, ValidationFailed
+from triage.errors import Conflict, NotFound, ValidationFailed
 from triage.lifecycle import Status
 from triage.models import Case, LabelFeedback
 from triage.pipeline import RuleClassifier
@@ -443,6 +450,106 @@ def explain_classification(
         # a target the model was not trained for kept the rule-based answer (ModelClassifier)
         rules={t: fallback[t] for t in untrained},
     )
+
+
+# -- what a model relied on -------------------------------------------------------------------
+PROFILE_MAX_CASES = 1000
+PROFILE_DEFAULT_CASES = 200
+
+
+def model_profile(
+    settings: Settings,
+    db: Database,
+    version: str,
+    *,
+    limit: int = PROFILE_DEFAULT_CASES,
+    top: int = 10,
+) -> ModelProfile:
+    """The evidence ``version`` relied on, per target and label, over the ``limit`` most
+    recent cases it classified: each case is explained exactly (:func:`explain_case`'s
+    breakdown, top label against that case's runner-up) and the evidence is summed per label.
+    Numbers are grouped by field, fields by field and value, words and phrases by text.
+
+    Raises ``ValidationFailed`` for ``limit`` outside 1..``PROFILE_MAX_CASES`` or ``top``
+    outside 1..``MAX_TOP``; ``NotFound`` for a version the registry does not hold or the
+    rules (nothing learnt); ``Conflict`` when the version cannot be loaded or cannot score its
+    cases again (its encoder changed). A version with no cases yet has an empty profile.
+    """
+    fields: dict[str, str] = {}
+    if not 1 <= limit <= PROFILE_MAX_CASES:
+        fields["limit"] = f"use 1 to {PROFILE_MAX_CASES}"
+    if not 1 <= top <= MAX_TOP:
+        fields["top"] = f"use 1 to {MAX_TOP}"
+    if fields:
+        raise ValidationFailed("invalid profile request", fields=fields)
+    try:
+        registry(settings).metadata(version)
+    except classifiers.UnknownVersion as exc:
+        raise NotFound(f"no model version {version!r} in the registry") from exc
+    except classifiers.IntegrityError as exc:
+        raise Conflict(f"model version {version} was refused: {exc}", field="version") from exc
+    loaded = _explain_model(settings, version)
+    model = loaded.model
+    trained = [t for t in TARGETS if t in model.estimators_]
+    predicted = [getattr(Case, f"predicted_{t}") for t in trained]
+    with db.read() as s:
+        rows = s.execute(
+            select(Case.payload, *predicted)
+            .where(Case.model_version == version)
+            .order_by(Case.created_at.desc(), Case.id.desc())
+            .limit(limit)
+        ).all()
+    if not rows:
+        return ModelProfile(model_version=version, cases=0)
+    records = [case_record(CaseIn.model_validate(row[0])) for row in rows]
+    try:
+        explained = model.explain(records, targets=trained, top=MAX_TOP)
+    except (ValueError, OSError, EncoderError) as exc:
+        raise Conflict(
+            f"model version {version} cannot recompute its cases now: {exc}",
+            field="version",
+        ) from exc
+    targets: dict[str, list[LabelProfile]] = {}
+    for t_index, target in enumerate(trained):
+        per_label: dict[str, dict[str, Any]] = {}
+        for row, per_case in zip(rows, explained, strict=True):
+            exp = per_case[target]
+            acc = per_label.setdefault(
+                exp.label, {"cases": 0, "abstained": 0, "probability": 0.0, "items": {}}
+            )
+            acc["cases"] += 1
+            acc["abstained"] += row[1 + t_index] is None  # predicted_* is empty on abstention
+            acc["probability"] += exp.probability
+            for e in exp.evidence:
+                key = (e.kind, e.feature, e.value if e.kind == "field" else None)
+                total, seen = acc["items"].get(key, (0.0, 0))
+                acc["items"][key] = (total + e.weight, seen + 1)
+        profiles = []
+        for label, acc in per_label.items():
+            ranked = sorted(
+                ((k, v) for k, v in acc["items"].items() if v[0] > 0), key=lambda kv: -kv[1][0]
+            )[:top]
+            profiles.append(
+                LabelProfile(
+                    label=label,
+                    cases=acc["cases"],
+                    abstained=acc["abstained"],
+                    mean_probability=round(acc["probability"] / acc["cases"], 6),
+                    evidence=[
+                        ProfileItem(
+                            kind=kind,
+                            feature=feature,
+                            value=value,
+                            weight=round(total, 6),
+                            mean_weight=round(total / seen, 6),
+                            cases=seen,
+                        )
+                        for (kind, feature, value), (total, seen) in ranked
+                    ],
+                )
+            )
+        targets[target] = sorted(profiles, key=lambda p: (-p.cases, p.label))
+    return ModelProfile(model_version=version, cases=len(rows), targets=targets)
 
 
 def _labelled_records(sim_records: Iterable[Any]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from classifiers import (
     validate_training_data,
 )
 from classifiers.data import MAX_LABEL_CHARS
+from contracts.suggestion import ModelProfile
 from triage import audit, classification, model_jobs
 from triage.auth import Principal
 from triage.errors import Conflict, NotFound, ValidationFailed
@@ -359,6 +360,40 @@ def shutdown_jobs(ctx: Any) -> None:
             model_jobs.interrupt(ctx.db, job_id, "the API process running it shut down")
         except Exception:  # shutting down regardless: the lease closes it later
             log.warning("model job %s: not closed at shutdown", job_id, exc_info=True)
+
+
+@router.get(
+    "/v1/models/{version}/profile",
+    response_model=ModelProfile,
+    responses=ERRORS,
+    summary="What a model version relied on, per target and label, over its recent cases",
+)
+def model_profile(
+    version: Annotated[str, Path(max_length=64)],
+    ctx: ContextDep,
+    _p: AdminOrAuditor,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=classification.PROFILE_MAX_CASES,
+            description="Most recent cases classified by the version to read.",
+        ),
+    ] = classification.PROFILE_DEFAULT_CASES,
+    top: Annotated[
+        int, Query(ge=1, le=classification.MAX_TOP, description="Evidence items per label.")
+    ] = 10,
+) -> ModelProfile:
+    """The version's global view: each recent case it classified is explained exactly (as
+    `GET /v1/cases/{id}/explanation` does) and the evidence is summed per target and label:
+    the words, phrases and field values that added the most log-odds for the label over each
+    case's runner-up, with how many cases they appeared in, plus the label's case count,
+    abstentions and mean probability.
+
+    404 for a version the registry does not hold; 409 when it cannot be loaded or cannot score
+    its cases again; an empty profile (`cases` 0) for a version with no cases yet.
+    """
+    return classification.model_profile(ctx.settings, ctx.db, version, limit=limit, top=top)
 
 
 @router.get(
