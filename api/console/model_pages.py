@@ -47,6 +47,7 @@ ModelReaderP = Annotated[Principal, Depends(ConsoleGuard(Role.admin, Role.audito
 # A confusion matrix wider than this is shown as its largest off-diagonal cells instead.
 MATRIX_MAX_LABELS = 12
 TOP_CONFUSIONS = 15
+PROFILE_TOP = 6  # evidence items per label on the profile page
 RECENT_JOBS = 10  # rows of the recent-jobs table (GET /v1/models/jobs pages through all)
 
 
@@ -250,6 +251,35 @@ def evaluate(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Respon
             f"{result['started_at']}; its row below links to the figures when it is done.",
         )
     return _evaluation_page(request, version, name, len(records), result["metrics"])
+
+
+@router.get("/admin/models/{version}/profile")
+def profile_page(request: Request, version: str, ctx: ContextDep, p: ModelReaderP) -> Response:
+    """What a version relied on (``GET /v1/models/{version}/profile``), with the case count
+    and evidence per label from the query string; a bad value falls back to the default."""
+
+    def number(name: str, default: int, high: int) -> int:
+        raw = request.query_params.get(name, "")
+        return int(raw) if raw.isdigit() and 1 <= int(raw) <= high else default
+
+    limit = number("limit", classification.PROFILE_DEFAULT_CASES, classification.PROFILE_MAX_CASES)
+    top = number("top", PROFILE_TOP, classification.MAX_TOP)
+    try:
+        profile = classification.model_profile(ctx.settings, ctx.db, version, limit=limit, top=top)
+    except TriageError as exc:
+        return redirect(request, MODELS_URL, exc.message, "error")
+    return render(
+        request,
+        "model_profile.html",
+        {
+            "profile": profile,
+            "limit": limit,
+            "top": top,
+            "max_cases": classification.PROFILE_MAX_CASES,
+            "max_top": classification.MAX_TOP,
+            "section": "models",
+        },
+    )
 
 
 @router.get("/admin/models/evaluation")

@@ -5,15 +5,18 @@ every step lands on the audit trail with the admin's name."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 
 from sqlalchemy import select
 
 from tests.console.conftest import csrf, flash, post, sign_in
-from tests.support import bearer, wait_until
+from tests.support import bearer, submit_simulated, wait_until
 from triage import classification
 from triage.models import AuditEvent
+from triage.stages import default_pipeline
+from triage.worker import Worker
 
 URL = "/console/admin/models"
 
@@ -377,3 +380,39 @@ def test_cancel_a_running_job_from_the_console(client, people, keys, db, monkeyp
         assert gone.startswith("error:") and "not found" in gone, gone
     (event,) = _audit(db, "model.job_cancel_requested")
     assert event["actor"] == "boss" and event["job_id"] == job_id
+
+
+def test_profile_page_shows_what_a_version_relied_on(client, people, db, settings, with_model):
+    """Auditors and admins open, from the models page, what a version relied on over its
+    recent cases: the same figures as GET /v1/models/{version}/profile."""
+    submit_simulated(db, settings, 8, seed=41)
+    Worker(db, settings, default_pipeline(settings)).run_once()
+    sign_in(client, "auditor")
+    link = f"{URL}/{with_model}/profile"
+    assert f'href="{link}"' in client.get(URL).text
+    page = client.get(f"{link}?top=3")
+    assert page.status_code == 200
+    assert "over the 8 most recent cases" in page.text.lower()
+    expected = classification.model_profile(settings, db, with_model, top=3)
+    for target, labels in expected.targets.items():
+        section = page.text.split(f'id="t-{target}"')[1].split("</section>")[0]
+        for lp in labels:
+            row = section.split(f'<th scope="row">{lp.label}</th>')[1].split("</tr>")[0]
+            assert f"<td>{lp.cases}</td>" in row and f"<td>{lp.abstained}</td>" in row
+            shown = re.findall(r"<strong>([^<]+)</strong> ([+-]\d+\.\d\d) · (\d+)", row)
+            assert shown == [
+                (
+                    html.escape(e.feature + (f" = {e.value}" if e.value is not None else "")),
+                    f"{e.weight:+.2f}",
+                    str(e.cases),
+                )
+                for e in lp.evidence
+            ]
+    # values out of range fall back to the defaults instead of failing
+    fallback = client.get(f"{link}?limit=abc&top=999").text
+    assert 'name="limit" type="number" min="1" max="1000" value="200"' in fallback
+    assert 'name="top" type="number" min="1" max="50" value="6"' in fallback
+    gone = client.get(f"{URL}/v20990101T000000000000Z-deadbeef/profile", follow_redirects=False)
+    assert "no model version" in flash(client, gone)
+    sign_in(client, "agent")
+    assert client.get(link).status_code == 403
