@@ -302,6 +302,14 @@ def distil_encoder(
     max_texts: Annotated[
         int, typer.Option("--max-texts", min=1, help="Sample this many distinct texts at most.")
     ] = 40_000,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace the static encoder already in --out (models and indexes built on it "
+            "must then be retrained and re-indexed).",
+        ),
+    ] = False,
     from_cases: Annotated[
         bool,
         typer.Option(
@@ -331,7 +339,9 @@ def distil_encoder(
     try:
         config = DistilConfig(dim=dim, augment=augment, max_texts=max_texts)
         encoder = OnnxEncoder(teacher.expanduser().resolve(), source=str(teacher))
-        table = distil_static_table(encoder, texts, out, config, progress=typer.echo)
+        table = distil_static_table(
+            encoder, texts, out, config, replace=replace, progress=typer.echo
+        )
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     except OSError as exc:

@@ -201,6 +201,7 @@ def write_table(
     failure part-way (disk full, interrupted) leaves ``out`` as it was, never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
     try:
         np.save(staging / "vectors.npy", vectors, allow_pickle=False)
         (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -237,17 +238,19 @@ def distil_static_table(
     out: Path,
     config: DistilConfig | None = None,
     *,
+    replace: bool = False,
     progress: Progress | None = None,
 ) -> StaticEncoder:
     """Distil ``teacher`` into a static table refined on ``texts`` and write it to ``out``
     (module docstring). ``texts`` may be empty: the table is then step 1's, PCA'd and
     weighted by a Zipf prior. Raises :class:`EncoderError` when ``dim`` exceeds the teacher's
-    dimension or ``out`` holds something other than a static encoder."""
+    dimension, or ``out`` is not empty and is not a static encoder ``replace`` allows
+    replacing (models and indexes built on a table refuse it once it changes)."""
     cfg = config or DistilConfig()
     say = progress or (lambda _message: None)
     if cfg.dim > teacher.dim:
         raise EncoderError(f"dim {cfg.dim} exceeds the teacher's dimension {teacher.dim}")
-    _check_out(out)
+    _check_out(out, replace=replace)
     vocab = teacher.vocab
     n = len(vocab)
 
@@ -295,22 +298,27 @@ def distil_static_table(
     )
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to overwrite a folder that holds something other than a static encoder (an
-    operator typing the wrong path must not lose a model or a Chroma store)."""
+def _check_out(out: Path, *, replace: bool) -> None:
+    """Refuse a non-empty ``out`` unless it is a static encoder and ``replace`` is set: a
+    wrong path must not cost a model or a Chroma store, and a table in use must not change
+    under the models and indexes built on it without the operator saying so."""
     if not out.exists():
         return
     if not out.is_dir():
         raise EncoderError(f"{out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    kind = None
     meta = out / "encoder.json"
-    if any(out.iterdir()):
-        kind = None
-        if meta.is_file():
-            try:
-                kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
-            except (ValueError, AttributeError):
-                kind = None
-        if kind != StaticEncoder.kind:
-            raise EncoderError(
-                f"{out} is not empty and holds no static encoder: choose a new folder"
-            )
+    if meta.is_file():
+        try:
+            kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
+        except (ValueError, AttributeError):
+            kind = None
+    if kind != StaticEncoder.kind:
+        raise EncoderError(f"{out} is not empty and holds no static encoder: choose a new folder")
+    if not replace:
+        raise EncoderError(
+            f"{out} already holds a static encoder: choose a new folder, or replace it "
+            "(models and indexes built on it will then refuse it until retrained or re-indexed)"
+        )

@@ -109,6 +109,10 @@ def test_cli_distil_encoder(tmp_path: Path) -> None:
     assert "step 1: 51/51 token vectors" in result.output
     assert f"corpus: {len(TEXTS)} texts" in result.output
     assert load_encoder(EncoderConfig(name=str(out))).dim == 8
+    columns = ["--text-column", "message", "--dim", "8"]
+    again = CliRunner().invoke(app, [*args, *columns])
+    assert again.exit_code == 2 and "already holds a static encoder" in again.output
+    assert CliRunner().invoke(app, [*args, *columns, "--replace"]).exit_code == 0
 
     missing = CliRunner().invoke(app, [*args, "--dim", "8"])  # default column: text
     assert missing.exit_code == 2
@@ -135,14 +139,17 @@ def test_a_failed_write_leaves_the_previous_table(tmp_path: Path, monkeypatch) -
     def disk_full(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
+    with pytest.raises(EncoderError, match="already holds a static encoder"):
+        distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8))
     monkeypatch.setattr("retrieval.distil.np.save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8))
+        distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8), replace=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ours"]  # no staging folder left behind
     monkeypatch.undo()
     # overwriting a table replaces it whole
-    second = distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8))
+    second = distil_static_table(teacher, TEXTS, out, DistilConfig(dim=8), replace=True)
     assert second.fingerprint != first.fingerprint
     assert load_encoder(EncoderConfig(name=str(out))).fingerprint == second.fingerprint
     assert [p.name for p in tmp_path.iterdir()] == ["ours"]
+    assert out.stat().st_mode & 0o777 == 0o755
