@@ -455,6 +455,7 @@ def explain_classification(
 # -- what a model relied on -------------------------------------------------------------------
 PROFILE_MAX_CASES = 1000
 PROFILE_DEFAULT_CASES = 200
+PROFILE_DEFAULT_TOP = 10
 
 
 def model_profile(
@@ -463,7 +464,7 @@ def model_profile(
     version: str,
     *,
     limit: int = PROFILE_DEFAULT_CASES,
-    top: int = 10,
+    top: int = PROFILE_DEFAULT_TOP,
 ) -> ModelProfile:
     """The evidence ``version`` relied on, per target and label, over the ``limit`` most
     recent cases it classified: each case is explained exactly (:func:`explain_case`'s

@@ -260,7 +260,9 @@ def profile_page(request: Request, version: str, ctx: ContextDep, p: ModelReader
 
     def number(name: str, default: int, high: int) -> int:
         raw = request.query_params.get(name, "")
-        return int(raw) if raw.isdigit() and 1 <= int(raw) <= high else default
+        # ASCII digits only: str.isdigit accepts '²', which int() refuses
+        ok = raw.isascii() and raw.isdigit() and 1 <= int(raw) <= high
+        return int(raw) if ok else default
 
     limit = number("limit", classification.PROFILE_DEFAULT_CASES, classification.PROFILE_MAX_CASES)
     top = number("top", PROFILE_TOP, classification.MAX_TOP)

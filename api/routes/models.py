@@ -382,7 +382,7 @@ def model_profile(
     ] = classification.PROFILE_DEFAULT_CASES,
     top: Annotated[
         int, Query(ge=1, le=classification.MAX_TOP, description="Evidence items per label.")
-    ] = 10,
+    ] = classification.PROFILE_DEFAULT_TOP,
 ) -> ModelProfile:
     """The version's global view: each recent case it classified is explained exactly (as
     `GET /v1/cases/{id}/explanation` does) and the evidence is summed per target and label:

@@ -409,7 +409,7 @@ def test_profile_page_shows_what_a_version_relied_on(client, people, db, setting
                 for e in lp.evidence
             ]
     # values out of range fall back to the defaults instead of failing
-    fallback = client.get(f"{link}?limit=abc&top=999").text
+    fallback = client.get(f"{link}?limit=%C2%B2&top=999").text  # "²" is a digit to str
     assert 'name="limit" type="number" min="1" max="1000" value="200"' in fallback
     assert 'name="top" type="number" min="1" max="50" value="6"' in fallback
     gone = client.get(f"{URL}/v20990101T000000000000Z-deadbeef/profile", follow_redirects=False)
