@@ -9,10 +9,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from api.console.cli import users_app as console_users_app
 from cli import classifier as classifier_cli
@@ -22,6 +24,8 @@ from triage.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from triage.audit import Actor
+
+_M = TypeVar("_M", bound=BaseModel)
 
 app = typer.Typer(
     help="Exception triage assistant: intake API, triage pipeline and audit trail.",
@@ -628,6 +632,21 @@ def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id."
         )
 
 
+def _answer(fetch: Callable[[], _M], *, as_json: bool) -> _M | None:
+    """``fetch()``'s answer, or exit 2 with a ``TriageError``'s message; with ``as_json`` the
+    answer is printed as the API's JSON object and ``None`` returned (nothing left to print)."""
+    from triage.errors import TriageError
+
+    try:
+        found = fetch()
+    except TriageError as exc:
+        raise _fail(exc.message) from exc
+    if as_json:
+        typer.echo(json.dumps(found.model_dump(mode="json"), sort_keys=True))
+        return None
+    return found
+
+
 @classifier_cli.models_app.command("explain")
 def model_explain(
     case_id: Annotated[str, typer.Argument(help="The case's id.")],
@@ -642,15 +661,13 @@ def model_explain(
     classified yet, or a model version that can no longer be loaded."""
     from triage import classification
     from triage.db import Database
-    from triage.errors import TriageError
 
     settings = _settings()
-    try:
-        found = classification.explain_case(settings, Database(settings), case_id, top=top)
-    except TriageError as exc:
-        raise _fail(exc.message) from exc
-    if as_json:
-        typer.echo(json.dumps(found.model_dump(mode="json"), sort_keys=True))
+    found = _answer(
+        lambda: classification.explain_case(settings, Database(settings), case_id, top=top),
+        as_json=as_json,
+    )
+    if found is None:
         return
     typer.echo(f"case {found.case_id}: classified by {found.model_version} ({found.source})")
     for target, exp in found.targets.items():
@@ -687,20 +704,18 @@ def model_profile_cmd(
     one that can no longer be loaded."""
     from triage import classification
     from triage.db import Database
-    from triage.errors import TriageError
 
     settings = _settings()
     chosen = version or classification.registry(settings).active_version()
     if chosen is None:
         raise _fail("no active model version: name one (triage models list)")
-    try:
-        found = classification.model_profile(
+    found = _answer(
+        lambda: classification.model_profile(
             settings, Database(settings), chosen, limit=limit, top=top
-        )
-    except TriageError as exc:
-        raise _fail(exc.message) from exc
-    if as_json:
-        typer.echo(json.dumps(found.model_dump(mode="json"), sort_keys=True))
+        ),
+        as_json=as_json,
+    )
+    if found is None:
         return
     typer.echo(f"model {found.model_version}: {found.cases} most recent cases it classified")
     if not found.cases:
