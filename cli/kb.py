@@ -336,6 +336,7 @@ def distil_encoder(
         texts += _stored_case_texts(max_texts)
     if not texts:
         raise _fail("no texts in the given files" + (" or stored cases" if from_cases else ""))
+    texts = _redacted_like_the_pipeline(texts)
     try:
         config = DistilConfig(dim=dim, augment=augment, max_texts=max_texts)
         encoder = OnnxEncoder(teacher.expanduser().resolve(), source=str(teacher))
@@ -371,3 +372,19 @@ def _stored_case_texts(limit: int) -> list[str]:
         raise _fail(f"reading stored cases: {detail}") from exc
     typer.echo(f"stored cases: {len(texts)} texts")
     return texts
+
+
+def _redacted_like_the_pipeline(texts: list[str]) -> list[str]:
+    """The texts with personal data replaced as the pipeline replaces it before embedding a
+    case (``TRIAGE_REDACTION_ENABLED``, on by default): the table is then fitted on the text
+    it will encode, and names, e-mails or phone numbers do not shape it."""
+    from retrieval.redaction import RedactionConfig, Redactor
+    from triage.settings import get_settings
+
+    if not get_settings().redaction_enabled:
+        return texts
+    redactor = Redactor(RedactionConfig(enabled=True))
+    out = [redactor.redact_text(t) for t in texts]
+    changed = sum(a != b for a, b in zip(texts, out, strict=True))
+    typer.echo(f"redacted personal data in {changed} of {len(texts)} texts, as the pipeline does")
+    return out

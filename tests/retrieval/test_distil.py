@@ -153,3 +153,27 @@ def test_a_failed_write_leaves_the_previous_table(tmp_path: Path, monkeypatch) -
     assert load_encoder(EncoderConfig(name=str(out))).fingerprint == second.fingerprint
     assert [p.name for p in tmp_path.iterdir()] == ["ours"]
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_cli_distils_on_the_redacted_text_the_pipeline_embeds(tmp_path: Path, monkeypatch) -> None:
+    from triage.settings import get_settings
+
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text(
+        "\n".join([*TEXTS[:30], "the invoice for jane.doe@example.com is late"]) + "\n",
+        encoding="utf-8",
+    )
+    fingerprints = {}
+    for enabled in ("true", "false"):
+        monkeypatch.setenv("TRIAGE_REDACTION_ENABLED", enabled)
+        get_settings.cache_clear()
+        out = tmp_path / f"redaction-{enabled}"
+        args = ["distil-encoder", str(corpus), "--teacher", str(TINY_ONNX), "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, "--dim", "8"])
+        get_settings.cache_clear()
+        assert result.exit_code == 0, result.output
+        said = "redacted personal data in 1 of 31 texts" in result.output
+        assert said == (enabled == "true")
+        fingerprints[enabled] = load_encoder(EncoderConfig(name=str(out))).fingerprint
+    # the e-mail address did not shape the table that was fitted on the redacted text
+    assert fingerprints["true"] != fingerprints["false"]
