@@ -252,3 +252,24 @@ def test_admin_evaluates_the_demo_model_from_an_uploaded_file(page, demo_server)
     shot(page, "13-model-evaluation")
     (event,) = _events(demo_server, "model.evaluated")
     assert event["actor"] == "admin" and event["targets"] == ["queue", "priority"]
+
+
+def test_auditor_reads_what_the_active_model_relied_on(page, demo_server):
+    sign_in(page, demo_server, "auditor")
+    page.goto("/console/admin/models")
+    page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
+        "link", name=re.compile("^What it relied on")
+    ).click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", name=re.compile(r"^What v\S+ relied on$")).is_visible()
+    page.get_by_label("Evidence per label").fill("3")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_load_state()
+    assert "top=3" in page.url
+    for target in ("category", "queue", "priority"):
+        rows = page.locator(f"#t-{target} tbody tr")
+        assert rows.count() > 0, target
+        for i in range(rows.count()):
+            items = rows.nth(i).locator("td").last.locator("span.nowrap").count()
+            assert 1 <= items <= 3, (target, rows.nth(i).inner_text())
+    shot(page, "14-auditor-model-profile")
