@@ -255,7 +255,9 @@ def fit_encoder(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the encoder to.")],
-    dim: Annotated[int, typer.Option("--dim", min=8, max=1024)] = 256,
+    dim: Annotated[
+        int, typer.Option("--dim", min=8, max=1024, help="Dimensions of the vectors.")
+    ] = 256,
     text_column: TextColumns = ["text"],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Fit a TF-IDF + SVD encoder on your own texts (then use it with --encoder FOLDER).
@@ -298,7 +300,10 @@ def distil_encoder(
     augment: Annotated[
         int, typer.Option("--augment", min=0, max=8, help="Typo'd variants per text.")
     ] = 2,
-    dim: Annotated[int, typer.Option("--dim", min=8, max=1024)] = 256,
+    dim: Annotated[
+        int,
+        typer.Option("--dim", min=8, max=1024, help="Dimensions kept (PCA of the teacher's)."),
+    ] = 256,
     max_texts: Annotated[
         int, typer.Option("--max-texts", min=1, help="Sample this many distinct texts at most.")
     ] = 40_000,
