@@ -79,6 +79,7 @@ def run(
     fractions: list[float],  # ascending
     seeds: int,
     target: float,
+    keyword_groups: bool = True,
 ) -> None:
     rows, y, groups = _rows(data)
     halves = np.load(split_dir / "split.npz")
@@ -100,9 +101,12 @@ def run(
             f"training rows, {len(unseen)} test rows",
             flush=True,
         )
-        scores = cq.run_folds(rows, LABEL, splits, groups, embeddings, verbose=False)
+        model_groups = groups if keyword_groups else None  # None: CaseModel groups itself
+        scores = cq.run_folds(rows, LABEL, splits, model_groups, embeddings, verbose=False)
         for variant, score in scores.items():
-            curves.setdefault(variant, []).append(score["macro_f1"])
+            for metric in ("macro_f1", "ece", "coverage", "realized_precision"):
+                if metric in score:
+                    curves.setdefault(f"{variant}|{metric}", []).append(score[metric])
             extra = (
                 f"  ECE {score['ece']:.4f}  coverage@0.95 {score['coverage']:.4f} "
                 f"(realized precision {score['realized_precision']:.4f})"
@@ -110,12 +114,18 @@ def run(
                 else ""
             )
             print(f"  {variant:<20} macro-F1 {score['macro_f1']:.4f}{extra}", flush=True)
-    baseline = curves["baseline"]
+    baseline = curves["baseline|macro_f1"]
     print(f"read where the baseline scores {target} (linear between the fractions around it):")
-    for variant, values in curves.items():
-        value = _interpolate(baseline, values, target)
-        shown = "not bracketed: add fractions" if value is None else f"{value:.4f}"
-        print(f"  {variant:<20} macro-F1 {shown}")
+    for variant in dict.fromkeys(key.partition("|")[0] for key in curves):
+        parts = []
+        for metric in ("macro_f1", "ece", "coverage", "realized_precision"):
+            values = curves.get(f"{variant}|{metric}")
+            if values is None:
+                continue
+            value = _interpolate(baseline, values, target)
+            shown = "not bracketed: add fractions" if value is None else f"{value:.4f}"
+            parts.append(f"{metric.replace('_', '-')} {shown}")
+        print(f"  {variant:<20} " + "  ".join(parts))
 
 
 def main() -> None:
@@ -139,6 +149,20 @@ def main() -> None:
     score.add_argument("--fractions", default="0.08,0.10,0.13,0.15")
     score.add_argument("--seeds", type=int, default=20)
     score.add_argument("--baseline-target", type=float, default=0.879)
+    score.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        default="none",
+        help="CaseModel's label weighting (`triage train` defaults to balanced)",
+    )
+    score.add_argument(
+        "--model-groups",
+        choices=("keyword", "near-duplicate"),
+        default="keyword",
+        help="validation groups inside CaseModel (its operating points and calibration): the "
+        "proxy's keyword groups, or CaseModel's own default, near-duplicate texts (what "
+        "`triage train` uses)",
+    )
     args = parser.parse_args()
     if args.command == "split":
         split(args.data, args.seed, args.out)
@@ -152,7 +176,16 @@ def main() -> None:
             parser.error(f"--embeddings {item!r}: expected NAME=FILE")
         embeddings[name] = np.load(file)
     fractions = sorted(float(f) for f in args.fractions.split(","))
-    run(args.data, args.split, embeddings, fractions, args.seeds, args.baseline_target)
+    cq.CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
+    run(
+        args.data,
+        args.split,
+        embeddings,
+        fractions,
+        args.seeds,
+        args.baseline_target,
+        keyword_groups=args.model_groups == "keyword",
+    )
 
 
 if __name__ == "__main__":
