@@ -149,12 +149,7 @@ def main() -> None:
     score.add_argument("--fractions", default="0.08,0.10,0.13,0.15")
     score.add_argument("--seeds", type=int, default=20)
     score.add_argument("--baseline-target", type=float, default=0.879)
-    score.add_argument(
-        "--class-weight",
-        choices=("none", "balanced"),
-        default="none",
-        help="CaseModel's label weighting (`triage train` defaults to balanced)",
-    )
+    cq.add_class_weight_argument(score)
     score.add_argument(
         "--model-groups",
         choices=("keyword", "near-duplicate"),

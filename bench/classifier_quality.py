@@ -80,6 +80,17 @@ _GENERIC = set(ENGLISH_STOP_WORDS) | {
 }  # fmt: skip
 
 
+def add_class_weight_argument(parser: argparse.ArgumentParser) -> None:
+    """``--class-weight none|balanced`` for CaseModel (sets ``CLASS_WEIGHT`` once parsed)."""
+    parser.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        default="none",
+        help="CaseModel's label weighting (the baseline keeps the reference's, none; "
+        "`triage train` defaults to balanced)",
+    )
+
+
 def keyword_groups(texts: list[str]) -> list[int]:
     """Group texts by their rarest content word: whole phrasings are held out together."""
     content = [[w for w in group_key(t).split() if w not in _GENERIC and len(w) > 2] for t in texts]
@@ -314,12 +325,7 @@ def main() -> None:
     parser.add_argument(
         "--embeddings-label", default="emb", help="name of the embedding variant in the output"
     )
-    parser.add_argument(
-        "--class-weight",
-        choices=("none", "balanced"),
-        default="none",
-        help="CaseModel's class weighting (the baseline keeps the reference's, none)",
-    )
+    add_class_weight_argument(parser)
     parser.add_argument(
         "--C",
         type=float,
