@@ -255,6 +255,8 @@ def test_admin_evaluates_the_demo_model_from_an_uploaded_file(page, demo_server)
 
 
 def test_auditor_reads_what_the_active_model_relied_on(page, demo_server):
+    from triage import classification
+
     sign_in(page, demo_server, "auditor")
     page.goto("/console/admin/models")
     page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
@@ -266,10 +268,20 @@ def test_auditor_reads_what_the_active_model_relied_on(page, demo_server):
     page.get_by_role("button", name="Show").click()
     page.wait_for_load_state()
     assert "top=3" in page.url
-    for target in ("category", "queue", "priority"):
+    version = page.locator("h1 .mono").inner_text()
+    settings = demo_server["settings"]
+    expected = classification.model_profile(settings, Database(settings), version, top=3)
+    assert set(expected.targets) == {"category", "queue", "priority"}
+    for target, labels in expected.targets.items():
         rows = page.locator(f"#t-{target} tbody tr")
-        assert rows.count() > 0, target
-        for i in range(rows.count()):
-            items = rows.nth(i).locator("td").last.locator("span.nowrap").count()
-            assert 1 <= items <= 3, (target, rows.nth(i).inner_text())
+        assert rows.count() == len(labels), target
+        for i, lp in enumerate(labels):
+            row = rows.nth(i)
+            assert row.locator("th").inner_text() == lp.label
+            items = row.locator("td").last.locator("span.nowrap")
+            assert items.count() == len(lp.evidence), (target, row.inner_text())
+            shown = [items.nth(j).locator("strong").inner_text() for j in range(items.count())]
+            assert shown == [
+                e.feature + (f" = {e.value}" if e.value is not None else "") for e in lp.evidence
+            ]
     shot(page, "14-auditor-model-profile")
