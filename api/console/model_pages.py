@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from api.console import charts
-from api.console.routes import AdminP, _error_text, _text, redirect, render
+from api.console.routes import AdminP, _error_text, _text, _whole_number, redirect, render
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.models import (
@@ -259,10 +259,8 @@ def profile_page(request: Request, version: str, ctx: ContextDep, p: ModelReader
     and evidence per label from the query string; a bad value falls back to the default."""
 
     def number(name: str, default: int, high: int) -> int:
-        raw = request.query_params.get(name, "")
-        # ASCII digits only: str.isdigit accepts '²', which int() refuses
-        ok = raw.isascii() and raw.isdigit() and 1 <= int(raw) <= high
-        return int(raw) if ok else default
+        value = _whole_number(request.query_params.get(name, ""))
+        return value if value is not None and 1 <= value <= high else default
 
     limit = number("limit", classification.PROFILE_DEFAULT_CASES, classification.PROFILE_MAX_CASES)
     top = number("top", PROFILE_TOP, classification.MAX_TOP)

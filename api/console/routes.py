@@ -274,6 +274,12 @@ def _text(form: FormData, name: str, max_len: int = 5000) -> str:
     return value.strip()[:max_len] if isinstance(value, str) else ""
 
 
+def _whole_number(raw: str) -> int | None:
+    """``raw`` as a non-negative int when it is ASCII digits only, else ``None``.
+    ``str.isdigit`` alone accepts '²' and other digits that ``int()`` refuses (a 500)."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 # ---------------------------------------------------------------- sign-in
 
 
@@ -669,7 +675,7 @@ def transition(request: Request, case_id: str, ctx: ContextDep, p: AgentP, form:
                 actor=p.actor,
                 reason=_text(form, "reason", 2000) or None,
                 resolution=_text(form, "resolution", 5000) or None,
-                expected_version=int(v) if (v := _text(form, "version", 12)).isdigit() else None,
+                expected_version=_whole_number(_text(form, "version", 12)),
             )
     except TriageError as exc:
         return redirect(request, _case_url(case_id), _error_text(exc), "error")
@@ -771,7 +777,7 @@ def request_action(
                 actor=p.actor,
                 policy=actions.load_policy(ctx.settings),
                 settings=ctx.settings,
-                expected_version=int(v) if (v := _text(form, "version", 12)).isdigit() else None,
+                expected_version=_whole_number(_text(form, "version", 12)),
             )
             case_id, outcome = row.case_id, row.status
     except TriageError as exc:
@@ -800,7 +806,7 @@ def edit_action(
                 actor=p.actor,
                 policy=actions.load_policy(ctx.settings),
                 settings=ctx.settings,
-                expected_version=int(v) if (v := _text(form, "version", 12)).isdigit() else None,
+                expected_version=_whole_number(_text(form, "version", 12)),
             )
             outcome = row.status
     except ValidationError as exc:
@@ -1346,11 +1352,15 @@ def retry_dead_letter(
             if kind == "case":
                 cases.human_transition(s, item_id, Status.received, actor=p.actor, reason=reason)
                 done = f"Case {item_id} is back in the queue."
-            elif kind == "job" and item_id.isdigit() and jobs.enabled(ctx.settings):
-                jobs.retry_job(s, int(item_id), actor=p.actor)
+            elif (
+                kind == "job"
+                and (number := _whole_number(item_id)) is not None
+                and (jobs.enabled(ctx.settings))
+            ):
+                jobs.retry_job(s, number, actor=p.actor)
                 done = f"Job {item_id} will run again."
-            elif kind == "webhook" and item_id.isdigit():
-                webhooks.replay(s, int(item_id), actor=p.actor)
+            elif kind == "webhook" and (number := _whole_number(item_id)) is not None:
+                webhooks.replay(s, number, actor=p.actor)
                 done = f"Delivery {item_id} will be sent again."
             else:
                 return PlainTextResponse("not found", status_code=404)

@@ -59,6 +59,8 @@ def test_admin_sees_and_redrives_failed_cases_and_dead_webhooks(client, people, 
     assert post(client, f"{URL}/case/{case_id}/retry").status_code == 403
 
     sign_in(client, "boss")
+    # '²' is a digit to str.isdigit, not to int(): not found, not a 500
+    assert post(client, f"{URL}/webhook/%C2%B2/retry").status_code == 404
     page = client.get(URL)
     assert page.status_code == 200
     assert f'id="case-{case_id}"' in page.text and "classifier exploded" in page.text

@@ -348,3 +348,14 @@ def test_metrics_count_llm_calls_tokens_and_failures_from_the_trail(db):
     assert 'triage_llm_tokens_total{kind="prompt"} 2200' in text
     assert 'triage_llm_tokens_total{kind="completion"} 370' in text
     assert 'triage_suggestions_total{engine="offline"} 2' in text
+
+
+def test_a_non_ascii_digit_version_is_not_a_server_error(client, people, case_ids, db):
+    """'²' passes str.isdigit but int() refuses it: the form's version is ignored, as any
+    other non-number is, instead of a 500."""
+    sign_in(client, "agent")
+    url = f"/console/cases/{case_ids[1]}/transition"
+    r = post(client, url, {"to": "in_review", "version": "²"})
+    assert "Done: claim and start work" in flash(client, r)
+    with db.read() as s:
+        assert s.get(Case, case_ids[1]).status == "in_review"
