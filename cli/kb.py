@@ -348,10 +348,8 @@ def distil_encoder(
         table = distil_static_table(
             encoder, texts, out, config, replace=replace, progress=typer.echo
         )
-    except RetrievalError as exc:
+    except (RetrievalError, OSError) as exc:  # an OSError names the teacher's or --out's file
         raise _fail(str(exc)) from exc
-    except OSError as exc:
-        raise _fail(str(exc)) from exc  # names the file: the teacher's or --out's
     typer.echo(
         f"distilled {teacher}: vocabulary {table.vectors.shape[0]}, dim {table.dim}, "
         f"fingerprint {table.fingerprint} -> {out}"
@@ -383,12 +381,14 @@ def _redacted_like_the_pipeline(texts: list[str]) -> list[str]:
     """The texts with personal data replaced as the pipeline replaces it before embedding a
     case (``TRIAGE_REDACTION_ENABLED``, on by default): the table is then fitted on the text
     it will encode, and names, e-mails or phone numbers do not shape it."""
-    from retrieval.redaction import RedactionConfig, Redactor
+    from retrieval.redaction import Redactor
     from triage.settings import get_settings
+    from triage.stages import retrieval_config
 
-    if not get_settings().redaction_enabled:
+    config = retrieval_config(get_settings()).redaction  # the pipeline's own
+    if not config.enabled:
         return texts
-    redactor = Redactor(RedactionConfig(enabled=True))
+    redactor = Redactor(config)
     out = [redactor.redact_text(t) for t in texts]
     changed = sum(a != b for a, b in zip(texts, out, strict=True))
     typer.echo(f"redacted personal data in {changed} of {len(texts)} texts, as the pipeline does")

@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,8 @@ def sif_weights(token_ids: Sequence[Sequence[int]], vocab_size: int, sif_a: floa
     """Smooth inverse-frequency weight per token: corpus counts with add-one smoothing, or a
     Zipf prior on vocabulary order when there is no corpus."""
     if token_ids:
-        counts = np.ones(vocab_size, dtype=np.float64)
-        for ids in token_ids:
-            np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
+        every = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64)
+        counts = 1.0 + np.bincount(every, minlength=vocab_size)
         freq = counts / counts.sum()
     else:
         zipf = 1.0 / np.log(np.arange(vocab_size) + 2.0)
@@ -273,14 +273,19 @@ def distil_static_table(
     table = base
     if all_texts:
         say(f"corpus: {len(corpus)} texts + {len(variants)} noisy variants")
+        # a variant without a typo equals its text (a third of them with the defaults): the
+        # teacher encodes each distinct text once
+        distinct = list(dict.fromkeys(all_texts))
         started = time.perf_counter()
-        targets = np.zeros((len(all_texts), teacher.dim), dtype=np.float32)
+        encoded = np.zeros((len(distinct), teacher.dim), dtype=np.float32)
         chunk = 2048
-        for lo in range(0, len(all_texts), chunk):
-            targets[lo : lo + chunk] = teacher.encode(all_texts[lo : lo + chunk])
-            done = min(lo + chunk, len(all_texts))
+        for lo in range(0, len(distinct), chunk):
+            encoded[lo : lo + chunk] = teacher.encode(distinct[lo : lo + chunk])
+            done = min(lo + chunk, len(distinct))
             rate = done / max(time.perf_counter() - started, 1e-9)
-            say(f"step 2: teacher encoded {done}/{len(all_texts)} texts ({rate:.0f}/s)")
+            say(f"step 2: teacher encoded {done}/{len(distinct)} distinct texts ({rate:.0f}/s)")
+        row = {text: i for i, text in enumerate(distinct)}
+        targets = encoded[[row[t] for t in all_texts]]
         table = fit_table(base, token_ids, targets, weights, ridge=cfg.ridge, progress=say)
     vectors = reduce_table(table, weights, cfg.dim)
     say("step 3: reduced and weighted the table")
