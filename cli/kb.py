@@ -231,7 +231,9 @@ def _corpus(paths: list[Path], text_columns: list[str]) -> list[str]:
                     f"{path}: unsupported file type {suffix or '(none)'!r}; use "
                     + ", ".join(sorted({*SUPPORTED_EXTENSIONS, *SUPPORTED_SUFFIXES}))
                 )
-        except (OSError, UnicodeDecodeError, RetrievalError, ClassifierError) as exc:
+        except ClassifierError as exc:  # already names the file
+            raise _fail(str(exc)) from exc
+        except (OSError, UnicodeDecodeError, RetrievalError) as exc:
             raise _fail(f"{path}: {exc}") from exc
     return texts
 

@@ -124,6 +124,13 @@ def test_cli_distil_encoder(tmp_path: Path) -> None:
     assert not_onnx.exit_code == 2
     assert "holds a 'static' encoder, not 'onnx'" in not_onnx.output
 
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text\n", encoding="utf-8")
+    no_rows = CliRunner().invoke(app, [*args[:1], str(empty), *args[2:]])
+    assert no_rows.exit_code == 2
+    assert "error: empty.csv: the file has no data rows" in no_rows.output
+    assert no_rows.output.count("empty.csv") == 1  # the file is named once
+
     unsupported = tmp_path / "cases.xlsx"
     unsupported.write_bytes(b"PK")
     wrong_type = CliRunner().invoke(app, [*args[:1], str(unsupported), *args[2:]])
