@@ -150,6 +150,7 @@ def main() -> None:
     score.add_argument("--seeds", type=int, default=20)
     score.add_argument("--baseline-target", type=float, default=0.879)
     cq.add_class_weight_argument(score)
+    cq.add_smoothing_argument(score)
     score.add_argument(
         "--model-groups",
         choices=("keyword", "near-duplicate"),
@@ -172,6 +173,7 @@ def main() -> None:
         embeddings[name] = np.load(file)
     fractions = sorted(float(f) for f in args.fractions.split(","))
     cq.CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
+    cq.SMOOTHING = args.smoothing
     run(
         args.data,
         args.split,

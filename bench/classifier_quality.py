@@ -45,6 +45,7 @@ from classifiers.grouping import group_key, near_duplicate_groups
 EMBEDDINGS_LABEL = "emb"
 Vectors = np.ndarray | list[np.ndarray]  # one array for all folds, or one per fold
 CLASS_WEIGHT: str | None = None
+SMOOTHING: float | None = None  # CaseModel's temperature label smoothing; None: its default
 C = 1.0  # CaseModel's LinearSVC regularisation (its default)
 EMBEDDING_WEIGHT = 2.0  # RecordFeaturizer's default weight of the embedding block
 MAX_FOLDS: int | None = None  # run only the first N folds (quick comparisons)
@@ -88,6 +89,16 @@ def add_class_weight_argument(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="CaseModel's label weighting (the baseline keeps the reference's, none; "
         "`triage train` defaults to balanced)",
+    )
+
+
+def add_smoothing_argument(parser: argparse.ArgumentParser) -> None:
+    """``--smoothing E`` for CaseModel's temperature fit (sets ``SMOOTHING`` once parsed)."""
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=None,
+        help="label smoothing of CaseModel's temperature fit (default: the product's)",
     )
 
 
@@ -151,6 +162,7 @@ def run_folds(
                 targets=(label,),
                 class_weight=CLASS_WEIGHT,
                 C=C,
+                **({} if SMOOTHING is None else {"smoothing": SMOOTHING}),
                 featurizer=RecordFeaturizer(embedding_weight=EMBEDDING_WEIGHT),
             ).fit(
                 [recs[i] for i in tr],
@@ -326,6 +338,7 @@ def main() -> None:
         "--embeddings-label", default="emb", help="name of the embedding variant in the output"
     )
     add_class_weight_argument(parser)
+    add_smoothing_argument(parser)
     parser.add_argument(
         "--C",
         type=float,
@@ -349,9 +362,10 @@ def main() -> None:
         "--max-folds", type=int, default=None, help="run only the first N folds / seeds"
     )
     args = parser.parse_args()
-    global EMBEDDINGS_LABEL, CLASS_WEIGHT, C, EMBEDDING_WEIGHT, MAX_FOLDS
+    global EMBEDDINGS_LABEL, CLASS_WEIGHT, SMOOTHING, C, EMBEDDING_WEIGHT, MAX_FOLDS
     EMBEDDINGS_LABEL = args.embeddings_label
     CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
+    SMOOTHING = args.smoothing
     C = args.C
     EMBEDDING_WEIGHT = args.embedding_weight
     MAX_FOLDS = args.max_folds

@@ -28,7 +28,7 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import normalize
 from sklearn.utils.validation import check_is_fitted
 
-from classifiers.calibration import CalibratedLinearClassifier
+from classifiers.calibration import DEFAULT_SMOOTHING, CalibratedLinearClassifier
 from classifiers.features import (
     CASE_FEATURE_SPEC,
     FeatureSpec,
@@ -125,7 +125,7 @@ class CaseModel(TransposedCache, BaseEstimator):
         C: float = 1.0,
         cv: int = 5,
         class_weight: str | None = None,
-        smoothing: float = 0.01,
+        smoothing: float = DEFAULT_SMOOTHING,
         margin: float = 0.1,
         min_margin: float = 0.0,
         ood_quantile: float = 0.002,

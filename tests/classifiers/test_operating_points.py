@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from classifiers.calibration import fit_temperature
+from classifiers.calibration import DEFAULT_SMOOTHING, fit_temperature
 from classifiers.evaluation import expected_calibration_error, oracle_coverage
 from classifiers.operating_points import (
     ABSTAIN_CLOSE_RUNNER_UP,
@@ -28,6 +28,22 @@ def test_temperature_recovers_known_value() -> None:
     p = softmax(z / 2.0, axis=1)
     y = np.array([rng.choice(4, p=row) for row in p])
     assert fit_temperature(z, y) == pytest.approx(2.0, rel=0.05)
+
+
+def test_default_smoothing_keeps_separable_folds_from_certainty() -> None:
+    # Held-out scores that separate the labels perfectly: plain NLL pushes T to its floor
+    # (every probability ~1.0, which no new wording would honour); with the default label
+    # smoothing e the fitted confidence settles where the smoothed target puts the true label,
+    # 1 - e + e / K, and T stays well above the floor.
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, size=5_000)
+    z = np.eye(4)[y] * 8.0 + rng.normal(scale=0.3, size=(5_000, 4))
+    plain = fit_temperature(z, y)
+    assert softmax(z / plain, axis=1).max(axis=1).mean() > 0.99999
+    t = fit_temperature(z, y, DEFAULT_SMOOTHING)
+    assert t > 20 * plain
+    top = softmax(z / t, axis=1).max(axis=1).mean()
+    assert top == pytest.approx(1 - DEFAULT_SMOOTHING + DEFAULT_SMOOTHING / 4, abs=0.001)
 
 
 def test_calibrated_scores_have_small_ece_and_raw_ones_do_not() -> None:
