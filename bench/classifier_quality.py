@@ -37,6 +37,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import make_pipeline, make_union
 from sklearn.svm import LinearSVC
 
+from classifiers.calibration import DEFAULT_SMOOTHING
 from classifiers.case_model import CaseModel
 from classifiers.evaluation import evaluate_model
 from classifiers.features import FeatureSpec, RecordFeaturizer
@@ -162,7 +163,7 @@ def run_folds(
                 targets=(label,),
                 class_weight=CLASS_WEIGHT,
                 C=C,
-                **({} if SMOOTHING is None else {"smoothing": SMOOTHING}),
+                smoothing=DEFAULT_SMOOTHING if SMOOTHING is None else SMOOTHING,
                 featurizer=RecordFeaturizer(embedding_weight=EMBEDDING_WEIGHT),
             ).fit(
                 [recs[i] for i in tr],

@@ -13,6 +13,11 @@ Contract of :func:`evaluate_model` (the JSON that ``triage evaluate --json`` pri
   ``oracle_coverage`` is the largest coverage any single global threshold reaches on this data
   at the target precision (what a perfectly transferred operating point would give).
 - ``ece``: expected calibration error of the top-label confidence, 15 equal-width bins.
+- ``calibration``: which way the confidence errs on this data: ``mean_confidence`` (top-label),
+  ``gap`` (mean confidence minus accuracy) and ``reading``: ``over-confident`` when the gap
+  exceeds ``drift_tolerance``, ``under-confident`` below minus it, else ``calibrated``. ECE
+  says how far the probabilities are off, not which way; over-confidence on new data is the
+  case that auto-fills wrong fields.
 - Labels the model never saw count as errors (they cannot be predicted).
 """
 
@@ -34,6 +39,37 @@ from classifiers.features import Record
 from classifiers.operating_points import decide_batch
 
 ECE_BINS = 15
+
+
+def calibration_reading(
+    mean_confidence: float, accuracy: float, tolerance: float
+) -> dict[str, Any]:
+    """Which way the top-label confidence errs (see the module contract's ``calibration``)."""
+    gap = mean_confidence - accuracy
+    if gap > tolerance:
+        reading = "over-confident"
+    elif gap < -tolerance:
+        reading = "under-confident"
+    else:
+        reading = "calibrated"
+    return {"mean_confidence": mean_confidence, "gap": gap, "reading": reading}
+
+
+def calibration_sentence(calibration: dict[str, Any], accuracy: float) -> str:
+    """One plain sentence on the ``calibration`` figures, for the table and the report."""
+    points = abs(calibration["gap"]) * 100
+    head = f"mean confidence {calibration['mean_confidence']:.4f} against accuracy {accuracy:.4f}"
+    if calibration["reading"] == "over-confident":
+        return (
+            f"{head}: over-confident by {points:.1f} points (its probabilities read higher than "
+            "they turn out on this data; expect the operating points' precision to fall short)"
+        )
+    if calibration["reading"] == "under-confident":
+        return (
+            f"{head}: under-confident by {points:.1f} points (it is right more often than it "
+            "says; the operating points abstain more than they need to)"
+        )
+    return f"{head}: calibrated within {calibration['gap']:+.4f}"
 
 
 def expected_calibration_error(
@@ -156,6 +192,9 @@ def evaluate_target(
             "labels_below_target": per_label_drift,
         },
         "ece": expected_calibration_error(conf, correct),
+        "calibration": calibration_reading(
+            float(conf.mean()), float(correct.mean()), drift_tolerance
+        ),
         "abstentions": dict(Counter(r for r in dec.reasons if r is not None)),
         "unknown_labels": sorted(set(y.tolist()) - set(classes)),
         "confusion": {"labels": all_labels, "matrix": cm.tolist()},
@@ -276,6 +315,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"(realized precision {'n/a' if realized is None else f'{realized:.4f}'}; "
             f"oracle coverage {cov['oracle_coverage']:.4f})"
         )
+        lines.append("  calibration: " + calibration_sentence(m["calibration"], m["accuracy"]))
         if cov["drift"]:
             lines.append("  DRIFT: " + "; ".join(cov["drift_reasons"]))
         if m["abstentions"]:
@@ -408,6 +448,10 @@ def write_report(
             f"| validation precision / coverage | {_fmt(cov['validation_precision'])} / "
             f"{_fmt(cov['validation_coverage'])} |",
             f"| oracle coverage at target precision | {cov['oracle_coverage']:.4f} |",
+            f"| mean confidence (minus accuracy) | {m['calibration']['mean_confidence']:.4f} "
+            f"({m['calibration']['gap']:+.4f}) |",
+            "",
+            "Calibration: " + calibration_sentence(m["calibration"], m["accuracy"]) + ".",
             "",
         ]
         if cov["drift"]:

@@ -95,6 +95,10 @@ def test_evaluate_json_keys_and_report(
     for name in ("report.md", "confusion_topic.png", "reliability_topic.png", "metrics.json"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert (tmp_path / "rep" / "confusion_topic.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "rep" / "report.md").read_text()
+    cal = payload["calibration"]
+    assert f"| mean confidence (minus accuracy) | {cal['mean_confidence']:.4f} " in report
+    assert f"Calibration: mean confidence {cal['mean_confidence']:.4f}" in report
 
 
 def test_evaluate_table(trained: Path, bitext_files: tuple[Path, Path]) -> None:

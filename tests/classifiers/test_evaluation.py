@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from classifiers.case_model import CaseModel
-from classifiers.evaluation import evaluate_model, expected_calibration_error, format_table
+from classifiers.evaluation import (
+    calibration_reading,
+    evaluate_model,
+    expected_calibration_error,
+    format_table,
+)
 from tests.classifiers.conftest import synthetic_cases
 
 
@@ -18,6 +23,12 @@ def test_no_drift_on_the_training_distribution(case_model: CaseModel) -> None:
     assert cov["drift"] is False, cov["drift_reasons"]
     assert cov["validation_precision"] is not None
     assert result["targets"]["queue"]["ece"] < 0.05
+    cal = result["targets"]["queue"]["calibration"]
+    proba = case_model.predict_proba(synthetic_cases(300, seed=21))["queue"]
+    assert cal["mean_confidence"] == pytest.approx(proba.max(axis=1).mean())
+    assert cal["gap"] == pytest.approx(
+        cal["mean_confidence"] - result["targets"]["queue"]["accuracy"]
+    )
 
 
 def test_drift_is_flagged_when_the_meaning_of_labels_moves(case_model: CaseModel) -> None:
@@ -34,6 +45,17 @@ def test_drift_is_flagged_when_the_meaning_of_labels_moves(case_model: CaseModel
     assert cov["realized_precision"] < 0.93
     assert "warehouse" in cov["labels_below_target"]
     assert "DRIFT" in format_table(result)
+    # the model is as sure as before and wrong on the moved label: over-confident, said so
+    assert result["calibration"]["reading"] == "over-confident"
+    assert result["calibration"]["gap"] > 0.02
+    assert "over-confident by" in format_table(result)
+
+
+def test_calibration_reading_names_the_direction() -> None:
+    assert calibration_reading(0.97, 0.93, 0.02)["reading"] == "over-confident"
+    assert calibration_reading(0.90, 0.95, 0.02)["reading"] == "under-confident"
+    reading = calibration_reading(0.95, 0.94, 0.02)
+    assert reading["reading"] == "calibrated" and reading["gap"] == pytest.approx(0.01)
 
 
 def test_unknown_labels_count_as_errors(case_model: CaseModel) -> None:

@@ -168,6 +168,13 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     assert 'class="grid compact confusion"' in ev.text  # 9 labels: the full matrix
     assert ev.text.count('class="diag"') == 9
     assert "<svg" in ev.text and "Reliability of label predictions" in ev.text
+    # which way the confidence errs, read off the same figures the page shows
+    cal = re.search(r'data-calibration="([a-z-]+)">Calibration: mean confidence ([\d.]+)% '
+                    r"against accuracy ([\d.]+)%", ev.text)  # fmt: skip
+    assert cal is not None, ev.text
+    gap = (float(cal.group(2)) - float(cal.group(3))) / 100
+    expected = "over-confident" if gap > 0.021 else "under-confident" if gap < -0.021 else None
+    assert cal.group(1) == (expected or "calibrated") or abs(abs(gap) - 0.02) < 0.002
     evaluated = _audit(db, "model.evaluated")
     assert evaluated[0]["version"] == version and evaluated[0]["source"] == "held-out.csv"
     # a label column the file lacks is named; an unknown version is refused
