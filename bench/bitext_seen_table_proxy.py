@@ -128,6 +128,13 @@ def run(
         print(f"  {variant:<20} " + "  ".join(parts))
 
 
+def add_draw_arguments(parser: argparse.ArgumentParser) -> None:
+    """The draws and the crossing: ``--fractions``, ``--seeds``, ``--baseline-target``."""
+    parser.add_argument("--fractions", default="0.08,0.10,0.13,0.15")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--baseline-target", type=float, default=0.879)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -146,9 +153,7 @@ def main() -> None:
         metavar="NAME=FILE",
         help=".npy of the whole Bitext file from classifier_encode.py (repeatable)",
     )
-    score.add_argument("--fractions", default="0.08,0.10,0.13,0.15")
-    score.add_argument("--seeds", type=int, default=20)
-    score.add_argument("--baseline-target", type=float, default=0.879)
+    add_draw_arguments(score)
     cq.add_class_weight_argument(score)
     cq.add_smoothing_argument(score)
     score.add_argument(

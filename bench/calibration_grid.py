@@ -31,7 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import classifier_quality as cq  # noqa: E402
-from bench.bitext_seen_table_proxy import LABEL, _interpolate, _rows  # noqa: E402
+from bench.bitext_seen_table_proxy import (  # noqa: E402
+    LABEL,
+    _interpolate,
+    _rows,
+    add_draw_arguments,
+)
 from classifiers.calibration import fit_temperature  # noqa: E402
 from classifiers.case_model import CaseModel  # noqa: E402
 from classifiers.evaluation import expected_calibration_error  # noqa: E402
@@ -80,9 +85,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True, help="the proxy's split folder")
     parser.add_argument("--embeddings", type=Path, required=True, help=".npy of the Bitext file")
     parser.add_argument("--smoothing", default="0,0.002,0.003,0.005,0.01")
-    parser.add_argument("--fractions", default="0.08,0.10,0.13,0.15")
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--baseline-target", type=float, default=0.879)
+    add_draw_arguments(parser)
     args = parser.parse_args()
     grid = [float(e) for e in args.smoothing.split(",")]
     rows, y, groups = _rows(args.data)
