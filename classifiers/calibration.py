@@ -34,12 +34,13 @@ from classifiers.linalg import TransposedCache
 BASES = ("svc", "logreg")
 
 # Label smoothing of the temperature fit. Large enough to stop T -> 0 when the held-out folds
-# are near-separable (templated text: T = 0.002 on a Bitext fold without it), small enough not
-# to make the model under-confident on new wording. Measured (docs/classifier.md, thirteenth
-# session): 0.01 left the model under-confident on the Bitext wording-shift proxy (mean
-# confidence 2.6-4.9 points below accuracy, ECE 0.040-0.051); 0.002-0.003 is calibrated there
-# (ECE 0.020-0.025), better under grouped CV (0.004 vs 0.011) and neutral on BANKING77. Of the
-# two, 0.003 leaves a little more room for the larger shifts a model trained on more data meets.
+# are near-separable (templated text: a whole-file Bitext model gets 99.9% of its folds right),
+# small enough not to make the model under-confident on new wording. Measured
+# (bench/calibration_grid.py, docs/classifier.md, thirteenth session): 0.01 left the model
+# under-confident on the Bitext wording-shift proxy (mean confidence 2.6-4.9 points below
+# accuracy, ECE 0.040-0.051); 0.002-0.003 is calibrated there (ECE 0.020-0.025), better under
+# grouped CV (0.004 vs 0.011) and neutral on BANKING77. Of the two, 0.003 leaves a little more
+# room for the larger shifts a model trained on more data meets.
 DEFAULT_SMOOTHING = 0.003
 
 
