@@ -133,6 +133,7 @@ def evaluate_target(
     pred_idx = proba.argmax(axis=1)
     pred = np.array([classes[i] for i in pred_idx], dtype=object)
     correct = pred == y
+    accuracy = float(correct.mean())
     conf = proba.max(axis=1)
     all_labels = sorted(set(classes) | set(y.tolist()))
     prec, rec, f1, sup = precision_recall_fscore_support(
@@ -169,7 +170,7 @@ def evaluate_target(
     cm = confusion_matrix(y, pred, labels=all_labels)
     return {
         "n": len(y),
-        "accuracy": float(correct.mean()),
+        "accuracy": accuracy,
         "macro_f1": float(np.mean(f1[present])) if present else 0.0,
         "per_class": {
             label: {
@@ -192,9 +193,7 @@ def evaluate_target(
             "labels_below_target": per_label_drift,
         },
         "ece": expected_calibration_error(conf, correct),
-        "calibration": calibration_reading(
-            float(conf.mean()), float(correct.mean()), drift_tolerance
-        ),
+        "calibration": calibration_reading(float(conf.mean()), accuracy, drift_tolerance),
         "abstentions": dict(Counter(r for r in dec.reasons if r is not None)),
         "unknown_labels": sorted(set(y.tolist()) - set(classes)),
         "confusion": {"labels": all_labels, "matrix": cm.tolist()},

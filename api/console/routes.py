@@ -1355,7 +1355,7 @@ def retry_dead_letter(
             elif (
                 kind == "job"
                 and (number := _whole_number(item_id)) is not None
-                and (jobs.enabled(ctx.settings))
+                and jobs.enabled(ctx.settings)
             ):
                 jobs.retry_job(s, number, actor=p.actor)
                 done = f"Job {item_id} will run again."
