@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench import classifier_quality as cq  # noqa: E402
 
 LABEL = "triage_category"
+METRICS = ("macro_f1", "ece", "coverage", "realized_precision", "labels_below_target")
 
 
 def _rows(path: Path) -> tuple[list[dict[str, str]], np.ndarray, list[int]]:
@@ -104,7 +105,7 @@ def run(
         model_groups = groups if keyword_groups else None  # None: CaseModel groups itself
         scores = cq.run_folds(rows, LABEL, splits, model_groups, embeddings, verbose=False)
         for variant, score in scores.items():
-            for metric in ("macro_f1", "ece", "coverage", "realized_precision"):
+            for metric in METRICS:
                 if metric in score:
                     curves.setdefault(f"{variant}|{metric}", []).append(score[metric])
             extra = (
@@ -118,7 +119,7 @@ def run(
     print(f"read where the baseline scores {target} (linear between the fractions around it):")
     for variant in dict.fromkeys(key.partition("|")[0] for key in curves):
         parts = []
-        for metric in ("macro_f1", "ece", "coverage", "realized_precision"):
+        for metric in METRICS:
             values = curves.get(f"{variant}|{metric}")
             if values is None:
                 continue
@@ -164,6 +165,12 @@ def main() -> None:
         "proxy's keyword groups, or CaseModel's own default, near-duplicate texts (what "
         "`triage train` uses)",
     )
+    score.add_argument(
+        "--compare-pooling",
+        action="store_true",
+        help="also score every fitted CaseModel with threshold pooling off (same fits; rows "
+        "ending 'no-pool')",
+    )
     args = parser.parse_args()
     if args.command == "split":
         split(args.data, args.seed, args.out)
@@ -179,6 +186,7 @@ def main() -> None:
     fractions = sorted(float(f) for f in args.fractions.split(","))
     cq.CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
     cq.SMOOTHING = args.smoothing
+    cq.COMPARE_POOLING = args.compare_pooling
     run(
         args.data,
         args.split,

@@ -64,7 +64,12 @@ def _score(
     classes = np.array([str(c) for c in clf.classes_])
     targets = resolve_targets(list(classes), model.target_precision, None)
     stats = select_thresholds(
-        clf.oof_y_, softmax(oof_scores / T, axis=1), len(classes), targets, model.min_support
+        clf.oof_y_,
+        softmax(oof_scores / T, axis=1),
+        len(classes),
+        targets,
+        model.min_support,
+        pool=model.threshold_pooling,
     )
     proba = softmax(test_scores / T, axis=1)
     # a test label the draw never trained on is a miss (compared as strings, not indices)

@@ -18,6 +18,7 @@ Nothing here tunes on the held-out parts: the CaseModel runs with its defaults.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import time
 from collections import Counter
@@ -50,6 +51,8 @@ SMOOTHING: float | None = None  # CaseModel's temperature label smoothing; None:
 C = 1.0  # CaseModel's LinearSVC regularisation (its default)
 EMBEDDING_WEIGHT = 2.0  # RecordFeaturizer's default weight of the embedding block
 MAX_FOLDS: int | None = None  # run only the first N folds (quick comparisons)
+COMPARE_POOLING = False  # also score each fitted CaseModel with threshold pooling switched off
+NO_POOLING = " no-pool"
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -139,6 +142,9 @@ def run_folds(
         named[EMBEDDINGS_LABEL] = embeddings
     variants: dict[str, list[dict[str, float | None]]] = {"baseline": [], "CaseModel": []}
     variants.update({f"CaseModel+{name}": [] for name in named})
+    models = list(variants)[1:]
+    if COMPARE_POOLING:
+        variants.update({name + NO_POOLING: [] for name in models})
     for k, (tr, te) in enumerate(splits[:MAX_FOLDS]):
         started = time.perf_counter()
         pred = baseline().fit(texts[tr], y[tr]).predict(texts[te])
@@ -151,7 +157,7 @@ def run_folds(
             }
         )
         fold_groups = None if groups is None else [groups[i] for i in tr]
-        for name in list(variants)[1:]:
+        for name in models:
             vectors = named.get(name.partition("+")[2])  # None for the plain CaseModel
             emb = vectors[k] if isinstance(vectors, list) else vectors
             spec = FeatureSpec(
@@ -171,23 +177,31 @@ def run_folds(
                 groups=fold_groups,
             )
             fit_seconds = time.perf_counter() - started
-            m = evaluate_model(
-                model, [recs[i] for i in te], embeddings=None if emb is None else emb[te]
-            )["targets"][label]
-            cov = m["coverage_at_precision"]
-            variants[name].append(
-                {
-                    "macro_f1": m["macro_f1"],
-                    "accuracy": m["accuracy"],
-                    "balanced_accuracy": _balanced_accuracy(m["per_class"]),
-                    "ece": m["ece"],
-                    "coverage": cov["coverage"],
-                    # None when every prediction abstained: left out of the mean, not a zero
-                    "realized_precision": cov["realized_precision"],
-                    "oracle_coverage": cov["oracle_coverage"],
-                    "fit_seconds": fit_seconds,
-                }
-            )
+            scored = [(name, model)]
+            if COMPARE_POOLING:
+                # same fit, thresholds re-chosen from the same out-of-fold predictions
+                plain = copy.deepcopy(model).set_params(threshold_pooling=False)
+                scored.append((name + NO_POOLING, plain.choose_operating_points()))
+            for variant, fitted in scored:
+                m = evaluate_model(
+                    fitted, [recs[i] for i in te], embeddings=None if emb is None else emb[te]
+                )["targets"][label]
+                cov = m["coverage_at_precision"]
+                variants[variant].append(
+                    {
+                        "macro_f1": m["macro_f1"],
+                        "accuracy": m["accuracy"],
+                        "balanced_accuracy": _balanced_accuracy(m["per_class"]),
+                        "ece": m["ece"],
+                        "coverage": cov["coverage"],
+                        # None when every prediction abstained: left out of the mean, not a zero
+                        "realized_precision": cov["realized_precision"],
+                        "oracle_coverage": cov["oracle_coverage"],
+                        # labels whose own realized precision (>= 20 kept) fell under target
+                        "labels_below_target": len(cov["labels_below_target"]),
+                        "fit_seconds": fit_seconds,
+                    }
+                )
         if verbose:
             print(
                 f"  fold {k}: "
@@ -226,7 +240,8 @@ def report(title: str, result: dict[str, dict[str, float]]) -> None:
         if "ece" in r:
             line += (
                 f"  ECE {r['ece']:.4f}  coverage@0.95 {r['coverage']:.4f} (realized precision "
-                f"{r['realized_precision']:.4f}; oracle coverage {r['oracle_coverage']:.4f})"
+                f"{r['realized_precision']:.4f}; oracle coverage {r['oracle_coverage']:.4f}; "
+                f"labels below target {r['labels_below_target']:.1f})"
             )
         line += f"  fit {r['fit_seconds']:.1f}s"
         print(line, flush=True)
@@ -362,8 +377,16 @@ def main() -> None:
     parser.add_argument(
         "--max-folds", type=int, default=None, help="run only the first N folds / seeds"
     )
+    parser.add_argument(
+        "--compare-pooling",
+        action="store_true",
+        help="also score every fitted CaseModel with threshold pooling off (same fit, "
+        "thresholds re-chosen from the same out-of-fold predictions; rows ending 'no-pool')",
+    )
     args = parser.parse_args()
     global EMBEDDINGS_LABEL, CLASS_WEIGHT, SMOOTHING, C, EMBEDDING_WEIGHT, MAX_FOLDS
+    global COMPARE_POOLING
+    COMPARE_POOLING = args.compare_pooling
     EMBEDDINGS_LABEL = args.embeddings_label
     CLASS_WEIGHT = None if args.class_weight == "none" else args.class_weight
     SMOOTHING = args.smoothing

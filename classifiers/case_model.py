@@ -108,11 +108,19 @@ class CaseModel(TransposedCache, BaseEstimator):
     ood_quantile: a case whose word profile is less similar to every training class than this
         quantile of the training cases is ``out_of_distribution``.
     min_support: validation predictions a label needs before a threshold is trusted.
+    threshold_pooling: a label with too few validation predictions to earn its own threshold
+        borrows the one all labels' predictions earn together, unless its own predictions
+        say it falls short (:func:`classifiers.operating_points.select_thresholds`).
     group_near_duplicates: when ``fit`` gets no ``groups``, group records whose text is the same
         after masking numbers and names (:mod:`classifiers.grouping`), so that templated
         near-copies never sit on both sides of a validation fold.
     featurizer: a :class:`RecordFeaturizer` template (cloned; its ``spec`` is replaced).
     """
+
+    # Artifacts saved before the parameter existed chose their thresholds without pooling and
+    # carry no such attribute: reading it from the class keeps ``get_params`` (clone, retrain)
+    # working on them and their operating points as they were.
+    threshold_pooling: bool = False
 
     def __init__(
         self,
@@ -130,6 +138,7 @@ class CaseModel(TransposedCache, BaseEstimator):
         min_margin: float = 0.0,
         ood_quantile: float = 0.002,
         min_support: int = 5,
+        threshold_pooling: bool = True,
         group_near_duplicates: bool = True,
         featurizer: RecordFeaturizer | None = None,
         random_state: int = 0,
@@ -148,6 +157,7 @@ class CaseModel(TransposedCache, BaseEstimator):
         self.min_margin = min_margin
         self.ood_quantile = ood_quantile
         self.min_support = min_support
+        self.threshold_pooling = threshold_pooling
         self.group_near_duplicates = group_near_duplicates
         self.featurizer = featurizer
         self.random_state = random_state
@@ -209,25 +219,44 @@ class CaseModel(TransposedCache, BaseEstimator):
             ).fit(X[idx], y_t.astype(str), None if group_arr is None else group_arr[idx])
             self.estimators_[target] = clf
             self.classes_[target] = clf.classes_
-            targets = resolve_targets(
-                [str(c) for c in clf.classes_],
-                self.target_precision,
-                (self.label_precision or {}).get(target),
-            )
-            stats = select_thresholds(
-                clf.oof_y_, clf.oof_proba_, len(clf.classes_), targets, self.min_support
-            )
-            self.thresholds_[target] = np.array([s.threshold for s in stats])
-            self.threshold_stats_[target] = {
-                str(c): s for c, s in zip(clf.classes_, stats, strict=True)
-            }
-            self.validation_[target] = self._validation_summary(target, clf)
+            self._choose_operating_point(target)
             if first_labels is None:
                 first_labels = (idx, np.searchsorted(clf.classes_, y_t.astype(str)))
         assert first_labels is not None
         self._fit_ood(X, *first_labels)
         self.n_records_seen_ = len(records)
         return self
+
+    def choose_operating_points(self) -> CaseModel:
+        """Re-choose every target's thresholds from the stored out-of-fold predictions under the
+        current ``target_precision``, ``label_precision``, ``min_support`` and
+        ``threshold_pooling`` (set them with ``set_params`` first); nothing is refitted.
+        Returns ``self``."""
+        check_is_fitted(self, "n_records_seen_")
+        for target in self.targets:
+            self._choose_operating_point(target)
+        return self
+
+    def _choose_operating_point(self, target: str) -> None:
+        clf = self.estimators_[target]
+        targets = resolve_targets(
+            [str(c) for c in clf.classes_],
+            self.target_precision,
+            (self.label_precision or {}).get(target),
+        )
+        stats = select_thresholds(
+            clf.oof_y_,
+            clf.oof_proba_,
+            len(clf.classes_),
+            targets,
+            self.min_support,
+            pool=self.threshold_pooling,
+        )
+        self.thresholds_[target] = np.array([s.threshold for s in stats])
+        self.threshold_stats_[target] = {
+            str(c): s for c, s in zip(clf.classes_, stats, strict=True)
+        }
+        self.validation_[target] = self._validation_summary(target, clf)
 
     def _check_labels(self, target: str, y: np.ndarray) -> None:
         found = sorted({str(v) for v in y})
@@ -416,6 +445,7 @@ class CaseModel(TransposedCache, BaseEstimator):
                     "validation_precision": s.validation_precision,
                     "validation_coverage": s.validation_coverage,
                     "n_predicted": s.n_predicted,
+                    "pooled": s.pooled,
                 }
                 for label, s in stats.items()
             }

@@ -9,6 +9,14 @@ Contract:
   itself (calibrated confidences carry the argument below the observed range). A class that
   never reaches its target with at least ``min_support`` predictions gets threshold ``> 1``
   (the model always abstains on it): we refuse rather than guess.
+- With ``pool=True`` a class whose own validation predictions are too few to earn a threshold
+  borrows the **pooled** one: the same rule applied to every class's validation predictions
+  together (correct = top label is the true one), at that class's target. Calibration is what
+  makes confidences comparable across classes, so the pooled curve speaks for a thin class too;
+  the class's own evidence may still veto it: when the Wilson *upper* bound of its own precision
+  above the pooled threshold is below its target, its validation predictions say it falls short
+  and it keeps ``> 1``. A class never predicted on validation gets nothing pooled. Such thresholds
+  are marked ``pooled``; their validation precision and coverage are the class's own above it.
 - :func:`decide` applies thresholds to one probability vector and returns the label or an
   abstention with exactly one reason, checked in this order:
   ``out_of_distribution`` (no known vocabulary / far from the training data) →
@@ -43,6 +51,8 @@ class ThresholdStats:
     validation_precision: float | None
     validation_coverage: float
     n_predicted: int
+    pooled: bool = False
+    """True when the threshold was borrowed from all classes' pooled validation predictions."""
 
 
 def select_thresholds(
@@ -52,6 +62,7 @@ def select_thresholds(
     target_precision: float | Sequence[float] = 0.95,
     min_support: int = 5,
     z: float = 1.645,
+    pool: bool = False,
 ) -> list[ThresholdStats]:
     """One :class:`ThresholdStats` per class index, chosen on validation predictions.
 
@@ -60,7 +71,8 @@ def select_thresholds(
     The target must be met by the Wilson lower confidence bound of the validation precision
     (``z`` = 1.645: one-sided 95%), not by the point estimate, so a label with little validation
     evidence (20 predictions, all right) does not get a threshold it has not earned; ``z=0``
-    uses the point estimate.
+    uses the point estimate. ``pool`` lets such a label borrow the pooled threshold (module
+    contract).
     """
     y = np.asarray(y_true)
     proba = np.asarray(proba)
@@ -72,43 +84,73 @@ def select_thresholds(
         raise ValueError("need one target precision per class")
     pred = proba.argmax(axis=1)
     conf = proba.max(axis=1)
+    hit = pred == y
     out: list[ThresholdStats] = []
     for k in range(n_classes):
         mask = pred == k
         n_pred = int(mask.sum())
-        if n_pred == 0:
-            out.append(ThresholdStats(NEVER, targets[k], None, 0.0, 0))
-            continue
-        order = np.argsort(-conf[mask], kind="stable")
-        c_sorted = conf[mask][order]
-        correct = (y[mask][order] == k).astype(np.float64)
-        kept_n = np.arange(1, n_pred + 1)
-        cum_prec = np.cumsum(correct) / kept_n
-        bound = wilson_lower_bound(cum_prec, kept_n, z)
-        # only cut between distinct confidences: ties are kept or dropped together
-        distinct = np.r_[c_sorted[1:] < c_sorted[:-1], True]
-        ok = (bound >= targets[k]) & distinct & (kept_n >= min_support)
-        if not ok.any():
+        cut = _lowest_cut(conf[mask], hit[mask], targets[k], min_support, z)
+        if cut is None:
             out.append(ThresholdStats(NEVER, targets[k], None, 0.0, n_pred))
             continue
-        last = int(np.flatnonzero(ok).max())  # largest kept set that meets the target
-        threshold = float(c_sorted[last])
-        if last == n_pred - 1:
-            # Every validation prediction of this class is kept and still meets the target, so
-            # validation says nothing about confidences below its lowest one. Rather than
-            # freezing that accidental minimum (brittle when validation is near-perfect), rely
-            # on calibration there: a calibrated confidence >= target is enough.
-            threshold = min(threshold, targets[k])
-        out.append(
-            ThresholdStats(
-                threshold=threshold,
-                target_precision=targets[k],
-                validation_precision=float(cum_prec[last]),
-                validation_coverage=(last + 1) / n_pred,
-                n_predicted=n_pred,
+        threshold, precision, kept = cut
+        out.append(ThresholdStats(threshold, targets[k], precision, kept / n_pred, n_pred))
+    if pool:
+        pooled: dict[float, float | None] = {}  # one pooled cut per distinct target
+        for k, stats in enumerate(out):
+            if stats.threshold < NEVER or stats.n_predicted == 0:
+                continue
+            if targets[k] not in pooled:
+                found = _lowest_cut(conf, hit, targets[k], min_support, z)
+                pooled[targets[k]] = None if found is None else found[0]
+            borrowed = pooled[targets[k]]
+            if borrowed is None:
+                continue
+            own = (pred == k) & (conf >= borrowed)
+            n_own = int(own.sum())
+            own_precision = float(hit[own].mean()) if n_own else None
+            if own_precision is not None:
+                upper = wilson_upper_bound(np.array([own_precision]), np.array([n_own]), z)[0]
+                if upper < targets[k]:
+                    continue  # its own predictions say it falls short: no borrowing
+            out[k] = ThresholdStats(
+                borrowed,
+                targets[k],
+                own_precision,
+                n_own / stats.n_predicted,
+                stats.n_predicted,
+                pooled=True,
             )
-        )
     return out
+
+
+def _lowest_cut(
+    conf: np.ndarray, correct: np.ndarray, target: float, min_support: int, z: float
+) -> tuple[float, float, int] | None:
+    """``(threshold, precision, kept)`` of the largest top-confidence set whose precision's
+    Wilson lower bound meets ``target`` with at least ``min_support`` predictions, or ``None``."""
+    n = len(conf)
+    if n == 0:
+        return None
+    order = np.argsort(-conf, kind="stable")
+    c_sorted = conf[order]
+    kept_n = np.arange(1, n + 1)
+    cum_prec = np.cumsum(correct[order].astype(np.float64)) / kept_n
+    bound = wilson_lower_bound(cum_prec, kept_n, z)
+    # only cut between distinct confidences: ties are kept or dropped together
+    distinct = np.r_[c_sorted[1:] < c_sorted[:-1], True]
+    ok = (bound >= target) & distinct & (kept_n >= min_support)
+    if not ok.any():
+        return None
+    last = int(np.flatnonzero(ok).max())  # largest kept set that meets the target
+    threshold = float(c_sorted[last])
+    if last == n - 1:
+        # Every validation prediction is kept and still meets the target, so validation says
+        # nothing about confidences below its lowest one. Rather than freezing that accidental
+        # minimum (brittle when validation is near-perfect), rely on calibration there: a
+        # calibrated confidence >= target is enough.
+        threshold = min(threshold, target)
+    return threshold, float(cum_prec[last]), last + 1
 
 
 def wilson_lower_bound(p: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
@@ -121,6 +163,11 @@ def wilson_lower_bound(p: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
     centre = p + z2 / (2 * n)
     spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return np.asarray((centre - spread) / (1 + z2 / n))
+
+
+def wilson_upper_bound(p: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """Upper end of the Wilson score interval (the lower one's mirror: ``1 - lower(1 - p)``)."""
+    return np.asarray(1.0 - wilson_lower_bound(1.0 - np.asarray(p, dtype=np.float64), n, z))
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,14 @@ def train(
             "labels gain recall and macro-F1); none: train unweighted.",
         ),
     ] = DEFAULT_CLASS_WEIGHT,
+    threshold_pooling: Annotated[
+        bool,
+        typer.Option(
+            help="A label with too few validation predictions to earn its own threshold "
+            "borrows the one all labels earn together, unless its own predictions fall short "
+            "(--no-threshold-pooling: such labels always abstain).",
+        ),
+    ] = True,
     encoder: Annotated[
         str,
         typer.Option(
@@ -145,6 +153,7 @@ def train(
             C=c,
             cv=cv,
             class_weight=class_weight,
+            threshold_pooling=threshold_pooling,
             group_near_duplicates=group_near_duplicates,
         )
     except (ClassifierError, RetrievalError, ValueError) as exc:

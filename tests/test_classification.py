@@ -517,6 +517,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
         ({**base, "encoder": "/etc/passwd"}, "encoder"),
         ({**base, "target_precision": 1.5}, "target_precision"),
         ({**base, "class_weight": "heavy"}, "class_weight"),
+        ({**base, "threshold_pooling": "maybe"}, "threshold_pooling"),
         ({**base, "records": records[:1]}, "records"),
     ]  # fmt: skip
     for body, word in bad:
@@ -525,6 +526,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
         assert word in r.text.lower()
     schema = client.app.openapi()["components"]["schemas"]["TrainRequest"]
     assert schema["properties"]["class_weight"]["default"] == "balanced"
+    assert schema["properties"]["threshold_pooling"]["default"] is True
     assert client.get("/v1/models/train", headers=admin).json()["status"] == "idle"
     assert classification.registry(settings).versions() == []
 
@@ -543,6 +545,7 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
     assert reg.active_version() is None  # activate defaults to false
     assert reg.verify(version)["training_data_name"] == "bitext sample"
     assert reg.load(version).model.class_weight is None  # unweighted on request
+    assert reg.load(version).model.threshold_pooling is True  # the default
     with db.read() as s:
         trained = s.scalars(
             select(AuditEvent.payload).where(AuditEvent.action == "model.trained")

@@ -186,6 +186,7 @@ def train(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
                 "feature_columns": _columns(form, "feature_columns"),
                 "label_precision": parse_label_precision(_columns(form, "label_precision")),
                 "activate": form.get("activate") == "on",
+                "threshold_pooling": form.get("threshold_pooling") == "on",
                 "name": _text(form, "name", 200) or name,
                 **{key: value for key, value in optional.items() if value},
             }

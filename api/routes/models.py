@@ -482,6 +482,12 @@ class TrainRequest(BaseModel):
         "rare labels gain recall (macro-F1); 'none' trains unweighted (docs/classifier.md); "
         "like `triage train --class-weight`.",
     )
+    threshold_pooling: bool = Field(
+        default=True,
+        description="A label with too few validation predictions to earn its own threshold "
+        "borrows the one all labels earn together, unless its own predictions fall short; "
+        "false: such labels always abstain (like `triage train --no-threshold-pooling`).",
+    )
     activate: bool = Field(default=False, description="Activate the new version when trained.")
     name: str = Field(default="records posted to the API", min_length=1, max_length=200)
 
@@ -516,6 +522,7 @@ def start_training(ctx: Any, principal: Principal, body: TrainRequest) -> dict[s
             target_precision=body.target_precision,
             label_precision=body.label_precision,
             class_weight=body.class_weight,
+            threshold_pooling=body.threshold_pooling,
             progress=progress,
         )
         return {

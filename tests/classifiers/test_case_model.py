@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from classifiers.case_model import CaseModel
 from classifiers.evaluation import evaluate_model
 from classifiers.features import FeatureSpec
-from classifiers.operating_points import ABSTAIN_REASONS
+from classifiers.operating_points import ABSTAIN_REASONS, select_thresholds
 from contracts.suggestion import Prediction
 from tests.classifiers.conftest import synthetic_cases
 
@@ -136,6 +138,36 @@ def test_per_label_precision_override(case_records: list[dict[str, Any]]) -> Non
     )
     assert model.threshold_stats_["queue"]["claims"].target_precision == 0.5
     assert model.threshold_stats_["queue"]["finance"].target_precision == 0.95
+
+
+def test_operating_points_are_rechosen_without_refitting(
+    case_records: list[dict[str, Any]],
+) -> None:
+    # 60 records: several labels have too few validation predictions for a threshold of their own
+    model = CaseModel(targets=("queue",), cv=3).fit(case_records[:60])
+    clf = model.estimators_["queue"]
+    stats = model.threshold_stats_["queue"]
+    assert any(s.pooled for s in stats.values())  # pooling is on by default
+    coef = clf.estimator_.coef_.copy()
+    plain = copy.deepcopy(model).set_params(threshold_pooling=False).choose_operating_points()
+    assert np.array_equal(plain.estimators_["queue"].estimator_.coef_, coef)  # nothing refitted
+    expected = select_thresholds(clf.oof_y_, clf.oof_proba_, len(clf.classes_), 0.95)
+    assert list(plain.threshold_stats_["queue"].values()) == expected
+    assert not any(s.pooled for s in plain.threshold_stats_["queue"].values())
+    # a pooled threshold only ever opens a label the plain rule closed
+    for label, s in stats.items():
+        if s.pooled:
+            assert plain.threshold_stats_["queue"][label].threshold > 1
+        else:
+            assert s == plain.threshold_stats_["queue"][label]
+    pooled_label = next(label for label, s in stats.items() if s.pooled)
+    assert model.thresholds_dict()["queue"][pooled_label]["pooled"] is True
+    # an artifact saved before the parameter existed has no such attribute: it reads as off,
+    # and cloning it (what retrain does) keeps it off
+    old = copy.deepcopy(plain)
+    del old.threshold_pooling
+    assert old.get_params()["threshold_pooling"] is False
+    assert clone(old).threshold_pooling is False
 
 
 def test_embeddings_feed_the_model(case_records: list[dict[str, Any]]) -> None:

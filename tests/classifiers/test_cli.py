@@ -149,12 +149,15 @@ def test_train_multi_target_jsonl_with_features(tmp_path: Path) -> None:
             "queue:claims=0.9",
             "--class-weight",
             "none",
+            "--no-threshold-pooling",
         ],
     )
     assert result.exit_code == 0, result.output
     shown = runner.invoke(app, ["models", "show", "--registry", str(out)])
     meta = json.loads(shown.stdout)
     assert meta["params"]["class_weight"] is None  # unweighted on request
+    assert meta["params"]["threshold_pooling"] is False  # strict per-label evidence on request
+    assert not any(t["pooled"] for t in meta["thresholds"]["queue"].values())
     assert meta["targets"] == ["queue", "priority"]
     assert meta["feature_spec"]["numeric_columns"] == ["amount"]
     assert meta["feature_spec"]["categorical_columns"] == ["customer_tier"]
@@ -184,6 +187,7 @@ def test_models_list_activate_rollback(trained: Path, bitext_files: tuple[Path, 
     first = runner.invoke(app, ["models", "show", "--registry", str(trained)])
     v1 = json.loads(first.stdout)["version"]
     assert json.loads(first.stdout)["params"]["class_weight"] == "balanced"  # the default
+    assert json.loads(first.stdout)["params"]["threshold_pooling"] is True  # the default
     again = runner.invoke(
         app,
         [

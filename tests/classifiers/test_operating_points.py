@@ -18,6 +18,7 @@ from classifiers.operating_points import (
     resolve_targets,
     select_thresholds,
     wilson_lower_bound,
+    wilson_upper_bound,
 )
 
 
@@ -96,6 +97,77 @@ def test_min_support_refuses_thin_evidence() -> None:
     proba = np.array([[0.99, 0.01], [0.98, 0.02]])
     stats = select_thresholds(np.array([0, 0]), proba, 2, 0.95, min_support=5, z=0)
     assert stats[0].threshold == NEVER
+
+
+def _pooling_fixture(thin_correct: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: 200 validation predictions at confidence 0.97-0.99, all right (earns its own
+    threshold). Class 1: one prediction per entry of ``thin_correct`` at confidence 0.98
+    (right where True; the wrong ones were truly class 0). Class 2: never predicted."""
+    conf0 = np.linspace(0.97, 0.99, 200)
+    n1 = len(thin_correct)
+    proba = np.zeros((200 + n1, 3))
+    proba[:200, 0] = conf0
+    proba[:200, 1] = 1 - conf0
+    proba[200:, 1] = 0.98
+    proba[200:, 0] = 0.02
+    y = np.r_[np.zeros(200, dtype=int), [1 if ok else 0 for ok in thin_correct]]
+    return y, proba
+
+
+def test_thin_class_borrows_the_pooled_threshold() -> None:
+    # 10 of 10 right: the Wilson bound (0.79) cannot earn class 1 its own threshold at 0.95,
+    # but the 210 pooled predictions (all right) can, and nothing class 1 did contradicts it
+    y, proba = _pooling_fixture([True] * 10)
+    alone = select_thresholds(y, proba, 3, 0.95)
+    assert alone[1].threshold == NEVER
+    stats = select_thresholds(y, proba, 3, 0.95, pool=True)
+    assert stats[0] == alone[0]  # a class that earned its own threshold keeps it
+    assert not stats[0].pooled
+    assert stats[1].pooled
+    # every pooled prediction is right, so the cut is capped at the target (calibration)
+    assert stats[1].threshold == pytest.approx(0.95)
+    assert stats[1].validation_precision == pytest.approx(1.0)
+    assert stats[1].validation_coverage == pytest.approx(1.0)
+    assert stats[1].n_predicted == 10
+    # never predicted on validation: nothing to borrow for
+    assert stats[2].threshold == NEVER
+    assert not stats[2].pooled
+
+
+def test_own_evidence_vetoes_borrowing() -> None:
+    # 7 of 12 right above the pooled cut: the upper Wilson bound of class 1's precision
+    # (about 0.78) is below 0.95, so it keeps abstaining although the pool would admit it
+    y, proba = _pooling_fixture([True] * 7 + [False] * 5)
+    stats = select_thresholds(y, proba, 3, 0.95, pool=True)
+    assert stats[1].threshold == NEVER
+    assert not stats[1].pooled
+    # 11 of 12 right is thin, not contradicting (upper bound above 0.95): it borrows
+    y, proba = _pooling_fixture([True] * 11 + [False])
+    assert select_thresholds(y, proba, 3, 0.95, pool=True)[1].pooled
+
+
+def test_pooled_cut_uses_each_class_own_target() -> None:
+    y, proba = _pooling_fixture([True] * 10)
+    stats = select_thresholds(y, proba, 3, [0.95, 0.9, 0.95], pool=True)
+    assert stats[1].pooled
+    assert stats[1].threshold == pytest.approx(0.9)
+    assert stats[1].target_precision == pytest.approx(0.9)
+
+
+def test_wilson_bounds_bracket_the_estimate() -> None:
+    p = np.array([0.0, 0.5, 0.9, 1.0])
+    n = np.array([10, 40, 100, 25])
+    lower, upper = wilson_lower_bound(p, n, 1.645), wilson_upper_bound(p, n, 1.645)
+    assert np.all(lower <= p) and np.all(p <= upper)
+    assert np.all(lower >= 0) and np.all(upper <= 1)
+    # Wilson's upper end written out: (p + z^2/2n + z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    z = 1.645
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert upper == pytest.approx((p + z * z / (2 * n) + spread) / (1 + z * z / n))
+    assert wilson_upper_bound(np.array([0.9]), np.array([20]), z)[0] == pytest.approx(
+        0.966, abs=1e-3
+    )
+    assert wilson_upper_bound(p, n, 0) == pytest.approx(p)
 
 
 @pytest.mark.parametrize(

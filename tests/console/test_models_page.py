@@ -137,6 +137,7 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     reg = classification.registry(settings)
     assert [m["version"] for m in reg.versions()] == [version]
     assert reg.load(version).model.class_weight is None  # unweighted on request
+    assert reg.load(version).model.threshold_pooling is False  # its box was not ticked
     thresholds = reg.verify(version)["thresholds"]["label"]
     assert thresholds["other"]["target_precision"] == 0.99
     assert thresholds["order"]["target_precision"] == 0.95
@@ -146,6 +147,7 @@ def test_train_evaluate_activate_and_roll_back_from_the_console(client, people, 
     assert trained[0]["version"] == version and trained[0]["encoder"] == "none"
     page = client.get(URL).text
     assert '<option value="balanced" selected>' in page  # the form offers the default
+    assert 'name="threshold_pooling" type="checkbox" checked' in page  # pooling by default
     row = page.split(f'id="m-{version}"')[1].split("</tr>")[0]
     assert "bitext history" in row and "triage_category" not in row and "label</strong>" in row
     assert f"/console/admin/models/{version}/activate" in row
