@@ -18,7 +18,6 @@ This is the object the triage pipeline calls. Contract:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -68,27 +67,6 @@ def _column_prefix(X: sp.csr_matrix, width: int) -> sp.csr_matrix:
     counts = np.bincount(row_ids(X)[keep], minlength=X.shape[0])
     indptr = np.concatenate([[0], np.cumsum(counts)])
     return sp.csr_matrix((X.data[keep], X.indices[keep], indptr), shape=(X.shape[0], width))
-
-
-class ClassWeight(StrEnum):
-    """The label weighting a caller chooses (``triage train --class-weight``, the API's
-    ``class_weight``): ``none`` trains unweighted, ``balanced`` weights each label inversely to
-    its frequency. :attr:`estimator_value` is what :class:`CaseModel` takes."""
-
-    none = "none"
-    balanced = "balanced"
-
-    @property
-    def estimator_value(self) -> str | None:
-        return None if self is ClassWeight.none else self.value
-
-
-# What `triage train`, `POST /v1/models/train` and the console's training form use unless told
-# otherwise. Measured (docs/classifier.md): +0.25 to +0.36 macro-F1 on the Bitext wording-shift
-# proxies, neutral on BANKING77 (accuracy -0.03 to -0.04, balanced accuracy +0.05 points); an
-# operator's labels are rarely balanced and the rare ones (fraud, write-offs) matter most.
-# CaseModel itself keeps scikit-learn's unweighted default.
-DEFAULT_CLASS_WEIGHT = ClassWeight.balanced
 
 
 class CaseModel(TransposedCache, BaseEstimator):

@@ -15,22 +15,21 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from classifiers.case_model import DEFAULT_CLASS_WEIGHT, ClassWeight
-from classifiers.data import (
-    file_sha256,
-    load_records,
-    parse_label_precision,
-)
+from classifiers.data import file_sha256, load_records, parse_label_precision
 from classifiers.errors import ClassifierError
-from classifiers.evaluation import align_columns, evaluate_model, format_table, write_report
-from classifiers.registry import ModelRegistry, open_model
+from classifiers.options import DEFAULT_CLASS_WEIGHT, ClassWeight
 from retrieval.embeddings import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
-from triage.classification import train_model  # also installs the classifiers' embedder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from classifiers.registry import ModelRegistry
+
+# The model code (scikit-learn, scipy, skops) is imported inside the commands that use it, so
+# that every other `triage` command starts without it.
 
 SIGNING_KEY_ENV = "TRIAGE_MODEL_SIGNING_KEY"
 
@@ -59,6 +58,12 @@ def progress_printer() -> Callable[[str], None]:
 
 def _key(value: str | None) -> bytes | None:
     return value.encode() if value else None
+
+
+def _registry(root: Path, signing_key: str | None) -> ModelRegistry:
+    from classifiers.registry import ModelRegistry
+
+    return ModelRegistry(root, _key(signing_key))
 
 
 TextColumns = Annotated[
@@ -133,11 +138,13 @@ def train(
     signing_key: SigningKey = None,
 ) -> None:
     """Train a calibrated classifier on FILE and register it as a new version in --out."""
+    from triage.classification import train_model  # also installs the classifiers' embedder
+
     say = progress_printer()
     try:
         version, model = train_model(
             load_records(data),
-            registry=ModelRegistry(out, _key(signing_key)),
+            registry=_registry(out, signing_key),
             text_columns=text_column,
             label_columns=label_column,
             feature_columns=list(feature_columns or []),
@@ -187,6 +194,10 @@ def evaluate(
     signing_key: SigningKey = None,
 ) -> None:
     """Evaluate a registered model on a labelled FILE; print metrics and write a report."""
+    from classifiers.evaluation import align_columns, evaluate_model, format_table, write_report
+    from classifiers.registry import open_model
+    from triage import classification  # noqa: F401  (installs the classifiers' embedder)
+
     say = progress_printer()
     try:
         loaded = open_model(model, _key(signing_key))
@@ -233,7 +244,7 @@ RegistryDir = Annotated[
 @models_app.command("list")
 def models_list(registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None) -> None:
     """List registered versions, oldest first; the active one is marked with '*'."""
-    reg = ModelRegistry(registry, _key(signing_key))
+    reg = _registry(registry, signing_key)
     active = reg.active_version()
     versions = reg.versions()
     if not versions:
@@ -257,7 +268,7 @@ def models_show(
     signing_key: SigningKey = None,
 ) -> None:
     """Print a version's metadata as JSON, after verifying its integrity."""
-    reg = ModelRegistry(registry, _key(signing_key))
+    reg = _registry(registry, signing_key)
     try:
         chosen = version or reg.active_version()
         if chosen is None:
@@ -275,7 +286,7 @@ def models_activate(
     signing_key: SigningKey = None,
 ) -> None:
     """Verify VERSION and make it the active model."""
-    reg = ModelRegistry(registry, _key(signing_key))
+    reg = _registry(registry, signing_key)
     try:
         reg.activate(version)
     except ClassifierError as exc:
@@ -288,7 +299,7 @@ def models_rollback(
     registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None
 ) -> None:
     """Re-activate the version that was active before the current one."""
-    reg = ModelRegistry(registry, _key(signing_key))
+    reg = _registry(registry, signing_key)
     try:
         version = reg.rollback()
     except ClassifierError as exc:

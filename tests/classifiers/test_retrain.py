@@ -10,7 +10,7 @@ import pytest
 
 from classifiers.case_model import CaseModel
 from classifiers.registry import ModelRegistry
-from classifiers.retrain import merge_feedback, not_worse, retrain
+from classifiers.retraining import merge_feedback, not_worse, retrain
 from tests.classifiers.conftest import synthetic_cases
 
 
