@@ -22,7 +22,7 @@ import typer
 from classifiers.data import file_sha256, load_records, parse_label_precision
 from classifiers.errors import ClassifierError
 from classifiers.options import DEFAULT_CLASS_WEIGHT, ClassWeight
-from retrieval.embeddings import DEFAULT_ENCODER
+from retrieval.defaults import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from retrieval.embeddings import DEFAULT_ENCODER
+from retrieval.defaults import DEFAULT_ENCODER
 from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:

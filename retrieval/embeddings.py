@@ -41,10 +41,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from retrieval.defaults import DEFAULT_ENCODER
 from retrieval.errors import EncoderError
 
 BUILTIN_DIR = Path(__file__).parent / "models"
-DEFAULT_ENCODER = "builtin:minilm-static-v2"
 _DIGITS = re.compile(r"\d+")
 _MULTI_SPACE = re.compile(r"\s\s+")
 _FAST_PATH_MAX = 16

@@ -23,12 +23,9 @@ def test_every_public_name_resolves_to_its_defining_module() -> None:
 
 def test_the_command_line_starts_without_the_model_libraries() -> None:
     # `triage --help`, `triage jobs list`, `triage audit verify`, ... must not pay for
-    # scikit-learn, scipy.stats and skops: only the commands that train or load a model do
-    code = (
-        "import sys, cli.main\n"
-        "print(sorted(m for m in ('sklearn', 'skops', 'scipy.stats', 'classifiers.case_model')"
-        " if m in sys.modules))"
-    )
+    # scikit-learn, scipy, skops or the encoders: only the commands that use a model do
+    heavy = ("sklearn", "skops", "scipy", "classifiers.case_model", "retrieval.embeddings")
+    code = f"import sys, cli.main\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
