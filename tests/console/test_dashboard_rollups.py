@@ -320,7 +320,11 @@ def test_rollups_equal_the_direct_computation(db: Database):
     after = _same(db, r, today)
     assert after.computed == len(touched_days & set(r.days))
     assert after.reused == len(r.days) - after.computed
-    _populate(db, rnd, 15, datetime.now(UTC), days=0.01)  # new cases today
+    # new cases today: spread over at most the part of today that has passed, so that a run
+    # just after midnight UTC does not put some of them on yesterday
+    stamp_now = datetime.now(UTC)
+    elapsed = (stamp_now - stamp_now.replace(hour=0, minute=0, second=0, microsecond=0)).seconds
+    _populate(db, rnd, 15, stamp_now, days=min(0.01, max(elapsed - 1, 0) / 86_400))
     newer = _same(db, r, today)
     assert newer.computed == 1 and newer.stored == 1
 
