@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,26 +109,16 @@ def score(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--bitext", type=Path, default=Path("../shared/data/bitext/bench_train_2023.csv")
-    )
-    parser.add_argument(
-        "--banking77", type=Path, default=Path("../shared/data/banking77/train.csv")
-    )
+    cq.add_data_arguments(parser)
     parser.add_argument("--bitext-embeddings", type=Path, required=True)
     parser.add_argument("--banking77-embeddings", type=Path, required=True)
     args = parser.parse_args()
     rows = cq.read_csv(args.bitext)
     y = np.array([r["triage_category"] for r in rows])
-    groups = cq.keyword_groups([r["text"] for r in rows])
-    splits = [
-        next(GroupShuffleSplit(1, train_size=0.05, random_state=seed).split(y, y, groups))
-        for seed in range(3)
-    ]
+    splits = cq.low_resource_splits(y, cq.keyword_groups([r["text"] for r in rows]))
     score("Bitext low-resource", rows, "triage_category", splits, np.load(args.bitext_embeddings))
     rows = cq.read_csv(args.banking77)
-    y = np.array([r["category"] for r in rows])
-    splits = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    splits = cq.banking77_folds(np.array([r["category"] for r in rows]))
     score("BANKING77", rows, "category", splits, np.load(args.banking77_embeddings))
 
 
