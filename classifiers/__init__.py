@@ -7,6 +7,8 @@ Public API (what the triage pipeline, the CLI and the API use):
 - :func:`evaluate_model` / :func:`write_report` measure a model on labelled records.
 - :class:`ModelRegistry` stores verified, versioned skops artifacts with activate/rollback.
 - :func:`retrain` trains on base data plus reviewer feedback and activates only if not worse.
+- :func:`rethreshold` re-chooses a version's operating points (target precisions, pooling)
+  without refitting and registers the result as a derived version.
 - :func:`load_records` / :func:`parse_records` / :func:`validate_training_data` read labelled
   CSV/JSONL files (from disk or an upload); :func:`align_columns` maps a file's columns onto a
   model's.
@@ -66,6 +68,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         ModelRegistry,
         open_model,
     )
+    from classifiers.rethresholding import (
+        OperatingPointSettings,
+        Rethresholded,
+        operating_point_view,
+        rethreshold,
+    )
     from classifiers.retraining import (
         RetrainResult,
         retrain,
@@ -99,6 +107,10 @@ _MODULE_OF: dict[str, str] = {
     "LoadedModel": "classifiers.registry",
     "ModelRegistry": "classifiers.registry",
     "open_model": "classifiers.registry",
+    "OperatingPointSettings": "classifiers.rethresholding",
+    "Rethresholded": "classifiers.rethresholding",
+    "operating_point_view": "classifiers.rethresholding",
+    "rethreshold": "classifiers.rethresholding",
     "RetrainResult": "classifiers.retraining",
     "retrain": "classifiers.retraining",
 }
@@ -116,8 +128,10 @@ __all__ = [
     "IntegrityError",
     "LoadedModel",
     "ModelRegistry",
+    "OperatingPointSettings",
     "RecordFeaturizer",
     "RegistryError",
+    "Rethresholded",
     "RetrainResult",
     "UnknownVersion",
     "align_columns",
@@ -125,8 +139,10 @@ __all__ = [
     "evaluate_model",
     "load_records",
     "open_model",
+    "operating_point_view",
     "parse_label_precision",
     "parse_records",
+    "rethreshold",
     "retrain",
     "set_embedder",
     "set_word_splitter",

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,7 @@ def validate_training_data(
             )
     if not label_columns:
         raise DataError(f"{source}: name at least one label column", field="label_columns")
+    label_sets: dict[str, set[str]] = {}
     for column in label_columns:
         labels = Counter(
             str(r.get(column)).strip() for r in records if not _is_empty(r.get(column))
@@ -171,10 +172,26 @@ def validate_training_data(
                 f"{source}: label column {column!r} has only one class ({only!r}); "
                 "a classifier needs at least two"
             )
-        for label, precision in (label_precision or {}).get(column, {}).items():
-            if label not in labels:
+        label_sets[column] = set(labels)
+    check_label_precision(label_precision, label_sets, f"no row of {source} has label")
+
+
+def check_label_precision(
+    label_precision: Mapping[str, Mapping[str, float]] | None,
+    label_sets: Mapping[str, Collection[str]],
+    missing: str = "the model has no label",
+) -> None:
+    """Raise :class:`DataError` (field ``label_precision``) when ``label_precision`` names a
+    target outside ``label_sets`` (the label columns), a label outside its target's set
+    (``missing`` starts that message) or a precision outside (0.5, 1). An override that names
+    nothing real would silently change nothing, so it is refused."""
+    for column, per_label in (label_precision or {}).items():
+        if column not in label_sets:
+            continue  # reported below, all unknown targets at once
+        for label, precision in per_label.items():
+            if label not in label_sets[column]:
                 raise DataError(
-                    f"label precision {column}:{label}: no row of {source} has label {label!r}",
+                    f"label precision {column}:{label}: {missing} {label!r}",
                     field="label_precision",
                 )
             if not 0.5 < precision < 1.0:
@@ -183,11 +200,11 @@ def validate_training_data(
                     "and 1 (exclusive)",
                     field="label_precision",
                 )
-    unknown = sorted(set(label_precision or {}) - set(label_columns))
+    unknown = sorted(set(label_precision or {}) - set(label_sets))
     if unknown:
         raise DataError(
             f"label precision for {', '.join(unknown)}: not a label column "
-            f"(label columns: {', '.join(label_columns)})",
+            f"(label columns: {', '.join(label_sets)})",
             field="label_precision",
         )
 
