@@ -928,3 +928,101 @@ def test_model_profile_sums_the_per_case_explanations(
     assert f"{first['evidence'][0]['weight']:+8.2f}" in text.stdout
     unknown = triage("models", "profile", "v20990101T000000000000Z-deadbeef")
     assert unknown.exit_code == 2 and "no model version" in unknown.output
+
+
+def _fields(response) -> list[str]:
+    return [f["field"] for f in response.json()["error"]["fields"]]
+
+
+def test_operating_points_over_the_api(client, keys, db, settings, with_model):
+    """Admins re-choose a version's thresholds without retraining: a dry run shows what each
+    label would get; a real change registers a derived version (audited, optionally active,
+    rolled back like any other); refused settings name their field and write nothing."""
+    admin, auditor = bearer(keys["admin"]), bearer(keys["auditor"])
+    url = f"/v1/models/{with_model}/operating-points"
+    reg = classification.registry(settings)
+    meta = reg.verify(with_model)
+
+    got = client.get(url, headers=auditor)
+    assert got.status_code == 200, got.text
+    view = got.json()
+    assert view["active"] is True and view["derived_from"] is None
+    assert view["settings"] == {
+        "target_precision": 0.95,
+        "label_precision": {},
+        "threshold_pooling": True,
+    }
+    assert view["targets"]["queue"]["labels"] == meta["thresholds"]["queue"]
+    assert view["targets"]["queue"]["summary"] == meta["validation"]["queue"]
+    assert client.get(url, headers=bearer(keys["agent"])).status_code == 403
+    assert client.post(url, headers=auditor, json={"target_precision": 0.9}).status_code == 403
+    unknown = "/v1/models/v20990101T000000000000Z-deadbeef/operating-points"
+    assert client.get(unknown, headers=admin).status_code == 404
+    assert client.post(unknown, headers=admin, json={"target_precision": 0.9}).status_code == 404
+
+    label = next(iter(meta["thresholds"]["queue"]))
+    bad = [
+        ({"target_precision": 1.0}, "target_precision"),
+        ({"target_precision": "high"}, "target_precision"),
+        ({"label_precision": {"queue": {"no_such_queue": 0.9}}}, "label_precision"),
+        ({"label_precision": {"colour": {label: 0.9}}}, "label_precision"),
+        ({"label_precision": {"queue": {label: 1.5}}}, "label_precision"),
+        ({"threshold_pooling": "maybe"}, "threshold_pooling"),
+        ({"target_precision": 0.9, "surprise": 1}, "surprise"),
+        ({}, "body"),  # the version's own settings: nothing would change
+        ({"target_precision": 0.95, "threshold_pooling": True}, "body"),
+    ]
+    for body, field in bad:
+        r = client.post(url, headers=admin, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert field in _fields(r), (body, r.text)
+    assert [m["version"] for m in reg.versions()] == [with_model]
+
+    dry = client.post(url, headers=admin, json={"target_precision": 0.8, "dry_run": True})
+    assert dry.status_code == 200, dry.text
+    preview = dry.json()
+    assert preview["version"] is None and preview["dry_run"] and not preview["activated"]
+    assert preview["parent_targets"]["queue"]["labels"] == meta["thresholds"]["queue"]
+    assert preview["after"]["target_precision"] == 0.8
+    assert [m["version"] for m in reg.versions()] == [with_model]
+
+    r = client.post(url, headers=admin, json={"target_precision": 0.8, "activate": True})
+    assert r.status_code == 201, r.text
+    change = r.json()
+    derived = change["version"]
+    assert change["activated"] and reg.active_version() == derived
+    # the dry run showed exactly what was registered
+    assert change["targets"] == preview["targets"]
+    assert change["changed_labels"] == preview["changed_labels"]
+    for target, labels in change["targets"].items():
+        for name, point in labels["labels"].items():
+            assert point["target_precision"] == 0.8, (target, name)
+            old = change["parent_targets"][target]["labels"][name]["threshold"]
+            assert (point["threshold"] != old) is (name in change["changed_labels"].get(target, []))
+    listed = {m["version"]: m for m in client.get("/v1/models", headers=auditor).json()}
+    assert listed[derived]["derived_from"] == with_model and listed[derived]["active"]
+    assert listed[derived]["target_precision"] == 0.8
+    again = client.get(f"/v1/models/{derived}/operating-points", headers=auditor).json()
+    assert again["derived_from"] == with_model
+    assert again["settings"]["target_precision"] == 0.8
+    assert again["targets"] == change["targets"]
+    with db.read() as s:
+        events = s.execute(
+            select(AuditEvent.actor_role, AuditEvent.payload).where(
+                AuditEvent.action == "model.rethresholded"
+            )
+        ).all()
+    assert len(events) == 1  # the dry run and the refusals wrote nothing
+    assert events[0].actor_role == "admin"
+    payload = json.loads(events[0].payload)
+    assert payload["version"] == derived and payload["parent"] == with_model
+    assert payload["activated"] is True and payload["previous_active"] == with_model
+    assert payload["after"]["target_precision"] == 0.8
+
+    # cases are now classified by the derived version, and it rolls back like any other
+    ids = submit_simulated(db, settings, 5, seed=77)
+    assert Worker(db, settings, default_pipeline(settings)).run_once() == 5
+    with db.read() as s:
+        assert {cases.get(s, i).model_version for i in ids} == {derived}
+    back = client.post("/v1/models/rollback", headers=admin)
+    assert back.status_code == 200 and reg.active_version() == with_model

@@ -21,9 +21,11 @@ from classifiers import (
     DEFAULT_CLASS_WEIGHT,
     ClassifierError,
     ClassWeight,
+    DataError,
     UnknownVersion,
     align_columns,
     evaluate_model,
+    rethreshold,
     unlabelled_targets,
     validate_training_data,
 )
@@ -93,6 +95,10 @@ class ModelInfo(BaseModel):
         "operating points, measured when the version was trained.",
     )
     metrics: dict[str, Any]
+    derived_from: str | None = Field(
+        default=None,
+        description="The version whose operating points this one re-chose (no refit), if any.",
+    )
     classified: int = 0
     override_rate: float | None = None
     closed: int = 0
@@ -121,6 +127,7 @@ def model_infos(ctx: Any) -> list[ModelInfo]:
                 target_precision=(meta.get("params") or {}).get("target_precision"),
                 validation=meta.get("validation", {}),
                 metrics=meta.get("metrics", {}),
+                derived_from=(meta.get("derived_from") or {}).get("version"),
                 classified=st.classified if st else 0,
                 override_rate=st.override_rate if st else None,
                 closed=st.closed if st else 0,
@@ -194,6 +201,223 @@ def activate_model(version: str, ctx: ContextDep, principal: Admin) -> dict[str,
 )
 def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
     return rollback_version(ctx, principal)
+
+
+VersionId = Annotated[str, Path(max_length=64)]
+LabelName = Annotated[str, Field(max_length=200)]
+
+
+class LabelOperatingPoint(BaseModel):
+    threshold: float = Field(
+        description="Confidence at or above which the label is filled; above 1 it never is."
+    )
+    target_precision: float
+    validation_precision: float | None = Field(
+        description="Held-out (out-of-fold) precision of the label's predictions it keeps."
+    )
+    validation_coverage: float = Field(
+        description="Share of the label's held-out predictions at or above the threshold."
+    )
+    n_predicted: int = Field(description="Held-out predictions of the label.")
+    pooled: bool = Field(
+        default=False, description="Borrowed from all labels' predictions together."
+    )
+
+
+class TargetOperatingPoints(BaseModel):
+    summary: dict[str, Any] = Field(
+        description="Held-out n, accuracy, macro-F1, coverage and precision at the thresholds."
+    )
+    labels: dict[str, LabelOperatingPoint]
+
+
+class OperatingPointSettingsModel(BaseModel):
+    target_precision: float
+    label_precision: dict[str, dict[str, float]]
+    threshold_pooling: bool
+
+
+class OperatingPoints(BaseModel):
+    version: str
+    active: bool
+    derived_from: str | None
+    settings: OperatingPointSettingsModel
+    targets: dict[str, TargetOperatingPoints]
+
+
+class OperatingPointRequest(BaseModel):
+    """New operating-point settings for a version; a field left out keeps the version's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_precision: float | None = Field(
+        default=None, gt=0.5, lt=1.0, description="Default target precision of every label."
+    )
+    label_precision: dict[Column, dict[LabelName, float]] | None = Field(
+        default=None,
+        max_length=5,
+        description="Per-label targets, replacing the version's as a whole ({} removes them): "
+        '{"queue": {"finance": 0.99}}.',
+    )
+    threshold_pooling: bool | None = Field(
+        default=None,
+        description="Let labels too thin for their own threshold borrow the pooled one.",
+    )
+    activate: bool = Field(default=False, description="Activate the new version.")
+    dry_run: bool = Field(
+        default=False, description="Compute the new operating points; register nothing."
+    )
+
+
+class OperatingPointChange(BaseModel):
+    parent: str
+    version: str | None = Field(description="The new version; null for a dry run.")
+    activated: bool
+    dry_run: bool
+    before: OperatingPointSettingsModel
+    after: OperatingPointSettingsModel
+    changed_labels: dict[str, list[str]] = Field(
+        description="Per target, the labels whose threshold changed."
+    )
+    parent_targets: dict[str, TargetOperatingPoints]
+    targets: dict[str, TargetOperatingPoints]
+
+
+def _settings_of(meta: dict[str, Any]) -> OperatingPointSettingsModel:
+    params = meta.get("params") or {}
+    return OperatingPointSettingsModel(
+        target_precision=params.get("target_precision", 0.95),
+        label_precision=params.get("label_precision") or {},
+        # versions saved before pooling existed have no such parameter: they chose without it
+        threshold_pooling=params.get("threshold_pooling", False),
+    )
+
+
+def version_operating_points(ctx: Any, version: str) -> OperatingPoints:
+    """A version's settings and per-label operating points, from its verified metadata (the
+    artifact is hashed, not loaded). NotFound / Conflict as for activation."""
+    reg = classification.registry(ctx.settings)
+    try:
+        meta = reg.verify(version)
+    except ClassifierError as exc:
+        raise _registry_error(exc) from exc
+    thresholds = meta.get("thresholds") or {}
+    validation = meta.get("validation") or {}
+    return OperatingPoints(
+        version=version,
+        active=version == reg.active_version(),
+        derived_from=(meta.get("derived_from") or {}).get("version"),
+        settings=_settings_of(meta),
+        targets={
+            t: TargetOperatingPoints(summary=validation.get(t, {}), labels=labels)
+            for t, labels in thresholds.items()
+        },
+    )
+
+
+def change_operating_points(
+    ctx: Any, principal: Principal, version: str, body: OperatingPointRequest
+) -> OperatingPointChange:
+    """Re-choose ``version``'s thresholds under ``body``'s settings without refitting and
+    register the result as a derived version (``classifiers.rethreshold``), activated when
+    asked; audited ``model.rethresholded`` (a dry run registers and audits nothing).
+    ValidationFailed naming the field for settings that are refused (nothing written then),
+    NotFound / Conflict for a version that cannot be loaded."""
+    reg = classification.registry(ctx.settings)
+    try:
+        out = rethreshold(
+            reg,
+            version,
+            target_precision=body.target_precision,
+            label_precision=body.label_precision,
+            threshold_pooling=body.threshold_pooling,
+            dry_run=body.dry_run,
+        )
+    except DataError as exc:
+        # a refused setting names its field; "nothing would change" is about the whole body
+        raise ValidationFailed(str(exc), fields={exc.field or "body": str(exc)}) from exc
+    except ClassifierError as exc:
+        raise _registry_error(exc) from exc
+    activated = False
+    if out.version is not None:
+        # registered inactive above; activated and audited in one transaction, so an
+        # activation that fails leaves an inactive version no case uses, and no audit event
+        with ctx.db.write() as s:
+            previous = reg.active_version()
+            if body.activate:
+                try:
+                    reg.activate(out.version)
+                except ClassifierError as exc:
+                    raise _registry_error(exc) from exc
+                activated = True
+            audit.append(
+                s,
+                principal.actor,
+                "model.rethresholded",
+                {
+                    "version": out.version,
+                    "parent": out.parent,
+                    "activated": activated,
+                    "previous_active": previous,
+                    "before": out.before.to_dict(),
+                    "after": out.after.to_dict(),
+                    "changed_labels": out.changed_labels(),
+                    "coverage": {
+                        t: {
+                            "before": out.parent_points[t]["summary"]["coverage"],
+                            "after": view["summary"]["coverage"],
+                        }
+                        for t, view in out.points.items()
+                    },
+                },
+            )
+    return OperatingPointChange(
+        parent=out.parent,
+        version=out.version,
+        activated=activated,
+        dry_run=body.dry_run,
+        before=OperatingPointSettingsModel(**out.before.to_dict()),
+        after=OperatingPointSettingsModel(**out.after.to_dict()),
+        changed_labels=out.changed_labels(),
+        parent_targets={t: TargetOperatingPoints(**v) for t, v in out.parent_points.items()},
+        targets={t: TargetOperatingPoints(**v) for t, v in out.points.items()},
+    )
+
+
+@router.get(
+    "/v1/models/{version}/operating-points",
+    response_model=OperatingPoints,
+    responses=ERRORS,
+    summary="A version's operating points: per label, threshold and held-out figures",
+)
+def get_operating_points(
+    version: VersionId, ctx: ContextDep, _p: AdminOrAuditor
+) -> OperatingPoints:
+    return version_operating_points(ctx, version)
+
+
+@router.post(
+    "/v1/models/{version}/operating-points",
+    response_model=OperatingPointChange,
+    responses={**ERRORS, 201: {"description": "A derived version was registered."}},
+    summary="Re-choose a version's thresholds (target precisions, pooling) without retraining",
+)
+def post_operating_points(
+    version: VersionId,
+    body: OperatingPointRequest,
+    ctx: ContextDep,
+    principal: Admin,
+    response: Response,
+) -> OperatingPointChange:
+    """Applies other target precisions (default and per label) or the other pooling rule to
+    the version's stored held-out predictions and registers the result as a new version
+    derived from it (201; the original stays as it was, so this can be rolled back), or with
+    ``dry_run`` only returns what each label would get (200). A setting left out keeps the
+    version's; settings identical to the version's are refused (422)."""
+    out = change_operating_points(ctx, principal, version, body)
+    if out.version is not None:
+        response.status_code = 201
+    return out
 
 
 class EvaluateRequest(BaseModel):
