@@ -98,6 +98,27 @@ def operating_point_view(model: CaseModel) -> dict[str, Any]:
     return {t: {"summary": dict(model.validation_[t]), "labels": labels[t]} for t in model.targets}
 
 
+def recorded_operating_points(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`operating_point_view`'s shape read from a version's registry metadata (which
+    records the same thresholds and held-out figures), without loading the artifact."""
+    thresholds = metadata.get("thresholds") or {}
+    validation = metadata.get("validation") or {}
+    return {
+        t: {"summary": validation.get(t, {}), "labels": labels} for t, labels in thresholds.items()
+    }
+
+
+def recorded_settings(metadata: Mapping[str, Any]) -> OperatingPointSettings:
+    """The operating-point settings a version's registry metadata records (its ``params``)."""
+    params = metadata.get("params") or {}
+    return OperatingPointSettings(
+        target_precision=float(params.get("target_precision", 0.95)),
+        label_precision=params.get("label_precision") or {},
+        # versions saved before pooling existed record no such parameter: they chose without it
+        threshold_pooling=bool(params.get("threshold_pooling", False)),
+    )
+
+
 def _checked_settings(
     model: CaseModel,
     target_precision: float | None,
@@ -190,3 +211,55 @@ def rethreshold(
         parent_points=parent_points,
         points=points,
     )
+
+
+def format_operating_points(
+    points: Mapping[str, Any], before: Mapping[str, Any] | None = None
+) -> str:
+    """A readable table of :func:`operating_point_view`'s ``points`` (as ``triage models
+    operating-points`` prints it); with ``before`` (the parent's view) each threshold, coverage
+    and precision shows ``old -> new`` and a changed label is marked ``*``. A threshold above 1
+    prints as ``never`` (the label always abstains)."""
+
+    def num(value: float | None, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    def threshold(value: float) -> str:
+        return "never" if value > 1.0 else f"{value:.3f}"
+
+    def pair(old: str, new: str) -> str:
+        return new if old == new else f"{old} -> {new}"
+
+    lines: list[str] = []
+    for target, view in points.items():
+        summary = view["summary"]
+        head = (
+            f"{target} ({len(view['labels'])} labels): held-out coverage "
+            f"{num(summary.get('coverage'))} at precision {num(summary.get('precision'))}"
+        )
+        if before is not None:
+            was = before[target]["summary"]
+            head += f" (was {num(was.get('coverage'))} at {num(was.get('precision'))})"
+        lines.append(head)
+        width = max(len("label"), *(len(label) for label in view["labels"]))
+        lines.append(
+            f"  {'label':<{width}}  target  threshold       coverage        precision       "
+            "predicted  pooled"
+        )
+        for label, stats in view["labels"].items():
+            old = None if before is None else before[target]["labels"][label]
+            cells = []
+            for key, fmt in (
+                ("threshold", threshold),
+                ("validation_coverage", num),
+                ("validation_precision", num),
+            ):
+                new_text = fmt(stats[key])
+                cells.append(new_text if old is None else pair(fmt(old[key]), new_text))
+            mark = "*" if old is not None and old["threshold"] != stats["threshold"] else " "
+            lines.append(
+                f"{mark} {label:<{width}}  {stats['target_precision']:<6}  {cells[0]:<14}  "
+                f"{cells[1]:<14}  {cells[2]:<14}  {stats['n_predicted']:>9}  "
+                f"{'yes' if stats['pooled'] else 'no'}"
+            )
+    return "\n".join(lines)

@@ -307,6 +307,137 @@ def models_rollback(
     typer.echo(f"rolled back; active: {version}")
 
 
+def _chosen(reg: ModelRegistry, version: str | None, registry: Path) -> str:
+    chosen = version or reg.active_version()
+    if chosen is None:
+        raise ClassifierError(f"no active model in {registry}; name a version")
+    return chosen
+
+
+@models_app.command("operating-points")
+def models_operating_points(
+    version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
+    registry: RegistryDir = Path("var/models"),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+    signing_key: SigningKey = None,
+) -> None:
+    """Show a version's operating points: per target and label, the confidence threshold,
+    its target precision and the held-out coverage and precision it gave ("never": the label
+    always abstains). Read from the verified metadata; the model is not loaded."""
+    from classifiers.rethresholding import (
+        format_operating_points,
+        recorded_operating_points,
+        recorded_settings,
+    )
+
+    reg = _registry(registry, signing_key)
+    try:
+        chosen = _chosen(reg, version, registry)
+        meta = reg.verify(chosen)
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    points = recorded_operating_points(meta)
+    settings = recorded_settings(meta)
+    if json_output:
+        typer.echo(
+            json.dumps({"version": chosen, "settings": settings.to_dict(), "targets": points})
+        )
+        return
+    parent = (meta.get("derived_from") or {}).get("version")
+    typer.echo(f"model {chosen}{f' (operating points re-chosen from {parent})' if parent else ''}")
+    pooling = "on" if settings.threshold_pooling else "off"
+    typer.echo(
+        f"target precision {settings.target_precision}; per-label targets "
+        f"{settings.label_precision or 'none'}; pooling {pooling}"
+    )
+    typer.echo(format_operating_points(points))
+
+
+@models_app.command("rethreshold")
+def models_rethreshold(
+    version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
+    registry: RegistryDir = Path("var/models"),
+    target_precision: Annotated[
+        float | None,
+        typer.Option(help="New default target precision, in (0.5, 1) (default: the version's)."),
+    ] = None,
+    label_precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Per-label target, TARGET:LABEL=PRECISION; repeatable. Replaces the version's "
+            "per-label targets as a whole (default: keep them).",
+        ),
+    ] = None,
+    clear_label_precision: Annotated[
+        bool, typer.Option(help="Drop the version's per-label targets.")
+    ] = False,
+    threshold_pooling: Annotated[
+        bool | None,
+        typer.Option(
+            "--threshold-pooling/--no-threshold-pooling",
+            help="Let labels too thin for their own threshold borrow the pooled one "
+            "(default: the version's setting).",
+            show_default=False,
+        ),
+    ] = None,
+    activate: Annotated[bool, typer.Option(help="Activate the new version.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Show what each label would get; register nothing.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+    signing_key: SigningKey = None,
+) -> None:
+    """Re-choose a version's thresholds under other target precisions or pooling, without
+    retraining, and register the result as a new version derived from it (the original is
+    kept, so `models rollback` undoes an activation). Uses the held-out predictions stored in
+    the version; takes seconds (loading and saving the artifact). Prints each label's
+    threshold, held-out coverage and precision, old -> new ('*' marks a changed label)."""
+    from classifiers.rethresholding import format_operating_points, rethreshold
+
+    if label_precision and clear_label_precision:
+        raise _fail("give --label-precision or --clear-label-precision, not both")
+    reg = _registry(registry, signing_key)
+    try:
+        per_label = parse_label_precision(label_precision) if label_precision else None
+        out = rethreshold(
+            reg,
+            _chosen(reg, version, registry),
+            target_precision=target_precision,
+            label_precision={} if clear_label_precision else per_label,
+            threshold_pooling=threshold_pooling,
+            activate=activate,
+            dry_run=dry_run,
+        )
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "parent": out.parent,
+                    "version": out.version,
+                    "activated": out.activated,
+                    "dry_run": dry_run,
+                    "before": out.before.to_dict(),
+                    "after": out.after.to_dict(),
+                    "changed_labels": out.changed_labels(),
+                    "targets": out.points,
+                }
+            )
+        )
+        return
+    typer.echo(format_operating_points(out.points, before=out.parent_points))
+    if out.version is None:
+        typer.echo(f"dry run: nothing registered (from {out.parent})")
+    else:
+        state = " (active)" if out.activated else ""
+        typer.echo(f"registered {out.version}{state}, derived from {out.parent}")
+
+
 def standalone_app() -> typer.Typer:
     """The commands as one app (for tests and ``python -m cli.classifier``)."""
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)

@@ -1,8 +1,9 @@
 """The console's classifier models page under ``/console/admin/models``.
 
 Admins train a new version from an uploaded labelled file, evaluate any version on one,
-activate a version, roll back, and start retraining on reviewer labels; auditors read the same
-page without the forms. Every handler calls the functions the ``/v1/models`` routes call
+activate a version, roll back, start retraining on reviewer labels, and re-choose a version's
+operating points (its per-label thresholds) without retraining; auditors read the same pages
+without the forms. Every handler calls the functions the ``/v1/models`` routes call
 (``api.routes.models``), so validation, the one-job-at-a-time rule and the audit events are the
 same as over the API.
 """
@@ -21,13 +22,18 @@ from api.console.routes import AdminP, _error_text, _text, _whole_number, redire
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.models import (
+    OperatingPointChange,
+    OperatingPointRequest,
+    OperatingPoints,
     TrainRequest,
     activate_version,
+    change_operating_points,
     evaluate_version,
     model_infos,
     rollback_version,
     start_retraining,
     start_training,
+    version_operating_points,
 )
 from classifiers import (
     DEFAULT_CLASS_WEIGHT,
@@ -333,4 +339,94 @@ def _evaluation_page(
             "views": views,
             "section": "models",
         },
+    )
+
+
+def _label_precision_text(per_target: dict[str, dict[str, float]]) -> str:
+    """Per-label targets as the form writes them: ``TARGET:LABEL=PRECISION, ...``."""
+    return ", ".join(
+        f"{target}:{label}={precision}"
+        for target, labels in per_target.items()
+        for label, precision in labels.items()
+    )
+
+
+def _operating_points_page(
+    request: Request,
+    current: OperatingPoints,
+    *,
+    change: OperatingPointChange | None = None,
+    can_change: bool,
+) -> Response:
+    shown = change.after if change is not None else current.settings
+    return render(
+        request,
+        "model_operating_points.html",
+        {
+            "current": current,
+            "change": change,
+            "form": {
+                "target_precision": shown.target_precision,
+                "label_precision": _label_precision_text(shown.label_precision),
+                "threshold_pooling": shown.threshold_pooling,
+            },
+            "can_change": can_change,
+            "section": "models",
+        },
+    )
+
+
+@router.get("/admin/models/{version}/operating-points")
+def operating_points_page(
+    request: Request, version: str, ctx: ContextDep, p: ModelReaderP
+) -> Response:
+    """A version's operating points (``GET /v1/models/{version}/operating-points``); admins
+    also get the form that previews or registers other settings."""
+    try:
+        current = version_operating_points(ctx, version)
+    except TriageError as exc:
+        return redirect(request, MODELS_URL, _error_text(exc), "error")
+    return _operating_points_page(request, current, can_change=p.role == Role.admin)
+
+
+@router.post("/admin/models/{version}/operating-points")
+def change_operating_points_form(
+    request: Request, version: str, ctx: ContextDep, p: AdminP, form: Form
+) -> Response:
+    """Preview (``intent=preview``: a dry run, shown beside the current figures) or register
+    (``intent=register``) other settings, as ``POST /v1/models/{version}/operating-points``.
+    The form always states all three settings: an emptied per-label field removes the
+    version's per-label targets. A refused setting comes back as a message naming it."""
+    back = f"{MODELS_URL}/{version}/operating-points"
+    register = _text(form, "intent", 20) == "register"
+    try:
+        raw_precision = _text(form, "target_precision", 20)
+        body = OperatingPointRequest.model_validate(
+            {
+                "target_precision": raw_precision or None,
+                "label_precision": parse_label_precision(_columns(form, "label_precision")),
+                "threshold_pooling": form.get("threshold_pooling") == "on",
+                "activate": register and form.get("activate") == "on",
+                "dry_run": not register,
+            }
+        )
+        current = version_operating_points(ctx, version)
+        change = change_operating_points(ctx, p, version, body)
+    except ClassifierError as exc:
+        return redirect(request, back, str(exc), "error")
+    except ValidationError as exc:
+        return redirect(request, back, _pydantic_text(exc), "error")
+    except NotFound as exc:
+        return redirect(request, MODELS_URL, _error_text(exc), "error")
+    except TriageError as exc:
+        return redirect(request, back, _error_text(exc), "error")
+    if change.version is None:
+        return _operating_points_page(request, current, change=change, can_change=True)
+    state = " and activated it" if change.activated else " (not active)"
+    return redirect(
+        request,
+        f"{MODELS_URL}#m-{change.version}",
+        f"Registered {change.version}{state}: the operating points of {version} re-chosen for "
+        f"target precision {change.after.target_precision}, pooling "
+        f"{'on' if change.after.threshold_pooling else 'off'}.",
     )

@@ -25,6 +25,8 @@ from classifiers import (
     UnknownVersion,
     align_columns,
     evaluate_model,
+    recorded_operating_points,
+    recorded_settings,
     rethreshold,
     unlabelled_targets,
     validate_training_data,
@@ -283,16 +285,6 @@ class OperatingPointChange(BaseModel):
     targets: dict[str, TargetOperatingPoints]
 
 
-def _settings_of(meta: dict[str, Any]) -> OperatingPointSettingsModel:
-    params = meta.get("params") or {}
-    return OperatingPointSettingsModel(
-        target_precision=params.get("target_precision", 0.95),
-        label_precision=params.get("label_precision") or {},
-        # versions saved before pooling existed have no such parameter: they chose without it
-        threshold_pooling=params.get("threshold_pooling", False),
-    )
-
-
 def version_operating_points(ctx: Any, version: str) -> OperatingPoints:
     """A version's settings and per-label operating points, from its verified metadata (the
     artifact is hashed, not loaded). NotFound / Conflict as for activation."""
@@ -301,16 +293,13 @@ def version_operating_points(ctx: Any, version: str) -> OperatingPoints:
         meta = reg.verify(version)
     except ClassifierError as exc:
         raise _registry_error(exc) from exc
-    thresholds = meta.get("thresholds") or {}
-    validation = meta.get("validation") or {}
     return OperatingPoints(
         version=version,
         active=version == reg.active_version(),
         derived_from=(meta.get("derived_from") or {}).get("version"),
-        settings=_settings_of(meta),
+        settings=OperatingPointSettingsModel(**recorded_settings(meta).to_dict()),
         targets={
-            t: TargetOperatingPoints(summary=validation.get(t, {}), labels=labels)
-            for t, labels in thresholds.items()
+            t: TargetOperatingPoints(**view) for t, view in recorded_operating_points(meta).items()
         },
     )
 

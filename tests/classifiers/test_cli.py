@@ -312,3 +312,80 @@ def test_train_refuses_an_unknown_class_weight(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "class-weight" in result.output and "balanced" in result.output
     assert not (tmp_path / "reg").exists()
+
+
+def test_models_operating_points_and_rethreshold(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    reg = tmp_path / "models"
+    shutil.copytree(trained, reg)
+    shown = runner.invoke(app, ["models", "operating-points", "--registry", str(reg), "--json"])
+    assert shown.exit_code == 0, shown.output
+    view = json.loads(shown.stdout)
+    parent = view["version"]
+    assert view["settings"] == {
+        "target_precision": 0.95,
+        "label_precision": {},
+        "threshold_pooling": True,
+    }
+    labels = view["targets"]["topic"]["labels"]
+    table = runner.invoke(app, ["models", "operating-points", "--registry", str(reg)])
+    assert table.exit_code == 0 and "pooling on" in table.stdout
+    for label, point in labels.items():
+        row = next(line for line in table.stdout.splitlines() if line[2:].startswith(label + " "))
+        threshold = "never" if point["threshold"] > 1 else f"{point['threshold']:.3f}"
+        assert threshold in row and str(point["n_predicted"]) in row
+
+    base = ["models", "rethreshold", "--registry", str(reg)]
+    dry = runner.invoke(app, [*base, "--target-precision", "0.8", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    preview = json.loads(dry.stdout)
+    assert preview["version"] is None and preview["parent"] == parent
+    assert all(p["target_precision"] == 0.8 for p in preview["targets"]["topic"]["labels"].values())
+    listed = runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout
+    assert listed.count(" v") == 1  # the dry run registered nothing
+
+    made = runner.invoke(app, [*base, "--target-precision", "0.8", "--activate"])
+    assert made.exit_code == 0, made.output
+    assert f"derived from {parent}" in made.stdout and "(active)" in made.stdout
+    changed = preview["changed_labels"].get("topic", [])
+    marked = [line[2:].split()[0] for line in made.stdout.splitlines() if line.startswith("* ")]
+    assert sorted(marked) == sorted(changed)
+    derived = json.loads(runner.invoke(app, ["models", "show", "--registry", str(reg)]).stdout)
+    assert derived["derived_from"]["version"] == parent and derived["active"]
+    assert derived["thresholds"]["topic"] == preview["targets"]["topic"]["labels"]
+
+    refusals = [
+        ([], "nothing would change"),  # the derived version's own settings again
+        (["--target-precision", "0.8"], "nothing would change"),
+        (["--target-precision", "1.0"], "between 0.5 and 1"),
+        (["--label-precision", "topic:no_such=0.9"], "'no_such'"),
+        (["--label-precision", "topic=0.9"], "TARGET:LABEL=PRECISION"),
+        (["--label-precision", "topic:order=0.9", "--clear-label-precision"], "not both"),
+        (["v20990101T000000000000Z-deadbeef", "--target-precision", "0.9"], "unknown model"),
+    ]
+    for args, words in refusals:
+        refused = runner.invoke(app, [*base, *args])
+        assert refused.exit_code == 2 and words in refused.stderr, (args, refused.output)
+    assert runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.count(" v") == 2
+
+    kept = runner.invoke(app, [*base, "--label-precision", "topic:order=0.99", "--json"])
+    assert kept.exit_code == 0, kept.output
+    out = json.loads(kept.stdout)
+    assert out["after"] == {
+        "target_precision": 0.8,
+        "label_precision": {"topic": {"order": 0.99}},
+        "threshold_pooling": True,
+    }
+    assert out["targets"]["topic"]["labels"]["order"]["target_precision"] == 0.99
+    cleared = runner.invoke(
+        app, [*base, out["version"], "--clear-label-precision", "--no-threshold-pooling", "--json"]
+    )
+    assert cleared.exit_code == 0, cleared.output
+    assert json.loads(cleared.stdout)["after"] == {
+        "target_precision": 0.8,
+        "label_precision": {},
+        "threshold_pooling": False,
+    }
+    rolled = runner.invoke(app, ["models", "rollback", "--registry", str(reg)])
+    assert rolled.exit_code == 0 and parent in rolled.stdout

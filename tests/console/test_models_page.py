@@ -11,6 +11,7 @@ import re
 
 from sqlalchemy import select
 
+from classifiers import rethreshold
 from tests.console.conftest import csrf, flash, post, sign_in
 from tests.support import bearer, submit_simulated, wait_until
 from triage import classification
@@ -425,3 +426,70 @@ def test_profile_page_shows_what_a_version_relied_on(client, people, db, setting
     assert "no model version" in flash(client, gone)
     sign_in(client, "agent")
     assert client.get(link).status_code == 403
+
+
+def test_operating_points_page_previews_and_registers(client, people, db, settings, with_model):
+    """From the models page, auditors read a version's per-label operating points; admins
+    preview other settings beside the current figures (nothing written) and register them as
+    a derived version (audited with their name), or get the refused field named."""
+    reg = classification.registry(settings)
+    meta = reg.verify(with_model)
+    page_url = f"{URL}/{with_model}/operating-points"
+    sign_in(client, "auditor")
+    assert f'href="{page_url}"' in client.get(URL).text
+    page = client.get(page_url)
+    assert page.status_code == 200
+    assert "<form" not in page.text.split("</header>")[1]  # read only for auditors
+    for target, labels in meta["thresholds"].items():
+        section = page.text.split(f'id="t-{target}"')[1].split("</section>")[0]
+        for label, point in labels.items():
+            row = section.split(f"{label}</th>")[1].split("</tr>")[0]
+            shown = "never" if point["threshold"] > 1 else f"{point['threshold']:.3f}"
+            assert f"<td>{shown}</td>" in row and f"<td>{point['n_predicted']}</td>" in row
+    assert post(client, page_url, {"intent": "register"}).status_code == 403
+    sign_in(client, "agent")
+    assert client.get(page_url).status_code == 403
+
+    sign_in(client, "boss")
+    form = client.get(page_url).text
+    assert (
+        'name="target_precision" type="number" min="0.51" max="0.99" step="0.01" value="0.95"'
+        in form
+    )
+    assert 'id="o-pooling" name="threshold_pooling" type="checkbox" checked' in form
+    fields = {"target_precision": "0.8", "threshold_pooling": "on", "label_precision": ""}
+    preview = post(client, page_url, {**fields, "intent": "preview"})
+    assert preview.status_code == 200 and "Preview: nothing registered yet" in preview.text
+    assert 'value="0.8"' in preview.text  # the form keeps what was previewed
+    expected = rethreshold(reg, with_model, target_precision=0.8, dry_run=True).changed_labels()
+    assert preview.text.count('<tr class="changed">') == sum(map(len, expected.values())) > 0
+    assert [m["version"] for m in reg.versions()] == [with_model]
+    assert _audit(db, "model.rethresholded") == []
+
+    for bad, word in (
+        ({"target_precision": "0.95", "threshold_pooling": "on"}, "nothing would change"),
+        ({"target_precision": "1.5", "threshold_pooling": "on"}, "target_precision"),
+        ({"label_precision": "queue:no_such_queue=0.9"}, "no_such_queue"),
+        ({"label_precision": "queue=0.9"}, "TARGET:LABEL=PRECISION"),
+    ):
+        r = post(client, page_url, {**bad, "intent": "register"})
+        message = flash(client, r)
+        assert message.startswith("error:") and word in message, (bad, message)
+    assert [m["version"] for m in reg.versions()] == [with_model]
+
+    done = post(client, page_url, {**fields, "intent": "register", "activate": "on"})
+    message = flash(client, done)
+    derived = reg.active_version()
+    assert derived != with_model and f"Registered {derived} and activated it" in message
+    events = _audit(db, "model.rethresholded")
+    assert len(events) == 1 and events[0]["parent"] == with_model
+    assert events[0]["actor"] == "boss"
+    listing = client.get(URL).text
+    assert f'thresholds re-chosen from <span class="mono">{with_model}</span>' in listing
+    derived_page = client.get(f"{URL}/{derived}/operating-points").text
+    assert f'href="{page_url}"' in derived_page  # links back to its parent
+    assert "Target precision <strong>0.8</strong>" in derived_page
+    gone = client.get(
+        f"{URL}/v20990101T000000000000Z-deadbeef/operating-points", follow_redirects=False
+    )
+    assert "unknown model version" in flash(client, gone)
