@@ -232,6 +232,14 @@ class _Columns:
     numeric: np.ndarray | None = None
 
 
+def _plain_vocabulary(vectorizer: TfidfVectorizer) -> None:
+    """Make the fitted vocabulary's column numbers Python ints (scikit-learn leaves numpy
+    int64 scalars). skops writes every numpy scalar as its own array file, so a 12k-term
+    vocabulary was a 12k-file artifact: 2.9 s to save and 1.7 s to load a Bitext model, against
+    0.3 s and 0.5 s with plain ints (same transform; ``bench/artifact_io.py``)."""
+    vectorizer.vocabulary_ = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
+
+
 class RecordFeaturizer(TransformerMixin, BaseEstimator):
     """Turn records into one sparse matrix: word and character TF-IDF, one-hot, numeric, embeddings.
 
@@ -389,6 +397,9 @@ class RecordFeaturizer(TransformerMixin, BaseEstimator):
                     self.char_vectorizer_.fit(cols.text)
                 except ValueError:
                     self.char_vectorizer_ = None
+            for vectorizer in (self.word_vectorizer_, self.char_vectorizer_):
+                if vectorizer is not None:
+                    _plain_vocabulary(vectorizer)
         if spec.categorical_columns:
             self.encoder_ = OneHotEncoder(handle_unknown="ignore", dtype=np.float32)
             self.encoder_.fit(np.array(cols.categorical, dtype=object))

@@ -184,3 +184,22 @@ def test_in_memory_transposes_stay_out_of_artifacts(
     # the model that was saved still has its caches (the state was copied, not emptied)
     assert "_transposed_cache" in estimator.__dict__
     assert (loaded.predict_proba(records)["triage_category"] == expected).all()
+
+
+def test_vocabularies_are_stored_as_a_few_arrays_not_one_file_per_term(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    """skops writes each numpy scalar as its own file: the vocabularies' column numbers are
+    plain ints, so the artifact holds a handful of arrays however many terms it knows."""
+    import zipfile
+
+    fz = bitext_model.featurizer_
+    terms = len(fz.word_vectorizer_.vocabulary_) + len(fz.char_vectorizer_.vocabulary_)
+    for vectorizer in (fz.word_vectorizer_, fz.char_vectorizer_):
+        assert {type(c) for c in vectorizer.vocabulary_.values()} == {int}
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(bitext_model)
+    files = zipfile.ZipFile(tmp_path / "versions" / version / "model.skops").namelist()
+    assert terms > 1000 and len(files) < 50
+    rows = bitext_rows(2, seed=5)
+    assert (reg.load(version).model.transform(rows) != bitext_model.transform(rows)).nnz == 0

@@ -161,3 +161,33 @@ def test_an_artifact_from_before_pooling_can_turn_it_on(
     derived = registry.load(out.version).model
     assert derived.threshold_pooling is True
     assert derived.thresholds_dict() == bitext_model.thresholds_dict()
+
+
+def test_rethresholding_equals_training_at_those_settings(
+    tmp_path: Path, bitext_model: CaseModel, bitext_small: list[Any]
+) -> None:
+    """The point of the operation: the same thresholds a full refit at the new settings would
+    choose (fitting is deterministic, so the out-of-fold predictions are the same)."""
+    registry = ModelRegistry(tmp_path)
+    parent = registry.save(bitext_model)
+    out = rethreshold(
+        registry, parent, target_precision=0.85, label_precision={TARGET: {"order": 0.99}}
+    )
+    refit = CaseModel(
+        spec=bitext_model.spec,
+        targets=(TARGET,),
+        cv=3,
+        target_precision=0.85,
+        label_precision={TARGET: {"order": 0.99}},
+    ).fit(bitext_small)
+    assert out.version is not None
+    derived = registry.load(out.version).model.thresholds_dict()[TARGET]
+    expected = refit.thresholds_dict()[TARGET]
+    assert derived.keys() == expected.keys()
+    for label, point in derived.items():
+        # two fits agree to rounding (summation order differs between runs), not bit for bit
+        assert point["threshold"] == pytest.approx(expected[label]["threshold"], abs=1e-3)
+        rest = {k: v for k, v in point.items() if k != "threshold"}
+        assert rest == {k: v for k, v in expected[label].items() if k != "threshold"}, label
+    summary = out.points[TARGET]["summary"]
+    assert summary == pytest.approx(refit.validation_[TARGET], abs=1e-3)
