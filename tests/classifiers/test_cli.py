@@ -336,14 +336,18 @@ def test_models_operating_points_and_rethreshold(trained: Path, tmp_path: Path) 
         threshold = "never" if point["threshold"] > 1 else f"{point['threshold']:.3f}"
         assert threshold in row and str(point["n_predicted"]) in row
 
+    def n_versions() -> int:
+        listed = runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout
+        return len(listed.splitlines())
+
+    before = n_versions()  # the module's registry may hold more than one version by now
     base = ["models", "rethreshold", "--registry", str(reg)]
     dry = runner.invoke(app, [*base, "--target-precision", "0.8", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     preview = json.loads(dry.stdout)
     assert preview["version"] is None and preview["parent"] == parent
     assert all(p["target_precision"] == 0.8 for p in preview["targets"]["topic"]["labels"].values())
-    listed = runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout
-    assert listed.count(" v") == 1  # the dry run registered nothing
+    assert n_versions() == before  # the dry run registered nothing
 
     made = runner.invoke(app, [*base, "--target-precision", "0.8", "--activate"])
     assert made.exit_code == 0, made.output
@@ -367,7 +371,7 @@ def test_models_operating_points_and_rethreshold(trained: Path, tmp_path: Path) 
     for args, words in refusals:
         refused = runner.invoke(app, [*base, *args])
         assert refused.exit_code == 2 and words in refused.stderr, (args, refused.output)
-    assert runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.count(" v") == 2
+    assert n_versions() == before + 1  # the refusals registered nothing
 
     kept = runner.invoke(app, [*base, "--label-precision", "topic:order=0.99", "--json"])
     assert kept.exit_code == 0, kept.output
