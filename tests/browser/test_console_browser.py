@@ -285,3 +285,41 @@ def test_auditor_reads_what_the_active_model_relied_on(page, demo_server):
                 e.feature + (f" = {e.value}" if e.value is not None else "") for e in lp.evidence
             ]
     shot(page, "14-auditor-model-profile")
+
+
+def test_admin_previews_and_registers_other_operating_points(page, demo_server):
+    """From the models page to a version's operating points: preview a lower target precision
+    (highlighted old -> new rows, nothing registered), then register and activate it."""
+    from triage import classification
+
+    reg = classification.registry(demo_server["settings"])
+    before = [m["version"] for m in reg.versions()]
+    sign_in(page, demo_server, "admin")
+    page.goto("/console/admin/models")
+    page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
+        "link", name=re.compile("^Operating points")
+    ).click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", name=re.compile(r"^Operating points of v\S+")).is_visible()
+    parent = page.locator("h1 .mono").inner_text()
+    assert page.locator("#t-queue tbody tr").count() == len(
+        reg.verify(parent)["thresholds"]["queue"]
+    )
+    shot(page, "15-operating-points")
+    page.get_by_label("Target precision").fill("0.8")
+    page.get_by_role("button", name="Preview").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", name="Preview: nothing registered yet").is_visible()
+    assert page.locator("tr.changed").count() >= 1
+    assert page.get_by_label("Target precision").input_value() == "0.8"
+    shot(page, "16-operating-points-preview")
+    assert [m["version"] for m in reg.versions()] == before
+    page.get_by_label("Activate when registered").check()
+    page.get_by_role("button", name="Register as a new version").click()
+    page.wait_for_url(re.compile("/console/admin/models"))
+    assert "and activated it" in page.locator(".flash").inner_text()
+    derived = reg.active_version()
+    assert derived not in before and reg.verify(derived)["derived_from"]["version"] == parent
+    (event,) = _events(demo_server, "model.rethresholded")
+    assert event["actor"] == "admin" and event["parent"] == parent
+    reg.activate(parent)  # leave the demo's model active for the module's other tests
