@@ -41,6 +41,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/fx-rates"): {"approver", "auditor", "admin"},
     ("POST", "/v1/models/{version}/activate"): {"admin"},
     ("GET", "/v1/models/{version}/profile"): {"admin", "auditor"},
+    ("GET", "/v1/models/{version}/operating-points"): {"admin", "auditor"},
+    ("POST", "/v1/models/{version}/operating-points"): {"admin"},
     ("POST", "/v1/models/rollback"): {"admin"},
     ("POST", "/v1/models/{version}/evaluate"): {"admin"},
     ("GET", "/v1/models/evaluate"): {"admin"},
@@ -139,6 +141,8 @@ def _call(client, method, path, headers):
         body = {"queue": "billing", "reason": "matrix"}
     elif method == "POST" and path.endswith("/evaluate"):
         body = {"records": [{"text": "x", "queue": "billing"}]}
+    elif method == "POST" and path.endswith("/operating-points"):
+        body = {"target_precision": 0.9}
     return client.request(method, path, json=body, headers=headers)
 
 
