@@ -16,7 +16,6 @@ probabilities on the training records. It asserts nothing else.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -31,11 +30,9 @@ import skops.io as sio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.rethreshold_speed import train_version, training_arguments  # noqa: E402
 from classifiers import CaseModel, load_records  # noqa: E402
-from classifiers.data import BITEXT_FIXTURE  # noqa: E402
-from classifiers.registry import load_trusted_artifact  # noqa: E402
-from retrieval.defaults import DEFAULT_ENCODER  # noqa: E402
-from triage.classification import train_model  # noqa: E402
+from classifiers.registry import ModelRegistry, load_trusted_artifact  # noqa: E402
 
 
 def with_vocabulary(model: CaseModel, kind: type) -> CaseModel:
@@ -49,26 +46,10 @@ def with_vocabulary(model: CaseModel, kind: type) -> CaseModel:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=BITEXT_FIXTURE, help="labelled CSV/JSONL")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="triage_category")
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="or 'none'")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-
+    args = training_arguments(__doc__.split("\n\n")[0])
     records = load_records(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        from classifiers.registry import ModelRegistry
-
-        _, model = train_model(
-            records,
-            registry=ModelRegistry(Path(tmp) / "registry"),
-            text_columns=[args.text_column],
-            label_columns=[args.label_column],
-            encoder=args.encoder,
-            activate=False,
-        )
+        _, model = train_version(args, records, ModelRegistry(Path(tmp) / "registry"))
         variants = {"old (numpy int64)": with_vocabulary(model, np.int64)}
         variants["new (int)"] = with_vocabulary(model, int)
         times: dict[str, dict[str, list[float]]] = {k: {"save": [], "load": []} for k in variants}

@@ -22,11 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from classifiers import load_records, rethreshold  # noqa: E402
+from classifiers import CaseModel, load_records, rethreshold  # noqa: E402
 from classifiers.data import BITEXT_FIXTURE  # noqa: E402
 from classifiers.registry import ModelRegistry  # noqa: E402
 from retrieval.defaults import DEFAULT_ENCODER  # noqa: E402
@@ -35,30 +36,44 @@ from triage.classification import train_model  # noqa: E402
 TARGETS = (0.9, 0.85, 0.8, 0.97, 0.92)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def training_arguments(description: str) -> argparse.Namespace:
+    """The data, columns, encoder and rounds options of this bench and ``artifact_io.py``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=BITEXT_FIXTURE, help="labelled CSV/JSONL")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="triage_category")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="or 'none'")
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def train_version(
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    registry: ModelRegistry,
+    target: float = 0.95,
+) -> tuple[str, CaseModel]:
+    """Fit and register a version on ``records`` as ``triage train`` does (not activated)."""
+    return train_model(
+        records,
+        registry=registry,
+        text_columns=[args.text_column],
+        label_columns=[args.label_column],
+        encoder=args.encoder,
+        activate=False,
+        target_precision=target,
+    )
+
+
+def main() -> None:
+    args = training_arguments(__doc__.split("\n\n")[0])
     records = load_records(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         registry = ModelRegistry(Path(tmp))
 
         def train(target: float) -> tuple[str, float]:
             started = time.perf_counter()
-            version, _ = train_model(
-                records,
-                registry=registry,
-                text_columns=[args.text_column],
-                label_columns=[args.label_column],
-                encoder=args.encoder,
-                activate=False,
-                target_precision=target,
-            )
+            version, _ = train_version(args, records, registry, target)
             return version, time.perf_counter() - started
 
         parent, first = train(0.95)

@@ -677,7 +677,7 @@ class TrainRequest(BaseModel):
     label_columns: list[Column] = Field(min_length=1, max_length=5)
     feature_columns: list[Column] = Field(default_factory=list, max_length=50)
     target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
-    label_precision: dict[Column, dict[Annotated[str, Field(max_length=200)], float]] = Field(
+    label_precision: dict[Column, dict[LabelName, float]] = Field(
         default_factory=dict,
         max_length=5,
         description="Per-label targets overriding target_precision: "
