@@ -89,6 +89,27 @@ class Rethresholded:
                 out[target] = changed
         return out
 
+    def audit_payload(self, *, activated: bool, previous_active: str | None) -> dict[str, Any]:
+        """What the audit trail records for a registered change (API, console and command
+        line alike): versions, settings before and after, changed labels, held-out coverage
+        before and after, whether it was activated and what was active before."""
+        return {
+            "version": self.version,
+            "parent": self.parent,
+            "activated": activated,
+            "previous_active": previous_active,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "changed_labels": self.changed_labels(),
+            "coverage": {
+                t: {
+                    "before": self.parent_points[t]["summary"]["coverage"],
+                    "after": view["summary"]["coverage"],
+                }
+                for t, view in self.points.items()
+            },
+        }
+
 
 def operating_point_view(model: CaseModel) -> dict[str, Any]:
     """Per target: ``summary`` (held-out accuracy, macro-F1, coverage and precision at the

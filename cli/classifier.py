@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -137,19 +137,23 @@ def train(
     activate: Annotated[bool, typer.Option(help="Activate the new version.")] = True,
     signing_key: SigningKey = None,
 ) -> None:
-    """Train a calibrated classifier on FILE and register it as a new version in --out."""
+    """Train a calibrated classifier on FILE and register it as a new version in --out
+    (audited when --out is the deployment's registry, <data_dir>/models)."""
     from triage.classification import train_model  # also installs the classifiers' embedder
 
     say = progress_printer()
+    registry = _registry(out, signing_key)
     try:
+        records = load_records(data)
+        # registered inactive: the activation goes with the audit event (see _audited)
         version, model = train_model(
-            load_records(data),
-            registry=_registry(out, signing_key),
+            records,
+            registry=registry,
             text_columns=text_column,
             label_columns=label_column,
             feature_columns=list(feature_columns or []),
             encoder=encoder,
-            activate=activate,
+            activate=False,
             training_data_sha256=file_sha256(data),
             training_data_name=data.name,
             source=data.name,
@@ -163,6 +167,20 @@ def train(
             threshold_pooling=threshold_pooling,
             group_near_duplicates=group_near_duplicates,
         )
+
+        def go() -> dict[str, Any]:
+            if activate:
+                registry.activate(version)
+            return {
+                "version": version,
+                "activated": activate,
+                "n_records": len(records),
+                "encoder": model.feature_spec().embedding_encoder,
+                "source": data.name,
+                "validation": {t: model.validation_[t] for t in model.targets},
+            }
+
+        _audited(out, "model.trained", go)
     except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for target in model.targets:
@@ -232,18 +250,66 @@ def evaluate(
 
 
 RegistryDir = Annotated[
-    Path,
+    Path | None,
     typer.Option(
         "--registry",
         envvar="TRIAGE_MODEL_REGISTRY",
-        help="Model registry directory (default: the product's, <data_dir>/models).",
+        help="Model registry directory (default: the deployment's, <data_dir>/models, "
+        "TRIAGE_DATA_DIR or var). Changes to the deployment's registry are audited.",
+        show_default=False,
     ),
 ]
 
 
+def _root(registry: Path | None) -> Path:
+    """``--registry``, or the deployment's registry directory when it is not given."""
+    if registry is not None:
+        return registry
+    from triage.settings import get_settings
+
+    return get_settings().data_dir / "models"
+
+
+def _audited(root: Path, action: str, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``change`` (a registry step returning its audit payload) and return the payload.
+
+    On the deployment's registry (``<data_dir>/models``, where the API reads its model) the step
+    runs inside a database transaction that appends its audit event as the CLI admin, as the
+    API and the console do: the database is reached before the step, and a step that fails
+    writes no event. Any other registry (a folder of ``triage train --out`` experiments) has no
+    audit trail, and the step simply runs. Exit 2 when the database cannot be reached."""
+    from triage.settings import get_settings
+
+    settings = get_settings()
+    if root.resolve() != (settings.data_dir / "models").resolve():
+        return change()
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cli.actors import cli_admin
+    from triage import audit
+    from triage.db import Database
+
+    db = Database(settings)
+    try:
+        with db.write() as session:
+            session.execute(text("select 1"))  # fail before the step, not after it
+            payload = change()
+            audit.append(session, cli_admin(), action, payload)
+    except SQLAlchemyError as exc:
+        raise _fail(
+            f"{root} is the deployment's model registry and its changes are audited, but the "
+            f"database could not be written ({type(exc).__name__}); nothing was changed"
+        ) from None
+    finally:
+        db.dispose()
+    return payload
+
+
 @models_app.command("list")
-def models_list(registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None) -> None:
+def models_list(registry: RegistryDir = None, signing_key: SigningKey = None) -> None:
     """List registered versions, oldest first; the active one is marked with '*'."""
+    registry = _root(registry)
     reg = _registry(registry, signing_key)
     active = reg.active_version()
     versions = reg.versions()
@@ -263,11 +329,12 @@ def models_list(registry: RegistryDir = Path("var/models"), signing_key: Signing
 
 @models_app.command("show")
 def models_show(
-    registry: RegistryDir = Path("var/models"),
+    registry: RegistryDir = None,
     version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
     signing_key: SigningKey = None,
 ) -> None:
     """Print a version's metadata as JSON, after verifying its integrity."""
+    registry = _root(registry)
     reg = _registry(registry, signing_key)
     try:
         chosen = version or reg.active_version()
@@ -282,29 +349,41 @@ def models_show(
 @models_app.command("activate")
 def models_activate(
     version: Annotated[str, typer.Argument(help="Version id to activate.")],
-    registry: RegistryDir = Path("var/models"),
+    registry: RegistryDir = None,
     signing_key: SigningKey = None,
 ) -> None:
-    """Verify VERSION and make it the active model."""
-    reg = _registry(registry, signing_key)
-    try:
+    """Verify VERSION and make it the active model (audited on the deployment's registry)."""
+    root = _root(registry)
+    reg = _registry(root, signing_key)
+
+    def go() -> dict[str, Any]:
+        previous = reg.active_version()
         reg.activate(version)
+        return {"version": version, "previous": previous}
+
+    try:
+        _audited(root, "model.activated", go)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"active: {version}")
 
 
 @models_app.command("rollback")
-def models_rollback(
-    registry: RegistryDir = Path("var/models"), signing_key: SigningKey = None
-) -> None:
-    """Re-activate the version that was active before the current one."""
-    reg = _registry(registry, signing_key)
+def models_rollback(registry: RegistryDir = None, signing_key: SigningKey = None) -> None:
+    """Re-activate the version that was active before the current one (audited on the
+    deployment's registry)."""
+    root = _root(registry)
+    reg = _registry(root, signing_key)
+
+    def go() -> dict[str, Any]:
+        previous = reg.active_version()
+        return {"version": reg.rollback(), "previous": previous}
+
     try:
-        version = reg.rollback()
+        done = _audited(root, "model.rolled_back", go)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"rolled back; active: {version}")
+    typer.echo(f"rolled back; active: {done['version']}")
 
 
 def _chosen(reg: ModelRegistry, version: str | None, registry: Path) -> str:
@@ -317,7 +396,7 @@ def _chosen(reg: ModelRegistry, version: str | None, registry: Path) -> str:
 @models_app.command("operating-points")
 def models_operating_points(
     version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
-    registry: RegistryDir = Path("var/models"),
+    registry: RegistryDir = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
@@ -332,6 +411,7 @@ def models_operating_points(
         recorded_settings,
     )
 
+    registry = _root(registry)
     reg = _registry(registry, signing_key)
     try:
         chosen = _chosen(reg, version, registry)
@@ -358,7 +438,7 @@ def models_operating_points(
 @models_app.command("rethreshold")
 def models_rethreshold(
     version: Annotated[str | None, typer.Argument(help="Version id (default: active).")] = None,
-    registry: RegistryDir = Path("var/models"),
+    registry: RegistryDir = None,
     target_precision: Annotated[
         float | None,
         typer.Option(help="New default target precision, in (0.5, 1) (default: the version's)."),
@@ -400,18 +480,31 @@ def models_rethreshold(
 
     if label_precision and clear_label_precision:
         raise _fail("give --label-precision or --clear-label-precision, not both")
-    reg = _registry(registry, signing_key)
+    root = _root(registry)
+    reg = _registry(root, signing_key)
+    activated = False
     try:
         per_label = parse_label_precision(label_precision) if label_precision else None
         out = rethreshold(
             reg,
-            _chosen(reg, version, registry),
+            _chosen(reg, version, root),
             target_precision=target_precision,
             label_precision={} if clear_label_precision else per_label,
             threshold_pooling=threshold_pooling,
-            activate=activate,
             dry_run=dry_run,
         )
+        derived = out.version
+        if derived is not None:
+            # registered inactive; activated (when asked) together with the audit event, as
+            # over the API: a failed step leaves an inactive version no case uses
+
+            def go() -> dict[str, Any]:
+                previous = reg.active_version()
+                if activate:
+                    reg.activate(derived)
+                return out.audit_payload(activated=activate, previous_active=previous)
+
+            activated = _audited(root, "model.rethresholded", go)["activated"]
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     if json_output:
@@ -420,7 +513,7 @@ def models_rethreshold(
                 {
                     "parent": out.parent,
                     "version": out.version,
-                    "activated": out.activated,
+                    "activated": activated,
                     "dry_run": dry_run,
                     "before": out.before.to_dict(),
                     "after": out.after.to_dict(),
@@ -434,7 +527,7 @@ def models_rethreshold(
     if out.version is None:
         typer.echo(f"dry run: nothing registered (from {out.parent})")
     else:
-        state = " (active)" if out.activated else ""
+        state = " (active)" if activated else ""
         typer.echo(f"registered {out.version}{state}, derived from {out.parent}")
 
 

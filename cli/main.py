@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -20,10 +20,8 @@ from api.console.cli import users_app as console_users_app
 from cli import classifier as classifier_cli
 from cli import kb as kb_cli
 from cli import policy as policy_cli
+from cli.actors import cli_admin
 from triage.settings import Settings, get_settings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from triage.audit import Actor
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -50,18 +48,9 @@ app.add_typer(policy_cli.policy_app, name="policy")
 app.add_typer(kb_cli.app, name="kb")
 app.add_typer(console_users_app, name="users")
 
-ADMIN_CLI = "cli-admin"
-
 
 def _settings() -> Settings:
     return get_settings()
-
-
-def _cli_admin() -> Actor:
-    """The actor the audit trail names for admin commands run on the command line."""
-    from triage import audit  # lazily, like every command: `triage --help` stays quick
-
-    return audit.Actor(audit.ActorType.human, ADMIN_CLI, "admin")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -134,7 +123,7 @@ def keys_create(
                 name,
                 role,
                 authorities=authority,
-                created_by=_cli_admin(),
+                created_by=cli_admin(),
             )
     except ValidationFailed as exc:
         raise _fail(exc.message) from exc
@@ -163,7 +152,7 @@ def keys_revoke(key_id: str) -> None:
 
     try:
         with Database(_settings()).write() as s:
-            auth.revoke_key(s, key_id, by=_cli_admin())
+            auth.revoke_key(s, key_id, by=cli_admin())
     except NotFound as exc:
         raise _fail(exc.message) from exc
     typer.echo(f"revoked {key_id}")
@@ -486,7 +475,7 @@ def jobs_retry(job_id: int) -> None:
         raise _fail("TRIAGE_JOB_ENGINE is embedded: there are no jobs to retry")
     try:
         with Database(settings).write() as s:
-            j = jobs.retry_job(s, job_id, actor=_cli_admin())
+            j = jobs.retry_job(s, job_id, actor=cli_admin())
     except TriageError as exc:
         raise _fail(exc.message) from exc
     typer.echo(_job_line(j))
@@ -520,7 +509,7 @@ def retrain_cmd(
         out = model_jobs.RETRAINING.run(
             db,
             settings,
-            _cli_admin(),
+            cli_admin(),
             classification.retrain_work(settings, db, base, eval_data),
             echo=classifier_cli.progress_printer(),
         )
@@ -596,7 +585,7 @@ def model_jobs_prune(
 
     count = model_jobs.prune(
         Database(_settings()),
-        _cli_admin(),
+        cli_admin(),
         older_than_days=older_than_days,
         dry_run=dry_run,
     )
@@ -619,7 +608,7 @@ def model_jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id."
         state = model_jobs.request_cancel(
             Database(settings),
             job_id,
-            _cli_admin(),
+            cli_admin(),
             lease_seconds=settings.model_job_lease_seconds,
         )
     except TriageError as exc:

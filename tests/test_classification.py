@@ -1026,3 +1026,79 @@ def test_operating_points_over_the_api(client, keys, db, settings, with_model):
         assert {cases.get(s, i).model_version for i in ids} == {derived}
     back = client.post("/v1/models/rollback", headers=admin)
     assert back.status_code == 200 and reg.active_version() == with_model
+
+
+def test_model_commands_on_the_deployments_registry_are_audited(
+    db, settings, with_model, monkeypatch, tmp_path
+):
+    """`triage models activate|rollback|rethreshold` and `triage train --out` act on the
+    deployment's registry (<data_dir>/models, the default) together with an audit event naming
+    the CLI admin, as the API does; a step that fails writes no event; another registry
+    directory has no audit trail."""
+    triage = cli_runner(monkeypatch, settings)
+    reg = classification.registry(settings)
+
+    def events() -> list[tuple[str, str, dict]]:
+        with db.read() as s:
+            rows = s.execute(
+                select(AuditEvent.action, AuditEvent.actor_id, AuditEvent.payload).where(
+                    AuditEvent.action.like("model.%")
+                )
+            ).all()
+        return [(a, who, json.loads(p)) for a, who, p in rows]
+
+    listed = triage("models", "list")  # no --registry: the deployment's
+    assert listed.exit_code == 0 and f"* {with_model}" in listed.stdout
+
+    made = triage("models", "rethreshold", "--target-precision", "0.8", "--activate", "--json")
+    assert made.exit_code == 0, made.output
+    derived = json.loads(made.stdout)["version"]
+    assert json.loads(made.stdout)["activated"] and reg.active_version() == derived
+    (event,) = events()
+    assert event[:2] == ("model.rethresholded", "cli-admin")
+    assert event[2]["version"] == derived and event[2]["previous_active"] == with_model
+
+    assert triage("models", "rollback").exit_code == 0 and reg.active_version() == with_model
+    assert triage("models", "activate", derived).exit_code == 0
+    assert [(a, p["version"], p["previous"]) for a, _, p in events()[1:]] == [
+        ("model.rolled_back", with_model, derived),
+        ("model.activated", derived, with_model),
+    ]
+    # refused steps write nothing
+    assert triage("models", "activate", "v20990101T000000000000Z-deadbeef").exit_code == 2
+    assert triage("models", "rethreshold", "--target-precision", "0.8").exit_code == 2
+    assert len(events()) == 3
+
+    import csv
+
+    with classification.BITEXT_SAMPLE.open(encoding="utf-8") as fh:
+        rows = [
+            {"text": r["text"], "label": r["triage_category"]} for r in list(csv.DictReader(fh))
+        ][::20]
+    data = tmp_path / "history.csv"
+    with data.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    common = ["train", "--data", str(data), "--text-column", "text", "--label-column", "label"]
+    elsewhere = triage(*common, "--out", str(tmp_path / "experiments"), "--encoder", "none")
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert len(events()) == 3  # an experiments folder has no audit trail
+    trained = triage(
+        *common, "--out", str(settings.data_dir / "models"), "--encoder", "none", "--no-activate"
+    )
+    assert trained.exit_code == 0, trained.output
+    action, who, payload = events()[-1]
+    assert (action, who, payload["activated"], payload["n_records"]) == (
+        "model.trained",
+        "cli-admin",
+        False,
+        len(rows),
+    )
+    assert payload["version"] in {m["version"] for m in reg.versions()}
+    assert reg.active_version() == derived  # trained with --no-activate
+    # with the database out of reach the step is refused before it is taken
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    refused = triage("models", "activate", with_model)
+    assert refused.exit_code == 2 and "nothing was changed" in refused.output, refused.output
+    assert reg.active_version() == derived

@@ -343,22 +343,7 @@ def change_operating_points(
                 s,
                 principal.actor,
                 "model.rethresholded",
-                {
-                    "version": out.version,
-                    "parent": out.parent,
-                    "activated": activated,
-                    "previous_active": previous,
-                    "before": out.before.to_dict(),
-                    "after": out.after.to_dict(),
-                    "changed_labels": out.changed_labels(),
-                    "coverage": {
-                        t: {
-                            "before": out.parent_points[t]["summary"]["coverage"],
-                            "after": view["summary"]["coverage"],
-                        }
-                        for t, view in out.points.items()
-                    },
-                },
+                out.audit_payload(activated=activated, previous_active=previous),
             )
     return OperatingPointChange(
         parent=out.parent,
