@@ -180,7 +180,7 @@ def train(
                 "validation": {t: model.validation_[t] for t in model.targets},
             }
 
-        _audited(out, "model.trained", go)
+        _audited(out, "model.trained", go, version)
     except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for target in model.targets:
@@ -270,14 +270,20 @@ def _root(registry: Path | None) -> Path:
     return get_settings().data_dir / "models"
 
 
-def _audited(root: Path, action: str, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _audited(
+    root: Path,
+    action: str,
+    change: Callable[[], dict[str, Any]],
+    registered: str | None = None,
+) -> dict[str, Any]:
     """Run ``change`` (a registry step returning its audit payload) and return the payload.
 
     On the deployment's registry (``<data_dir>/models``, where the API reads its model) the step
     runs inside a database transaction that appends its audit event as the CLI admin, as the
     API and the console do: the database is reached before the step, and a step that fails
     writes no event. Any other registry (a folder of ``triage train --out`` experiments) has no
-    audit trail, and the step simply runs. Exit 2 when the database cannot be reached."""
+    audit trail, and the step simply runs. Exit 2 when the database cannot be reached; the
+    message names ``registered``, a version the command registered (inactive) before this."""
     from triage.settings import get_settings
 
     settings = get_settings()
@@ -297,9 +303,10 @@ def _audited(root: Path, action: str, change: Callable[[], dict[str, Any]]) -> d
             payload = change()
             audit.append(session, cli_admin(), action, payload)
     except SQLAlchemyError as exc:
+        kept = f" ({registered} stays registered, inactive)" if registered else ""
         raise _fail(
             f"{root} is the deployment's model registry and its changes are audited, but the "
-            f"database could not be written ({type(exc).__name__}); nothing was changed"
+            f"database could not be written ({type(exc).__name__}); nothing was activated{kept}"
         ) from None
     finally:
         db.dispose()
@@ -504,7 +511,7 @@ def models_rethreshold(
                     reg.activate(derived)
                 return out.audit_payload(activated=activate, previous_active=previous)
 
-            activated = _audited(root, "model.rethresholded", go)["activated"]
+            activated = _audited(root, "model.rethresholded", go, derived)["activated"]
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     if json_output:

@@ -1100,5 +1100,5 @@ def test_model_commands_on_the_deployments_registry_are_audited(
     # with the database out of reach the step is refused before it is taken
     monkeypatch.setenv("TRIAGE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     refused = triage("models", "activate", with_model)
-    assert refused.exit_code == 2 and "nothing was changed" in refused.output, refused.output
+    assert refused.exit_code == 2 and "nothing was activated" in refused.output, refused.output
     assert reg.active_version() == derived
