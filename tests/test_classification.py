@@ -1102,3 +1102,26 @@ def test_model_commands_on_the_deployments_registry_are_audited(
     refused = triage("models", "activate", with_model)
     assert refused.exit_code == 2 and "nothing was activated" in refused.output, refused.output
     assert reg.active_version() == derived
+
+
+def test_the_deployments_signing_key_signs_new_versions_and_is_required(settings, with_model):
+    """TRIAGE_MODEL_SIGNING_KEY reaches the deployment's registry: versions it registers are
+    signed, and with a key set an unsigned or otherwise signed version is refused."""
+    from pydantic import SecretStr
+
+    from classifiers import IntegrityError
+
+    def keyed(key: str) -> Any:
+        return classification.registry(
+            settings.model_copy(update={"model_signing_key": SecretStr(key)})
+        )
+
+    assert classification.registry(settings).signing_key is None
+    assert keyed("").signing_key is None  # an empty variable is no key
+    with pytest.raises(IntegrityError, match="unsigned"):
+        keyed("k1").verify(with_model)  # registered without a key
+    model = classification.registry(settings).load(with_model).model
+    signed = keyed("k1").save(model)
+    assert keyed("k1").verify(signed)["signature"]
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        keyed("k2").load(signed)

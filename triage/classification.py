@@ -332,7 +332,10 @@ class ClassifierProvider:
 
 
 def registry(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.data_dir / "models")
+    """The deployment's model registry, ``<data_dir>/models``, signing and requiring
+    signatures when ``model_signing_key`` is set (an empty key counts as none)."""
+    key = settings.model_signing_key.get_secret_value() if settings.model_signing_key else ""
+    return ModelRegistry(settings.data_dir / "models", key.encode() or None)
 
 
 # -- why a prediction --------------------------------------------------------------------------

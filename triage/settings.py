@@ -162,6 +162,14 @@ class Settings(BaseSettings):
         "`llm_wait_retry_seconds` until the endpoint answers (these retries never fail it).",
     )
     llm_wait_retry_seconds: float = Field(default=30.0, gt=0)
+
+    # Classifier model registry (<data_dir>/models).
+    model_signing_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key: every model version this deployment registers is signed with "
+        "it, and loading or activating refuses unsigned or wrongly signed versions. The same "
+        "variable (TRIAGE_MODEL_SIGNING_KEY) the `triage train` / `models` commands read.",
+    )
     knowledge_dir: Path | None = Field(
         default=None,
         description="Documents `triage demo` ingests; default: the shipped demo knowledge base.",
