@@ -393,6 +393,43 @@ def models_rollback(registry: RegistryDir = None, signing_key: SigningKey = None
     typer.echo(f"rolled back; active: {done['version']}")
 
 
+@models_app.command("sign")
+def models_sign(
+    versions: Annotated[
+        list[str] | None, typer.Argument(help="Version ids (default: with --all, every one).")
+    ] = None,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Sign every registered version.")
+    ] = False,
+    registry: RegistryDir = None,
+    signing_key: SigningKey = None,
+) -> None:
+    """Sign versions with the signing key, for turning signing on in a registry that holds
+    unsigned versions (or rotating the key). Each version's artifact hash is checked first; a
+    changed artifact is refused. An existing signature is replaced without being checked:
+    signing says you trust the version. Audited on the deployment's registry."""
+    if not signing_key:
+        raise _fail("signing needs a key: set TRIAGE_MODEL_SIGNING_KEY or --signing-key")
+    if bool(versions) == all_versions:
+        raise _fail("name the versions to sign, or give --all")
+    root = _root(registry)
+    reg = _registry(root, signing_key)
+    chosen = [m["version"] for m in reg.versions()] if all_versions else list(versions or [])
+
+    def go() -> dict[str, Any]:
+        for version in chosen:
+            reg.sign(version)
+        return {"versions": chosen}
+
+    try:
+        for version in chosen:  # all checked before any is signed: none or all are
+            _registry(root, None).verify(version)
+        _audited(root, "model.signed", go)
+    except ClassifierError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"signed {len(chosen)} version{'' if len(chosen) == 1 else 's'} in {root}")
+
+
 def _chosen(reg: ModelRegistry, version: str | None, registry: Path) -> str:
     chosen = version or reg.active_version()
     if chosen is None:

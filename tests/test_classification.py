@@ -1097,6 +1097,11 @@ def test_model_commands_on_the_deployments_registry_are_audited(
     )
     assert payload["version"] in {m["version"] for m in reg.versions()}
     assert reg.active_version() == derived  # trained with --no-activate
+    signed = triage("models", "sign", "--all", "--signing-key", "k1")
+    assert signed.exit_code == 0, signed.output
+    action, who, payload = events()[-1]
+    assert (action, who) == ("model.signed", "cli-admin")
+    assert sorted(payload["versions"]) == sorted(m["version"] for m in reg.versions())
     # with the database out of reach the step is refused before it is taken
     monkeypatch.setenv("TRIAGE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     refused = triage("models", "activate", with_model)

@@ -393,3 +393,23 @@ def test_models_operating_points_and_rethreshold(trained: Path, tmp_path: Path) 
     }
     rolled = runner.invoke(app, ["models", "rollback", "--registry", str(reg)])
     assert rolled.exit_code == 0 and parent in rolled.stdout
+
+
+def test_models_sign_turns_signing_on(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    reg = tmp_path / "models"
+    shutil.copytree(trained, reg)
+    keyed = ["--registry", str(reg), "--signing-key", "k1"]
+    refused = runner.invoke(app, ["models", "show", *keyed])
+    assert refused.exit_code == 2 and "unsigned" in refused.stderr
+    assert runner.invoke(app, ["models", "sign", "--all", "--registry", str(reg)]).exit_code == 2
+    both = runner.invoke(app, ["models", "sign", "v1", "--all", *keyed])
+    assert both.exit_code == 2 and "or give --all" in both.stderr
+    signed = runner.invoke(app, ["models", "sign", "--all", *keyed])
+    assert signed.exit_code == 0, signed.output
+    listed = runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout
+    n = len(listed.splitlines())
+    assert f"signed {n} version" in signed.stdout
+    shown = runner.invoke(app, ["models", "show", *keyed])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["signature"]

@@ -203,3 +203,26 @@ def test_vocabularies_are_stored_as_a_few_arrays_not_one_file_per_term(
     assert terms > 1000 and len(files) < 50
     rows = bitext_rows(2, seed=5)
     assert (reg.load(version).model.transform(rows) != bitext_model.transform(rows)).nnz == 0
+
+
+def test_signing_an_unsigned_registry(tmp_path: Path, bitext_model: CaseModel) -> None:
+    """Turning signing on: each existing version is signed after its artifact hash is checked;
+    a tampered one is refused; a keyless registry cannot sign."""
+    plain = ModelRegistry(tmp_path)
+    first, second = plain.save(bitext_model), plain.save(bitext_model)
+    keyed = ModelRegistry(tmp_path, signing_key=b"k1")
+    with pytest.raises(IntegrityError, match="unsigned"):
+        keyed.verify(first)
+    with pytest.raises(RegistryError, match="needs a key"):
+        plain.sign(first)
+    signed = keyed.sign(first)
+    assert keyed.verify(first) == signed and signed["signature"]
+    artifact = tmp_path / "versions" / second / "model.skops"
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    with pytest.raises(IntegrityError, match="does not match"):
+        keyed.sign(second)
+    assert "signature" not in plain.metadata(second)
+    # rotating: a new key re-signs, after which the old key no longer verifies
+    ModelRegistry(tmp_path, signing_key=b"k2").sign(first)
+    with pytest.raises(IntegrityError, match="invalid signature"):
+        keyed.verify(first)
