@@ -489,6 +489,18 @@ def test_operating_points_page_previews_and_registers(client, people, db, settin
     derived_page = client.get(f"{URL}/{derived}/operating-points").text
     assert f'href="{page_url}"' in derived_page  # links back to its parent
     assert "Target precision <strong>0.8</strong>" in derived_page
+    # an evaluation that finds the operating points failing links to this page
+    with classification.eval_data_path(settings).open(encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()][:200]
+    queues = sorted({r["queue"] for r in records})
+    for r in records:  # every label moved to the next queue: confidently wrong
+        r["queue"] = queues[(queues.index(r["queue"]) + 1) % len(queues)]
+    content = "\n".join(json.dumps(r) for r in records).encode()
+    ev = _upload(client, f"{URL}/evaluate", content, "moved.jsonl", version=derived,
+                 label_columns="queue")  # fmt: skip
+    assert ev.status_code == 200, ev.text
+    drift = ev.text.split("<strong>Drift:</strong>")[1].split("</div>")[0]
+    assert f'href="{URL}/{derived}/operating-points"' in drift
     gone = client.get(
         f"{URL}/v20990101T000000000000Z-deadbeef/operating-points", follow_redirects=False
     )
