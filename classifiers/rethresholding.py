@@ -2,7 +2,7 @@
 
 Every fitted :class:`CaseModel` keeps the calibrated out-of-fold predictions its thresholds were
 chosen from, so another default target precision, other per-label targets or the other pooling
-rule can be applied to the same fitted estimators in about a second, with no training data at
+rule can be applied to the same fitted estimators in seconds, with no training data at
 hand. :func:`rethreshold` does that and registers the result as a new version *derived from* the
 one it started from:
 
