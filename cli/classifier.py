@@ -267,7 +267,7 @@ def _root(registry: Path | None) -> Path:
         return registry
     from triage.settings import get_settings
 
-    return get_settings().data_dir / "models"
+    return get_settings().model_registry_dir
 
 
 def _audited(
@@ -287,9 +287,8 @@ def _audited(
     from triage.settings import get_settings
 
     settings = get_settings()
-    if root.resolve() != (settings.data_dir / "models").resolve():
+    if root.resolve() != settings.model_registry_dir.resolve():
         return change()
-    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     from cli.actors import cli_admin
@@ -298,10 +297,7 @@ def _audited(
 
     db = Database(settings)
     try:
-        with db.write() as session:
-            session.execute(text("select 1"))  # fail before the step, not after it
-            payload = change()
-            audit.append(session, cli_admin(), action, payload)
+        return audit.with_event(db, cli_admin(), action, change)
     except SQLAlchemyError as exc:
         kept = f" ({registered} stays registered, inactive)" if registered else ""
         raise _fail(
@@ -310,7 +306,6 @@ def _audited(
         ) from None
     finally:
         db.dispose()
-    return payload
 
 
 @models_app.command("list")

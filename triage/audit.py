@@ -29,17 +29,20 @@ import enum
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from triage.common import canonical_json, now_ts
 from triage.models import AuditEvent, AuditHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from triage.db import Database
 
 GENESIS = "0" * 64
 
@@ -128,6 +131,22 @@ def append(
         queue.append((actor, action, body, case_id, now_ts()))
         return 0
     return _append_now(session, actor, action, body, case_id, now_ts())
+
+
+def with_event(
+    db: Database, actor: Actor, action: str, step: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run ``step``, a change outside the database (the model registry's files), inside the
+    write transaction that appends its audit event, and return the event's payload (what
+    ``step`` returned). The database is reached before the step, so one that cannot be written
+    refuses the step (SQLAlchemy's error) instead of leaving it unrecorded; a step that raises
+    writes no event. Files are not rows: a commit that fails after the step leaves the step
+    without its event, the one window this cannot close."""
+    with db.write() as session:
+        session.execute(text("select 1"))
+        payload = step()
+        append(session, actor, action, payload)
+    return payload
 
 
 _DEFERRED = "triage.audit.deferred"

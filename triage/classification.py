@@ -335,7 +335,7 @@ def registry(settings: Settings) -> ModelRegistry:
     """The deployment's model registry, ``<data_dir>/models``, signing and requiring
     signatures when ``model_signing_key`` is set (an empty key counts as none)."""
     key = settings.model_signing_key.get_secret_value() if settings.model_signing_key else ""
-    return ModelRegistry(settings.data_dir / "models", key.encode() or None)
+    return ModelRegistry(settings.model_registry_dir, key.encode() or None)
 
 
 # -- why a prediction --------------------------------------------------------------------------
@@ -574,11 +574,11 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def base_data_path(settings: Settings) -> Path:
-    return settings.data_dir / "models" / "base_training.jsonl"
+    return settings.model_registry_dir / "base_training.jsonl"
 
 
 def eval_data_path(settings: Settings) -> Path:
-    return settings.data_dir / "models" / "eval.jsonl"
+    return settings.model_registry_dir / "eval.jsonl"
 
 
 def train_default_model(

@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     def llm_configured(self) -> bool:
         return bool(self.llm_model)
 
+    @property
+    def model_registry_dir(self) -> Path:
+        """The deployment's classifier model registry: ``<data_dir>/models``."""
+        return self.data_dir / "models"
+
     @field_validator("sla_triage_hours", "sla_resolution_hours")
     @classmethod
     def _all_priorities(cls, value: dict[str, float]) -> dict[str, float]:

@@ -159,13 +159,12 @@ def _registry_error(exc: ClassifierError) -> NotFound | Conflict:
 
 
 def _registry_call(ctx: Any, principal: Principal, action: str, fn: Any) -> dict[str, Any]:
+    """Run the registry step ``fn`` with its audit event (``audit.with_event``); a step the
+    registry refuses is a NotFound / Conflict and writes no event."""
     try:
-        result = fn()
+        return audit.with_event(ctx.db, principal.actor, action, fn)
     except ClassifierError as exc:
         raise _registry_error(exc) from exc
-    with ctx.db.write() as s:
-        audit.append(s, principal.actor, action, result)
-    return result
 
 
 def activate_version(ctx: Any, principal: Principal, version: str) -> dict[str, Any]:
@@ -328,23 +327,18 @@ def change_operating_points(
     except ClassifierError as exc:
         raise _registry_error(exc) from exc
     activated = False
-    if out.version is not None:
-        # registered inactive above; activated and audited in one transaction, so an
-        # activation that fails leaves an inactive version no case uses, and no audit event
-        with ctx.db.write() as s:
+    derived = out.version
+    if derived is not None:
+        # registered inactive above; activated with its audit event, so an activation that
+        # fails leaves an inactive version no case uses, and no event
+
+        def go() -> dict[str, Any]:
             previous = reg.active_version()
             if body.activate:
-                try:
-                    reg.activate(out.version)
-                except ClassifierError as exc:
-                    raise _registry_error(exc) from exc
-                activated = True
-            audit.append(
-                s,
-                principal.actor,
-                "model.rethresholded",
-                out.audit_payload(activated=activated, previous_active=previous),
-            )
+                reg.activate(derived)
+            return out.audit_payload(activated=body.activate, previous_active=previous)
+
+        activated = _registry_call(ctx, principal, "model.rethresholded", go)["activated"]
     return OperatingPointChange(
         parent=out.parent,
         version=out.version,
