@@ -35,6 +35,18 @@ from classifiers.errors import DataError
 from classifiers.registry import ModelRegistry
 
 
+def _label_targets(
+    per_target: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, dict[str, float]]:
+    """Per-label targets as plain ``{target: {label: float}}``, targets without any dropped (so
+    that ``{}`` and ``{"queue": {}}`` are the same setting)."""
+    return {
+        str(t): {str(label): float(p) for label, p in per.items()}
+        for t, per in (per_target or {}).items()
+        if per
+    }
+
+
 @dataclass(frozen=True)
 class OperatingPointSettings:
     """The parameters that decide a fitted model's thresholds (nothing else changes them)."""
@@ -47,11 +59,7 @@ class OperatingPointSettings:
     def of(cls, model: CaseModel) -> OperatingPointSettings:
         return cls(
             target_precision=float(model.target_precision),
-            label_precision={
-                str(t): {str(label): float(p) for label, p in per.items()}
-                for t, per in (model.label_precision or {}).items()
-                if per
-            },
+            label_precision=_label_targets(model.label_precision),
             threshold_pooling=bool(model.threshold_pooling),
         )
 
@@ -88,6 +96,20 @@ class Rethresholded:
             if changed:
                 out[target] = changed
         return out
+
+    def as_dict(self, *, activated: bool) -> dict[str, Any]:
+        """The outcome as the API answers it and ``triage models rethreshold --json`` prints it
+        (``activated`` is the caller's: activation goes with its audit event, not here)."""
+        return {
+            "parent": self.parent,
+            "version": self.version,
+            "activated": activated,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "changed_labels": self.changed_labels(),
+            "parent_targets": self.parent_points,
+            "targets": self.points,
+        }
 
     def audit_payload(self, *, activated: bool, previous_active: str | None) -> dict[str, Any]:
         """What the audit trail records for a registered change (API, console and command
@@ -129,42 +151,45 @@ def recorded_operating_points(metadata: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def parent_version(metadata: Mapping[str, Any]) -> str | None:
+    """The version a version's operating points were re-chosen from (``None``: trained)."""
+    derived = metadata.get("derived_from") or {}
+    return derived.get("version")
+
+
 def recorded_settings(metadata: Mapping[str, Any]) -> OperatingPointSettings:
     """The operating-point settings a version's registry metadata records (its ``params``)."""
     params = metadata.get("params") or {}
     return OperatingPointSettings(
         target_precision=float(params.get("target_precision", 0.95)),
-        label_precision=params.get("label_precision") or {},
+        label_precision=_label_targets(params.get("label_precision")),
         # versions saved before pooling existed record no such parameter: they chose without it
         threshold_pooling=bool(params.get("threshold_pooling", False)),
     )
 
 
 def _checked_settings(
-    model: CaseModel,
+    before: OperatingPointSettings,
+    label_sets: Mapping[str, list[str]],
     target_precision: float | None,
     label_precision: Mapping[str, Mapping[str, float]] | None,
     threshold_pooling: bool | None,
 ) -> OperatingPointSettings:
-    before = OperatingPointSettings.of(model)
+    """``before`` with the given settings applied (``None``: keep), or :class:`DataError`."""
     if target_precision is not None and not 0.5 < target_precision < 1.0:
         raise DataError(
             f"target precision {target_precision}: use a value between 0.5 and 1 (exclusive)",
             field="target_precision",
         )
     if label_precision is not None:
-        check_label_precision(label_precision, model.label_sets())
+        check_label_precision(label_precision, label_sets)
     after = OperatingPointSettings(
         target_precision=before.target_precision
         if target_precision is None
         else float(target_precision),
         label_precision=before.label_precision
         if label_precision is None
-        else {
-            str(t): {str(label): float(p) for label, p in per.items()}
-            for t, per in label_precision.items()
-            if per
-        },
+        else _label_targets(label_precision),
         threshold_pooling=before.threshold_pooling
         if threshold_pooling is None
         else bool(threshold_pooling),
@@ -197,7 +222,9 @@ def rethreshold(
     model = loaded.model
     parent_points = operating_point_view(model)
     before = OperatingPointSettings.of(model)
-    after = _checked_settings(model, target_precision, label_precision, threshold_pooling)
+    after = _checked_settings(
+        before, model.label_sets(), target_precision, label_precision, threshold_pooling
+    )
     model.set_params(
         target_precision=after.target_precision,
         label_precision=after.label_precision or None,

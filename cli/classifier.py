@@ -446,6 +446,7 @@ def models_operating_points(
     always abstains). Read from the verified metadata; the model is not loaded."""
     from classifiers.rethresholding import (
         format_operating_points,
+        parent_version,
         recorded_operating_points,
         recorded_settings,
     )
@@ -464,7 +465,7 @@ def models_operating_points(
             json.dumps({"version": chosen, "settings": settings.to_dict(), "targets": points})
         )
         return
-    parent = (meta.get("derived_from") or {}).get("version")
+    parent = parent_version(meta)
     typer.echo(f"model {chosen}{f' (operating points re-chosen from {parent})' if parent else ''}")
     pooling = "on" if settings.threshold_pooling else "off"
     typer.echo(
@@ -547,20 +548,7 @@ def models_rethreshold(
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     if json_output:
-        typer.echo(
-            json.dumps(
-                {
-                    "parent": out.parent,
-                    "version": out.version,
-                    "activated": activated,
-                    "dry_run": dry_run,
-                    "before": out.before.to_dict(),
-                    "after": out.after.to_dict(),
-                    "changed_labels": out.changed_labels(),
-                    "targets": out.points,
-                }
-            )
-        )
+        typer.echo(json.dumps({**out.as_dict(activated=activated), "dry_run": dry_run}))
         return
     typer.echo(format_operating_points(out.points, before=out.parent_points))
     if out.version is None:

@@ -25,6 +25,7 @@ from classifiers import (
     UnknownVersion,
     align_columns,
     evaluate_model,
+    parent_version,
     recorded_operating_points,
     recorded_settings,
     rethreshold,
@@ -129,7 +130,7 @@ def model_infos(ctx: Any) -> list[ModelInfo]:
                 target_precision=(meta.get("params") or {}).get("target_precision"),
                 validation=meta.get("validation", {}),
                 metrics=meta.get("metrics", {}),
-                derived_from=(meta.get("derived_from") or {}).get("version"),
+                derived_from=parent_version(meta),
                 classified=st.classified if st else 0,
                 override_rate=st.override_rate if st else None,
                 closed=st.closed if st else 0,
@@ -295,7 +296,7 @@ def version_operating_points(ctx: Any, version: str) -> OperatingPoints:
     return OperatingPoints(
         version=version,
         active=version == reg.active_version(),
-        derived_from=(meta.get("derived_from") or {}).get("version"),
+        derived_from=parent_version(meta),
         settings=OperatingPointSettingsModel(**recorded_settings(meta).to_dict()),
         targets={
             t: TargetOperatingPoints(**view) for t, view in recorded_operating_points(meta).items()
@@ -339,16 +340,8 @@ def change_operating_points(
             return out.audit_payload(activated=body.activate, previous_active=previous)
 
         activated = _registry_call(ctx, principal, "model.rethresholded", go)["activated"]
-    return OperatingPointChange(
-        parent=out.parent,
-        version=out.version,
-        activated=activated,
-        dry_run=body.dry_run,
-        before=OperatingPointSettingsModel(**out.before.to_dict()),
-        after=OperatingPointSettingsModel(**out.after.to_dict()),
-        changed_labels=out.changed_labels(),
-        parent_targets={t: TargetOperatingPoints(**v) for t, v in out.parent_points.items()},
-        targets={t: TargetOperatingPoints(**v) for t, v in out.points.items()},
+    return OperatingPointChange.model_validate(
+        {**out.as_dict(activated=activated), "dry_run": body.dry_run}
     )
 
 
