@@ -410,8 +410,9 @@ def change_operating_points_form(
                 "dry_run": not register,
             }
         )
-        current = version_operating_points(ctx, version)
         change = change_operating_points(ctx, p, version, body)
+        # the page beside a preview; a registered change redirects and needs none
+        current = None if change.version else version_operating_points(ctx, version)
     except ClassifierError as exc:
         return redirect(request, back, str(exc), "error")
     except ValidationError as exc:
@@ -420,7 +421,7 @@ def change_operating_points_form(
         return redirect(request, MODELS_URL, _error_text(exc), "error")
     except TriageError as exc:
         return redirect(request, back, _error_text(exc), "error")
-    if change.version is None:
+    if current is not None:
         return _operating_points_page(request, current, change=change, can_change=True)
     state = " and activated it" if change.activated else " (not active)"
     return redirect(
