@@ -207,6 +207,8 @@ def rollback_model(ctx: ContextDep, principal: Admin) -> dict[str, Any]:
 
 VersionId = Annotated[str, Path(max_length=64)]
 LabelName = Annotated[str, Field(max_length=200)]
+# a target precision a caller may ask for (training and re-thresholding alike)
+TargetPrecision = Annotated[float, Field(gt=0.5, lt=1.0)]
 
 
 class LabelOperatingPoint(BaseModel):
@@ -252,8 +254,8 @@ class OperatingPointRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target_precision: float | None = Field(
-        default=None, gt=0.5, lt=1.0, description="Default target precision of every label."
+    target_precision: TargetPrecision | None = Field(
+        default=None, description="Default target precision of every label."
     )
     label_precision: dict[Column, dict[LabelName, float]] | None = Field(
         default=None,
@@ -648,7 +650,7 @@ class TrainRequest(BaseModel):
     text_columns: list[Column] = Field(min_length=1, max_length=10)
     label_columns: list[Column] = Field(min_length=1, max_length=5)
     feature_columns: list[Column] = Field(default_factory=list, max_length=50)
-    target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
+    target_precision: TargetPrecision = 0.95
     label_precision: dict[Column, dict[LabelName, float]] = Field(
         default_factory=dict,
         max_length=5,
