@@ -204,24 +204,26 @@ class ModelRegistry:
         assert self.signing_key is not None
         return hmac.new(self.signing_key, _canonical(metadata), hashlib.sha256).hexdigest()
 
-    def sign(self, version: str) -> dict[str, Any]:
-        """Sign ``version``'s metadata with this registry's key and return the metadata.
+    def sign(self, *versions: str) -> list[dict[str, Any]]:
+        """Sign each version's metadata with this registry's key; returns the metadata.
 
         For turning signing on in a registry that holds unsigned versions (or rotating the key):
-        the artifact's recorded hash is checked first, and a version whose artifact was changed
-        is refused, but any existing signature is replaced without being checked, since the
-        caller holding the key is deciding to trust the version. ``RegistryError`` without a
-        key."""
+        every artifact's recorded hash is checked before any version is signed, so a changed
+        artifact refuses the whole call and none or all are signed; an existing signature is
+        replaced without being checked, since the caller holding the key is deciding to trust
+        the version. ``RegistryError`` without a key."""
         if self.signing_key is None:
             raise RegistryError("signing needs a key (TRIAGE_MODEL_SIGNING_KEY / --signing-key)")
         keyless = ModelRegistry(self.root)
-        metadata = keyless.verify(version)  # the artifact hash, not the old signature
-        metadata.pop("signature", None)
-        metadata["signature"] = self._sign(metadata)
-        _atomic_write(
-            self._version_dir(version) / METADATA_NAME, json.dumps(metadata, indent=2, default=str)
-        )
-        return metadata
+        checked = [keyless.verify(v) for v in versions]  # the hashes, not the old signatures
+        for version, metadata in zip(versions, checked, strict=True):
+            metadata.pop("signature", None)
+            metadata["signature"] = self._sign(metadata)
+            _atomic_write(
+                self._version_dir(version) / METADATA_NAME,
+                json.dumps(metadata, indent=2, default=str),
+            )
+        return checked
 
     def activate(self, version: str, *, action: str = "activate") -> None:
         """Make ``version`` the active one (verified first); logged in ``activations.jsonl``."""

@@ -215,13 +215,17 @@ def test_signing_an_unsigned_registry(tmp_path: Path, bitext_model: CaseModel) -
         keyed.verify(first)
     with pytest.raises(RegistryError, match="needs a key"):
         plain.sign(first)
-    signed = keyed.sign(first)
+    (signed,) = keyed.sign(first)
     assert keyed.verify(first) == signed and signed["signature"]
     artifact = tmp_path / "versions" / second / "model.skops"
     artifact.write_bytes(artifact.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="does not match"):
         keyed.sign(second)
     assert "signature" not in plain.metadata(second)
+    # all checked before any is signed: a tampered version in the call signs none of them
+    with pytest.raises(IntegrityError, match="does not match"):
+        ModelRegistry(tmp_path, signing_key=b"k3").sign(first, second)
+    assert keyed.verify(first) == signed
     # rotating: a new key re-signs, after which the old key no longer verifies
     ModelRegistry(tmp_path, signing_key=b"k2").sign(first)
     with pytest.raises(IntegrityError, match="invalid signature"):
