@@ -9,9 +9,11 @@ stores plain Python ints instead (``classifiers.features._plain_vocabulary``). T
 fits one model as ``triage train`` does (default: the shipped Bitext fixture, default encoder),
 makes an *old* copy whose vocabularies hold numpy int64 (as every artifact saved before had)
 and a *new* copy with ints, then, ``--rounds`` times in turn, saves and loads each through
-the registry's trusted loader and times both. It prints medians, ratios, artifact sizes and
-file counts, and checks that both copies, after the round trip, give the same features and
-probabilities on the training records. It asserts nothing else.
+the registry's trusted loader and times both; then it times prediction with each loaded
+copy (the vocabulary is read on every transform): one batch of all records, and single
+records. It prints medians, ratios, artifact sizes and file counts, and checks that both
+copies, after the round trip, give the same features and probabilities on the training
+records. It asserts nothing else.
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ def main() -> None:
             old.predict_proba(records, embeddings=embeddings)[target],
             new.predict_proba(records, embeddings=embeddings)[target],
         )
+        # the vocabulary is read on every transform: the prediction path, alternated, batch
+        # of all records and single records (no embedding step: the same vectors are passed)
+        batch: dict[str, list[float]] = {k: [] for k in variants}
+        single: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for name, m in loaded.items():
+                started = time.perf_counter()
+                m.predict(records, embeddings=embeddings)
+                batch[name].append(time.perf_counter() - started)
+                for i in range(0, len(records), max(1, len(records) // 200)):
+                    started = time.perf_counter()
+                    m.predict(records[i : i + 1], embeddings=embeddings[i : i + 1])
+                    single[name].append(time.perf_counter() - started)
         print(f"{args.data.name}: {len(records)} records")
         for name, path in paths.items():
             files = len(zipfile.ZipFile(path).namelist())
@@ -94,6 +109,14 @@ def main() -> None:
         for step in ("save", "load"):
             ratio = statistics.median(n[step]) / statistics.median(o[step])
             print(f"{step}: new/old ratio {ratio:.3f}")
+        for name in variants:
+            print(
+                f"{name}: predict {len(records) / statistics.median(batch[name]):,.0f} records/s "
+                f"in one batch, single record median {statistics.median(single[name]) * 1e3:.2f} ms"
+            )
+        ob, nb = (statistics.median(batch[k]) for k in variants)
+        os_, ns = (statistics.median(single[k]) for k in variants)
+        print(f"predict: new/old ratio batch {nb / ob:.3f}, single {ns / os_:.3f}")
         print(
             f"identical features after the round trip: {same_x}; identical probabilities: {same_p}"
         )
