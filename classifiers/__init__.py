@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         DataError,
         IntegrityError,
         RegistryError,
+        SignatureError,
         UnknownVersion,
     )
     from classifiers.evaluation import (
@@ -96,6 +97,7 @@ _MODULE_OF: dict[str, str] = {
     "DataError": "classifiers.errors",
     "IntegrityError": "classifiers.errors",
     "RegistryError": "classifiers.errors",
+    "SignatureError": "classifiers.errors",
     "UnknownVersion": "classifiers.errors",
     "align_columns": "classifiers.evaluation",
     "evaluate_model": "classifiers.evaluation",
@@ -141,6 +143,7 @@ __all__ = [
     "RegistryError",
     "Rethresholded",
     "RetrainResult",
+    "SignatureError",
     "UnknownVersion",
     "align_columns",
     "embed_texts",

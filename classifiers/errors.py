@@ -35,3 +35,8 @@ class UnknownVersion(RegistryError):
 
 class IntegrityError(RegistryError):
     """An artifact failed its integrity check (hash mismatch, unknown file, untrusted types)."""
+
+
+class SignatureError(IntegrityError):
+    """A registry that requires signatures met an unsigned or wrongly signed version (its
+    artifact may be intact: signing it with the deployment's key is the remedy if trusted)."""

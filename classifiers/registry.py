@@ -43,7 +43,7 @@ import skops
 import skops.io as sio
 
 from classifiers.case_model import CaseModel
-from classifiers.errors import IntegrityError, RegistryError, UnknownVersion
+from classifiers.errors import IntegrityError, RegistryError, SignatureError, UnknownVersion
 
 TRUSTED_TYPES: tuple[str, ...] = (
     "classifiers.calibration.CalibratedLinearClassifier",
@@ -326,9 +326,9 @@ class ModelRegistry:
         if self.signing_key is not None:
             signature = metadata.get("signature")
             if not signature:
-                raise IntegrityError(f"{version} is unsigned; this registry requires signatures")
+                raise SignatureError(f"{version} is unsigned; this registry requires signatures")
             if not hmac.compare_digest(str(signature), self._sign(metadata)):
-                raise IntegrityError(f"{version} has an invalid signature")
+                raise SignatureError(f"{version} has an invalid signature")
         expected = metadata.get("artifact_sha256")
         actual = _sha256(artifact)
         if not expected or not hmac.compare_digest(str(expected), actual):

@@ -327,6 +327,17 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
+def _check_model(settings: Settings) -> None:
+    """Refuse to start triaging on an active model version the registry refuses (exit 2 with
+    the remedy) instead of failing every case's classify stage."""
+    from triage.classification import ModelUnusable, check_active_model
+
+    try:
+        check_active_model(settings)
+    except ModelUnusable as exc:
+        raise _fail(f"{exc} Nothing was started.") from exc
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -357,6 +368,8 @@ def serve(
     settings = _settings()
     if upgrade:
         migrate.upgrade(settings)
+    if worker:
+        _check_model(settings)
     uvicorn.run(create_app(settings, start_worker=worker), host=host, port=port, log_level="info")
 
 
@@ -391,6 +404,7 @@ def worker_cmd(
     engine = engine or settings.job_engine
     if engine not in ("embedded", "procrastinate"):
         raise _fail("--engine must be embedded or procrastinate")
+    _check_model(settings)
     if engine == "procrastinate":
         from triage import jobs
 

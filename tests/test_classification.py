@@ -1130,3 +1130,39 @@ def test_the_deployments_signing_key_signs_new_versions_and_is_required(settings
     assert keyed("k1").verify(signed)["signature"]
     with pytest.raises(IntegrityError, match="invalid signature"):
         keyed("k2").load(signed)
+
+
+def test_a_refused_active_model_stops_start_up_and_every_classification(
+    db, settings, with_model, monkeypatch
+):
+    """With a signing key set before the registry's versions were signed, `triage worker`
+    (and `serve`, same check) refuses to start with the remedy instead of failing every case;
+    a running provider raises on every call while the version is refused, never falling back
+    to the rules, and uses the model once it is signed."""
+    from pydantic import SecretStr
+
+    keyed = settings.model_copy(update={"model_signing_key": SecretStr("k1")})
+    triage = cli_runner(monkeypatch, settings)
+    monkeypatch.setenv("TRIAGE_MODEL_SIGNING_KEY", "k1")
+    refused = triage("worker", "--once")
+    assert refused.exit_code == 2, refused.output
+    assert f"{with_model} is unsigned" in refused.output
+    assert "triage models sign" in refused.output and "Nothing was started" in refused.output
+
+    provider = classification.ClassifierProvider(keyed, check_seconds=0.0)
+    case = CaseIn.model_validate(sample_case())
+    for _ in range(2):  # the same answer on every call, not the rules after the first
+        with pytest.raises(classification.ModelUnusable, match="sign the versions you trust"):
+            provider.classify(case)
+    # a modified artifact names the other remedy
+    artifact = settings.model_registry_dir / "versions" / with_model / ARTIFACT_NAME
+    original = artifact.read_bytes()
+    artifact.write_bytes(original + b"\0")
+    with pytest.raises(classification.ModelUnusable, match="triage models rollback"):
+        classification.check_active_model(settings)
+    artifact.write_bytes(original)
+
+    assert triage("models", "sign", with_model).exit_code == 0
+    assert classification.check_active_model(keyed) == with_model
+    assert provider.classify(case).model_version == with_model
+    assert triage("worker", "--once").exit_code == 0

@@ -291,6 +291,7 @@ class ClassifierProvider:
         self.check_seconds = check_seconds
         self._lock = threading.Lock()
         self._current: ModelClassifier | None = None
+        self._refusal: classifiers.RegistryError | None = None  # why the active one is refused
         self._checked = 0.0
 
     def warm_up(self) -> None:
@@ -314,21 +315,76 @@ class ClassifierProvider:
         return [current.classify(c) for c in cases]
 
     def current(self) -> ModelClassifier | RuleClassifier:
+        """The active model (the rules when none is active).
+
+        Raises :class:`ModelUnusable` while the active version is refused by the registry,
+        on every call until the pointer moves or the version verifies (re-checked every
+        ``check_seconds``), never falling back to an older model or the rules in between:
+        a refused artifact is an operator's matter, and the pipeline retries the stage.
+        """
         import time
 
         now = time.monotonic()
         if now - self._checked >= self.check_seconds:
             with self._lock:
                 self._checked = now
+                self._refusal = None
                 active = self.registry.active_version()
                 if active is None:
                     self._current = None
                 elif self._current is None or self._current.version != active:
-                    loaded = self.registry.load(active)
-                    self._current = ModelClassifier(loaded)
-                    _remember(self.registry.root, loaded)
-                    log.info("classifier model %s loaded", active)
+                    try:
+                        loaded = self.registry.load(active)
+                    except classifiers.RegistryError as exc:
+                        self._refusal = exc
+                        log.error("classifier model %s refused: %s", active, exc)
+                    else:
+                        self._current = ModelClassifier(loaded)
+                        _remember(self.registry.root, loaded)
+                        log.info("classifier model %s loaded", active)
+        refusal = self._refusal
+        if refusal is not None:
+            raise ModelUnusable.refused(refusal) from refusal
         return self._current if self._current is not None else RuleClassifier()
+
+
+def check_active_model(settings: Settings) -> str | None:
+    """Verify the deployment's active model version before a server or worker starts.
+
+    Returns the active version (``None``: no model is active and the rules classify). Raises
+    :class:`ModelUnusable` when the active version is refused (unknown, unsigned or wrongly
+    signed while ``TRIAGE_MODEL_SIGNING_KEY`` is set, modified artifact), naming the step that
+    mends it: the pipeline would fail every case's classify stage on it, so it is better not
+    to start. Hashes the artifact (a fraction of a second), does not load it.
+    """
+    models = registry(settings)
+    active = models.active_version()
+    if active is None:
+        return None
+    try:
+        models.verify(active)
+    except classifiers.RegistryError as exc:
+        raise ModelUnusable.refused(exc) from exc
+    return active
+
+
+class ModelUnusable(RuntimeError):
+    """The registry's active version cannot be used (see :func:`check_active_model`)."""
+
+    @classmethod
+    def refused(cls, exc: classifiers.RegistryError) -> ModelUnusable:
+        """The error for a refused active version, with the operator's remedy."""
+        if isinstance(exc, classifiers.SignatureError):
+            remedy = (
+                "TRIAGE_MODEL_SIGNING_KEY is set: sign the versions you trust with `triage "
+                "models sign VERSION` (or `--all`) or activate a signed version"
+            )
+        else:
+            remedy = (
+                "activate a version that verifies (`triage models list`, then `triage models "
+                "activate VERSION`), or `triage models rollback`"
+            )
+        return cls(f"the active model version is refused: {exc}. {remedy}.")
 
 
 def registry(settings: Settings) -> ModelRegistry:
