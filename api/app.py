@@ -6,11 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import errors
 from api.console.routes import install as install_console
-from api.deps import AppContext
+from api.deps import AppContext, refuse_nul
 from api.middleware import RequestLimits
 from api.routes import actions, audit, cases, health, jobs, keys, models, outbox
 from triage import actions as actions_service
@@ -88,6 +88,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_nul)],
     )
     app.state.ctx = ctx
     errors.install(app)

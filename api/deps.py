@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
+from starlette.exceptions import HTTPException
 
 from triage import audit, auth
 from triage.auth import Principal, Role
+from triage.cases import format_loc
 from triage.db import Database
-from triage.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from triage.errors import AuthenticationFailed, PermissionDenied, RateLimited, ValidationFailed
 from triage.settings import Settings
 from triage.worker import Worker
 
@@ -103,3 +107,72 @@ def allow(*roles: Role) -> Callable[..., Principal]:
 R = Role
 EVERYONE = (R.orchestrator, R.agent, R.approver, R.auditor, R.admin)
 PEOPLE_AND_SYSTEMS = EVERYONE
+
+
+# -- NUL characters ------------------------------------------------------------------------------
+NUL_PROBLEM = "contains a NUL character (U+0000), which no field accepts"
+
+
+def _nul_in_json(value: object, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in a parsed JSON document the first NUL-bearing string or key is, if anywhere."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                return (*loc, k)
+            found = _nul_in_json(v, (*loc, k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _nul_in_json(v, (*loc, i))
+            if found is not None:
+                return found
+    return None
+
+
+async def _nul_field(request: Request) -> str | None:
+    """The name of the first path parameter, query parameter, JSON body field or urlencoded
+    form field whose value (or name) holds a NUL character, or ``None``. Multipart bodies (data
+    set uploads, which may hold any bytes) are left to their handlers."""
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            return str(name)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            return name or "query"
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    if ctype == "application/json":
+        body = await request.body()  # cached: FastAPI parses the same bytes
+        if b"\\u0000" not in body:  # the only way JSON can carry NUL (raw NUL is invalid)
+            return None
+        try:
+            loc = _nul_in_json(json.loads(body))
+        except ValueError:
+            return None  # malformed JSON: FastAPI's own 400 names it
+        return None if loc is None else (format_loc(loc) or "body")
+    if ctype == "application/x-www-form-urlencoded":
+        body = await request.body()  # cached: the form is parsed from the same bytes
+        if b"%00" not in body:
+            return None
+        for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return name or "body"
+    return None
+
+
+async def refuse_nul(request: Request) -> None:
+    """App-wide dependency: refuse a NUL character anywhere a client can put text, before any
+    handler or lookup sees it (PostgreSQL cannot store or even compare text holding U+0000, so
+    it would surface as a server error there; nothing legitimate needs it). API: 422 naming the
+    field. Console pages: the same refusal as an error page (via ``HTTPException``)."""
+    found = await _nul_field(request)
+    if found is None:
+        return
+    field_name = found.replace("\x00", "\\u0000")  # a NUL in a key is shown, not sent on
+    if request.url.path.startswith("/console/"):
+        raise HTTPException(status_code=422, detail=f"{field_name}: {NUL_PROBLEM}")
+    raise ValidationFailed(f"{field_name}: {NUL_PROBLEM}", fields={field_name: NUL_PROBLEM})

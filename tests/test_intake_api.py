@@ -151,6 +151,44 @@ def test_bad_input_gets_field_level_4xx_and_writes_nothing(client, keys, db):
     assert _count(db, Case) == 0
 
 
+def test_nul_characters_are_refused_with_their_field_before_any_lookup(client, keys, db):
+    """PostgreSQL can neither store nor compare text holding U+0000, so a NUL anywhere a
+    client can put text (a JSON field or key, a query or path parameter) is a 422 naming
+    the field on both engines, and nothing is written; an escaped backslash before "u0000"
+    is ordinary text."""
+    h = bearer(keys["orchestrator"])
+    refusals = [
+        (
+            "POST",
+            "/v1/cases",
+            {"json": sample_case(text={"customer_message": "a\x00b"})},
+            "text.customer_message",
+        ),
+        (
+            "POST",
+            "/v1/cases",
+            {"json": sample_case(lines=[{"sku": "A\x00", "ordered_qty": "1"}])},
+            "lines[0].sku",
+        ),
+        ("POST", "/v1/cases", {"json": sample_case(metadata={"k\x00": "v"})}, "metadata.k\\u0000"),
+        ("GET", "/v1/cases", {"params": {"q": "x\x00"}}, "q"),
+        ("GET", "/v1/cases/01M8%00", {}, "case_id"),
+        ("POST", "/v1/keys", {"json": {"name": "n\x00", "role": "agent"}}, "name"),
+    ]
+    admin = bearer(keys["admin"])
+    for method, url, kwargs, field in refusals:
+        headers = admin if url == "/v1/keys" else h
+        r = client.request(method, url, headers=headers, **kwargs)
+        assert r.status_code == 422, (url, r.text)
+        assert r.json()["error"]["fields"][0]["field"] == field, r.text
+        assert "NUL" in r.json()["error"]["message"]
+    assert _count(db, Case) == 0
+    ok = sample_case(text={"customer_message": "a path C:\\u0000 is text"})
+    r = client.post("/v1/cases", json=ok, headers=h)
+    assert r.status_code == 202, r.text
+    assert _count(db, Case) == 1
+
+
 def test_malformed_json_wrong_type_and_content_type(client, keys, db):
     h = bearer(keys["orchestrator"])
     r = client.post(

@@ -89,6 +89,25 @@ def test_repeated_failures_are_throttled(client, people):
     assert "Too many failed attempts" in r.text
 
 
+def test_nul_in_a_form_query_or_path_is_an_error_page_and_writes_nothing(
+    client, people, case_ids, db
+):
+    """A NUL character (which PostgreSQL cannot store or compare) in a console form field, a
+    query parameter or a path segment is refused with a page naming the field, on both
+    engines, before the handler runs."""
+    sign_in(client, "agent")
+    before = _actions(db)
+    url = f"/console/cases/{case_ids[0]}/message"
+    r = post(client, url, {"message": "hello\x00", "channel": "email"})
+    assert r.status_code == 422 and "message: contains a NUL character" in r.text
+    r = client.get("/console/queue", params={"q": "x\x00"})
+    assert r.status_code == 422 and "q: contains a NUL character" in r.text
+    r = client.get("/console/cases/%00")
+    assert r.status_code == 422 and "case_id: contains a NUL character" in r.text
+    assert _actions(db) == before
+    assert post(client, url, {"message": "hello", "channel": "email"}).status_code == 303
+
+
 def test_post_without_or_with_foreign_csrf_token_is_refused(client, people, case_ids):
     sign_in(client, "agent")
     url = f"/console/cases/{case_ids[0]}/message"
