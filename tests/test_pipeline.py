@@ -118,6 +118,25 @@ def test_failure_after_max_attempts_marks_failed_with_reason(db, settings):
     assert run_case(db, case_id, Pipeline(), settings, worker_id="w").status == "triaged"
 
 
+def test_a_failure_quoting_a_nul_is_stored_on_both_engines(db, settings):
+    """An exception message may quote foreign text (an LLM's reply) holding a NUL, which
+    PostgreSQL cannot store: the failure is recorded with the NUL written out, not lost in a
+    second error that would leave the case leased and retried for ever."""
+
+    class Quoting:
+        def advise(self, request):
+            raise ValueError("model replied 'ok\x00'")
+
+    settings.max_triage_attempts = 1
+    case_id = _submit(db, settings)
+    assert run_case(db, case_id, Pipeline(advisor=Quoting()), settings, worker_id="w").status == (
+        "failed"
+    )
+    with db.read() as s:
+        row = cases.get(s, case_id)
+        assert row.status_reason == "ValueError: model replied 'ok\\x00'"
+
+
 def test_expired_lease_is_recovered_and_triaged_once(db, settings):
     case_id = _submit(db, settings)
     # a worker claimed it and died: status triaging, lease in the past

@@ -53,3 +53,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default
     )
+
+
+def storable_text(text: str) -> str:
+    """``text`` with any NUL written as ``\\x00``: PostgreSQL cannot store U+0000 in a text
+    column. For text the product composes from foreign sources (exception messages quoting an
+    LLM's reply, a data file or a receiver); client input with a NUL is refused instead."""
+    return text.replace("\x00", "\\x00")
+
+
+def error_text(exc: BaseException, limit: int = 500) -> str:
+    """``"ExcType: message"``, storable (see :func:`storable_text`), cut to ``limit``."""
+    return storable_text(f"{type(exc).__name__}: {exc}")[:limit]

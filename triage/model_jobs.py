@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from triage import audit
-from triage.common import now_ts, to_ts
+from triage.common import now_ts, storable_text, to_ts
 from triage.db import Database
 from triage.errors import Conflict, NotFound, TriageError
 from triage.models import ModelJobRow
@@ -212,7 +212,7 @@ def finish(
     row.finished_at = now_ts()
     row.progress = row.progress_at = None
     row.result = json_safe(result) if result is not None else None
-    row.error = error[:ERROR_MAX] if error is not None else None
+    row.error = storable_text(error)[:ERROR_MAX] if error is not None else None
 
 
 def interrupt(db: Database, job_id: int, reason: str) -> None:

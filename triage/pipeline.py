@@ -41,7 +41,7 @@ from contracts.suggestion import (
     Suggestion,
 )
 from triage import actions, audit, cases, webhooks
-from triage.common import now_ts, to_ts
+from triage.common import error_text, now_ts, to_ts
 from triage.db import Database
 from triage.lifecycle import Status
 from triage.models import Case
@@ -820,7 +820,7 @@ def _predictions(s: Suggestion) -> list[Prediction]:
 def _record_failure(
     db: Database, case_id: str, worker_id: str, settings: Settings, exc: Exception
 ) -> Outcome:
-    reason = f"{type(exc).__name__}: {exc}"[:500]
+    reason = error_text(exc)
     with db.write() as s:
         row = s.get(Case, case_id)
         if row is None or row.status != Status.triaging.value or row.lease_owner != worker_id:

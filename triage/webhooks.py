@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from triage import audit
-from triage.common import canonical_json, now_ts, to_ts
+from triage.common import canonical_json, error_text, now_ts, to_ts
 from triage.db import Database
 from triage.errors import Conflict, NotFound
 from triage.models import OutboxMessage
@@ -196,7 +196,7 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit
             if not 200 <= resp.status_code < 300:
                 error = f"HTTP {resp.status_code}"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = error_text(exc)
         delivered += _record(db, settings, msg.id, error)
     return delivered
 
