@@ -142,9 +142,9 @@ async def _nul_field(request: Request) -> str | None:
     for name, value in request.query_params.multi_items():
         if "\x00" in name or "\x00" in value:
             return name or "query"
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         body = await request.body()  # cached: FastAPI parses the same bytes
         if b"\\u0000" not in body:  # the only way JSON can carry NUL (raw NUL is invalid)
