@@ -156,3 +156,21 @@ def cli_runner(monkeypatch: Any, settings: Any) -> Callable[..., Any]:
             get_settings.cache_clear()
 
     return triage
+
+
+def fuzz_settings(db_url: str, data_dir: Any) -> Any:
+    """Settings for the fuzzers (API and console): no worker, no retrieval, one webhook try,
+    and no rate limit: thousands of requests per key in a few minutes would otherwise be
+    answered mostly with 429 (tested on its own in test_rbac), hiding the handlers."""
+    from triage.settings import Settings
+
+    return Settings(
+        environment="test",
+        data_dir=data_dir,
+        database_url=db_url,
+        worker_enabled=False,
+        rate_limit_per_second=0,
+        retrieval_enabled=False,
+        webhook_backoff_base_seconds=0.0,
+        webhook_max_attempts=1,
+    )

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support import bearer, sample_case
+from tests.support import bearer, fuzz_settings, sample_case
 from triage import classification
 from triage.settings import Settings
 from triage.stages import default_pipeline
@@ -67,18 +67,7 @@ KNOWN_BUGS: dict[str, list[Any]] = {}
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        environment="test",
-        data_dir=tmp_path,
-        database_url=db_url,
-        worker_enabled=False,
-        # thousands of requests per key in a few minutes: the limiter would answer most of
-        # them with 429 (tested on its own in test_rbac) and hide the handlers from the fuzzer
-        rate_limit_per_second=0,
-        retrieval_enabled=False,
-        webhook_backoff_base_seconds=0.0,
-        webhook_max_attempts=1,
-    )
+    return fuzz_settings(db_url, tmp_path)
 
 
 def _seed(client: Any, keys: dict[str, str], db: Any, settings: Settings) -> dict[str, list[str]]:

@@ -32,6 +32,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from tests.console.conftest import PASSWORD, csrf, sign_in
+from tests.support import fuzz_settings
 from triage import classification, users
 from triage.settings import Settings
 
@@ -115,16 +116,7 @@ def _form_fields() -> list[str]:
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        environment="test",
-        data_dir=tmp_path,
-        database_url=db_url,
-        worker_enabled=False,
-        rate_limit_per_second=0,
-        retrieval_enabled=False,
-        webhook_backoff_base_seconds=0.0,
-        webhook_max_attempts=1,
-    )
+    return fuzz_settings(db_url, tmp_path)
 
 
 def _real_values(db: Any, case_ids: list[str]) -> dict[str, list[str]]:
