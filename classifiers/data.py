@@ -152,6 +152,7 @@ def validate_training_data(
             )
     if not label_columns:
         raise DataError(f"{source}: name at least one label column", field="label_columns")
+    _refuse_nested(records, [*text_columns, *label_columns, *feature_columns], source)
     label_sets: dict[str, set[str]] = {}
     for column in label_columns:
         labels = Counter(
@@ -174,6 +175,22 @@ def validate_training_data(
             )
         label_sets[column] = set(labels)
     check_label_precision(label_precision, label_sets, f"no row of {source} has label")
+
+
+def _refuse_nested(records: Sequence[dict[str, Any]], columns: Sequence[str], source: str) -> None:
+    """A JSONL cell of a named column that is an array or an object cannot be a text, a label
+    or a feature value (it would be read as its Python repr): refused, naming row and column."""
+    wanted = list(dict.fromkeys(columns))
+    for number, row in enumerate(records, start=1):
+        for column in wanted:
+            value = row.get(column)
+            if isinstance(value, list | dict):
+                kind = "an array" if isinstance(value, list) else "an object"
+                raise DataError(
+                    f"{source}: data row {number}, column {column!r} holds {kind}; a cell must be "
+                    "text or a number (flatten nested fields before exporting)",
+                    field=column,
+                )
 
 
 def check_label_precision(

@@ -241,10 +241,22 @@ def _bad_file(tmp_path: Path, kind: str) -> tuple[Path, str]:
         path = tmp_path / "g.jsonl"
         path.write_text('{"text": "a", "label": "x"}\n{not json\n')
         return path, "line 2 is not valid JSON"
+    if kind == "nested jsonl":  # read as its Python repr, a list label trained as "['x']"
+        path = tmp_path / "h.jsonl"
+        path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": ["x", "y"]}\n')
+        return path, "data row 2, column 'label' holds an array"
     raise AssertionError(kind)
 
 
-_KINDS = ["missing column", "empty labels", "encoding", "empty file", "extension", "bad jsonl"]
+_KINDS = [
+    "missing column",
+    "empty labels",
+    "encoding",
+    "empty file",
+    "extension",
+    "bad jsonl",
+    "nested jsonl",
+]
 
 
 @pytest.mark.parametrize(
