@@ -189,7 +189,7 @@ def _refuse_nested(records: Sequence[dict[str, Any]], columns: Sequence[str], so
                 raise DataError(
                     f"{source}: data row {number}, column {column!r} holds {kind}; a cell must be "
                     "text or a number (flatten nested fields before exporting)",
-                    field=column,
+                    field=f"records[{number - 1}].{column}",  # the API's records list
                 )
 
 

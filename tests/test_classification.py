@@ -524,6 +524,10 @@ def test_train_a_new_version_over_the_api(client, keys, db, settings):
         r = client.post("/v1/models/train", headers=admin, json=body)
         assert r.status_code == 422, (word, r.text)
         assert word in r.text.lower()
+    nested = [*records[:3], {"text": "a", "triage_category": ["order", "payment"]}]
+    r = client.post("/v1/models/train", headers=admin, json={**base, "records": nested})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "records[3].triage_category"
     schema = client.app.openapi()["components"]["schemas"]["TrainRequest"]
     assert schema["properties"]["class_weight"]["default"] == "balanced"
     assert schema["properties"]["threshold_pooling"]["default"] is True
