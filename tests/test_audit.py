@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.support import bearer
-from triage import audit
+from triage import audit, auth
 from triage.audit import Actor, ActorType
 
 ALICE = Actor(ActorType.human, "alice", "agent")
@@ -234,6 +234,26 @@ def test_api_search_verify_and_exports_reverify_offline(client, keys, db):
     assert client.get("/v1/audit/export", params={"format": "xml"}, headers=h).status_code == 422
     naive = client.get("/v1/audit", params={"since": "2026-01-01T00:00:00"}, headers=h)
     assert naive.status_code == 422
+
+
+def test_key_names_cannot_plant_a_formula_in_the_csv_export(client, keys, db):
+    """A key's name is the actor id of every event the key causes, and the audit log is
+    exported byte-exact as CSV for auditors (so it re-verifies offline): a name a spreadsheet
+    would run as a formula (leading = + - @) or holding control characters is refused at
+    creation, over the API and in the core the CLI shares; the export's other columns are
+    fixed vocabularies, ids, hashes or JSON objects."""
+    admin = bearer(keys["admin"])
+    for name in ('=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "ok\tname", " =lead"):
+        r = client.post("/v1/keys", json={"name": name, "role": "agent"}, headers=admin)
+        assert r.status_code == 422, (name, r.text)
+        assert r.json()["error"]["fields"][0]["field"] == "name"
+    ok = client.post("/v1/keys", json={"name": "wms-prod 2 (eu)", "role": "agent"}, headers=admin)
+    assert ok.status_code == 201, ok.text
+    export = client.get(
+        "/v1/audit/export", params={"format": "csv"}, headers=bearer(keys["auditor"])
+    )
+    cells = [c for row in csv.reader(io.StringIO(export.text)) for c in row]
+    assert cells and not [c for c in cells if c.startswith(tuple(auth.FORMULA_LEADS))]
 
 
 def test_audit_cursor_beyond_bigint_is_a_422_not_a_500(client, keys):

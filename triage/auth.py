@@ -57,6 +57,10 @@ class Principal:
         return Actor(ACTOR_TYPE_BY_ROLE[self.role], self.name, self.role.value)
 
 
+FORMULA_LEADS = "=+-@"
+"""First characters that make a spreadsheet read a CSV cell as a formula."""
+
+
 def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
@@ -82,6 +86,14 @@ def create_key(
     name = name.strip()
     if not name or len(name) > 128:
         raise ValidationFailed("name must be 1-128 characters", fields={"name": "length 1-128"})
+    if name[0] in FORMULA_LEADS or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        # the name is the actor id on every audit event its key causes, and the audit log is
+        # exported as CSV for auditors: a cell starting with = + - @ is run as a formula by
+        # spreadsheets (CSV injection); the export stays byte-exact, so refuse it here
+        raise ValidationFailed(
+            "name must not start with = + - @ or hold control characters",
+            fields={"name": "no leading = + - @, no control characters"},
+        )
     try:
         role_value = Role(role)
     except ValueError as exc:
