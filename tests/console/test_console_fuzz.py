@@ -9,7 +9,8 @@ name any console template or handler uses, with values chosen from a list of hos
 plausible ones (empty, huge, negative, non-finite, unicode digits, markup, NUL, traversal,
 real ids, status and role names), sometimes repeated, sometimes with an uploaded file.
 
-Contract checked: no response is a 5xx and no exception escapes the app. It runs on both
+Contract checked: no response is a 5xx, no exception escapes the app, and no response
+reflects the hostile markup value unescaped (cross-site scripting). It runs on both
 engines: PostgreSQL refuses text that SQLite takes (a NUL character, found by this test, made
 lookups with it a server error there). The run is deterministic (seeded; ``TRIAGE_FUZZ_SEED``
 picks another seed for a local bug hunt, ``TRIAGE_FUZZ_EXAMPLES`` more requests), counts what
@@ -44,6 +45,7 @@ ROLES = ["agent", "fin1", "boss", "auditor", "controller", None]  # None: signed
 TEMPLATES = Path(__file__).resolve().parents[2] / "api" / "console" / "templates"
 CONSOLE_CODE = Path(__file__).resolve().parents[2] / "api" / "console"
 
+MARKUP = "<script>alert(1)</script>"
 HOSTILE = [
     "",
     " ",
@@ -67,7 +69,7 @@ HOSTILE = [
     "[]",
     "{}",
     "x" * 20_000,
-    "<script>alert(1)</script>",
+    MARKUP,
     "' OR '1'='1",
     "../../etc/passwd",
     "%2e%2e%2f",
@@ -271,6 +273,11 @@ def test_fuzz_every_console_route_with_every_role(
                             f"{label} as {who} -> {response.status_code}: {path} "
                             f"{str(kwargs.get('params'))[:200]} "
                             f"{str(kwargs.get('data'))[:300]}\n{response.text[:300]}"
+                        )
+                    if MARKUP in response.text:  # reflected unescaped: cross-site scripting
+                        failures.append(
+                            f"{label} as {who} -> {response.status_code}: reflects {MARKUP!r} "
+                            f"unescaped: {path} {str(kwargs.get('data'))[:300]}"
                         )
                     if route.path == "/console/logout" and role is not None:
                         client.cookies.clear()  # signed out: sign in again for the next one
