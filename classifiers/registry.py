@@ -75,6 +75,12 @@ def _canonical(metadata: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+def _metadata_text(metadata: Mapping[str, Any]) -> str:
+    """A version's ``metadata.json`` as written (readable; the signature covers
+    :func:`_canonical`, not this layout)."""
+    return json.dumps(metadata, indent=2, default=str)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and ``os.replace`` (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,9 +189,7 @@ class ModelRegistry:
             }
             if self.signing_key is not None:
                 metadata["signature"] = self._sign(metadata)
-            (staging / METADATA_NAME).write_text(
-                json.dumps(metadata, indent=2, default=str), encoding="utf-8"
-            )
+            (staging / METADATA_NAME).write_text(_metadata_text(metadata), encoding="utf-8")
             target = self._version_dir(version)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)  # the version appears complete or not at all
@@ -217,12 +221,8 @@ class ModelRegistry:
         keyless = ModelRegistry(self.root)
         checked = [keyless.verify(v) for v in versions]  # the hashes, not the old signatures
         for version, metadata in zip(versions, checked, strict=True):
-            metadata.pop("signature", None)
-            metadata["signature"] = self._sign(metadata)
-            _atomic_write(
-                self._version_dir(version) / METADATA_NAME,
-                json.dumps(metadata, indent=2, default=str),
-            )
+            metadata["signature"] = self._sign(metadata)  # the old one is not part of it
+            _atomic_write(self._version_dir(version) / METADATA_NAME, _metadata_text(metadata))
         return checked
 
     def activate(self, version: str, *, action: str = "activate") -> None:

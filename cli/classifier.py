@@ -60,10 +60,11 @@ def _key(value: str | None) -> bytes | None:
     return value.encode() if value else None
 
 
-def _registry(root: Path, signing_key: str | None) -> ModelRegistry:
+def _registry(root: Path | None, signing_key: str | None) -> ModelRegistry:
+    """The registry at ``root`` (``None``: the deployment's, see :func:`_root`)."""
     from classifiers.registry import ModelRegistry
 
-    return ModelRegistry(root, _key(signing_key))
+    return ModelRegistry(_root(root), _key(signing_key))
 
 
 TextColumns = Annotated[
@@ -180,7 +181,7 @@ def train(
                 "validation": {t: model.validation_[t] for t in model.targets},
             }
 
-        _audited(out, "model.trained", go, version)
+        _audited(registry, "model.trained", go, version)
     except (ClassifierError, RetrievalError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for target in model.targets:
@@ -271,7 +272,7 @@ def _root(registry: Path | None) -> Path:
 
 
 def _audited(
-    root: Path,
+    reg: ModelRegistry,
     action: str,
     change: Callable[[], dict[str, Any]],
     registered: str | None = None,
@@ -287,6 +288,7 @@ def _audited(
     from triage.settings import get_settings
 
     settings = get_settings()
+    root = reg.root
     if root.resolve() != settings.model_registry_dir.resolve():
         return change()
     from sqlalchemy.exc import SQLAlchemyError
@@ -311,12 +313,11 @@ def _audited(
 @models_app.command("list")
 def models_list(registry: RegistryDir = None, signing_key: SigningKey = None) -> None:
     """List registered versions, oldest first; the active one is marked with '*'."""
-    registry = _root(registry)
     reg = _registry(registry, signing_key)
     active = reg.active_version()
     versions = reg.versions()
     if not versions:
-        typer.echo(f"no model versions in {registry}")
+        typer.echo(f"no model versions in {reg.root}")
         return
     for meta in versions:
         mark = "*" if meta["version"] == active else " "
@@ -336,12 +337,11 @@ def models_show(
     signing_key: SigningKey = None,
 ) -> None:
     """Print a version's metadata as JSON, after verifying its integrity."""
-    registry = _root(registry)
     reg = _registry(registry, signing_key)
     try:
         chosen = version or reg.active_version()
         if chosen is None:
-            raise ClassifierError(f"no active model in {registry}")
+            raise ClassifierError(f"no active model in {reg.root}")
         meta = reg.verify(chosen)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
@@ -355,8 +355,7 @@ def models_activate(
     signing_key: SigningKey = None,
 ) -> None:
     """Verify VERSION and make it the active model (audited on the deployment's registry)."""
-    root = _root(registry)
-    reg = _registry(root, signing_key)
+    reg = _registry(registry, signing_key)
 
     def go() -> dict[str, Any]:
         previous = reg.active_version()
@@ -364,7 +363,7 @@ def models_activate(
         return {"version": version, "previous": previous}
 
     try:
-        _audited(root, "model.activated", go)
+        _audited(reg, "model.activated", go)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"active: {version}")
@@ -374,15 +373,14 @@ def models_activate(
 def models_rollback(registry: RegistryDir = None, signing_key: SigningKey = None) -> None:
     """Re-activate the version that was active before the current one (audited on the
     deployment's registry)."""
-    root = _root(registry)
-    reg = _registry(root, signing_key)
+    reg = _registry(registry, signing_key)
 
     def go() -> dict[str, Any]:
         previous = reg.active_version()
         return {"version": reg.rollback(), "previous": previous}
 
     try:
-        done = _audited(root, "model.rolled_back", go)
+        done = _audited(reg, "model.rolled_back", go)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"rolled back; active: {done['version']}")
@@ -407,8 +405,7 @@ def models_sign(
         raise _fail("signing needs a key: set TRIAGE_MODEL_SIGNING_KEY or --signing-key")
     if bool(versions) == all_versions:
         raise _fail("name the versions to sign, or give --all")
-    root = _root(registry)
-    reg = _registry(root, signing_key)
+    reg = _registry(registry, signing_key)
     chosen = [m["version"] for m in reg.versions()] if all_versions else list(versions or [])
 
     def go() -> dict[str, Any]:
@@ -416,16 +413,16 @@ def models_sign(
         return {"versions": chosen}
 
     try:
-        _audited(root, "model.signed", go)
+        _audited(reg, "model.signed", go)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"signed {len(chosen)} version{'' if len(chosen) == 1 else 's'} in {root}")
+    typer.echo(f"signed {len(chosen)} version{'' if len(chosen) == 1 else 's'} in {reg.root}")
 
 
-def _chosen(reg: ModelRegistry, version: str | None, registry: Path) -> str:
+def _chosen(reg: ModelRegistry, version: str | None) -> str:
     chosen = version or reg.active_version()
     if chosen is None:
-        raise ClassifierError(f"no active model in {registry}; name a version")
+        raise ClassifierError(f"no active model in {reg.root}; name a version")
     return chosen
 
 
@@ -448,10 +445,9 @@ def models_operating_points(
         recorded_settings,
     )
 
-    registry = _root(registry)
     reg = _registry(registry, signing_key)
     try:
-        chosen = _chosen(reg, version, registry)
+        chosen = _chosen(reg, version)
         meta = reg.verify(chosen)
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
@@ -517,14 +513,13 @@ def models_rethreshold(
 
     if label_precision and clear_label_precision:
         raise _fail("give --label-precision or --clear-label-precision, not both")
-    root = _root(registry)
-    reg = _registry(root, signing_key)
+    reg = _registry(registry, signing_key)
     activated = False
     try:
         per_label = parse_label_precision(label_precision) if label_precision else None
         out = rethreshold(
             reg,
-            _chosen(reg, version, root),
+            _chosen(reg, version),
             target_precision=target_precision,
             label_precision={} if clear_label_precision else per_label,
             threshold_pooling=threshold_pooling,
@@ -541,7 +536,7 @@ def models_rethreshold(
                     reg.activate(derived)
                 return out.audit_payload(activated=activate, previous_active=previous)
 
-            activated = _audited(root, "model.rethresholded", go, derived)["activated"]
+            activated = _audited(reg, "model.rethresholded", go, derived)["activated"]
     except ClassifierError as exc:
         raise _fail(str(exc)) from None
     if json_output:
