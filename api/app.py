@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 
 from api import errors
 from api.console.routes import install as install_console
-from api.deps import AppContext, refuse_nul
+from api.deps import CONSOLE_PREFIX, AppContext, refuse_nul
 from api.middleware import RequestLimits
 from api.routes import actions, audit, cases, health, jobs, keys, models, outbox
 from triage import actions as actions_service
@@ -97,7 +97,7 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         upload_bytes=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
-        page_prefix="/console/",
+        page_prefix=CONSOLE_PREFIX,
     )
     for r in (
         cases.router,

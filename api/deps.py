@@ -110,6 +110,8 @@ PEOPLE_AND_SYSTEMS = EVERYONE
 
 
 # -- NUL characters ------------------------------------------------------------------------------
+CONSOLE_PREFIX = "/console/"
+"""Where the web console's pages live (they get error pages, the API JSON bodies)."""
 NUL_PROBLEM = "contains a NUL character (U+0000), which no field accepts"
 
 
@@ -173,6 +175,6 @@ async def refuse_nul(request: Request) -> None:
     if found is None:
         return
     field_name = found.replace("\x00", "\\u0000")  # a NUL in a key is shown, not sent on
-    if request.url.path.startswith("/console/"):
+    if request.url.path.startswith(CONSOLE_PREFIX):
         raise HTTPException(status_code=422, detail=f"{field_name}: {NUL_PROBLEM}")
     raise ValidationFailed(f"{field_name}: {NUL_PROBLEM}", fields={field_name: NUL_PROBLEM})

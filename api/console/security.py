@@ -28,7 +28,7 @@ from fastapi import Depends, Request, Response
 from starlette.datastructures import FormData
 
 from api.console.settings import ConsoleSettings
-from api.deps import ContextDep
+from api.deps import CONSOLE_PREFIX, ContextDep
 from triage import users
 from triage.auth import Principal, Role
 from triage.errors import AuthenticationFailed
@@ -36,7 +36,7 @@ from triage.errors import AuthenticationFailed
 SESSION_COOKIE = "triage_session"
 CSRF_COOKIE = "triage_csrf"
 FLASH_COOKIE = "triage_flash"
-COOKIE_PATH = "/console"
+COOKIE_PATH = CONSOLE_PREFIX.rstrip("/")
 
 
 class SignInRequired(Exception):

@@ -254,15 +254,20 @@ def test_admin_evaluates_the_demo_model_from_an_uploaded_file(page, demo_server)
     assert event["actor"] == "admin" and event["targets"] == ["queue", "priority"]
 
 
+def _open_active_version_page(page, demo_server, user: str, link: str) -> None:
+    """Sign in as ``user`` and follow the active version's ``link`` on the models page."""
+    sign_in(page, demo_server, user)
+    page.goto("/console/admin/models")
+    page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
+        "link", name=re.compile(f"^{re.escape(link)}")
+    ).click()
+    page.wait_for_load_state()
+
+
 def test_auditor_reads_what_the_active_model_relied_on(page, demo_server):
     from triage import classification
 
-    sign_in(page, demo_server, "auditor")
-    page.goto("/console/admin/models")
-    page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
-        "link", name=re.compile("^What it relied on")
-    ).click()
-    page.wait_for_load_state()
+    _open_active_version_page(page, demo_server, "auditor", "What it relied on")
     assert page.get_by_role("heading", name=re.compile(r"^What v\S+ relied on$")).is_visible()
     page.get_by_label("Evidence per label").fill("3")
     page.get_by_role("button", name="Show").click()
@@ -294,12 +299,7 @@ def test_admin_previews_and_registers_other_operating_points(page, demo_server):
 
     reg = classification.registry(demo_server["settings"])
     before = [m["version"] for m in reg.versions()]
-    sign_in(page, demo_server, "admin")
-    page.goto("/console/admin/models")
-    page.locator("#versions tr", has=page.locator(".badge", has_text="active")).get_by_role(
-        "link", name=re.compile("^Operating points")
-    ).click()
-    page.wait_for_load_state()
+    _open_active_version_page(page, demo_server, "admin", "Operating points")
     assert page.get_by_role("heading", name=re.compile(r"^Operating points of v\S+")).is_visible()
     parent = page.locator("h1 .mono").inner_text()
     assert page.locator("#t-queue tbody tr").count() == len(
