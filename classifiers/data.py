@@ -129,10 +129,14 @@ def validate_training_data(
     source: str = "data",
     require_two_classes: bool = True,
     label_precision: Mapping[str, Mapping[str, float]] | None = None,
+    target_precision: float | None = None,
 ) -> None:
     """Raise :class:`DataError` when the records cannot train (or evaluate) a model, or when
     ``label_precision`` (``{target: {label: precision}}``) names a target that is not a label
-    column, a label no record has, or a precision outside (0.5, 1)."""
+    column, a label no record has, or a precision outside (0.5, 1), or ``target_precision`` is
+    outside it (checked first: it needs no look at the records)."""
+    if target_precision is not None:
+        check_target_precision(target_precision)
     if not records:
         raise DataError(f"{source}: the file has no data rows")
     present: set[str] = set()
@@ -191,6 +195,17 @@ def _refuse_nested(records: Sequence[dict[str, Any]], columns: Sequence[str], so
                     "text or a number (flatten nested fields before exporting)",
                     field=f"records[{number - 1}].{column}",  # the API's records list
                 )
+
+
+def check_target_precision(value: float) -> None:
+    """Raise :class:`DataError` (field ``target_precision``) for a default target precision
+    outside (0.5, 1): at or below a half a threshold means nothing, and 1 cannot be earned
+    under the Wilson bound (every label would abstain). The rule of per-label targets too."""
+    if not 0.5 < value < 1.0:
+        raise DataError(
+            f"target precision {value}: use a value between 0.5 and 1 (exclusive)",
+            field="target_precision",
+        )
 
 
 def check_label_precision(

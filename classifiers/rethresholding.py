@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from classifiers.case_model import CaseModel
-from classifiers.data import check_label_precision
+from classifiers.data import check_label_precision, check_target_precision
 from classifiers.errors import DataError
 from classifiers.registry import ModelRegistry
 
@@ -176,11 +176,8 @@ def _checked_settings(
     threshold_pooling: bool | None,
 ) -> OperatingPointSettings:
     """``before`` with the given settings applied (``None``: keep), or :class:`DataError`."""
-    if target_precision is not None and not 0.5 < target_precision < 1.0:
-        raise DataError(
-            f"target precision {target_precision}: use a value between 0.5 and 1 (exclusive)",
-            field="target_precision",
-        )
+    if target_precision is not None:
+        check_target_precision(target_precision)
     if label_precision is not None:
         check_label_precision(label_precision, label_sets)
     after = OperatingPointSettings(

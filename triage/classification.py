@@ -140,6 +140,7 @@ def train_model(
         feature_columns=feature_columns,
         source=source,
         label_precision=params.get("label_precision"),
+        target_precision=params.get("target_precision"),
     )
     numeric = infer_numeric_columns(list(records), list(feature_columns))
     spec = embedding_spec(

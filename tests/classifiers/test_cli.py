@@ -317,6 +317,23 @@ def test_bad_label_precision_is_named_and_nothing_trains(
     assert not (out / "versions").exists() or not any((out / "versions").iterdir())
 
 
+@pytest.mark.parametrize("value", ["1.0", "0.5", "0.3"])
+def test_train_refuses_a_target_precision_outside_the_rule_every_other_path_uses(
+    tmp_path: Path, value: str
+) -> None:
+    """(0.5, 1) as for per-label targets, re-thresholding and the API (it took (0, 1] here, so
+    1.0 trained a model whose every label abstains), refused before anything trains."""
+    rows = [{"text": f"cancel order {i}", "label": "order"} for i in range(6)]
+    rows += [{"text": f"refund please {i}", "label": "refund"} for i in range(6)]
+    path = _write_csv(tmp_path / "a.csv", rows)
+    out = tmp_path / "o"
+    args = ["train", "--data", str(path), "--text-column", "text", "--label-column", "label"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--target-precision", value])
+    assert result.exit_code == 2, result.output
+    assert f"target precision {float(value)}: use a value between 0.5 and 1" in result.stderr
+    assert not (out / "versions").exists() or not any((out / "versions").iterdir())
+
+
 def test_train_refuses_an_unknown_class_weight(tmp_path: Path) -> None:
     data = _write_jsonl(tmp_path / "cases.jsonl", synthetic_cases(40, seed=3))
     args = ["train", "--data", str(data), "--text-column", "text", "--label-column", "queue"]
