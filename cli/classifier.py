@@ -99,7 +99,10 @@ def train(
         ),
     ] = None,
     target_precision: Annotated[
-        float, typer.Option(help="Precision each label's threshold must reach on validation.")
+        float,
+        typer.Option(
+            help="Precision each label's threshold must reach on validation, in (0.5, 1)."
+        ),
     ] = 0.95,
     label_precision: Annotated[
         list[str] | None,
