@@ -330,11 +330,13 @@ def test_a_cancelled_command_line_job_raises_job_cancelled(db, settings):
     thread.start()
     from tests.support import wait_until
 
-    job = wait_until(
-        lambda: (s := model_jobs.RETRAINING.state(db, settings))["status"] == "running" and s,
-        deadline_s=10,
-        what="the job to start",
-    )
+    def started() -> dict | None:
+        # A start that failed ends the thread: fail with its exception, not after the deadline.
+        assert not outcome, f"the command-line job did not start: {outcome!r}"
+        state = model_jobs.RETRAINING.state(db, settings)
+        return state if state["status"] == "running" else None
+
+    job = wait_until(started, deadline_s=30, what="the job to start")
     model_jobs.request_cancel(
         db, job["id"], audit.Actor(audit.ActorType.human, "bo", "admin"), lease_seconds=LEASE
     )
