@@ -13,7 +13,9 @@ transaction via :meth:`Database.write` / :meth:`Database.read`.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,6 +31,36 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.settings import Settings
 
+WAL_SWITCH_SECONDS = 30.0
+
+
+def use_wal(dbapi_conn: Any, *, deadline_s: float = WAL_SWITCH_SECONDS) -> None:
+    """Put the SQLite file of a new DB-API connection in WAL mode (persistent in the file).
+
+    Asks first: a file already in WAL mode is left alone. Switching takes an exclusive lock and
+    SQLite answers ``database is locked`` at once, without its busy handler, to a connection that
+    tries while another is switching or writing; so the switch is retried for ``deadline_s``.
+    (Two threads opening their first connections to a freshly migrated file raced here.)
+    In-memory databases have no WAL and keep their mode.
+    """
+    cur = dbapi_conn.cursor()
+    try:
+        mode = str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if mode in ("wal", "memory"):
+            return
+        end, pause = time.monotonic() + deadline_s, 0.005
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode=WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > end:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+    finally:
+        cur.close()
+
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     path = url.removeprefix("sqlite:///")
@@ -43,8 +75,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        use_wal(dbapi_conn)
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")

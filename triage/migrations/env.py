@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
+from triage.db import use_wal
 from triage.models import Base
 from triage.settings import get_settings
 
@@ -29,6 +30,10 @@ def run_online() -> None:
             context.run_migrations()
         return
     engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        # The file is in WAL mode from its creation on: the product's first connections would
+        # otherwise race to switch it (see triage.db.use_wal).
+        event.listen(engine, "connect", lambda dbapi_conn, _record: use_wal(dbapi_conn))
     with engine.connect() as connection:
         context.configure(
             connection=connection, target_metadata=target_metadata, render_as_batch=True
