@@ -72,10 +72,20 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     from triage import migrate
 
     settings = _settings()
-    migrate.upgrade(settings, revision)
+    _upgrade(settings, revision)
     typer.echo(
         f"database at {migrate.current(settings)} ({_redact(settings.resolved_database_url)})"
     )
+
+
+def _upgrade(settings: Settings, revision: str = "head") -> None:
+    """Migrate, or exit 2 naming the other migration that held the lock too long."""
+    from triage import migrate
+
+    try:
+        migrate.upgrade(settings, revision)
+    except migrate.MigrationBusy as exc:
+        raise _fail(f"{exc}. Nothing was changed.") from exc
 
 
 @db_app.command("current")
@@ -355,7 +365,6 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from triage import migrate
 
     if log_format not in ("text", "json"):
         raise _fail("--log-format must be text or json")
@@ -367,7 +376,7 @@ def serve(
         _logging()
     settings = _settings()
     if upgrade:
-        migrate.upgrade(settings)
+        _upgrade(settings)
     if worker:
         _check_model(settings)
     uvicorn.run(create_app(settings, start_worker=worker), host=host, port=port, log_level="info")
@@ -749,11 +758,10 @@ def demo(
 ) -> None:
     """Set up the embedded default (SQLite + local files), load demo data, and serve."""
     from triage import demo as demo_mod
-    from triage import migrate
 
     _logging()
     settings = _settings()
-    migrate.upgrade(settings)
+    _upgrade(settings)
     summary = demo_mod.load(settings, cases, progress=lambda d, t, s: _progress(d, t, s, "demo"))
     typer.echo(demo_mod.describe(summary, host, port))
     if serve_after:

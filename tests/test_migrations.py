@@ -3,11 +3,18 @@ models match what the migrations build (no schema change without a migration).""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
+from tests.support import cli_runner
 from triage import migrate
 from triage.models import Base
 
@@ -47,3 +54,51 @@ def test_migrations_import_no_application_modules():
                 continue
             bad = [n for n in names if n.split(".")[0] not in allowed]
             assert not bad, f"{path.name} imports {bad}"
+
+
+def _upgrade_in_a_process(url: str) -> subprocess.Popen[str]:
+    code = (
+        "import sys; from triage import migrate; from triage.settings import Settings; "
+        "migrate.upgrade(Settings(environment='test', database_url=sys.argv[1]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+@pytest.mark.integration
+def test_processes_upgrading_at_once_take_turns(settings):
+    """An API server and a worker (or replicas) that all upgrade on start: each round starts
+    from an empty database, two processes migrate it at once, both succeed. Without the
+    migration lock the second failed with "table ... already exists" (SQLite) or a duplicate
+    type (PostgreSQL) in most rounds."""
+    url = settings.resolved_database_url
+    cfg = migrate.alembic_config(url)
+    for _ in range(3):
+        runs = [_upgrade_in_a_process(url) for _ in range(2)]
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        assert migrate.current(settings) == ScriptDirectory.from_config(cfg).get_current_head()
+        command.downgrade(cfg, "base")
+
+
+def test_a_migration_waits_for_the_lock_and_gives_up_clearly(settings, monkeypatch):
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with migrate._migration_lock(url, 5):  # another process's migration, as far as the lock
+        with pytest.raises(migrate.MigrationBusy, match="still holds the migration lock"):
+            migrate.upgrade(settings, wait_s=0.5)
+        assert migrate.current(settings) is None  # it touched nothing
+        monkeypatch.setattr(migrate, "MIGRATION_LOCK_WAIT_SECONDS", 0.5)
+        triage = cli_runner(monkeypatch, settings)
+        refused = triage("db", "upgrade")
+        assert refused.exit_code == 2, refused.output
+        assert "still holds the migration lock" in refused.stderr
+        assert "Nothing was changed." in refused.stderr
+    migrate.upgrade(settings, wait_s=0.5)  # released: it goes through
+    assert migrate.current(settings) is not None
