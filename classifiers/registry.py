@@ -4,6 +4,7 @@ Layout under the caller-given ``root``::
 
     root/ACTIVE                      the active version id (replaced atomically)
     root/activations.jsonl           append-only log of activations and rollbacks
+    root/.lock                       serialises activations, rollbacks and signing
     root/versions/<id>/model.skops   the fitted CaseModel, skops format
     root/versions/<id>/metadata.json version, hashes, label sets, thresholds, metrics, ...
 
@@ -30,7 +31,9 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,11 @@ import skops.io as sio
 from classifiers.case_model import CaseModel
 from classifiers.errors import IntegrityError, RegistryError, SignatureError, UnknownVersion
 
+try:  # POSIX: processes sharing a registry (server, CLI) queue on a file lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: threads of one process still queue
+    fcntl = None  # type: ignore[assignment]
+
 TRUSTED_TYPES: tuple[str, ...] = (
     "classifiers.calibration.CalibratedLinearClassifier",
     "classifiers.case_model.CaseModel",
@@ -58,6 +66,7 @@ ARTIFACT_NAME = "model.skops"
 METADATA_NAME = "metadata.json"
 ACTIVE_NAME = "ACTIVE"
 LOG_NAME = "activations.jsonl"
+LOCK_NAME = ".lock"
 METADATA_SCHEMA = "1"
 _VERSION_RE = re.compile(r"^v\d{8}T\d{12}Z-[0-9a-f]{8}$")
 
@@ -134,12 +143,50 @@ class LoadedModel:
     metadata: dict[str, Any]
 
 
+_ROOT_LOCKS: dict[str, threading.RLock] = {}
+_ROOT_LOCKS_GUARD = threading.Lock()
+_HELD = threading.local()  # the roots whose file lock this thread holds (for nesting)
+
+
+@contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold ``root``'s registry lock: a re-entrant lock for the threads of this process and a
+    file lock for other processes (a rollback re-enters through ``activate``). Reading the
+    pointer, replacing it and appending to the log happen under it, so two admins activating
+    at once cannot leave the log's ``previous`` chain (what rollback replays) out of step with
+    ACTIVE."""
+    root.mkdir(parents=True, exist_ok=True)
+    key = str(root.resolve())
+    with _ROOT_LOCKS_GUARD:
+        local = _ROOT_LOCKS.setdefault(key, threading.RLock())
+    with local:
+        held: set[str] = getattr(_HELD, "roots", set())
+        _HELD.roots = held
+        if fcntl is None or key in held:
+            yield
+            return
+        with open(root / LOCK_NAME, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 class ModelRegistry:
     """Save, verify, list, activate and roll back :class:`CaseModel` versions under ``root``."""
 
     def __init__(self, root: Path | str, signing_key: bytes | None = None) -> None:
         self.root = Path(root)
         self.signing_key = signing_key
+
+    def exclusive(self) -> Any:
+        """A context holding this registry's lock: activations, rollbacks and signing by other
+        threads and processes wait until it ends (this thread may still call them). For a
+        decision that reads the active version and then acts on it (retraining)."""
+        return _exclusive(self.root)
 
     # -- paths -----------------------------------------------------------------------------------
     def _version_dir(self, version: str) -> Path:
@@ -219,25 +266,29 @@ class ModelRegistry:
         if self.signing_key is None:
             raise RegistryError("signing needs a key (TRIAGE_MODEL_SIGNING_KEY / --signing-key)")
         keyless = ModelRegistry(self.root)
-        checked = [keyless.verify(v) for v in versions]  # the hashes, not the old signatures
-        for version, metadata in zip(versions, checked, strict=True):
-            metadata["signature"] = self._sign(metadata)  # the old one is not part of it
-            _atomic_write(self._version_dir(version) / METADATA_NAME, _metadata_text(metadata))
+        with _exclusive(self.root):
+            checked = [keyless.verify(v) for v in versions]  # the hashes, not old signatures
+            for version, metadata in zip(versions, checked, strict=True):
+                metadata["signature"] = self._sign(metadata)  # the old one is not part of it
+                path = self._version_dir(version) / METADATA_NAME
+                _atomic_write(path, _metadata_text(metadata))
         return checked
 
     def activate(self, version: str, *, action: str = "activate") -> None:
-        """Make ``version`` the active one (verified first); logged in ``activations.jsonl``."""
+        """Make ``version`` the active one (verified first); logged in ``activations.jsonl``.
+        Serialised with other activations, rollbacks and signing of this registry."""
         self.verify(version)
-        previous = self.active_version()
-        _atomic_write(self.root / ACTIVE_NAME, version + "\n")
-        entry = {
-            "at": datetime.now(UTC).isoformat(),
-            "action": action,
-            "version": version,
-            "previous": previous,
-        }
-        with (self.root / LOG_NAME).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        with _exclusive(self.root):
+            previous = self.active_version()
+            _atomic_write(self.root / ACTIVE_NAME, version + "\n")
+            entry = {
+                "at": datetime.now(UTC).isoformat(),
+                "action": action,
+                "version": version,
+                "previous": previous,
+            }
+            with (self.root / LOG_NAME).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
 
     def rollback(self) -> str:
         """Re-activate the version that was active before the current one; returns it.
@@ -245,17 +296,18 @@ class ModelRegistry:
         The activation log is replayed as a stack (activate pushes, rollback pops), so repeated
         rollbacks step further back instead of toggling between the last two versions.
         """
-        current = self.active_version()
-        if current is None:
-            raise RegistryError("nothing is active, so there is nothing to roll back")
-        stack = self._activation_stack()
-        while stack and stack[-1] == current:
-            stack.pop()
-        if not stack:
-            raise RegistryError(f"no earlier active version to roll back to from {current}")
-        previous = stack[-1]
-        self.activate(previous, action="rollback")
-        return previous
+        with _exclusive(self.root):
+            current = self.active_version()
+            if current is None:
+                raise RegistryError("nothing is active, so there is nothing to roll back")
+            stack = self._activation_stack()
+            while stack and stack[-1] == current:
+                stack.pop()
+            if not stack:
+                raise RegistryError(f"no earlier active version to roll back to from {current}")
+            previous = stack[-1]
+            self.activate(previous, action="rollback")
+            return previous
 
     def _activation_stack(self) -> list[str]:
         stack: list[str] = []

@@ -165,24 +165,35 @@ def retrain(
             if activated
             else "kept the active model: the candidate is worse on the evaluation set"
         )
-    version = registry.save(
-        candidate,
-        training_data_name=training_data_name,
-        n_training_records=len(training),
-        metrics={"evaluation": candidate_metrics},
-        extra={
-            "retrain": {
-                "n_base": len(base_records),
-                "n_feedback": len(feedback_records),
-                "decision": reason,
-                "checks": checks,
-            }
-        },
-        activate=activated,
-    )
+    compared = None if active is None else active.version
+    with registry.exclusive():
+        # The fit took minutes: an admin may have activated or rolled back meanwhile, and
+        # their choice is not what the candidate was compared with, so it is not replaced.
+        now_active = registry.active_version()
+        if activated and now_active != compared:
+            activated, checks = False, [*checks, f"active version changed to {now_active}"]
+            reason = (
+                f"kept the active model: the active version changed to {now_active} while "
+                f"retraining (the candidate was compared with {compared or 'no model'})"
+            )
+        version = registry.save(
+            candidate,
+            training_data_name=training_data_name,
+            n_training_records=len(training),
+            metrics={"evaluation": candidate_metrics},
+            extra={
+                "retrain": {
+                    "n_base": len(base_records),
+                    "n_feedback": len(feedback_records),
+                    "decision": reason,
+                    "checks": checks,
+                }
+            },
+            activate=activated,
+        )
     return RetrainResult(
         candidate_version=version,
-        active_version=None if active is None else active.version,
+        active_version=compared,
         activated=activated,
         reason=reason,
         candidate_metrics=candidate_metrics,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -230,3 +231,41 @@ def test_signing_an_unsigned_registry(tmp_path: Path, bitext_model: CaseModel) -
     ModelRegistry(tmp_path, signing_key=b"k2").sign(first)
     with pytest.raises(IntegrityError, match="invalid signature"):
         keyed.verify(first)
+
+
+def test_concurrent_activations_keep_the_log_and_the_pointer_in_step(
+    tmp_path: Path, bitext_model: CaseModel
+) -> None:
+    """Admins activating and rolling back at once (API threads, the CLI): every log entry's
+    ``previous`` is the version the entry before it activated, and ACTIVE is the last one;
+    interleaved read-pointer / write-pointer / append-log steps broke that chain."""
+    import threading
+
+    reg = ModelRegistry(tmp_path)
+    versions = [reg.save(bitext_model, activate=True) for _ in range(3)]
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def admin(offset: int) -> None:
+        mine = ModelRegistry(tmp_path)  # as each request or command builds its own
+        start.wait()
+        try:
+            for i in range(25):
+                if i % 5 == 4:
+                    mine.rollback()
+                else:
+                    mine.activate(versions[(i + offset) % 3])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=admin, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    log = reg.activations()
+    assert len(log) == 3 + 4 * 25
+    for before, entry in itertools.pairwise(log):
+        assert entry["previous"] == before["version"], (before, entry)
+    assert reg.active_version() == log[-1]["version"]

@@ -76,3 +76,29 @@ def test_retrain_activates_good_and_refuses_bad(tmp_path: Path) -> None:
     assert registry.active_version() == good.candidate_version
     # the refused candidate is still registered, for audit
     assert bad.candidate_version in [m["version"] for m in registry.versions()]
+
+
+def test_an_activation_during_the_fit_is_not_overridden(tmp_path: Path) -> None:
+    """An admin who activates (or rolls back to) a version while a retrain fits has the last
+    word: the candidate was compared with the model active before, so it is saved, not
+    activated, and its recorded decision says why."""
+    registry = ModelRegistry(tmp_path)
+    base, evaluation = synthetic_cases(120, seed=1), synthetic_cases(200, seed=2)
+    first = retrain(base, [], evaluation, registry, template=CaseModel(targets=("queue",), cv=3))
+    chosen = registry.save(registry.load().model)  # another version an admin prefers
+    admin = ModelRegistry(tmp_path)
+    steps: list[str] = []
+
+    def progress(message: str, *_: Any) -> None:
+        if not steps:
+            admin.activate(chosen)
+        steps.append(message)
+
+    late = retrain(base, synthetic_cases(80, seed=3), evaluation, registry, progress=progress)
+    assert steps, "the fit reported no progress, so the admin never acted"
+    assert not late.activated
+    assert late.active_version == first.candidate_version
+    assert f"the active version changed to {chosen}" in late.reason
+    assert registry.active_version() == chosen
+    decision = registry.metadata(late.candidate_version)["retrain"]["decision"]
+    assert decision == late.reason
