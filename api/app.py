@@ -18,7 +18,7 @@ from triage import auth
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings, get_settings
-from triage.stages import default_pipeline
+from triage.stages import claim_vector_store, default_pipeline
 from triage.worker import Worker
 
 log = logging.getLogger("triage.api")
@@ -72,6 +72,9 @@ def create_app(
         # Load the policy now (a broken bundle fails start-up, not a request) and audit a
         # change of the active policy, re-checking open approvals under it.
         policy = actions_service.load_policy(settings)
+        # The embedded vector store serves one process: a second server or a standalone
+        # worker on the same data directory fails here, naming the holder.
+        claim_vector_store(settings, "a triage server")
         with db.write() as s:
             actions_service.record_policy_activation(s, policy, settings)
         if worker is not None:

@@ -44,12 +44,17 @@ EncoderName = Annotated[
 ]
 
 
-def _kb(chroma_path: Path, chroma_url: str | None, encoder: str) -> KnowledgeBase:
+def _kb(
+    chroma_path: Path, chroma_url: str | None, encoder: str, *, writer: str | None = None
+) -> KnowledgeBase:
+    """The knowledge base; ``writer`` (the command) claims an embedded store first."""
     from retrieval.embeddings import EncoderConfig, load_encoder
     from retrieval.knowledge import KnowledgeBase
-    from retrieval.store import ChromaConfig, open_client
+    from retrieval.store import ChromaConfig, claim_embedded, open_client
 
     config = ChromaConfig(path=chroma_path, url=chroma_url)
+    if writer is not None:
+        claim_embedded(config, writer)
     return KnowledgeBase(
         open_client(config),
         load_encoder(EncoderConfig(name=encoder)),
@@ -73,7 +78,7 @@ def ingest(
     from retrieval.knowledge import DocumentOutcome, expand_paths
 
     try:
-        kb = _kb(chroma_path, chroma_url, encoder)
+        kb = _kb(chroma_path, chroma_url, encoder, writer="`triage kb ingest`")
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     files = expand_paths(paths)
@@ -175,10 +180,11 @@ def reindex(
     from retrieval.cases import CaseIndex
     from retrieval.embeddings import EncoderConfig, load_encoder
     from retrieval.knowledge import KnowledgeBase
-    from retrieval.store import ChromaConfig, open_client
+    from retrieval.store import ChromaConfig, claim_embedded, open_client
 
     try:
         config = ChromaConfig(path=chroma_path, url=chroma_url)
+        claim_embedded(config, "`triage kb reindex`")
         client = open_client(config)
         enc = load_encoder(EncoderConfig(name=encoder))
         chunks = KnowledgeBase.reindex(client, enc, config.knowledge_collection)

@@ -337,6 +337,17 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
+def _claim_store(settings: Settings, role: str) -> None:
+    """Claim the embedded vector store for this process, or exit 2 naming its holder."""
+    from retrieval.errors import RetrievalError
+    from triage.stages import claim_vector_store
+
+    try:
+        claim_vector_store(settings, role)
+    except RetrievalError as exc:
+        raise _fail(f"{exc}. Nothing was started.") from exc
+
+
 def _check_model(settings: Settings) -> None:
     """Refuse to start triaging on an active model version the registry refuses (exit 2 with
     the remedy) instead of failing every case's classify stage."""
@@ -379,6 +390,7 @@ def serve(
         _upgrade(settings)
     if worker:
         _check_model(settings)
+    _claim_store(settings, f"`triage serve` on port {port}")
     uvicorn.run(create_app(settings, start_worker=worker), host=host, port=port, log_level="info")
 
 
@@ -414,6 +426,7 @@ def worker_cmd(
     if engine not in ("embedded", "procrastinate"):
         raise _fail("--engine must be embedded or procrastinate")
     _check_model(settings)
+    _claim_store(settings, "`triage worker`")
     if engine == "procrastinate":
         from triage import jobs
 
@@ -762,6 +775,7 @@ def demo(
     _logging()
     settings = _settings()
     _upgrade(settings)
+    _claim_store(settings, f"`triage demo` on port {port}")
     summary = demo_mod.load(settings, cases, progress=lambda d, t, s: _progress(d, t, s, "demo"))
     typer.echo(demo_mod.describe(summary, host, port))
     if serve_after:

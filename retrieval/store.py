@@ -11,10 +11,17 @@ Contract:
   every collection here is created with an explicit embedding function.
 - :func:`open_collection` refuses to use a collection built with a different encoder
   (different fingerprint): mixing vector spaces silently returns nonsense.
+- :func:`claim_embedded` makes a process the one user of an embedded store: Chroma's embedded
+  mode keeps each process's vector index in memory, so a second process's writes are not seen
+  by the first (measured: a server's queries missed documents `kb ingest` added in another
+  process) and both persist their own index. Servers, workers and the CLI's writing commands
+  claim; a second claimant gets a :class:`StoreError` naming the holder and the remedy.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +40,15 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
+try:  # POSIX: the claim on an embedded store is a file lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no claim, as before
+    fcntl = None  # type: ignore[assignment]
+
 EF_NAME = "exception_triage"
+OWNER_FILE = ".triage-owner"
+_CLAIMS: dict[str, Any] = {}  # resolved store path -> the open, locked owner file
+_CLAIMS_GUARD = threading.Lock()
 
 
 class ChromaConfig(BaseModel):
@@ -66,6 +81,41 @@ def open_client(config: ChromaConfig) -> ClientAPI:
             raise StoreError(f"cannot reach Chroma at {config.url}: {exc}") from exc
     config.path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(config.path), settings=settings)
+
+
+def claim_embedded(config: ChromaConfig, role: str) -> None:
+    """Claim the embedded store at ``config.path`` for this process until it exits (a no-op
+    with ``config.url``, or when this process holds the claim already).
+
+    Raises :class:`StoreError` when another process holds it, naming that process (``role``
+    and pid, as it wrote them) and the remedy: stop it, or run a Chroma server and point every
+    process at it with ``TRIAGE_CHROMA_URL``. Read-only tools (``triage kb search``) need no
+    claim; they read what the holder has persisted."""
+    if config.url or fcntl is None:
+        return
+    config.path.mkdir(parents=True, exist_ok=True)
+    key = str(config.path.resolve())
+    with _CLAIMS_GUARD:
+        if key in _CLAIMS:
+            return
+        handle = open(config.path / OWNER_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(
+                f"the embedded vector store at {config.path} is in use by {holder}. Chroma's "
+                "embedded mode serves one process: another would not see its writes and could "
+                "overwrite its index. Stop that process first, or run a Chroma server "
+                "(`chroma run --path DIR`) and set TRIAGE_CHROMA_URL for every process"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{role} (pid {os.getpid()})\n")
+        handle.flush()
+        _CLAIMS[key] = handle
 
 
 @register_embedding_function

@@ -23,7 +23,7 @@ from retrieval.embeddings import EncoderConfig
 from retrieval.llm import LLMConfig
 from retrieval.redaction import RedactionConfig
 from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
-from retrieval.store import ChromaConfig
+from retrieval.store import ChromaConfig, claim_embedded
 from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
 from triage.pipeline import (
@@ -229,6 +229,14 @@ class WaitForLLM:
         if not callable(many):
             return each(self.advise, requests)
         return [self._check(r) for r in many(requests)]
+
+
+def claim_vector_store(settings: Settings, role: str) -> None:
+    """Claim the embedded vector store for this process (``retrieval.store.claim_embedded``):
+    a server, a worker or a CLI command that writes to it. Nothing to claim with retrieval
+    off or a Chroma server. Raises ``retrieval.errors.StoreError`` while another holds it."""
+    if settings.retrieval_enabled:
+        claim_embedded(retrieval_config(settings).chroma, role)
 
 
 def default_pipeline(settings: Settings) -> Pipeline:
