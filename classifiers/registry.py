@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,7 +182,7 @@ class ModelRegistry:
         self.root = Path(root)
         self.signing_key = signing_key
 
-    def exclusive(self) -> Any:
+    def exclusive(self) -> AbstractContextManager[None]:
         """A context holding this registry's lock: activations, rollbacks and signing by other
         threads and processes wait until it ends (this thread may still call them). For a
         decision that reads the active version and then acts on it (retraining)."""
