@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,22 +82,31 @@ def _migration_lock(url: str, wait_s: float) -> Iterator[None]:
         yield
         return
     with open(f"{path}.migratelock", "a+b") as handle:
-        end, told = time.monotonic() + wait_s, False
-        while True:
+
+        def take() -> bool:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() > end:
-                    raise _busy(wait_s) from None
-                if not told:
-                    log.info("another process is migrating the database; waiting for it")
-                    told = True
-                time.sleep(_POLL_SECONDS)
+                return False
+            return True
+
+        _wait_for(take, wait_s)
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _wait_for(take: Callable[[], bool], wait_s: float) -> None:
+    """Call ``take`` until it gets the lock; log once that we wait; MigrationBusy at the end."""
+    end, told = time.monotonic() + wait_s, False
+    while not take():
+        if time.monotonic() > end:
+            raise _busy(wait_s)
+        if not told:
+            log.info("another process is migrating the database; waiting for it")
+            told = True
+        time.sleep(_POLL_SECONDS)
 
 
 @contextmanager
@@ -111,14 +120,8 @@ def _advisory_lock(url: str, wait_s: float) -> Iterator[None]:
     engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            end, told = time.monotonic() + wait_s, False
-            while not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK}):
-                if time.monotonic() > end:
-                    raise _busy(wait_s)
-                if not told:
-                    log.info("another process is migrating the database; waiting for it")
-                    told = True
-                time.sleep(_POLL_SECONDS)
+            query = text("SELECT pg_try_advisory_lock(:k)")
+            _wait_for(lambda: bool(conn.scalar(query, {"k": MIGRATION_LOCK})), wait_s)
             try:
                 yield
             finally:
