@@ -12,19 +12,22 @@ from api import errors
 from api.console.routes import install as install_console
 from api.deps import CONSOLE_PREFIX, AppContext, refuse_nul
 from api.middleware import RequestLimits
-from api.routes import actions, audit, cases, health, jobs, keys, models, outbox
+from api.routes import actions, audit, cases, health, jobs, keys, knowledge, models, outbox
 from triage import actions as actions_service
 from triage import auth
 from triage.db import Database
 from triage.pipeline import Pipeline
 from triage.settings import Settings, get_settings
-from triage.stages import claim_vector_store, default_pipeline
+from triage.stages import RetrievalStage, claim_vector_store, default_pipeline
 from triage.worker import Worker
 
 log = logging.getLogger("triage.api")
 
 # Requests that carry a labelled data set: model training and evaluation (API and console).
-UPLOAD_PATHS = r"/v1/models/(train|[^/]+/evaluate)|/console/admin/models/(train|evaluate)"
+UPLOAD_PATHS = (
+    r"/v1/models/(train|[^/]+/evaluate)|/v1/knowledge/documents"
+    r"|/console/admin/models/(train|evaluate)"
+)
 
 DESCRIPTION = """
 Takes exception cases from the orchestration layer (ERP, WMS, TMS, finance), triages them and
@@ -65,6 +68,7 @@ def create_app(
         worker=worker,
         keys=auth.KeyCache(settings.auth_cache_seconds),
         limiter=auth.RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        retrieval=pipeline.retriever if isinstance(pipeline.retriever, RetrievalStage) else None,
     )
 
     @asynccontextmanager
@@ -108,6 +112,7 @@ def create_app(
         models.router,
         audit.router,
         keys.router,
+        knowledge.router,
         outbox.router,
         jobs.router,
         health.router,

@@ -18,6 +18,7 @@ from triage.cases import format_loc
 from triage.db import Database
 from triage.errors import AuthenticationFailed, PermissionDenied, RateLimited, ValidationFailed
 from triage.settings import Settings
+from triage.stages import RetrievalStage
 from triage.worker import Worker
 
 
@@ -30,6 +31,8 @@ class AppContext:
     worker: Worker | None
     keys: auth.KeyCache
     limiter: auth.RateLimiter
+    # the pipeline's retrieval stage (knowledge base, similar cases); None with retrieval off
+    retrieval: RetrievalStage | None = None
     # ids of the model jobs this app's threads run (closed as interrupted at shutdown)
     running_jobs: set[int] = field(default_factory=set)
 

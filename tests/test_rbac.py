@@ -53,6 +53,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/models/jobs"): {"admin", "auditor"},
     ("GET", "/v1/models/jobs/{job_id}"): {"admin", "auditor"},
     ("POST", "/v1/models/jobs/{job_id}/cancel"): {"admin"},
+    ("GET", "/v1/knowledge"): {"agent", "approver", "auditor", "admin"},
+    ("POST", "/v1/knowledge/documents"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},

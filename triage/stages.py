@@ -20,12 +20,14 @@ from contracts.case import CaseIn
 from contracts.suggestion import Suggestion
 from retrieval.advice import AdvisorConfig
 from retrieval.embeddings import EncoderConfig
+from retrieval.knowledge import IngestReport, KnowledgeStats
 from retrieval.llm import LLMConfig
 from retrieval.redaction import RedactionConfig
 from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
 from retrieval.store import ChromaConfig, claim_embedded
 from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
+from triage.errors import ValidationFailed
 from triage.pipeline import (
     QUEUE_BY_TYPE,
     AdviceInput,
@@ -115,6 +117,45 @@ class RetrievalStage:
         """Open Chroma and load the encoder before the first case."""
         _ = self.service
 
+    def ingest_texts(self, documents: Sequence[tuple[str, str]]) -> IngestReport:
+        """Ingest named text documents (``(file name, text)``, the name's suffix .md, .markdown,
+        .txt or .text decides how it is read) into this process's knowledge base, as
+        ``triage kb ingest`` does from files: unchanged documents are skipped, changed ones
+        replaced. Every document is read and checked first; one that cannot be ingested raises
+        ``ValidationFailed`` naming ``documents[i]...`` and nothing is ingested. Each outcome's
+        ``path`` is the document's name."""
+        import tempfile
+
+        from retrieval.chunking import load_document
+        from retrieval.errors import IngestError
+
+        with tempfile.TemporaryDirectory(prefix="triage-kb-") as tmp:
+            paths: list[Path] = []
+            for i, (name, text) in enumerate(documents):
+                # its own folder: the name is only ever a file name, never a path
+                path = Path(tmp) / str(i) / name
+                path.parent.mkdir()
+                path.write_text(text, encoding="utf-8")
+                try:
+                    load_document(path)
+                except IngestError as exc:
+                    problem = str(exc).removeprefix(f"{path}: ")
+                    raise ValidationFailed(
+                        f"document {name!r}: {problem}",
+                        fields={f"documents[{i}].content": problem},
+                    ) from exc
+                paths.append(path)
+            report = self.ingest(paths)
+        for outcome, (name, _) in zip(report.documents, documents, strict=True):
+            outcome.path = name
+            if outcome.error is not None:
+                outcome.error = outcome.error.replace(str(Path(tmp)), "")
+        return report
+
+    def knowledge_stats(self) -> KnowledgeStats:
+        """The knowledge base's chunks, documents (id -> version) and encoder."""
+        return self.service.kb.stats()
+
     def reindex(self) -> tuple[int, int]:
         """Re-embed the knowledge base and the similar-case index with the configured encoder
         (after the encoder changed); returns (chunks, cases). Ids, texts and metadata stay."""
@@ -198,7 +239,8 @@ class RetrievalStage:
         svc = self.service
         svc.cases.add_many([(cid, svc.case_text(c), meta, res) for cid, c, meta, res in items])
 
-    def ingest(self, paths: list[Path]) -> Any:
+    def ingest(self, paths: list[Path]) -> IngestReport:
+        """Ingest files and folders into this process's knowledge base."""
         return self.service.kb.ingest(paths)
 
 

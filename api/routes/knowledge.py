@@ -1,0 +1,149 @@
+"""The knowledge base over the API: what it holds (staff) and ingesting documents (admins).
+
+Ingesting here goes through the server's own vector store, so it works while the server runs
+on the embedded store, which serves one process (``triage kb ingest`` needs the server
+stopped there; see docs/retrieval.md). Each ingest is audited ``knowledge.ingested``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.deps import ContextDep, R, allow
+from api.routes.cases import ERRORS
+from triage import audit
+from triage.auth import Principal
+from triage.errors import Conflict, ValidationFailed
+from triage.stages import RetrievalStage
+
+router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
+Admin = Annotated[Principal, Depends(allow(R.admin))]
+Staff = Annotated[Principal, Depends(allow(R.agent, R.approver, R.auditor, R.admin))]
+
+MAX_DOCUMENTS = 50
+MAX_DOCUMENT_CHARS = 2_000_000
+# a file name, never a path: letters, digits, dot, dash, underscore; a text suffix
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.(md|markdown|txt|text)$"
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        max_length=128,
+        description="File name (letters, digits, `.`, `_`, `-`): the suffix (.md, .markdown, "
+        ".txt, .text) says how it is read; the stem is the document id unless Markdown front "
+        "matter sets `id`.",
+        examples=["returns-policy.md"],
+        json_schema_extra={"pattern": NAME_PATTERN},
+    )
+    content: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS, description="UTF-8 text.")
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value):
+            raise ValueError(
+                "must be a file name of letters, digits, '.', '_' and '-' ending .md, "
+                ".markdown, .txt or .text (PDFs: `triage kb ingest`)"
+            )
+        return value
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+
+
+class DocumentResult(BaseModel):
+    name: str
+    doc_id: str | None
+    version: str | None
+    status: str = Field(description="added | updated | unchanged | error")
+    chunks_added: int
+    chunks_removed: int
+    error: str | None = None
+
+
+class IngestResult(BaseModel):
+    documents: list[DocumentResult]
+    added: int
+    updated: int
+    unchanged: int
+    errors: int
+    chunks: int = Field(description="Chunks in the knowledge base after the ingest.")
+
+
+class KnowledgeInfo(BaseModel):
+    chunks: int
+    documents: dict[str, str] = Field(description="document id -> version")
+    encoder: str
+    encoder_dim: int
+
+
+def _stage(ctx: Any) -> RetrievalStage:
+    stage: RetrievalStage | None = ctx.retrieval
+    if stage is None:
+        raise Conflict(
+            "retrieval is disabled in this deployment (TRIAGE_RETRIEVAL_ENABLED=false): there "
+            "is no knowledge base",
+            field="retrieval",
+        )
+    return stage
+
+
+def ingest_documents(
+    ctx: Any, principal: Principal, documents: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Ingest ``(name, text)`` documents with their audit event (``audit.with_event``); shared
+    by this route and the console. Two documents of one name are refused (422)."""
+    stage = _stage(ctx)
+    seen: dict[str, int] = {}
+    for i, (name, _) in enumerate(documents):
+        if name in seen:
+            raise ValidationFailed(
+                f"document name {name!r} appears twice (documents[{seen[name]}] and [{i}])",
+                fields={f"documents[{i}].name": "appears twice"},
+            )
+        seen[name] = i
+
+    def go() -> dict[str, Any]:
+        report = stage.ingest_texts(documents)
+        return {
+            "documents": [
+                d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents
+            ],
+            "added": report.added,
+            "updated": report.updated,
+            "unchanged": report.unchanged,
+            "errors": len(report.errors),
+            "chunks": stage.knowledge_stats().chunks,
+        }
+
+    return audit.with_event(ctx.db, principal.actor, "knowledge.ingested", go)
+
+
+@router.get("", response_model=KnowledgeInfo, responses=ERRORS, summary="The knowledge base")
+def knowledge_info(ctx: ContextDep, _p: Staff) -> KnowledgeInfo:
+    stats = _stage(ctx).knowledge_stats()
+    return KnowledgeInfo(
+        chunks=stats.chunks,
+        documents=stats.documents,
+        encoder=stats.encoder,
+        encoder_dim=stats.encoder_dim,
+    )
+
+
+@router.post(
+    "/documents",
+    response_model=IngestResult,
+    responses=ERRORS,
+    summary="Ingest documents (unchanged ones skipped, changed ones replaced); audited",
+)
+def ingest(body: IngestRequest, ctx: ContextDep, principal: Admin) -> IngestResult:
+    documents = [(d.name, d.content) for d in body.documents]
+    return IngestResult.model_validate(ingest_documents(ctx, principal, documents))

@@ -1,0 +1,119 @@
+"""The knowledge base over the API: admins ingest documents into the running server's own
+store (audited), staff read what it holds; bad documents refuse the whole request."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from api.app import create_app
+from tests.support import bearer
+from triage.models import AuditEvent
+
+RETURNS = """---
+id: returns-sop
+version: "2026-11"
+title: Returns of damaged pallets
+---
+# Returns of damaged pallets
+
+A pallet that arrives crushed is photographed at the dock within two hours, the carrier's
+driver signs the damage note, and the claim goes to the carrier desk with the photographs.
+"""
+CUTOFF = "Carrier cut-off times: parcels leave the Lyon hub at 17:30, pallets at 15:00.\n"
+
+
+def _post(client, key, documents):
+    return client.post("/v1/knowledge/documents", json={"documents": documents}, headers=key)
+
+
+def _events(db) -> list[tuple[str, dict]]:
+    with db.read() as s:
+        rows = s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "knowledge.ingested")
+            .order_by(AuditEvent.seq)
+        )
+        return [(e.actor_id, json.loads(e.payload)) for e in rows]
+
+
+def test_admins_ingest_into_the_servers_store_and_staff_read_it(client, keys, db, app):
+    admin = bearer(keys["admin"])
+    first = _post(
+        client,
+        admin,
+        [{"name": "returns.md", "content": RETURNS}, {"name": "cutoffs.txt", "content": CUTOFF}],
+    )
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert (body["added"], body["updated"], body["unchanged"], body["errors"]) == (2, 0, 0, 0)
+    by_name = {d["name"]: d for d in body["documents"]}
+    assert by_name["returns.md"]["doc_id"] == "returns-sop"
+    assert by_name["returns.md"]["version"] == "2026-11"
+    assert by_name["cutoffs.txt"]["doc_id"] == "cutoffs"
+    assert body["chunks"] == sum(d["chunks_added"] for d in body["documents"]) > 0
+
+    info = client.get("/v1/knowledge", headers=bearer(keys["agent"]))
+    assert info.status_code == 200, info.text
+    assert info.json()["documents"] == {
+        "returns-sop": "2026-11",
+        "cutoffs": by_name["cutoffs.txt"]["version"],
+    }
+
+    # the server's own retrieval finds it at once (no restart, no second process)
+    passages = app.state.ctx.retrieval.service.kb.search("crushed pallet damage note photographs")
+    assert passages and passages[0].doc_id == "returns-sop"
+
+    again = _post(
+        client,
+        admin,
+        [
+            {"name": "returns.md", "content": RETURNS},
+            {"name": "cutoffs.txt", "content": CUTOFF.replace("17:30", "18:00")},
+        ],
+    )
+    assert again.status_code == 200, again.text
+    assert [d["status"] for d in again.json()["documents"]] == ["unchanged", "updated"]
+
+    events = _events(db)
+    assert [actor for actor, _ in events] == ["test-admin", "test-admin"]
+    assert [d["status"] for d in events[1][1]["documents"]] == ["unchanged", "updated"]
+    assert events[1][1]["chunks"] == again.json()["chunks"]
+
+
+def test_a_bad_document_refuses_the_request_and_ingests_nothing(client, keys, db):
+    admin = bearer(keys["admin"])
+    good = {"name": "cutoffs.txt", "content": CUTOFF}
+    cases = [
+        ([good, {"name": "blank.md", "content": "   \n"}], "documents[1].content", "no text"),
+        ([{"name": "../etc/passwd.md", "content": "x"}], "documents[0].name", "a file name"),
+        ([{"name": "manual.pdf", "content": "x"}], "documents[0].name", "ending .md"),
+        ([good, dict(good)], "documents[1].name", "appears twice"),
+        ([], "documents", None),
+        ([good] * 51, "documents", None),
+    ]
+    for documents, field, problem in cases:
+        r = _post(client, admin, documents)
+        assert r.status_code == 422, (field, r.text)
+        fields = {f["field"]: f["problem"] for f in r.json()["error"]["fields"]}
+        assert field in fields, (field, fields)
+        if problem is not None:
+            assert problem in fields[field], fields
+    info = client.get("/v1/knowledge", headers=admin).json()
+    assert info["chunks"] == 0 and info["documents"] == {}
+    assert _events(db) == []
+    forbidden = _post(client, bearer(keys["agent"]), [good])
+    assert forbidden.status_code == 403
+
+
+def test_without_retrieval_there_is_no_knowledge_base(settings, db, keys):
+    from fastapi.testclient import TestClient
+
+    off = settings.model_copy(update={"retrieval_enabled": False})
+    with TestClient(create_app(off, db=db, start_worker=False)) as client:
+        r = client.get("/v1/knowledge", headers=bearer(keys["admin"]))
+        assert r.status_code == 409, r.text
+        assert "retrieval is disabled" in r.json()["error"]["message"]
+        posted = _post(client, bearer(keys["admin"]), [{"name": "a.txt", "content": "x"}])
+        assert posted.status_code == 409
