@@ -26,7 +26,7 @@ log = logging.getLogger("triage.api")
 # Requests that carry a labelled data set: model training and evaluation (API and console).
 UPLOAD_PATHS = (
     r"/v1/models/(train|[^/]+/evaluate)|/v1/knowledge/documents"
-    r"|/console/admin/models/(train|evaluate)"
+    r"|/console/admin/models/(train|evaluate)|/console/knowledge"
 )
 
 DESCRIPTION = """

@@ -179,6 +179,8 @@ def _nav(p: Principal | None) -> list[tuple[str, str, str]]:
     if p.role in (R.auditor, R.admin):
         items.append(("audit", "Audit", f"{COOKIE_PATH}/audit"))
     items.append(("dashboard", "Dashboard", f"{COOKIE_PATH}/dashboard"))
+    if p.role in (R.agent, R.approver, R.auditor, R.admin):
+        items.append(("knowledge", "Knowledge", f"{COOKIE_PATH}/knowledge"))
     if p.role in (R.auditor, R.admin):
         items.append(("models", "Models", f"{COOKIE_PATH}/admin/models"))
     if p.role == R.admin:
@@ -1473,8 +1475,9 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
     app.add_exception_handler(CsrfFailed, csrf_failed)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # imported here: the models page module imports this one's helpers
-    from api.console import model_pages
+    from api.console import knowledge_page, model_pages
 
     app.include_router(router)
     app.include_router(model_pages.router)
+    app.include_router(knowledge_page.router)
     app.include_router(ops_router)

@@ -85,7 +85,8 @@ class KnowledgeInfo(BaseModel):
     encoder_dim: int
 
 
-def _stage(ctx: Any) -> RetrievalStage:
+def knowledge_stage(ctx: Any) -> RetrievalStage:
+    """The server's retrieval stage; Conflict (409) when retrieval is disabled."""
     stage: RetrievalStage | None = ctx.retrieval
     if stage is None:
         raise Conflict(
@@ -101,7 +102,7 @@ def ingest_documents(
 ) -> dict[str, Any]:
     """Ingest ``(name, text)`` documents with their audit event (``audit.with_event``); shared
     by this route and the console. Two documents of one name are refused (422)."""
-    stage = _stage(ctx)
+    stage = knowledge_stage(ctx)
     seen: dict[str, int] = {}
     for i, (name, _) in enumerate(documents):
         if name in seen:
@@ -129,7 +130,7 @@ def ingest_documents(
 
 @router.get("", response_model=KnowledgeInfo, responses=ERRORS, summary="The knowledge base")
 def knowledge_info(ctx: ContextDep, _p: Staff) -> KnowledgeInfo:
-    stats = _stage(ctx).knowledge_stats()
+    stats = knowledge_stage(ctx).knowledge_stats()
     return KnowledgeInfo(
         chunks=stats.chunks,
         documents=stats.documents,

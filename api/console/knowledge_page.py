@@ -1,0 +1,100 @@
+"""The console's knowledge base page under ``/console/knowledge``.
+
+Staff see which documents the knowledge base holds (id, version), its size and encoder; admins
+upload Markdown or text files, ingested into the running server's own store through the same
+function as ``POST /v1/knowledge/documents`` (same checks, same ``knowledge.ingested`` audit
+event), so documents can be added without stopping the server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.console.routes import AdminP, _error_text, redirect, render
+from api.console.security import COOKIE_PATH, ConsoleGuard, Form
+from api.deps import ContextDep
+from api.routes.knowledge import MAX_DOCUMENTS, IngestRequest, ingest_documents, knowledge_stage
+from triage.auth import Principal, Role
+from triage.errors import Conflict, TriageError
+
+router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
+KNOWLEDGE_URL = f"{COOKIE_PATH}/knowledge"
+StaffP = Annotated[
+    Principal, Depends(ConsoleGuard(Role.agent, Role.approver, Role.auditor, Role.admin))
+]
+
+
+class UploadProblem(Exception):
+    """An uploaded file is missing, unnamed or not UTF-8 text; the message says which."""
+
+
+@router.get("/knowledge")
+def knowledge_page(request: Request, ctx: ContextDep, p: StaffP) -> Response:
+    stats: Any = None
+    unavailable = None
+    try:
+        stats = knowledge_stage(ctx).knowledge_stats()
+    except Conflict as exc:
+        unavailable = exc.message
+    return render(
+        request,
+        "knowledge.html",
+        {
+            "stats": stats,
+            "documents": sorted((stats.documents if stats else {}).items()),
+            "unavailable": unavailable,
+            "can_change": p.role == Role.admin,
+            "max_documents": MAX_DOCUMENTS,
+            "section": "knowledge",
+        },
+    )
+
+
+def _uploaded_documents(files: list[Any]) -> list[dict[str, str]]:
+    documents = []
+    for upload in files:
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            continue  # an empty file input
+        name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1][:200]
+        try:
+            # the form parser has spooled the file; the request limit caps its size
+            content = upload.file.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UploadProblem(f"{name} is not UTF-8 text.") from exc
+        documents.append({"name": name, "content": content})
+    if not documents:
+        raise UploadProblem("Choose one or more Markdown or text files to upload.")
+    return documents
+
+
+@router.post("/knowledge")
+def upload(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Ingest the uploaded files (nothing is ingested when one of them is refused)."""
+    try:
+        body = IngestRequest.model_validate(
+            {"documents": _uploaded_documents(form.getlist("files"))}
+        )
+        result = ingest_documents(ctx, p, [(d.name, d.content) for d in body.documents])
+    except UploadProblem as exc:
+        return redirect(request, KNOWLEDGE_URL, str(exc), "error")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        return redirect(request, KNOWLEDGE_URL, f"Nothing was ingested: {problems}", "error")
+    except TriageError as exc:
+        return redirect(
+            request, KNOWLEDGE_URL, "Nothing was ingested: " + _error_text(exc), "error"
+        )
+    outcomes = ", ".join(f"{d['name']} {d['status']}" for d in result["documents"])
+    return redirect(
+        request,
+        KNOWLEDGE_URL,
+        f"Ingested {outcomes}; {result['chunks']} chunks in the knowledge base.",
+    )

@@ -1,0 +1,64 @@
+"""The console's knowledge base page: staff read it, admins upload documents into the running
+server's store (audited as over the API); a refused file ingests nothing."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from tests.console.conftest import csrf, flash
+from triage.models import AuditEvent
+
+URL = "/console/knowledge"
+SOP = "# Crushed pallets\n\nPhotograph a crushed pallet at the dock and file the carrier claim.\n"
+
+
+def _upload(client, *files: tuple[str, bytes]):
+    return client.post(
+        URL,
+        data={"csrf_token": csrf(client)},
+        files=[("files", (name, content, "text/markdown")) for name, content in files],
+        follow_redirects=False,
+    )
+
+
+def test_admins_upload_and_everyone_on_staff_reads(client, login, db, app):
+    login("boss")
+    page = client.get(URL)
+    assert page.status_code == 200 and "No documents yet." in page.text
+    assert 'action="/console/knowledge"' in page.text  # the admin's upload form
+
+    message = flash(client, _upload(client, ("crushed-pallets.md", SOP), ("cutoffs.txt", b"x")))
+    assert message.startswith("ok: Ingested crushed-pallets.md added, cutoffs.txt added;"), message
+    page = client.get(URL).text
+    assert "crushed-pallets" in page and "cutoffs" in page
+    hits = app.state.ctx.retrieval.service.kb.search("crushed pallet carrier claim")
+    assert hits and hits[0].doc_id == "crushed-pallets"
+    with db.read() as s:
+        (event,) = s.execute(
+            select(AuditEvent.actor_id, AuditEvent.payload).where(
+                AuditEvent.action == "knowledge.ingested"
+            )
+        ).all()
+    assert event.actor_id == "boss"
+    assert [d["name"] for d in json.loads(event.payload)["documents"]] == [
+        "crushed-pallets.md",
+        "cutoffs.txt",
+    ]
+
+    refused = flash(client, _upload(client, ("new.md", SOP + "more"), ("bad.md", b"\xff\xfe\x00")))
+    assert refused == "error: bad.md is not UTF-8 text.", refused
+    blank = flash(client, _upload(client, ("new.md", SOP), ("blank.txt", b"  \n")))
+    assert blank.startswith("error: Nothing was ingested:") and "no text" in blank, blank
+    pdf = flash(client, _upload(client, ("manual.pdf", b"%PDF-1.4")))
+    assert pdf.startswith("error: Nothing was ingested:") and "ending .md" in pdf, pdf
+    table = client.get(URL).text.split('id="documents"')[1].split("</table>")[0]
+    assert ">crushed-pallets<" in table and ">new<" not in table  # none of the refused ingested
+
+    login("agent")
+    page = client.get(URL)
+    assert page.status_code == 200 and "crushed-pallets" in page.text
+    assert 'action="/console/knowledge"' not in page.text
+    denied = _upload(client, ("other.md", SOP))
+    assert denied.status_code == 403
