@@ -170,6 +170,25 @@ def stats(
 
 
 @app.command()
+def remove(
+    doc_id: Annotated[str, typer.Argument(help="Document id (as `triage kb stats` lists it).")],
+    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_url: ChromaUrl = None,
+    encoder: EncoderName = DEFAULT_ENCODER,
+) -> None:
+    """Remove a document from the knowledge base: it is no longer retrieved or cited (a running
+    server does the same with DELETE /v1/knowledge/documents/{doc_id})."""
+    try:
+        kb = _kb(chroma_path, chroma_url, encoder, writer="`triage kb remove`")
+        removed = kb.remove(doc_id)
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    if removed == 0:
+        raise _fail(f"the knowledge base holds no document {doc_id!r} (see `triage kb stats`)")
+    typer.echo(f"removed {doc_id}: {removed} chunks; {kb.count()} chunks in the knowledge base")
+
+
+@app.command()
 def reindex(
     chroma_path: ChromaPath = Path("var/chroma"),
     chroma_url: ChromaUrl = None,

@@ -283,6 +283,15 @@ class KnowledgeBase:
     def count(self) -> int:
         return int(self._collection.count())
 
+    def remove(self, doc_id: str) -> int:
+        """Remove every chunk of document ``doc_id``; returns how many (0: no such document).
+        It is no longer retrieved or cited from the next search on."""
+        existing = self._collection.get(where={"doc_id": doc_id}, include=[])
+        ids = list(existing["ids"])
+        if ids:
+            self._collection.delete(ids=ids)
+        return len(ids)
+
     @staticmethod
     def reindex(client: ClientAPI, encoder: Encoder, collection: str = "knowledge") -> int:
         """Re-embed the whole collection with ``encoder`` (see ``store.reindex_collection``)."""

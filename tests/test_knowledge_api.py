@@ -81,6 +81,26 @@ def test_admins_ingest_into_the_servers_store_and_staff_read_it(client, keys, db
     assert [d["status"] for d in events[1][1]["documents"]] == ["unchanged", "updated"]
     assert events[1][1]["chunks"] == again.json()["chunks"]
 
+    removed = client.delete("/v1/knowledge/documents/returns-sop", headers=admin)
+    assert removed.status_code == 200, removed.text
+    gone = removed.json()
+    assert (gone["doc_id"], gone["version"]) == ("returns-sop", "2026-11")
+    assert gone["chunks_removed"] == by_name["returns.md"]["chunks_added"]
+    assert gone["chunks"] == again.json()["chunks"] - gone["chunks_removed"]
+    left = app.state.ctx.retrieval.service.kb.search("crushed pallet damage note photographs")
+    assert "returns-sop" not in {p.doc_id for p in left}
+    assert list(client.get("/v1/knowledge", headers=admin).json()["documents"]) == ["cutoffs"]
+    again_gone = client.delete("/v1/knowledge/documents/returns-sop", headers=admin)
+    assert again_gone.status_code == 404 and "no document 'returns-sop'" in again_gone.text
+    with db.read() as s:
+        payloads = [
+            json.loads(p)
+            for p in s.scalars(
+                select(AuditEvent.payload).where(AuditEvent.action == "knowledge.removed")
+            )
+        ]
+    assert payloads == [gone]
+
 
 def test_a_bad_document_refuses_the_request_and_ingests_nothing(client, keys, db):
     admin = bearer(keys["admin"])

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/models/jobs/{job_id}/cancel"): {"admin"},
     ("GET", "/v1/knowledge"): {"agent", "approver", "auditor", "admin"},
     ("POST", "/v1/knowledge/documents"): {"admin"},
+    ("DELETE", "/v1/knowledge/documents/{doc_id}"): {"admin"},
     ("GET", "/v1/audit"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
     ("GET", "/v1/audit/export"): {"auditor", "admin"},
@@ -118,6 +119,7 @@ def _call(client, method, path, headers):
         .replace("{message_id}", "999999")
         .replace("{job_id}", "999999")
         .replace("{action_id}", "NOACTION")
+        .replace("{doc_id}", "NODOC")
         .replace("{version}", "v20990101T000000000000Z-deadbeef")
     )
     body: Any = None

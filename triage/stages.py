@@ -152,6 +152,10 @@ class RetrievalStage:
                 outcome.error = outcome.error.replace(str(Path(tmp)), "")
         return report
 
+    def remove_document(self, doc_id: str) -> int:
+        """Remove a knowledge document's chunks; returns how many (0: no such document)."""
+        return self.service.kb.remove(doc_id)
+
     def knowledge_stats(self) -> KnowledgeStats:
         """The knowledge base's chunks, documents (id -> version) and encoder."""
         return self.service.kb.stats()

@@ -18,7 +18,13 @@ from starlette.datastructures import UploadFile
 from api.console.routes import AdminP, _error_text, redirect, render
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
-from api.routes.knowledge import MAX_DOCUMENTS, IngestRequest, ingest_documents, knowledge_stage
+from api.routes.knowledge import (
+    MAX_DOCUMENTS,
+    IngestRequest,
+    ingest_documents,
+    knowledge_stage,
+    remove_document,
+)
 from triage.auth import Principal, Role
 from triage.errors import Conflict, TriageError
 
@@ -97,4 +103,19 @@ def upload(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response
         request,
         KNOWLEDGE_URL,
         f"Ingested {outcomes}; {result['chunks']} chunks in the knowledge base.",
+    )
+
+
+@router.post("/knowledge/{doc_id}/remove")
+def remove(request: Request, doc_id: str, ctx: ContextDep, p: AdminP, form: Form) -> Response:
+    """Remove one document (audited as over the API)."""
+    try:
+        result = remove_document(ctx, p, doc_id[:200])
+    except TriageError as exc:
+        return redirect(request, KNOWLEDGE_URL, _error_text(exc), "error")
+    return redirect(
+        request,
+        KNOWLEDGE_URL,
+        f"Removed {result['doc_id']} (version {result['version']}, {result['chunks_removed']} "
+        f"chunks); it is no longer retrieved or cited.",
     )

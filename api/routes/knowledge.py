@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS
 from triage import audit
 from triage.auth import Principal
-from triage.errors import Conflict, ValidationFailed
+from triage.errors import Conflict, NotFound, ValidationFailed
 from triage.stages import RetrievalStage
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
@@ -128,6 +128,32 @@ def ingest_documents(
     return audit.with_event(ctx.db, principal.actor, "knowledge.ingested", go)
 
 
+class RemovedDocument(BaseModel):
+    doc_id: str
+    version: str
+    chunks_removed: int
+    chunks: int = Field(description="Chunks in the knowledge base after the removal.")
+
+
+DocId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def remove_document(ctx: Any, principal: Principal, doc_id: str) -> dict[str, Any]:
+    """Remove a document from the knowledge base (audited ``knowledge.removed``); NotFound if
+    it holds no such document. Shared by this route and the console."""
+    stage = knowledge_stage(ctx)
+    version = stage.knowledge_stats().documents.get(doc_id)
+    if version is None:
+        raise NotFound(f"the knowledge base holds no document {doc_id!r}", field="doc_id")
+
+    def go() -> dict[str, Any]:
+        removed = stage.remove_document(doc_id)
+        chunks = stage.knowledge_stats().chunks
+        return {"doc_id": doc_id, "version": version, "chunks_removed": removed, "chunks": chunks}
+
+    return audit.with_event(ctx.db, principal.actor, "knowledge.removed", go)
+
+
 @router.get("", response_model=KnowledgeInfo, responses=ERRORS, summary="The knowledge base")
 def knowledge_info(ctx: ContextDep, _p: Staff) -> KnowledgeInfo:
     stats = knowledge_stage(ctx).knowledge_stats()
@@ -148,3 +174,13 @@ def knowledge_info(ctx: ContextDep, _p: Staff) -> KnowledgeInfo:
 def ingest(body: IngestRequest, ctx: ContextDep, principal: Admin) -> IngestResult:
     documents = [(d.name, d.content) for d in body.documents]
     return IngestResult.model_validate(ingest_documents(ctx, principal, documents))
+
+
+@router.delete(
+    "/documents/{doc_id}",
+    response_model=RemovedDocument,
+    responses=ERRORS,
+    summary="Remove a document: it is no longer retrieved or cited; audited",
+)
+def remove(doc_id: DocId, ctx: ContextDep, principal: Admin) -> RemovedDocument:
+    return RemovedDocument.model_validate(remove_document(ctx, principal, doc_id))

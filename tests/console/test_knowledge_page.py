@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy import select
 
-from tests.console.conftest import csrf, flash
+from tests.console.conftest import csrf, flash, post
 from triage.models import AuditEvent
 
 URL = "/console/knowledge"
@@ -56,9 +56,16 @@ def test_admins_upload_and_everyone_on_staff_reads(client, login, db, app):
     table = client.get(URL).text.split('id="documents"')[1].split("</table>")[0]
     assert ">crushed-pallets<" in table and ">new<" not in table  # none of the refused ingested
 
+    removed = flash(client, post(client, f"{URL}/cutoffs/remove"))
+    assert removed.startswith("ok: Removed cutoffs (version sha-"), removed
+    assert ">cutoffs<" not in client.get(URL).text
+    unknown = flash(client, post(client, f"{URL}/cutoffs/remove"))
+    assert unknown == "error: the knowledge base holds no document &#39;cutoffs&#39;", unknown
+
     login("agent")
     page = client.get(URL)
     assert page.status_code == 200 and "crushed-pallets" in page.text
     assert 'action="/console/knowledge"' not in page.text
     denied = _upload(client, ("other.md", SOP))
     assert denied.status_code == 403
+    assert post(client, f"{URL}/crushed-pallets/remove").status_code == 403

@@ -81,6 +81,16 @@ def test_cli_ingest_search_stats(tmp_path: Path) -> None:
     info = json.loads(stats.output)
     assert info["documents"]["SOP-SHT-001"] == "1.4" and info["chunks"] > 11
 
+    removed = runner.invoke(app, ["remove", "SOP-DMG-002", *store])
+    assert removed.exit_code == 0, removed.output
+    assert removed.output.startswith("removed SOP-DMG-002: ")
+    after = runner.invoke(app, ["search", "pallet arrived crushed", "--json", "-k", "5", *store])
+    assert "SOP-DMG-002" not in {r["doc_id"] for r in json.loads(after.output)["results"]}
+    gone = json.loads(runner.invoke(app, ["stats", "--json", *store]).output)
+    assert "SOP-DMG-002" not in gone["documents"] and len(gone["documents"]) == 10
+    unknown = runner.invoke(app, ["remove", "SOP-DMG-002", *store])
+    assert unknown.exit_code == 2 and "no document 'SOP-DMG-002'" in unknown.output
+
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
