@@ -110,6 +110,7 @@ def test_a_bad_document_refuses_the_request_and_ingests_nothing(client, keys, db
         ([{"name": "../etc/passwd.md", "content": "x"}], "documents[0].name", "a file name"),
         ([{"name": "manual.pdf", "content": "x"}], "documents[0].name", "ending .md"),
         ([good, dict(good)], "documents[1].name", "appears twice"),
+        ([good, {"name": "cutoffs.md", "content": "x"}], "documents[1].content", "document id"),
         ([], "documents", None),
         ([good] * 51, "documents", None),
     ]

@@ -121,8 +121,9 @@ class RetrievalStage:
         """Ingest named text documents (``(file name, text)``, the name's suffix .md, .markdown,
         .txt or .text decides how it is read) into this process's knowledge base, as
         ``triage kb ingest`` does from files: unchanged documents are skipped, changed ones
-        replaced. Every document is read and checked first; one that cannot be ingested raises
-        ``ValidationFailed`` naming ``documents[i]...`` and nothing is ingested. Each outcome's
+        replaced. Every document is read and checked first; one that cannot be ingested, or
+        that has the document id of another in the call, raises ``ValidationFailed`` naming
+        ``documents[i]...`` and nothing is ingested. Each outcome's
         ``path`` is the document's name."""
         import tempfile
 
@@ -131,19 +132,27 @@ class RetrievalStage:
 
         with tempfile.TemporaryDirectory(prefix="triage-kb-") as tmp:
             paths: list[Path] = []
+            ids: dict[str, int] = {}
             for i, (name, text) in enumerate(documents):
                 # its own folder: the name is only ever a file name, never a path
                 path = Path(tmp) / str(i) / name
                 path.parent.mkdir()
                 path.write_text(text, encoding="utf-8")
                 try:
-                    load_document(path)
+                    doc_id = load_document(path).doc_id
                 except IngestError as exc:
                     problem = str(exc).removeprefix(f"{path}: ")
                     raise ValidationFailed(
                         f"document {name!r}: {problem}",
                         fields={f"documents[{i}].content": problem},
                     ) from exc
+                if doc_id in ids:  # the second would silently replace the first
+                    problem = f"has the document id {doc_id!r} of documents[{ids[doc_id]}]"
+                    raise ValidationFailed(
+                        f"document {name!r} {problem}",
+                        fields={f"documents[{i}].content": problem},
+                    )
+                ids[doc_id] = i
                 paths.append(path)
             report = self.ingest(paths)
         for outcome, (name, _) in zip(report.documents, documents, strict=True):
