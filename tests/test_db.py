@@ -72,3 +72,15 @@ def test_switching_to_wal_gives_up_at_its_deadline(tmp_path):
     assert _mode(path) == "wal"
     conn.close()
     writer.close()
+
+
+def test_an_empty_environment_variable_means_not_set(monkeypatch, tmp_path):
+    """``TRIAGE_CHROMA_PATH=`` once meant Path(""): the vector store in the working directory."""
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TRIAGE_CHROMA_PATH", "")
+    monkeypatch.setenv("TRIAGE_LLM_MODEL", "")
+    settings = Settings()
+    assert settings.chroma_path is None and not settings.llm_configured
+    from triage.stages import retrieval_config
+
+    assert retrieval_config(settings).chroma.path == tmp_path / "chroma"

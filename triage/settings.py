@@ -21,7 +21,11 @@ PRIORITIES = ("P1", "P2", "P3", "P4")
 class Settings(BaseSettings):
     """Deployment configuration. Every field can be set as ``TRIAGE_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=None, extra="ignore")
+    # An empty variable means "not set": TRIAGE_CHROMA_PATH= would otherwise be Path("") and put
+    # the vector store in the working directory.
+    model_config = SettingsConfigDict(
+        env_prefix="TRIAGE_", env_file=None, extra="ignore", env_ignore_empty=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = DEFAULT_DATA_DIR
