@@ -25,6 +25,7 @@ from triage.errors import (
     PermissionDenied,
     RateLimited,
     TriageError,
+    Unavailable,
     ValidationFailed,
 )
 
@@ -37,6 +38,7 @@ STATUS = {
     AuthenticationFailed: 401,
     PermissionDenied: 403,
     RateLimited: 429,
+    Unavailable: 503,
 }
 
 

@@ -138,3 +138,17 @@ def test_without_retrieval_there_is_no_knowledge_base(settings, db, keys):
         assert "retrieval is disabled" in r.json()["error"]["message"]
         posted = _post(client, bearer(keys["admin"]), [{"name": "a.txt", "content": "x"}])
         assert posted.status_code == 409
+
+
+def test_an_unreachable_vector_store_is_a_503_not_a_500(settings, db, keys):
+    from fastapi.testclient import TestClient
+
+    down = settings.model_copy(update={"chroma_url": "http://127.0.0.1:9"})  # nothing listens
+    with TestClient(create_app(down, db=db, start_worker=False)) as client:
+        r = client.get("/v1/knowledge", headers=bearer(keys["admin"]))
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "unavailable"
+        assert "vector store failed" in r.json()["error"]["message"]
+        posted = _post(client, bearer(keys["admin"]), [{"name": "a.txt", "content": "x"}])
+        assert posted.status_code == 503, posted.text
+    assert _events(db) == []

@@ -55,3 +55,9 @@ class RateLimited(TriageError):
     """Too many requests for one API key; ``retry_after`` (seconds) says when to come back."""
 
     code = "rate_limited"
+
+
+class Unavailable(TriageError):
+    """A service the request needs (the vector store) failed or cannot be reached; try later."""
+
+    code = "unavailable"

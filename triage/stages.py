@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
 from retrieval.store import ChromaConfig, claim_embedded
 from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
-from triage.errors import ValidationFailed
+from triage.errors import Unavailable, ValidationFailed
 from triage.pipeline import (
     QUEUE_BY_TYPE,
     AdviceInput,
@@ -97,6 +98,18 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
     )
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """A vector store that cannot be opened or reached is ``Unavailable`` (503 over the API),
+    not an internal error."""
+    from retrieval.errors import RetrievalError
+
+    try:
+        yield
+    except RetrievalError as exc:
+        raise Unavailable(f"the knowledge base's vector store failed: {exc}") from exc
+
+
 class RetrievalStage:
     """The retrieval package behind the pipeline's ``Retriever`` and ``Advisor`` seams."""
 
@@ -154,7 +167,8 @@ class RetrievalStage:
                     )
                 ids[doc_id] = i
                 paths.append(path)
-            report = self.ingest(paths)
+            with _store_errors():
+                report = self.ingest(paths)
         for outcome, (name, _) in zip(report.documents, documents, strict=True):
             outcome.path = name
             if outcome.error is not None:
@@ -163,11 +177,13 @@ class RetrievalStage:
 
     def remove_document(self, doc_id: str) -> int:
         """Remove a knowledge document's chunks; returns how many (0: no such document)."""
-        return self.service.kb.remove(doc_id)
+        with _store_errors():
+            return self.service.kb.remove(doc_id)
 
     def knowledge_stats(self) -> KnowledgeStats:
         """The knowledge base's chunks, documents (id -> version) and encoder."""
-        return self.service.kb.stats()
+        with _store_errors():
+            return self.service.kb.stats()
 
     def reindex(self) -> tuple[int, int]:
         """Re-embed the knowledge base and the similar-case index with the configured encoder
