@@ -274,9 +274,10 @@ class ModelRegistry:
                 _atomic_write(path, _metadata_text(metadata))
         return checked
 
-    def activate(self, version: str, *, action: str = "activate") -> None:
+    def activate(self, version: str, *, action: str = "activate") -> str | None:
         """Make ``version`` the active one (verified first); logged in ``activations.jsonl``.
-        Serialised with other activations, rollbacks and signing of this registry."""
+        Serialised with other activations, rollbacks and signing of this registry; returns the
+        version it replaced (read under the lock, so an audit record of the change is exact)."""
         self.verify(version)
         with _exclusive(self.root):
             previous = self.active_version()
@@ -289,6 +290,7 @@ class ModelRegistry:
             }
             with (self.root / LOG_NAME).open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
+            return previous
 
     def rollback(self) -> str:
         """Re-activate the version that was active before the current one; returns it.

@@ -361,9 +361,7 @@ def models_activate(
     reg = _registry(registry, signing_key)
 
     def go() -> dict[str, Any]:
-        previous = reg.active_version()
-        reg.activate(version)
-        return {"version": version, "previous": previous}
+        return {"version": version, "previous": reg.activate(version)}
 
     try:
         _audited(reg, "model.activated", go)
@@ -379,8 +377,9 @@ def models_rollback(registry: RegistryDir = None, signing_key: SigningKey = None
     reg = _registry(registry, signing_key)
 
     def go() -> dict[str, Any]:
-        previous = reg.active_version()
-        return {"version": reg.rollback(), "previous": previous}
+        with reg.exclusive():  # the version replaced, exactly, under concurrent activations
+            previous = reg.active_version()
+            return {"version": reg.rollback(), "previous": previous}
 
     try:
         done = _audited(reg, "model.rolled_back", go)
@@ -534,9 +533,7 @@ def models_rethreshold(
             # over the API: a failed step leaves an inactive version no case uses
 
             def go() -> dict[str, Any]:
-                previous = reg.active_version()
-                if activate:
-                    reg.activate(derived)
+                previous = reg.activate(derived) if activate else reg.active_version()
                 return out.audit_payload(activated=activate, previous_active=previous)
 
             activated = _audited(reg, "model.rethresholded", go, derived)["activated"]

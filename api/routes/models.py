@@ -173,9 +173,7 @@ def activate_version(ctx: Any, principal: Principal, version: str) -> dict[str, 
     reg = classification.registry(ctx.settings)
 
     def go() -> dict[str, Any]:
-        previous = reg.active_version()
-        reg.activate(version)
-        return {"version": version, "previous": previous}
+        return {"version": version, "previous": reg.activate(version)}
 
     return _registry_call(ctx, principal, "model.activated", go)
 
@@ -185,8 +183,9 @@ def rollback_version(ctx: Any, principal: Principal) -> dict[str, Any]:
     reg = classification.registry(ctx.settings)
 
     def go() -> dict[str, Any]:
-        previous = reg.active_version()
-        return {"version": reg.rollback(), "previous": previous}
+        with reg.exclusive():  # the version replaced, exactly, under concurrent activations
+            previous = reg.active_version()
+            return {"version": reg.rollback(), "previous": previous}
 
     return _registry_call(ctx, principal, "model.rolled_back", go)
 
@@ -336,9 +335,7 @@ def change_operating_points(
         # fails leaves an inactive version no case uses, and no event
 
         def go() -> dict[str, Any]:
-            previous = reg.active_version()
-            if body.activate:
-                reg.activate(derived)
+            previous = reg.activate(derived) if body.activate else reg.active_version()
             return out.audit_payload(activated=body.activate, previous_active=previous)
 
         activated = _registry_call(ctx, principal, "model.rethresholded", go)["activated"]
