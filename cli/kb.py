@@ -183,9 +183,12 @@ def remove(
         removed = kb.remove(doc_id)
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
-    if removed == 0:
+    if removed is None:
         raise _fail(f"the knowledge base holds no document {doc_id!r} (see `triage kb stats`)")
-    typer.echo(f"removed {doc_id}: {removed} chunks; {kb.count()} chunks in the knowledge base")
+    typer.echo(
+        f"removed {doc_id}: {removed.chunks_removed} chunks; {kb.count()} chunks in the "
+        "knowledge base"
+    )
 
 
 @app.command()

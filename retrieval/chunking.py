@@ -88,20 +88,40 @@ def load_document(path: Path) -> SourceDocument:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc.strerror})") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    pages: tuple[str, ...] = ()
     if suffix == ".pdf":
         body, pages = _read_pdf(path)
-        meta: dict[str, str] = {}
-        kind = "pdf"
-    else:
-        try:
-            raw = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"{path}: not valid UTF-8 text") from exc
-        raw = raw.replace("\r\n", "\n")
-        meta, body = _parse_front_matter(raw) if suffix in {".md", ".markdown"} else ({}, raw)
-        kind = "markdown" if suffix in {".md", ".markdown"} else "text"
+        return _document(path, "pdf", body, hashlib.sha256(data).hexdigest(), {}, pages)
+    return parse_document(str(path), data)
+
+
+def parse_document(source: str, data: bytes) -> SourceDocument:
+    """A Markdown or plain-text document from its bytes; ``source`` is its file name or path
+    (its suffix says how to read it, its stem is the document id unless front matter sets
+    ``id``; it is recorded as the chunks' ``source_path``). Raises :class:`IngestError`,
+    prefixed ``source:``, for another suffix, text that is not UTF-8 or no text at all."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES or suffix == ".pdf":
+        raise IngestError(f"{source}: unsupported file type {suffix!r}")
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{source}: not valid UTF-8 text") from exc
+    raw = raw.replace("\r\n", "\n")
+    markdown = suffix in {".md", ".markdown"}
+    meta, body = _parse_front_matter(raw) if markdown else ({}, raw)
+    kind = "markdown" if markdown else "text"
+    return _document(path, kind, body, hashlib.sha256(data).hexdigest(), meta, ())
+
+
+def _document(
+    path: Path,
+    kind: str,
+    body: str,
+    digest: str,
+    meta: dict[str, str],
+    pages: tuple[str, ...],
+) -> SourceDocument:
     if not body.strip():
         raise IngestError(f"{path}: no text to ingest")
     title = meta.pop("title", "") or _first_heading(body) or path.stem.replace("-", " ")

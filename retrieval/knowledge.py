@@ -20,7 +20,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.suggestion import Citation
-from retrieval.chunking import SUPPORTED_SUFFIXES, Chunk, chunk_document, load_document
+from retrieval.chunking import (
+    SUPPORTED_SUFFIXES,
+    Chunk,
+    SourceDocument,
+    chunk_document,
+    load_document,
+)
 from retrieval.embeddings import Encoder
 from retrieval.errors import IngestError
 from retrieval.store import as_rows, open_collection, reindex_collection
@@ -63,7 +69,7 @@ class DocumentOutcome(BaseModel):
     path: str
     doc_id: str | None = None
     version: str | None = None
-    status: str = Field(description="added | updated | unchanged | error")
+    status: str = Field(description="added | updated | unchanged | error | removed")
     chunks_added: int = 0
     chunks_removed: int = 0
     error: str | None = None
@@ -168,16 +174,23 @@ class KnowledgeBase:
                 progress(outcome)
         return report
 
+    def ingest_documents(self, docs: Sequence[SourceDocument]) -> IngestReport:
+        """Ingest documents already read (:func:`~retrieval.chunking.parse_document`), as
+        :meth:`ingest` does files; each outcome's ``path`` is the document's ``source_path``."""
+        return IngestReport(documents=[self._ingest_loaded(doc) for doc in docs])
+
     def _ingest_one(self, path: Path) -> DocumentOutcome:
         if not path.exists():
             raise IngestError(f"{path}: no such file")
-        doc = load_document(path)
+        return self._ingest_loaded(load_document(path))
+
+    def _ingest_loaded(self, doc: SourceDocument) -> DocumentOutcome:
         existing = self._collection.get(where={"doc_id": doc.doc_id}, include=["metadatas"])
         old_ids = list(existing["ids"])
         old_shas = {str(m.get("doc_sha256")) for m in existing["metadatas"] or []}
         if old_ids and old_shas == {doc.sha256}:
             return DocumentOutcome(
-                path=str(path), doc_id=doc.doc_id, version=doc.version, status="unchanged"
+                path=doc.source_path, doc_id=doc.doc_id, version=doc.version, status="unchanged"
             )
         chunks = chunk_document(doc, self.max_chunk_chars)
         if old_ids:
@@ -185,7 +198,7 @@ class KnowledgeBase:
         if chunks:
             self._add_chunks(chunks, doc_sha256=doc.sha256, kind=doc.kind)
         return DocumentOutcome(
-            path=str(path),
+            path=doc.source_path,
             doc_id=doc.doc_id,
             version=doc.version,
             status="updated" if old_ids else "added",
@@ -283,14 +296,23 @@ class KnowledgeBase:
     def count(self) -> int:
         return int(self._collection.count())
 
-    def remove(self, doc_id: str) -> int:
-        """Remove every chunk of document ``doc_id``; returns how many (0: no such document).
-        It is no longer retrieved or cited from the next search on."""
-        existing = self._collection.get(where={"doc_id": doc_id}, include=[])
+    def remove(self, doc_id: str) -> DocumentOutcome | None:
+        """Remove every chunk of document ``doc_id`` (``None``: there is no such document); the
+        outcome names the version removed and how many chunks. It is no longer retrieved or
+        cited from the next search on."""
+        existing = self._collection.get(where={"doc_id": doc_id}, include=["metadatas"])
         ids = list(existing["ids"])
-        if ids:
-            self._collection.delete(ids=ids)
-        return len(ids)
+        if not ids:
+            return None
+        self._collection.delete(ids=ids)
+        first = (existing["metadatas"] or [{}])[0]
+        return DocumentOutcome(
+            path=str(first.get("source_path", "")),
+            doc_id=doc_id,
+            version=str(first.get("version")),
+            status="removed",
+            chunks_removed=len(ids),
+        )
 
     @staticmethod
     def reindex(client: ClientAPI, encoder: Encoder, collection: str = "knowledge") -> int:

@@ -64,6 +64,7 @@ def test_admins_ingest_into_the_servers_store_and_staff_read_it(client, keys, db
     # the server's own retrieval finds it at once (no restart, no second process)
     passages = app.state.ctx.retrieval.service.kb.search("crushed pallet damage note photographs")
     assert passages and passages[0].doc_id == "returns-sop"
+    assert passages[0].source_path == "returns.md"  # its name, not a scratch file's path
 
     again = _post(
         client,

@@ -21,7 +21,7 @@ from contracts.case import CaseIn
 from contracts.suggestion import Suggestion
 from retrieval.advice import AdvisorConfig
 from retrieval.embeddings import EncoderConfig
-from retrieval.knowledge import IngestReport, KnowledgeStats
+from retrieval.knowledge import DocumentOutcome, IngestReport, KnowledgeStats
 from retrieval.llm import LLMConfig
 from retrieval.redaction import RedactionConfig
 from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
@@ -136,49 +136,41 @@ class RetrievalStage:
         ``triage kb ingest`` does from files: unchanged documents are skipped, changed ones
         replaced. Every document is read and checked first; one that cannot be ingested, or
         that has the document id of another in the call, raises ``ValidationFailed`` naming
-        ``documents[i]...`` and nothing is ingested. Each outcome's
-        ``path`` is the document's name."""
-        import tempfile
-
-        from retrieval.chunking import load_document
+        ``documents[i]...`` and nothing is ingested. The name is each outcome's ``path`` and
+        its chunks' source; nothing is written to disk but the store."""
+        from retrieval.chunking import parse_document
         from retrieval.errors import IngestError
 
-        with tempfile.TemporaryDirectory(prefix="triage-kb-") as tmp:
-            paths: list[Path] = []
-            ids: dict[str, int] = {}
-            for i, (name, text) in enumerate(documents):
-                # its own folder: the name is only ever a file name, never a path
-                path = Path(tmp) / str(i) / name
-                path.parent.mkdir()
-                path.write_text(text, encoding="utf-8")
-                try:
-                    doc_id = load_document(path).doc_id
-                except IngestError as exc:
-                    problem = str(exc).removeprefix(f"{path}: ")
-                    raise ValidationFailed(
-                        f"document {name!r}: {problem}",
-                        fields={f"documents[{i}].content": problem},
-                    ) from exc
-                if doc_id in ids:  # the second would silently replace the first
-                    problem = f"has the document id {doc_id!r} of documents[{ids[doc_id]}]"
-                    raise ValidationFailed(
-                        f"document {name!r} {problem}",
-                        fields={f"documents[{i}].content": problem},
-                    )
-                ids[doc_id] = i
-                paths.append(path)
-            with _store_errors():
-                report = self.ingest(paths)
-        for outcome, (name, _) in zip(report.documents, documents, strict=True):
-            outcome.path = name
-            if outcome.error is not None:
-                outcome.error = outcome.error.replace(str(Path(tmp)), "")
-        return report
+        docs = []
+        ids: dict[str, int] = {}
+        for i, (name, text) in enumerate(documents):
+            try:
+                doc = parse_document(name, text.encode("utf-8"))
+            except IngestError as exc:
+                problem = str(exc).removeprefix(f"{name}: ")
+                raise ValidationFailed(
+                    f"document {name!r}: {problem}",
+                    fields={f"documents[{i}].content": problem},
+                ) from exc
+            if doc.doc_id in ids:  # the second would silently replace the first
+                problem = f"has the document id {doc.doc_id!r} of documents[{ids[doc.doc_id]}]"
+                raise ValidationFailed(
+                    f"document {name!r} {problem}", fields={f"documents[{i}].content": problem}
+                )
+            ids[doc.doc_id] = i
+            docs.append(doc)
+        with _store_errors():
+            return self.service.kb.ingest_documents(docs)
 
-    def remove_document(self, doc_id: str) -> int:
-        """Remove a knowledge document's chunks; returns how many (0: no such document)."""
+    def remove_document(self, doc_id: str) -> DocumentOutcome | None:
+        """Remove a knowledge document's chunks (``None``: no such document)."""
         with _store_errors():
             return self.service.kb.remove(doc_id)
+
+    def knowledge_chunks(self) -> int:
+        """How many chunks the knowledge base holds."""
+        with _store_errors():
+            return self.service.kb.count()
 
     def knowledge_stats(self) -> KnowledgeStats:
         """The knowledge base's chunks, documents (id -> version) and encoder."""

@@ -122,7 +122,7 @@ def ingest_documents(
             "updated": report.updated,
             "unchanged": report.unchanged,
             "errors": len(report.errors),
-            "chunks": stage.knowledge_stats().chunks,
+            "chunks": stage.knowledge_chunks(),
         }
 
     return audit.with_event(ctx.db, principal.actor, "knowledge.ingested", go)
@@ -142,14 +142,17 @@ def remove_document(ctx: Any, principal: Principal, doc_id: str) -> dict[str, An
     """Remove a document from the knowledge base (audited ``knowledge.removed``); NotFound if
     it holds no such document. Shared by this route and the console."""
     stage = knowledge_stage(ctx)
-    version = stage.knowledge_stats().documents.get(doc_id)
-    if version is None:
-        raise NotFound(f"the knowledge base holds no document {doc_id!r}", field="doc_id")
 
     def go() -> dict[str, Any]:
         removed = stage.remove_document(doc_id)
-        chunks = stage.knowledge_stats().chunks
-        return {"doc_id": doc_id, "version": version, "chunks_removed": removed, "chunks": chunks}
+        if removed is None:  # raised inside the step: no event is written
+            raise NotFound(f"the knowledge base holds no document {doc_id!r}", field="doc_id")
+        return {
+            "doc_id": doc_id,
+            "version": removed.version,
+            "chunks_removed": removed.chunks_removed,
+            "chunks": stage.knowledge_chunks(),
+        }
 
     return audit.with_event(ctx.db, principal.actor, "knowledge.removed", go)
 
