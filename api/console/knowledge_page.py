@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.console.routes import AdminP, _error_text, redirect, render
+from api.console.routes import AdminP, _error_text, _pydantic_text, redirect, render, upload_name
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.knowledge import (
@@ -66,7 +66,7 @@ def _uploaded_documents(files: list[Any]) -> list[dict[str, str]]:
     for upload in files:
         if not isinstance(upload, UploadFile) or not upload.filename:
             continue  # an empty file input
-        name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1][:200]
+        name = upload_name(upload)
         try:
             # the form parser has spooled the file; the request limit caps its size
             content = upload.file.read().decode("utf-8-sig")
@@ -89,11 +89,8 @@ def upload(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response
     except UploadProblem as exc:
         return redirect(request, KNOWLEDGE_URL, str(exc), "error")
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        return redirect(request, KNOWLEDGE_URL, f"Nothing was ingested: {problems}", "error")
+        message = "Nothing was ingested: " + _pydantic_text(exc)
+        return redirect(request, KNOWLEDGE_URL, message, "error")
     except TriageError as exc:
         return redirect(
             request, KNOWLEDGE_URL, "Nothing was ingested: " + _error_text(exc), "error"

@@ -18,7 +18,16 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from api.console import charts
-from api.console.routes import AdminP, _error_text, _text, _whole_number, redirect, render
+from api.console.routes import (
+    AdminP,
+    _error_text,
+    _pydantic_text,
+    _text,
+    _whole_number,
+    redirect,
+    render,
+    upload_name,
+)
 from api.console.security import COOKIE_PATH, ConsoleGuard, Form
 from api.deps import ContextDep
 from api.routes.models import (
@@ -62,13 +71,6 @@ def _columns(form: FormData, name: str) -> list[str]:
     return [c.strip() for c in _text(form, name, 2000).split(",") if c.strip()]
 
 
-def _pydantic_text(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(x) for x in e['loc']) or 'form'}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    )
-
-
 class UploadProblem(Exception):
     """The uploaded file is missing or unreadable; the message says which."""
 
@@ -77,7 +79,7 @@ def _uploaded_records(form: FormData) -> tuple[str, list[dict[str, Any]]]:
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise UploadProblem("Choose a labelled CSV or JSONL file to upload.")
-    name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1][:200]
+    name = upload_name(upload)
     try:
         # the form parser has spooled the file; the request limit caps its size
         return name, parse_records(name, upload.file.read())

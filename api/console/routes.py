@@ -35,7 +35,7 @@ from fastapi.responses import (
 )
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import errors
@@ -716,6 +716,19 @@ def _action_from_form(form: FormData, action_type: str, evidence: list[str]) -> 
         if value:
             data[f["name"]] = value
     return actions.ACTION_ADAPTER.validate_python(data)
+
+
+def _pydantic_text(exc: ValidationError) -> str:
+    """A form's validation problems on one line, each with its field's location."""
+    return "; ".join(
+        f"{'.'.join(str(x) for x in e['loc']) or 'form'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+def upload_name(upload: UploadFile) -> str:
+    """An uploaded file's base name, as the browser sent it (never a path), at most 200 chars."""
+    return (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1][:200]
 
 
 def _validation_text(exc: ValidationError) -> str:

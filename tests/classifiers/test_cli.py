@@ -293,6 +293,16 @@ def test_signing_key_from_the_environment(tmp_path: Path, bitext_files: tuple[Pa
     assert wrong.exit_code == 2 and "invalid signature" in wrong.stderr
 
 
+def _train_twelve_rows(tmp_path: Path, *options: str) -> tuple[Any, Path]:
+    """``triage train`` on a two-label file ``a.csv`` into ``tmp_path/o`` with ``options``."""
+    rows = [{"text": f"cancel order {i}", "label": "order"} for i in range(6)]
+    rows += [{"text": f"refund please {i}", "label": "refund"} for i in range(6)]
+    path = _write_csv(tmp_path / "a.csv", rows)
+    out = tmp_path / "o"
+    args = ["train", "--data", str(path), "--text-column", "text", "--label-column", "label"]
+    return runner.invoke(app, [*args, "--out", str(out), *options]), out
+
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [
@@ -305,12 +315,7 @@ def test_signing_key_from_the_environment(tmp_path: Path, bitext_files: tuple[Pa
 def test_bad_label_precision_is_named_and_nothing_trains(
     tmp_path: Path, item: str, expected: str
 ) -> None:
-    rows = [{"text": f"cancel order {i}", "label": "order"} for i in range(6)]
-    rows += [{"text": f"refund please {i}", "label": "refund"} for i in range(6)]
-    path = _write_csv(tmp_path / "a.csv", rows)
-    out = tmp_path / "o"
-    args = ["train", "--data", str(path), "--text-column", "text", "--label-column", "label"]
-    result = runner.invoke(app, [*args, "--out", str(out), "--label-precision", item])
+    result, out = _train_twelve_rows(tmp_path, "--label-precision", item)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
@@ -323,12 +328,7 @@ def test_train_refuses_a_target_precision_outside_the_rule_every_other_path_uses
 ) -> None:
     """(0.5, 1) as for per-label targets, re-thresholding and the API (it took (0, 1] here, so
     1.0 trained a model whose every label abstains), refused before anything trains."""
-    rows = [{"text": f"cancel order {i}", "label": "order"} for i in range(6)]
-    rows += [{"text": f"refund please {i}", "label": "refund"} for i in range(6)]
-    path = _write_csv(tmp_path / "a.csv", rows)
-    out = tmp_path / "o"
-    args = ["train", "--data", str(path), "--text-column", "text", "--label-column", "label"]
-    result = runner.invoke(app, [*args, "--out", str(out), "--target-precision", value])
+    result, out = _train_twelve_rows(tmp_path, "--target-precision", value)
     assert result.exit_code == 2, result.output
     assert f"target precision {float(value)}: use a value between 0.5 and 1" in result.stderr
     assert not (out / "versions").exists() or not any((out / "versions").iterdir())
