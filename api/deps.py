@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
@@ -18,8 +18,10 @@ from triage.cases import format_loc
 from triage.db import Database
 from triage.errors import AuthenticationFailed, PermissionDenied, RateLimited, ValidationFailed
 from triage.settings import Settings
-from triage.stages import RetrievalStage
 from triage.worker import Worker
+
+if TYPE_CHECKING:  # only named in an annotation: importing it pulls in Chroma
+    from triage.stages import RetrievalStage
 
 
 @dataclass
