@@ -290,27 +290,18 @@ def _audited(
     message names ``registered``, a version the command registered (inactive) before this."""
     from triage.settings import get_settings
 
-    settings = get_settings()
     root = reg.root
-    if root.resolve() != settings.model_registry_dir.resolve():
+    if root.resolve() != get_settings().model_registry_dir.resolve():
         return change()
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from cli.actors import cli_admin
+    from cli.actors import cli_admin, on_deployment_trail
     from triage import audit
-    from triage.db import Database
 
-    db = Database(settings)
-    try:
-        return audit.with_event(db, cli_admin(), action, change)
-    except SQLAlchemyError as exc:
-        kept = f" ({registered} stays registered, inactive)" if registered else ""
-        raise _fail(
-            f"{root} is the deployment's model registry and its changes are audited, but the "
-            f"database could not be written ({type(exc).__name__}); nothing was activated{kept}"
-        ) from None
-    finally:
-        db.dispose()
+    kept = f" ({registered} stays registered, inactive)" if registered else ""
+    return on_deployment_trail(
+        lambda db: audit.with_event(db, cli_admin(), action, change),
+        target=f"{root} is the deployment's model registry",
+        nothing=f"nothing was activated{kept}",
+    )
 
 
 @models_app.command("list")

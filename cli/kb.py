@@ -8,8 +8,9 @@ CLI is the process boundary, the only place where the environment is read).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +19,8 @@ from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:
     from retrieval.knowledge import KnowledgeBase
+    from retrieval.store import ChromaConfig
+    from triage.db import Database
 
 app = typer.Typer(
     help="Knowledge base: ingest documents, search what would be retrieved, show statistics.",
@@ -26,8 +29,14 @@ app = typer.Typer(
 )
 
 ChromaPath = Annotated[
-    Path,
-    typer.Option("--chroma-path", envvar="TRIAGE_CHROMA_PATH", help="Embedded Chroma folder."),
+    Path | None,
+    typer.Option(
+        "--chroma-path",
+        envvar="TRIAGE_CHROMA_PATH",
+        help="Embedded Chroma folder (default: the deployment's, <data_dir>/chroma; "
+        "TRIAGE_DATA_DIR or var). Changes to the deployment's store are audited.",
+        show_default=False,
+    ),
 ]
 ChromaUrl = Annotated[
     str | None,
@@ -44,21 +53,53 @@ EncoderName = Annotated[
 ]
 
 
-def _kb(
-    chroma_path: Path, chroma_url: str | None, encoder: str, *, writer: str | None = None
-) -> KnowledgeBase:
+def _store(chroma_path: Path | None, chroma_url: str | None) -> tuple[ChromaConfig, bool]:
+    """The store the options name, and whether it is the deployment's (the one ``triage
+    serve`` uses with these settings), whose changes go on the audit trail."""
+    from retrieval.store import ChromaConfig
+    from triage.settings import get_settings
+
+    settings = get_settings()
+    deployment = ChromaConfig(
+        path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
+    )
+    config = ChromaConfig(path=chroma_path or deployment.path, url=chroma_url)
+    if config.url or deployment.url:
+        return config, config.url == deployment.url
+    return config, config.path.resolve() == deployment.path.resolve()
+
+
+def _kb(config: ChromaConfig, encoder: str, *, writer: str | None = None) -> KnowledgeBase:
     """The knowledge base; ``writer`` (the command) claims an embedded store first."""
     from retrieval.embeddings import EncoderConfig, load_encoder
     from retrieval.knowledge import KnowledgeBase
-    from retrieval.store import ChromaConfig, claim_embedded, open_client
+    from retrieval.store import claim_embedded, open_client
 
-    config = ChromaConfig(path=chroma_path, url=chroma_url)
     if writer is not None:
         claim_embedded(config, writer)
     return KnowledgeBase(
         open_client(config),
         load_encoder(EncoderConfig(name=encoder)),
         config.knowledge_collection,
+    )
+
+
+def _on_trail(
+    audited: bool,
+    record: Callable[[Database], dict[str, Any]],
+    step: Callable[[], dict[str, Any]],
+    nothing: str,
+) -> dict[str, Any]:
+    """Run ``step``, through ``record`` (its audit events, as the CLI admin) when ``audited``:
+    the deployment's store, whose changes the API audits too. Another folder (an experiment)
+    has no audit trail. Exit 2 when the trail cannot be written (``nothing`` says what was
+    left undone)."""
+    if not audited:
+        return step()
+    from cli.actors import on_deployment_trail
+
+    return on_deployment_trail(
+        record, target="this is the deployment's knowledge base", nothing=nothing
     )
 
 
@@ -70,15 +111,23 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .pdf).")],
-    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_path: ChromaPath = None,
     chroma_url: ChromaUrl = None,
     encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
-    """Ingest documents; unchanged documents are skipped, changed ones replaced."""
-    from retrieval.knowledge import DocumentOutcome, expand_paths
+    """Ingest documents; unchanged documents are skipped, changed ones replaced. Every file is
+    read first (one that cannot be read is reported and skipped); on the deployment's store the
+    ingest is audited as the API's is (knowledge.ingest_started, then knowledge.ingested)."""
+    from cli.actors import cli_admin
+    from retrieval.chunking import load_document
+    from retrieval.errors import IngestError
+    from retrieval.knowledge import DocumentOutcome, IngestReport, expand_paths
+    from triage import audit
+    from triage.stages import knowledge_ingest_intent
 
+    config, audited = _store(chroma_path, chroma_url)
     try:
-        kb = _kb(chroma_path, chroma_url, encoder, writer="`triage kb ingest`")
+        kb = _kb(config, encoder, writer="`triage kb ingest`")
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     files = expand_paths(paths)
@@ -96,11 +145,41 @@ def ingest(
         )
         typer.secho(f"[{done}/{len(files)}] {outcome.status:9s} {detail}", fg=colour)
 
-    report = kb.ingest(files, progress=progress)
+    docs, unreadable = [], []
+    for path in files:
+        try:
+            docs.append(load_document(path))
+        except IngestError as exc:
+            unreadable.append(DocumentOutcome(path=str(path), status="error", error=str(exc)))
+            progress(unreadable[-1])
+    report = IngestReport(documents=list(unreadable))
+
+    def step() -> dict[str, Any]:
+        report.documents.extend(kb.ingest_documents(docs, progress=progress).documents)
+        return {
+            "documents": [
+                d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents
+            ],
+            "added": report.added,
+            "updated": report.updated,
+            "unchanged": report.unchanged,
+            "errors": len(report.errors),
+            "chunks": kb.count(),
+        }
+
+    try:
+        done_payload = _on_trail(
+            audited and bool(docs),
+            lambda db: audit.with_intent(db, cli_admin(), knowledge_ingest_intent(docs), step),
+            step,
+            nothing="nothing was ingested",
+        )
+    except RetrievalError as exc:  # the store failed part-way (audited knowledge.ingest_failed)
+        raise _fail(str(exc)) from exc
     typer.echo(
         f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
         f"{len(report.errors)} errors; {report.chunks_added} chunks added, "
-        f"{report.chunks_removed} removed; {kb.count()} chunks in the knowledge base"
+        f"{report.chunks_removed} removed; {done_payload['chunks']} chunks in the knowledge base"
     )
     if report.errors:
         raise typer.Exit(1)
@@ -111,13 +190,13 @@ def search(
     text: Annotated[str, typer.Argument(help="Query text, e.g. a customer message.")],
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=50, help="Passages to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_path: ChromaPath = None,
     chroma_url: ChromaUrl = None,
     encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Show what would be retrieved for TEXT and why (cosine score, document, chunk id)."""
     try:
-        kb = _kb(chroma_path, chroma_url, encoder)
+        kb = _kb(_store(chroma_path, chroma_url)[0], encoder)
         passages = kb.search(text, k)
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
@@ -149,13 +228,13 @@ def search(
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_path: ChromaPath = None,
     chroma_url: ChromaUrl = None,
     encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Chunks, documents (with versions) and the encoder of the knowledge base."""
     try:
-        info = _kb(chroma_path, chroma_url, encoder).stats()
+        info = _kb(_store(chroma_path, chroma_url)[0], encoder).stats()
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -172,48 +251,89 @@ def stats(
 @app.command()
 def remove(
     doc_id: Annotated[str, typer.Argument(help="Document id (as `triage kb stats` lists it).")],
-    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_path: ChromaPath = None,
     chroma_url: ChromaUrl = None,
     encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Remove a document from the knowledge base: it is no longer retrieved or cited (a running
-    server does the same with DELETE /v1/knowledge/documents/{doc_id})."""
-    try:
-        kb = _kb(chroma_path, chroma_url, encoder, writer="`triage kb remove`")
+    server does the same with DELETE /v1/knowledge/documents/{doc_id}). Audited
+    knowledge.removed on the deployment's store."""
+    from cli.actors import cli_admin
+    from triage import audit
+
+    config, audited = _store(chroma_path, chroma_url)
+
+    def step() -> dict[str, Any]:
         removed = kb.remove(doc_id)
+        if removed is None:  # raised inside the step: no event is written
+            raise _fail(f"the knowledge base holds no document {doc_id!r} (see `triage kb stats`)")
+        return {
+            "doc_id": doc_id,
+            "version": removed.version,
+            "chunks_removed": removed.chunks_removed,
+            "chunks": kb.count(),
+        }
+
+    try:
+        kb = _kb(config, encoder, writer="`triage kb remove`")
+        done = _on_trail(
+            audited,
+            lambda db: audit.with_event(db, cli_admin(), "knowledge.removed", step),
+            step,
+            nothing="nothing was removed",
+        )
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
-    if removed is None:
-        raise _fail(f"the knowledge base holds no document {doc_id!r} (see `triage kb stats`)")
     typer.echo(
-        f"removed {doc_id}: {removed.chunks_removed} chunks; {kb.count()} chunks in the "
+        f"removed {doc_id}: {done['chunks_removed']} chunks; {done['chunks']} chunks in the "
         "knowledge base"
     )
 
 
 @app.command()
 def reindex(
-    chroma_path: ChromaPath = Path("var/chroma"),
+    chroma_path: ChromaPath = None,
     chroma_url: ChromaUrl = None,
     encoder: EncoderName = DEFAULT_ENCODER,
 ) -> None:
     """Re-embed the knowledge base and the similar-case index with --encoder (after switching
-    encoders; ids, texts and metadata are kept)."""
+    encoders; ids, texts and metadata are kept). Audited on the deployment's store
+    (knowledge.reindex_started, then knowledge.reindexed)."""
+    from cli.actors import cli_admin
     from retrieval.cases import CaseIndex
     from retrieval.embeddings import EncoderConfig, load_encoder
     from retrieval.knowledge import KnowledgeBase
-    from retrieval.store import ChromaConfig, claim_embedded, open_client
+    from retrieval.store import claim_embedded, open_client
+    from triage import audit
 
+    config, audited = _store(chroma_path, chroma_url)
     try:
-        config = ChromaConfig(path=chroma_path, url=chroma_url)
         claim_embedded(config, "`triage kb reindex`")
         client = open_client(config)
         enc = load_encoder(EncoderConfig(name=encoder))
-        chunks = KnowledgeBase.reindex(client, enc, config.knowledge_collection)
-        cases = CaseIndex.reindex(client, enc, config.cases_collection)
+
+        def step() -> dict[str, Any]:
+            chunks = KnowledgeBase.reindex(client, enc, config.knowledge_collection)
+            cases = CaseIndex.reindex(client, enc, config.cases_collection)
+            return {"encoder": enc.fingerprint, "chunks": chunks, "cases": cases}
+
+        intent = audit.Intent(
+            started="knowledge.reindex_started",
+            done="knowledge.reindexed",
+            failed="knowledge.reindex_failed",
+            payload={"encoder": enc.fingerprint},
+        )
+        done = _on_trail(
+            audited,
+            lambda db: audit.with_intent(db, cli_admin(), intent, step),
+            step,
+            nothing="nothing was re-embedded",
+        )
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"re-embedded {chunks} chunks and {cases} cases with {enc.fingerprint}")
+    typer.echo(
+        f"re-embedded {done['chunks']} chunks and {done['cases']} cases with {enc.fingerprint}"
+    )
 
 
 def _corpus(paths: list[Path], text_columns: list[str]) -> list[str]:

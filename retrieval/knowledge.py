@@ -174,10 +174,21 @@ class KnowledgeBase:
                 progress(outcome)
         return report
 
-    def ingest_documents(self, docs: Sequence[SourceDocument]) -> IngestReport:
-        """Ingest documents already read (:func:`~retrieval.chunking.parse_document`), as
-        :meth:`ingest` does files; each outcome's ``path`` is the document's ``source_path``."""
-        return IngestReport(documents=[self._ingest_loaded(doc) for doc in docs])
+    def ingest_documents(
+        self,
+        docs: Sequence[SourceDocument],
+        progress: Callable[[DocumentOutcome], None] | None = None,
+    ) -> IngestReport:
+        """Ingest documents already read (:func:`~retrieval.chunking.parse_document` or
+        :func:`~retrieval.chunking.load_document`), as :meth:`ingest` does files; each
+        outcome's ``path`` is the document's ``source_path``."""
+        report = IngestReport()
+        for doc in docs:
+            outcome = self._ingest_loaded(doc)
+            report.documents.append(outcome)
+            if progress is not None:
+                progress(outcome)
+        return report
 
     def _ingest_one(self, path: Path) -> DocumentOutcome:
         if not path.exists():

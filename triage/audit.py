@@ -29,6 +29,7 @@ import enum
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from triage.models import AuditEvent, AuditHead
 
 if TYPE_CHECKING:  # pragma: no cover
     from triage.db import Database
+
+logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
@@ -147,6 +150,64 @@ def with_event(
         payload = step()
         append(session, actor, action, payload)
     return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """The three events of a long change (:func:`with_intent`): ``started`` with ``payload``
+    before it, then ``done`` (the step's payload) or ``failed`` (the error) after it."""
+
+    started: str
+    done: str
+    failed: str
+    payload: dict[str, Any]
+
+
+def with_intent(
+    db: Database, actor: Actor, intent: Intent, step: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run ``step``, a long change outside the database (a knowledge-base ingest or re-index
+    that encodes for seconds or minutes), between two audit events, and return its payload.
+
+    ``intent.started`` is appended and committed first, so the trail names the change before
+    it happens and a database that cannot be written refuses it (SQLAlchemy's error, nothing
+    changed). The step then runs with no transaction open: :func:`with_event` would hold
+    SQLite's write lock throughout, and every writer (intake included) would wait for the
+    encoder. Afterwards ``intent.done`` carries the step's payload, or ``intent.failed`` the
+    error's type and message (the step's exception propagates), each with ``started_seq``. If
+    ``done`` cannot be written, :class:`~triage.errors.Unavailable` says so: the change happened
+    and the trail shows it started without an outcome, which is visible, unlike
+    :func:`with_event`'s window (an unwritable ``failed`` is logged; the step's error is raised).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from triage.errors import Unavailable
+
+    with db.write() as session:
+        seq = append(session, actor, intent.started, intent.payload)
+
+    def finish(action: str, payload: dict[str, Any]) -> None:
+        try:
+            with db.write() as session:
+                append(session, actor, action, {"started_seq": seq, **payload})
+        except SQLAlchemyError as exc:
+            raise Unavailable(
+                f"the change ran, but its audit outcome could not be written "
+                f"({type(exc).__name__}); the trail shows it started (event {seq}, "
+                f"{intent.started})",
+                started_seq=seq,
+            ) from exc
+
+    try:
+        result = step()
+    except Exception as exc:
+        try:
+            finish(intent.failed, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        except Unavailable:  # the step's own error is the one to report
+            logger.exception("audit: %s (event %d) has no outcome event", intent.started, seq)
+        raise
+    finish(intent.done, result)
+    return result
 
 
 _DEFERRED = "triage.audit.deferred"

@@ -20,12 +20,14 @@ import numpy as np
 from contracts.case import CaseIn
 from contracts.suggestion import Suggestion
 from retrieval.advice import AdvisorConfig
+from retrieval.chunking import SourceDocument
 from retrieval.embeddings import EncoderConfig
 from retrieval.knowledge import DocumentOutcome, IngestReport, KnowledgeStats
 from retrieval.llm import LLMConfig
 from retrieval.redaction import RedactionConfig
 from retrieval.service import RetrievalConfig, RetrievalService, Retrieved
 from retrieval.store import ChromaConfig, claim_embedded
+from triage import audit
 from triage.actions import CedarGate
 from triage.classification import ClassifierProvider
 from triage.errors import Unavailable, ValidationFailed
@@ -134,10 +136,19 @@ class RetrievalStage:
         """Ingest named text documents (``(file name, text)``, the name's suffix .md, .markdown,
         .txt or .text decides how it is read) into this process's knowledge base, as
         ``triage kb ingest`` does from files: unchanged documents are skipped, changed ones
-        replaced. Every document is read and checked first; one that cannot be ingested, or
-        that has the document id of another in the call, raises ``ValidationFailed`` naming
-        ``documents[i]...`` and nothing is ingested. The name is each outcome's ``path`` and
+        replaced. :meth:`read_texts` then :meth:`ingest_read`."""
+        return self.ingest_read(self.read_texts(documents))
+
+    def ingest_read(self, docs: Sequence[SourceDocument]) -> IngestReport:
+        """Ingest documents :meth:`read_texts` returned. The name is each outcome's ``path`` and
         its chunks' source; nothing is written to disk but the store."""
+        with _store_errors():
+            return self.service.kb.ingest_documents(docs)
+
+    def read_texts(self, documents: Sequence[tuple[str, str]]) -> list[SourceDocument]:
+        """Read and check named text documents before anything is ingested: one that cannot
+        be ingested, or that has the document id of another in the call, raises
+        ``ValidationFailed`` naming ``documents[i]...``. Touches neither store nor database."""
         from retrieval.chunking import parse_document
         from retrieval.errors import IngestError
 
@@ -159,8 +170,7 @@ class RetrievalStage:
                 )
             ids[doc.doc_id] = i
             docs.append(doc)
-        with _store_errors():
-            return self.service.kb.ingest_documents(docs)
+        return docs
 
     def remove_document(self, doc_id: str) -> DocumentOutcome | None:
         """Remove a knowledge document's chunks (``None``: no such document)."""
@@ -292,6 +302,26 @@ class WaitForLLM:
         if not callable(many):
             return each(self.advise, requests)
         return [self._check(r) for r in many(requests)]
+
+
+def knowledge_ingest_intent(docs: Sequence[SourceDocument]) -> audit.Intent:
+    """The audit events of a knowledge ingest (API, console and ``triage kb ingest``)."""
+    return audit.Intent(
+        started="knowledge.ingest_started",
+        done="knowledge.ingested",
+        failed="knowledge.ingest_failed",
+        payload={
+            "documents": [
+                {
+                    "name": d.source_path,
+                    "doc_id": d.doc_id,
+                    "version": d.version,
+                    "sha256": d.sha256,
+                }
+                for d in docs
+            ]
+        },
+    )
 
 
 def claim_vector_store(settings: Settings, role: str) -> None:

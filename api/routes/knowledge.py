@@ -2,7 +2,8 @@
 
 Ingesting here goes through the server's own vector store, so it works while the server runs
 on the embedded store, which serves one process (``triage kb ingest`` needs the server
-stopped there; see docs/retrieval.md). Each ingest is audited ``knowledge.ingested``."""
+stopped there; see docs/retrieval.md). Each ingest is audited ``knowledge.ingest_started``
+then ``knowledge.ingested``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from api.routes.cases import ERRORS
 from triage import audit
 from triage.auth import Principal
 from triage.errors import Conflict, NotFound, ValidationFailed
-from triage.stages import RetrievalStage
+from triage.stages import RetrievalStage, knowledge_ingest_intent
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
@@ -100,8 +101,11 @@ def knowledge_stage(ctx: Any) -> RetrievalStage:
 def ingest_documents(
     ctx: Any, principal: Principal, documents: list[tuple[str, str]]
 ) -> dict[str, Any]:
-    """Ingest ``(name, text)`` documents with their audit event (``audit.with_event``); shared
-    by this route and the console. Two documents of one name are refused (422)."""
+    """Ingest ``(name, text)`` documents; shared by this route and the console. Two documents
+    of one name, or one that cannot be read, are refused (422) before anything is written.
+    Audited around the ingest (``audit.with_intent``): ``knowledge.ingest_started`` names the
+    documents, ``knowledge.ingested`` gives each one's outcome (``knowledge.ingest_failed`` the
+    error), and no database lock is held while the documents are encoded."""
     stage = knowledge_stage(ctx)
     seen: dict[str, int] = {}
     for i, (name, _) in enumerate(documents):
@@ -111,9 +115,10 @@ def ingest_documents(
                 fields={f"documents[{i}].name": "appears twice"},
             )
         seen[name] = i
+    docs = stage.read_texts(documents)
 
     def go() -> dict[str, Any]:
-        report = stage.ingest_texts(documents)
+        report = stage.ingest_read(docs)
         return {
             "documents": [
                 d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents
@@ -125,7 +130,7 @@ def ingest_documents(
             "chunks": stage.knowledge_chunks(),
         }
 
-    return audit.with_event(ctx.db, principal.actor, "knowledge.ingested", go)
+    return audit.with_intent(ctx.db, principal.actor, knowledge_ingest_intent(docs), go)
 
 
 class RemovedDocument(BaseModel):
