@@ -152,6 +152,13 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+class UnfinishedChange(BaseModel):
+    seq: int
+    ts: str
+    action: str
+    actor_id: str
+
+
 class VerifyResponse(BaseModel):
     intact: bool
     events: int
@@ -159,6 +166,11 @@ class VerifyResponse(BaseModel):
     head_hash: str
     first_bad_seq: int | None
     problem: str | None
+    unfinished: list[UnfinishedChange] = Field(
+        default_factory=list,
+        description="Long changes (knowledge ingests, re-indexes) whose start event has no "
+        "outcome event: still running, or their process stopped. They do not break the chain.",
+    )
 
 
 class OutboxOut(BaseModel):

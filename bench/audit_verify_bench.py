@@ -2,7 +2,9 @@
 
 Events are generated with valid hashes and bulk-loaded (generation is not what is measured),
 then ``audit.verify`` walks the whole chain. Prints events/s per size and database, and the
-time per event, which should stay flat as the chain grows (verification is linear).
+time per event, which should stay flat as the chain grows (verification is linear). Also times
+``audit.unfinished`` (the start events without an outcome that verification lists), in its
+worst case: the first event is a start without an outcome, so every later payload is scanned.
 
     .venv/bin/python bench/audit_verify_bench.py --sizes 100000 1000000 --db sqlite --db postgres
 """
@@ -42,9 +44,8 @@ def load(db: Database, n: int, batch: int = 20_000) -> None:
     for seq in range(1, n + 1):
         payload = canonical_json({"from": "received", "to": "triaging", "attempt": seq % 3})
         case_id = f"01M8CB8FFK54SQPHH3AY{seq % 100000:06d}"
-        h = audit.entry_hash(
-            seq, ts, "ai", "triage-pipeline", None, case_id, "case.triaging", payload, prev
-        )
+        action = "knowledge.ingest_started" if seq == 1 else "case.triaging"
+        h = audit.entry_hash(seq, ts, "ai", "triage-pipeline", None, case_id, action, payload, prev)
         rows.append(
             {
                 "seq": seq,
@@ -53,7 +54,7 @@ def load(db: Database, n: int, batch: int = 20_000) -> None:
                 "actor_id": "triage-pipeline",
                 "actor_role": None,
                 "case_id": case_id,
-                "action": "case.triaging",
+                "action": action,
                 "payload": payload,
                 "prev_hash": prev,
                 "hash": h,
@@ -110,6 +111,19 @@ def main() -> None:
                 print(
                     f"{kind:<8} verify {n:>9,} events: median {med:6.2f}s "
                     f"({n / med:>9,.0f} events/s, {med / n * 1e6:5.2f} us/event)",
+                    flush=True,
+                )
+                listed = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    with db.read() as s:
+                        found = audit.unfinished(s)
+                    listed.append(time.perf_counter() - t0)
+                    assert [u.seq for u in found] == [1], found
+                listed.sort()
+                print(
+                    f"{kind:<8} unfinished {n:>9,} events: median {listed[len(listed) // 2]:6.2f}s"
+                    f" ({listed[len(listed) // 2] / med:.2f}x the verification)",
                     flush=True,
                 )
                 db.dispose()

@@ -173,22 +173,27 @@ def keys_revoke(key_id: str) -> None:
 
 @audit_app.command("verify")
 def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Verify the hash chain. Exit 0 if intact, 1 with the first broken sequence otherwise."""
+    """Verify the hash chain. Exit 0 if intact, 1 with the first broken sequence otherwise.
+    Also lists long changes (knowledge ingests, re-indexes) that started without a recorded
+    outcome: still running, or their process stopped; they do not make the chain broken."""
     from triage import audit
     from triage.db import Database
 
     started = time.perf_counter()
     with Database(_settings()).read() as s:
         res = audit.verify(s)
+        open_changes = audit.unfinished(s)
     elapsed = time.perf_counter() - started
     out: dict[str, Any] = {
         **res.as_dict(),
+        "unfinished": [u.as_dict() for u in open_changes],
         "seconds": round(elapsed, 3),
         "events_per_second": round(res.events / elapsed) if elapsed else None,
     }
     if as_json:
         typer.echo(json.dumps(out))
-    elif res.intact:
+        raise typer.Exit(0 if res.intact else 1)
+    if res.intact:
         typer.echo(
             f"intact: {res.events} events, head seq {res.head_seq} hash {res.head_hash}"
             f" ({elapsed:.2f}s)"
@@ -199,6 +204,14 @@ def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             f" ({res.events} events verified before it)",
             fg=typer.colors.RED,
         )
+    if open_changes:
+        typer.secho(
+            f"{len(open_changes)} change(s) started without a recorded outcome (still running, "
+            "or the process stopped before it could record one):",
+            fg=typer.colors.YELLOW,
+        )
+        for u in open_changes:
+            typer.echo(f"  event {u.seq}  {u.ts}  {u.action}  by {u.actor_id}")
     raise typer.Exit(0 if res.intact else 1)
 
 

@@ -189,3 +189,41 @@ def test_kb_ingest_names_an_unset_up_database(monkeypatch, tmp_path):
     assert refused.exit_code == 2, refused.output
     assert "triage db upgrade" in refused.output and "nothing was ingested" in refused.output
     assert json.loads(triage("kb", "stats", "--json").stdout)["chunks"] == 0
+
+
+def _crashed_ingest(db) -> int:
+    """A start event whose process died before the outcome: appended the way
+    ``with_intent`` appends it, and nothing after."""
+    with db.write() as s:
+        return audit.append(s, ACTOR, "knowledge.ingest_started", {"documents": []})
+
+
+def test_changes_started_without_an_outcome_are_listed_beside_verification(
+    db, settings, client, keys, monkeypatch
+):
+    audit.with_intent(db, ACTOR, INTENT, lambda: {"made": 1})  # finished: not listed
+    crashed = _crashed_ingest(db)
+    audit.with_intent(db, ACTOR, INTENT, lambda: {"made": 2})
+    with db.read() as s:
+        assert [(u.seq, u.action, u.actor_id) for u in audit.unfinished(s)] == [
+            (crashed, "knowledge.ingest_started", "ops")
+        ]
+
+    api = client.get("/v1/audit/verify", headers=bearer(keys["auditor"])).json()
+    assert api["intact"] and [u["seq"] for u in api["unfinished"]] == [crashed]
+
+    triage = cli_runner(monkeypatch, settings)
+    text = triage("audit", "verify")
+    assert text.exit_code == 0, text.output  # the chain is intact: an open change does not break it
+    assert "1 change(s) started without a recorded outcome" in text.output
+    assert f"event {crashed} " in text.output and "knowledge.ingest_started  by ops" in text.output
+    as_json = json.loads(triage("audit", "verify", "--json").stdout)
+    assert [u["action"] for u in as_json["unfinished"]] == ["knowledge.ingest_started"]
+
+
+def test_no_unfinished_changes_on_a_trail_without_any(db):
+    audit.with_intent(db, ACTOR, INTENT, lambda: {"made": 1})
+    with pytest.raises(ValueError):
+        audit.with_intent(db, ACTOR, INTENT, lambda: (_ for _ in ()).throw(ValueError("x")))
+    with db.read() as s:
+        assert audit.unfinished(s) == []

@@ -361,6 +361,46 @@ def _broken(count: int, head: Any, seq: int, problem: str) -> VerifyResult:
     return VerifyResult(False, count, head.seq, head.hash, first_bad_seq=seq, problem=problem)
 
 
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A long change whose start event (:func:`with_intent`) has no outcome event: still
+    running, or its process stopped (crashed, killed) before it could say how it ended."""
+
+    seq: int
+    ts: str
+    action: str
+    actor_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "action": self.action, "actor_id": self.actor_id}
+
+
+_STARTED = text(
+    "SELECT seq, ts, action, actor_id FROM audit_events WHERE action LIKE '%!_started' "
+    "ESCAPE '!' ORDER BY seq"
+)
+_OUTCOMES = text(
+    "SELECT payload FROM audit_events WHERE seq > :after AND payload LIKE '%\"started_seq\":%'"
+)
+
+
+def unfinished(session: Session) -> list[Unfinished]:
+    """Start events of :func:`with_intent` (actions ending ``_started``) that no later event
+    names as its ``started_seq``, oldest first. For auditors beside :func:`verify`: the chain
+    can be intact while a change's outcome is missing."""
+    started = [
+        Unfinished(int(seq), str(ts), str(action), str(actor))
+        for seq, ts, action, actor in session.execute(_STARTED).tuples()
+    ]
+    if not started:
+        return []
+    closed = {
+        json.loads(str(payload)).get("started_seq")
+        for (payload,) in session.execute(_OUTCOMES, {"after": started[0].seq}).tuples()
+    }
+    return [u for u in started if u.seq not in closed]
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     case_id: str | None = None

@@ -1015,8 +1015,9 @@ def audit_verify(request: Request, ctx: ContextDep, p: AuditorP) -> Response:
     started = time.perf_counter()
     with ctx.db.read() as s:
         result = audit.verify(s)
+        open_changes = [u.as_dict() for u in audit.unfinished(s)]
     request.app.state.console_verify = {
-        "result": result.as_dict(),
+        "result": result.as_dict() | {"unfinished": open_changes},
         "at": now_ts(),
         "seconds": time.perf_counter() - started,
     }

@@ -100,7 +100,9 @@ def list_audit(
 )
 def verify_audit(ctx: ContextDep, _p: Auditor) -> VerifyResponse:
     with ctx.db.read() as s:
-        return VerifyResponse(**audit.verify(s).as_dict())
+        return VerifyResponse(
+            **audit.verify(s).as_dict(), unfinished=[u.as_dict() for u in audit.unfinished(s)]
+        )
 
 
 @router.get(

@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy import select
 
-from tests.console.conftest import csrf, flash, post
+from tests.console.conftest import csrf, flash, post, sign_in
 from triage.models import AuditEvent
 
 URL = "/console/knowledge"
@@ -69,3 +69,16 @@ def test_admins_upload_and_everyone_on_staff_reads(client, login, db, app):
     denied = _upload(client, ("other.md", SOP))
     assert denied.status_code == 403
     assert post(client, f"{URL}/crushed-pallets/remove").status_code == 403
+
+
+def test_verification_lists_a_change_that_started_without_an_outcome(client, people, db):
+    from triage import audit
+
+    with db.write() as s:
+        seq = audit.append(s, audit.SYSTEM, "knowledge.reindex_started", {"encoder": "x"})
+    sign_in(client, "auditor")
+    r = client.get("/console/audit/verify", follow_redirects=False)
+    assert flash(client, r).startswith("ok: Chain verified:")
+    page = client.get("/console/audit").text
+    assert "1 change(s) started without a recorded outcome" in page
+    assert f"#{seq} knowledge.reindex_started</a> by system" in page
