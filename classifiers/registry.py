@@ -121,16 +121,22 @@ def load_trusted_artifact(path: Path | str) -> CaseModel:
     This does no hash check: use :meth:`ModelRegistry.load` for registered versions.
     """
     path = Path(path)
+    return load_trusted_bytes(path.read_bytes(), path.name)
+
+
+def load_trusted_bytes(data: bytes, name: str) -> CaseModel:
+    """:func:`load_trusted_artifact` on an artifact's bytes (``name`` is for messages): the
+    registry hashes and loads the same bytes, so the file cannot change between the two."""
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops raises various errors for non-skops content
-        raise IntegrityError(f"{path.name} is not a readable skops artifact: {exc}") from None
+        raise IntegrityError(f"{name} is not a readable skops artifact: {exc}") from None
     refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if refused:
-        raise IntegrityError(f"{path.name} contains types that are not allowed: {refused}")
-    model = sio.load(path, trusted=list(untrusted))
+        raise IntegrityError(f"{name} contains types that are not allowed: {refused}")
+    model = sio.loads(data, trusted=list(untrusted))
     if not isinstance(model, CaseModel):
-        raise IntegrityError(f"{path.name} does not hold a CaseModel")
+        raise IntegrityError(f"{name} does not hold a CaseModel")
     return model
 
 
@@ -366,6 +372,11 @@ class ModelRegistry:
 
     def verify(self, version: str) -> dict[str, Any]:
         """Check metadata, signature and artifact hash; returns the metadata or raises."""
+        return self._verified(version, None)
+
+    def _verified(self, version: str, data: bytes | None) -> dict[str, Any]:
+        """:meth:`verify`, hashing ``data`` (the artifact's bytes, read once by :meth:`load`)
+        instead of the file when given."""
         directory = self._version_dir(version)
         artifact = directory / ARTIFACT_NAME
         if not artifact.is_file():
@@ -384,7 +395,7 @@ class ModelRegistry:
             if not hmac.compare_digest(str(signature), self._sign(metadata)):
                 raise SignatureError(f"{version} has an invalid signature")
         expected = metadata.get("artifact_sha256")
-        actual = _sha256(artifact)
+        actual = _sha256(artifact) if data is None else hashlib.sha256(data).hexdigest()
         if not expected or not hmac.compare_digest(str(expected), actual):
             raise IntegrityError(
                 f"{version}: artifact sha256 {actual[:12]}… does not match the recorded "
@@ -397,8 +408,17 @@ class ModelRegistry:
         version = version or self.active_version()
         if version is None:
             raise RegistryError(f"no active model in {self.root}; train or activate one first")
-        metadata = self.verify(version)
-        model = load_trusted_artifact(self._version_dir(version) / ARTIFACT_NAME)
+        artifact = self._version_dir(version) / ARTIFACT_NAME
+        try:
+            # one read: the bytes that are hashed are the bytes that are loaded (a file swapped
+            # after the check and before the load would otherwise be loaded as verified)
+            data = artifact.read_bytes()
+        except FileNotFoundError:
+            raise UnknownVersion(
+                f"unknown model version {version}: no artifact in {artifact.parent}"
+            ) from None
+        metadata = self._verified(version, data)
+        model = load_trusted_bytes(data, artifact.name)
         return LoadedModel(version=version, model=model, metadata=metadata)
 
 

@@ -74,6 +74,40 @@ def test_tampered_artifact_is_refused(tmp_path: Path, bitext_model: CaseModel) -
         reg.load()
 
 
+def test_an_artifact_swapped_after_its_check_is_not_loaded(
+    tmp_path: Path, bitext_model: CaseModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes hashed are the bytes loaded: a file replaced between the hash check and the
+    load (by someone with write access to the registry) is not what gets loaded."""
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(bitext_model, activate=True)
+    artifact = tmp_path / "versions" / version / "model.skops"
+    other = CaseModel(
+        spec=FeatureSpec(text_columns=("text",)),
+        targets=("triage_category",),
+        cv=3,
+        featurizer=RecordFeaturizer(char_ngram_range=(3, 3), max_features=500),
+    ).fit(
+        [{**r, "triage_category": "swapped"} if i % 2 else r for i, r in enumerate(bitext_rows(12))]
+    )
+    swapped = tmp_path / "other.skops"
+    sio.dump(other, swapped)
+    checked = ModelRegistry._verified
+
+    def swap_after_check(self: ModelRegistry, v: str, data: bytes | None) -> dict:
+        metadata = checked(self, v, data)
+        artifact.write_bytes(swapped.read_bytes())  # the race, made certain
+        return metadata
+
+    monkeypatch.setattr(ModelRegistry, "_verified", swap_after_check)
+    loaded = reg.load()
+    assert "swapped" not in loaded.model.label_sets()["triage_category"]
+    assert loaded.model.label_sets() == bitext_model.label_sets()
+    monkeypatch.undo()
+    with pytest.raises(IntegrityError, match="does not match"):
+        reg.load()  # the next load sees the swapped file, and refuses it
+
+
 def test_replaced_artifact_with_untrusted_type_is_refused(
     tmp_path: Path, bitext_model: CaseModel
 ) -> None:
