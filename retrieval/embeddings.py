@@ -27,6 +27,7 @@ Encoders (measured in docs/retrieval.md; precision@5 of similar-case retrieval o
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import unicodedata
@@ -247,9 +248,8 @@ class LsaEncoder:
     @classmethod
     def load(cls, directory: Path, *, source: str | None = None) -> LsaEncoder:
         """Load a saved encoder; refuses files whose sha256 differs from ``encoder.json``."""
-        meta = _verified_meta(directory, cls.kind)
-        idf = np.load(directory / "idf.npy", allow_pickle=False)
-        components = np.load(directory / "components.npy", allow_pickle=False)
+        meta, files = _verified_files(directory, cls.kind)
+        idf, components = _array(files, "idf.npy"), _array(files, "components.npy")
         enc = cls(
             LsaConfig(**meta["config"]),
             {str(k): int(v) for k, v in meta["vocabulary"].items()},
@@ -287,8 +287,8 @@ class OnnxEncoder:
 
         import onnxruntime as ort
 
-        meta = _verified_meta(directory, self.kind)
-        vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        meta, files = _verified_files(directory, self.kind)
+        vocab = _lines(files, "vocab.txt")
         self.vocab: list[str] = vocab
         # BERT-family models name their markers [CLS]/[SEP]/[PAD]; others (MPNet: <s>, </s>,
         # <pad>) record theirs in encoder.json
@@ -309,7 +309,7 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            _verified(files, "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self._fingerprint = "onnx-" + meta["sha256"]["model.onnx"][:16]
 
@@ -351,18 +351,39 @@ class OnnxEncoder:
         return {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}
 
 
-def _verified_meta(directory: Path, kind: str) -> dict[str, Any]:
-    """``encoder.json`` of a saved encoder, after checking its kind and every file's sha256."""
+def _verified_files(directory: Path, kind: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``encoder.json`` of a saved encoder and the bytes of every file it records, after
+    checking its kind and each file's sha256. Each file is read once: the caller loads the
+    bytes that were checked, so a file replaced after the check is never used."""
     meta_path = directory / "encoder.json"
     if not meta_path.is_file():
         raise EncoderError(f"no encoder.json in {directory}")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("kind") != kind:
         raise EncoderError(f"{directory} holds a {meta.get('kind')!r} encoder, not {kind!r}")
+    files: dict[str, bytes] = {}
     for name, expected in meta["sha256"].items():
-        if not (directory / name).is_file() or _sha256_file(directory / name) != expected:
-            raise EncoderError(f"{directory / name} does not match its recorded sha256")
-    return dict(meta)
+        path = directory / name
+        data = path.read_bytes() if path.is_file() else None
+        if data is None or hashlib.sha256(data).hexdigest() != expected:
+            raise EncoderError(f"{path} does not match its recorded sha256")
+        files[name] = data
+    return dict(meta), files
+
+
+def _verified(files: dict[str, bytes], name: str) -> bytes:
+    if name not in files:  # an unrecorded file is as unverified as a changed one
+        raise EncoderError(f"encoder.json records no sha256 for {name}")
+    return files[name]
+
+
+def _array(files: dict[str, bytes], name: str) -> np.ndarray:
+    """A verified ``.npy`` file's array (never pickled objects)."""
+    return np.load(io.BytesIO(_verified(files, name)), allow_pickle=False)
+
+
+def _lines(files: dict[str, bytes], name: str) -> list[str]:
+    return _verified(files, name).decode("utf-8").splitlines()
 
 
 class HashingEncoder:
@@ -552,9 +573,8 @@ class StaticEncoder:
     @classmethod
     def load(cls, directory: Path, *, source: str | None = None) -> StaticEncoder:
         """Load ``vectors.npy`` + ``vocab.txt``; refuses files whose sha256 differs."""
-        _verified_meta(directory, cls.kind)
-        vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
-        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        _, files = _verified_files(directory, cls.kind)
+        vocab, vectors = _lines(files, "vocab.txt"), _array(files, "vectors.npy")
         return cls(vocab, vectors, source=source or str(directory))
 
     @property

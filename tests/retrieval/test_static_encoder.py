@@ -185,6 +185,39 @@ def test_onnx_encoder_refuses_a_swapped_model(tmp_path: Path) -> None:
         OnnxEncoder(copy)
 
 
+def test_onnx_encoder_runs_the_model_it_checked(tmp_path: Path, monkeypatch) -> None:
+    """Its fingerprint is the recorded hash: a model.onnx replaced after the check (by someone
+    who can write the folder) must not be what runs under that fingerprint."""
+    from retrieval import embeddings
+
+    copy = tmp_path / "enc"
+    shutil.copytree(TINY_ONNX, copy)
+    reference = embeddings.OnnxEncoder(copy).encode(["pallet arrived crushed"])
+    checked = embeddings._verified_files
+
+    def swap_after_check(directory: Path, kind: str):
+        out = checked(directory, kind)
+        other = TINY_ONNX.parent / "tiny-mpnet-onnx" / "model.onnx"  # another model, same size
+        (copy / "model.onnx").write_bytes(other.read_bytes())
+        return out
+
+    monkeypatch.setattr(embeddings, "_verified_files", swap_after_check)
+    again = embeddings.OnnxEncoder(copy).encode(["pallet arrived crushed"])
+    assert np.array_equal(again, reference)
+
+
+def test_an_encoder_file_without_a_recorded_hash_is_refused(tmp_path: Path) -> None:
+    from retrieval.embeddings import OnnxEncoder
+
+    copy = tmp_path / "enc"
+    shutil.copytree(TINY_ONNX, copy)
+    meta = json.loads((copy / "encoder.json").read_text(encoding="utf-8"))
+    del meta["sha256"]["vocab.txt"]
+    (copy / "encoder.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(EncoderError, match=r"no sha256 for vocab\.txt"):
+        OnnxEncoder(copy)
+
+
 def test_unknown_encoder_name_lists_the_choices() -> None:
     with pytest.raises(EncoderError, match=r"unknown encoder 'nonsense'.*builtin:minilm-static-v2"):
         load_encoder(EncoderConfig(name="nonsense"))
