@@ -248,14 +248,21 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
     if not root.is_dir():
         raise PolicyLoadError(source, [f"{root}: not a directory"])
     problems: list[str] = []
-    manifest = _load_manifest(root / "manifest.toml", problems)
+    manifest_path = root / "manifest.toml"
+    try:
+        # read once: the digest is over the bytes the manifest was parsed from
+        manifest_bytes = manifest_path.read_bytes()
+    except OSError as exc:
+        raise PolicyLoadError(
+            source, [f"{manifest_path.name}: cannot read ({exc.strerror or exc})"]
+        ) from None
+    manifest = _load_manifest(manifest_path.name, manifest_bytes, problems)
     if manifest is None:
         raise PolicyLoadError(source, problems)
 
     policy_path = Path(policy_file) if policy_file is not None else root / manifest.policy_file
-    texts: dict[str, bytes] = {}
+    texts: dict[str, bytes] = {"manifest": manifest_bytes}
     for label, p in (
-        ("manifest", root / "manifest.toml"),
         ("policy", policy_path),
         ("schema", root / manifest.schema_file),
         ("actions", root / manifest.actions_file),
@@ -357,16 +364,12 @@ def load_policy_set(path: str | Path, *, policy_file: str | Path | None = None) 
 # --------------------------------------------------------------------------------------------
 
 
-def _load_manifest(path: Path, problems: list[str]) -> Manifest | None:
+def _load_manifest(n: str, raw: bytes, problems: list[str]) -> Manifest | None:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        problems.append(f"{path.name}: cannot read ({exc.strerror or exc})")
-        return None
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path.name}: invalid TOML: {exc}")
+        problems.append(f"{n}: invalid TOML: {exc}")
         return None
-    n = path.name
     known = {
         "id", "version", "description", "base_currency", "day_timezone", "fx_max_age_days",
         "default_sla", "roles", "policy_file", "schema_file", "actions_file", "tests_file",
