@@ -17,6 +17,7 @@ import typer
 from pydantic import BaseModel
 
 from api.console.cli import users_app as console_users_app
+from cli import backup as backup_cli
 from cli import classifier as classifier_cli
 from cli import kb as kb_cli
 from cli import policy as policy_cli
@@ -47,6 +48,8 @@ app.add_typer(classifier_cli.models_app, name="models")
 app.add_typer(policy_cli.policy_app, name="policy")
 app.add_typer(kb_cli.app, name="kb")
 app.add_typer(console_users_app, name="users")
+app.command("backup")(backup_cli.backup)
+app.command("restore")(backup_cli.restore)
 
 
 def _settings() -> Settings:

@@ -1,0 +1,388 @@
+"""Back up a deployment's state into one archive, and restore it into a new data directory.
+
+What a deployment keeps, and what the archive holds:
+
+- the database: a SQLite file is copied with SQLite's online backup API, a consistent snapshot
+  taken while servers and workers keep writing. PostgreSQL is not copied (``pg_dump`` and the
+  operator's own backups are the tools for it); the manifest records its schema revision and
+  audit head, so a restored dump can be checked against the moment of the backup;
+- the model registry (``<data_dir>/models``), copied under the registry's lock, so no
+  activation or rollback lands half-way;
+- the embedded vector store (``<data_dir>/chroma``: knowledge base and similar-case index),
+  copied only while no server, worker or ``kb`` command holds it (Chroma's embedded mode keeps
+  part of its index in the owner's memory, so a copy taken beside a running owner can be torn).
+  A Chroma server (``TRIAGE_CHROMA_URL``) is backed up on its side.
+
+``manifest.json`` (the archive's last member) lists every file with its size and sha256, the
+schema revision, and the audit trail's head (sequence and hash). :func:`restore_backup` writes
+nothing until every file has been checked against it, refuses members it does not list (or
+paths that would leave the target), restores into a directory that does not exist yet (or is
+empty), and verifies the restored audit chain against the recorded head before the directory
+appears under its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from classifiers.registry import ModelRegistry
+from retrieval.errors import StoreError
+from retrieval.store import OWNER_FILE, ChromaConfig, claim_embedded
+from triage.common import now_ts
+from triage.errors import Conflict, ValidationFailed
+from triage.settings import Settings
+
+FORMAT = "triage-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PACKAGE = "exception-triage"
+DATABASE_FILE = "triage.db"
+# Lock and ownership files belong to the processes of the source machine, never to a copy.
+_SKIP_NAMES = {OWNER_FILE, ".lock"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BackupResult:
+    """What :func:`create_backup` wrote (``manifest`` is the archive's manifest.json)."""
+
+    path: Path
+    sha256: str
+    manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _sqlite_path(settings: Settings) -> Path | None:
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _snapshot_facts(con: sqlite3.Connection) -> dict[str, Any]:
+    revision = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    head = con.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    return {
+        "alembic_revision": revision[0] if revision else None,
+        "audit_head": {"seq": head[0], "hash": head[1]} if head else None,
+    }
+
+
+def _postgres_facts(settings: Settings) -> dict[str, Any]:
+    from triage.db import Database
+
+    db = Database(settings)
+    try:
+        with db.read() as s:
+            revision = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            head = s.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).one_or_none()
+    finally:
+        db.dispose()
+    return {
+        "alembic_revision": revision,
+        "audit_head": {"seq": head[0], "hash": head[1]} if head else None,
+    }
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name not in _SKIP_NAMES:
+            yield path
+
+
+def _copy_tree(src: Path, dst: Path) -> int:
+    count = 0
+    for path in _files_under(src):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        count += 1
+    return count
+
+
+def create_backup(
+    settings: Settings,
+    out: Path,
+    *,
+    include_vector_store: bool = True,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Write a backup archive (``.tar.gz``) of ``settings``' deployment to ``out``.
+
+    Raises :class:`~triage.errors.Conflict` when ``out`` exists, or when the embedded vector
+    store is held by a running process and ``include_vector_store`` is true (the message says
+    to stop it or to pass ``include_vector_store=False``). The archive appears under ``out``
+    only when complete."""
+    say = progress or (lambda _m: None)
+    if out.exists():
+        raise Conflict(f"{out} exists; choose another name (a backup never overwrites)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    database: dict[str, Any]
+    parts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
+        stage = Path(tmp) / "stage"
+        stage.mkdir()
+        sqlite_file = _sqlite_path(settings)
+        if sqlite_file is not None:
+            if not sqlite_file.is_file():
+                raise ValidationFailed(
+                    f"no database at {sqlite_file}: nothing to back up (run `triage db upgrade` "
+                    "or start the product first)",
+                    fields={"database": "missing"},
+                )
+            say(f"database: SQLite snapshot of {sqlite_file}")
+            source = sqlite3.connect(sqlite_file, timeout=30)
+            copy = sqlite3.connect(stage / DATABASE_FILE)
+            try:
+                source.backup(copy)  # consistent while others write (SQLite's online backup)
+                facts = _snapshot_facts(copy)
+            finally:
+                copy.close()
+                source.close()
+            database = {"engine": "sqlite", "included": True, **facts}
+        else:
+            say("database: PostgreSQL, not copied (back it up with pg_dump)")
+            database = {"engine": "postgresql", "included": False, **_postgres_facts(settings)}
+            notes.append(
+                "the PostgreSQL database is not in the archive: back it up with pg_dump; the "
+                f"manifest records its audit head (seq {(database['audit_head'] or {}).get('seq')})"
+            )
+
+        registry = settings.model_registry_dir
+        if registry.is_dir():
+            reg = ModelRegistry(registry)
+            with reg.exclusive():  # no activation or rollback lands half-way through the copy
+                copied = _copy_tree(registry, stage / "models")
+            parts["model_registry"] = {"included": True, "active_version": reg.active_version()}
+            say(f"model registry: {copied} files")
+        else:
+            parts["model_registry"] = {"included": False, "reason": "no registry yet"}
+
+        chroma = ChromaConfig(
+            path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
+        )
+        if chroma.url:
+            parts["vector_store"] = {"included": False, "reason": "a Chroma server"}
+            notes.append(f"the vector store is the Chroma server at {chroma.url}: back it up there")
+        elif not include_vector_store:
+            parts["vector_store"] = {"included": False, "reason": "left out on request"}
+            notes.append(
+                "the vector store was left out: re-ingest the knowledge base after a restore"
+            )
+        elif chroma.path.is_dir():
+            try:
+                claim_embedded(chroma, "`triage backup`")
+            except StoreError as exc:
+                raise Conflict(
+                    f"{exc}; or leave the vector store out of the backup "
+                    "(--no-vector-store) and re-ingest the knowledge base after a restore",
+                    field="vector_store",
+                ) from None
+            copied = _copy_tree(chroma.path, stage / "chroma")
+            parts["vector_store"] = {"included": True}
+            say(f"vector store: {copied} files")
+        else:
+            parts["vector_store"] = {"included": False, "reason": "no embedded store yet"}
+
+        files: dict[str, dict[str, Any]] = {}
+        for path in _files_under(stage):
+            name = path.relative_to(stage).as_posix()
+            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_at": now_ts(),
+            "product_version": _product_version(),
+            "database": database,
+            **parts,
+            "files": files,
+        }
+        partial = Path(tmp) / "archive.tar.gz"
+        say(f"writing {len(files)} files")
+        with tarfile.open(partial, "w:gz") as tar:
+            for name in files:
+                tar.add(stage / name, arcname=name, recursive=False)
+            body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+            info = tarfile.TarInfo(MANIFEST)
+            info.size = len(body)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(body))
+        digest = _sha256(partial)
+        os.replace(partial, out)
+    return BackupResult(out, digest, manifest, notes)
+
+
+def _product_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BackupRefused(ValidationFailed):
+    """An archive that is not a complete, unmodified backup of this format."""
+
+
+def _safe_name(name: str) -> bool:
+    path = PurePosixPath(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
+
+
+def read_manifest(archive: Path) -> dict[str, Any]:
+    """The archive's manifest, checked for format and version (:class:`BackupRefused`)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            member = tar.getmember(MANIFEST)
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise BackupRefused(f"{archive}: {MANIFEST} is not a file")
+            manifest = json.loads(handle.read())
+    except KeyError:
+        raise BackupRefused(f"{archive} has no {MANIFEST}: not a triage backup") from None
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BackupRefused(f"{archive} cannot be read as a backup archive ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupRefused(f"{archive}: not a triage backup (no {FORMAT!r} manifest)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BackupRefused(
+            f"{archive}: backup format version {manifest.get('format_version')!r}; this "
+            f"version of the product reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass
+class RestoreResult:
+    target: Path
+    manifest: dict[str, Any]
+    files: int
+    audit_events: int | None
+
+
+def restore_backup(
+    archive: Path, target: Path, *, progress: Progress | None = None
+) -> RestoreResult:
+    """Restore ``archive`` into ``target``, a data directory that does not exist yet or is
+    empty. Every member is checked (listed in the manifest, a regular file, a path inside the
+    target, size and sha256 as recorded) and a restored SQLite audit chain must verify and end
+    at the recorded head, all in a scratch directory beside ``target``; only then does it take
+    ``target``'s name. Raises :class:`BackupRefused` (nothing written) or
+    :class:`~triage.errors.Conflict` for a non-empty ``target``."""
+    say = progress or (lambda _m: None)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise Conflict(
+            f"{target} exists and is not empty: restore into a new data directory",
+            field="target",
+        )
+    manifest = read_manifest(archive)
+    files: dict[str, dict[str, Any]] = manifest.get("files") or {}
+    for name in files:
+        if not _safe_name(name) or name == MANIFEST:
+            raise BackupRefused(f"{archive}: the manifest names an unsafe path {name!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restore-"))
+    try:
+        seen: set[str] = set()
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if member.name == MANIFEST:
+                    continue
+                expected = files.get(member.name)
+                if expected is None or not member.isfile():
+                    raise BackupRefused(
+                        f"{archive}: member {member.name!r} is not a file the manifest lists"
+                    )
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file
+                dest = scratch / member.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                size = 0
+                with dest.open("wb") as out:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+                        size += len(block)
+                        out.write(block)
+                if size != expected.get("bytes") or digest.hexdigest() != expected.get("sha256"):
+                    raise BackupRefused(
+                        f"{archive}: {member.name} does not match its recorded sha256: the "
+                        "archive was modified or damaged"
+                    )
+                seen.add(member.name)
+        missing = sorted(set(files) - seen)
+        if missing:
+            raise BackupRefused(
+                f"{archive}: {len(missing)} listed file(s) missing, e.g. {missing[0]}"
+            )
+        say(f"checked {len(seen)} files")
+        events = None
+        if (manifest.get("database") or {}).get("included"):
+            events = _verify_restored_chain(scratch / DATABASE_FILE, manifest, archive)
+            say(f"audit chain intact: {events} events, head as recorded")
+        (scratch / "restored-from.json").write_text(
+            json.dumps(
+                {"archive": str(archive), "restored_at": now_ts(), "manifest": manifest},
+                indent=2,
+                sort_keys=True,
+            ),
+            encoding="utf-8",
+        )
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return RestoreResult(target, manifest, len(files), events)
+
+
+def _verify_restored_chain(db_file: Path, manifest: dict[str, Any], archive: Path) -> int:
+    from triage import audit
+    from triage.db import Database
+
+    settings = Settings(data_dir=db_file.parent, database_url=f"sqlite:///{db_file}")
+    db = Database(settings)
+    try:
+        with db.read() as s:
+            result = audit.verify(s)
+    finally:
+        db.dispose()
+    head = (manifest.get("database") or {}).get("audit_head") or {}
+    if not result.intact:
+        raise BackupRefused(
+            f"{archive}: the restored audit chain is broken at sequence "
+            f"{result.first_bad_seq} ({result.problem})"
+        )
+    if (result.head_seq, result.head_hash) != (head.get("seq"), head.get("hash")):
+        raise BackupRefused(
+            f"{archive}: the restored audit chain ends at {result.head_seq} "
+            f"{result.head_hash[:16]}…, the manifest recorded {head.get('seq')} "
+            f"{str(head.get('hash'))[:16]}…"
+        )
+    return result.events
