@@ -185,6 +185,9 @@ def test_restore_refuses_anything_but_a_complete_unmodified_archive(settings, db
     def flip(name, data):
         return [(name, data[:-1] + bytes([data[-1] ^ 1]) if name == victim else data)]
 
+    def grow(name, data):
+        return [(name, data + b"\0" * 4096 if name == victim else data)]
+
     def extra(name, data):
         return [(name, data)] + ([("../escape.txt", b"x")] if name == MANIFEST else [])
 
@@ -200,6 +203,7 @@ def test_restore_refuses_anything_but_a_complete_unmodified_archive(settings, db
 
     cases = {
         "flip": (flip, "does not match its recorded sha256"),
+        "grow": (grow, "bytes, the manifest recorded"),
         "extra": (extra, "not a file the manifest lists"),
         "traversal": (traversal, "unsafe path"),
         "drop": (drop, "missing"),

@@ -318,6 +318,11 @@ def restore_backup(
                     raise BackupRefused(
                         f"{archive}: member {member.name!r} is not a file the manifest lists"
                     )
+                if member.size != expected.get("bytes"):  # before writing a byte of it
+                    raise BackupRefused(
+                        f"{archive}: {member.name} is {member.size} bytes, the manifest "
+                        f"recorded {expected.get('bytes')}: the archive was modified or damaged"
+                    )
                 handle = tar.extractfile(member)
                 assert handle is not None  # a regular file
                 dest = scratch / member.name
