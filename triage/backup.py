@@ -150,7 +150,11 @@ def create_backup(
             source = sqlite3.connect(sqlite_file, timeout=30)
             copy = sqlite3.connect(stage / DATABASE_FILE)
             try:
-                source.backup(copy)  # consistent while others write (SQLite's online backup)
+                # One step (pages=-1): a read transaction over the whole copy, so the snapshot is
+                # consistent while others write (WAL). A stepped backup with progress would
+                # restart whenever another connection writes between steps, never ending under
+                # steady intake.
+                source.backup(copy)
                 facts = _snapshot_facts(copy)
             finally:
                 copy.close()
