@@ -108,7 +108,10 @@ def restore(
                 "audit_head_seq": head.get("seq"),
             },
         )
-    typer.echo(f"restored {result.files} files into {into}")
+    typer.echo(
+        f"restored {result.files} files into {into}; audit head at backup time "
+        f"{head.get('seq')} {head.get('hash')}"
+    )
     if not manifest["database"]["included"]:
         typer.echo(
             "the database was PostgreSQL and is not in the archive: restore it from its own "
