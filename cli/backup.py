@@ -122,6 +122,8 @@ def restore(
             f"the vector store was not in the archive ({manifest['vector_store'].get('reason')}):"
             " re-ingest the knowledge base (`triage kb ingest`)"
         )
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"serve it with: TRIAGE_DATA_DIR={into} triage serve")
 
 

@@ -260,3 +260,23 @@ def test_a_chain_that_does_not_end_at_the_recorded_head_is_refused(settings, db,
     assert not (tmp_path / "into").exists()
     with Database(settings).read() as s:
         assert s.scalar(select(func.count()).select_from(AuditEvent)) == 3
+
+
+def test_a_backup_from_a_newer_schema_restores_with_a_note(settings, db, tmp_path):
+    if not settings.is_sqlite:
+        pytest.skip("the archive holds the database only on SQLite")
+    good = create_backup(settings, tmp_path / "good.tar.gz", include_vector_store=False)
+    assert good.manifest["database"]["alembic_revision"] is not None
+    assert restore_backup(good.path, tmp_path / "same").notes == []
+
+    def newer(name, data):
+        if name != MANIFEST:
+            return [(name, data)]
+        m = json.loads(data)
+        m["database"]["alembic_revision"] = "0999"
+        m["product_version"] = "9.0.0"
+        return [(name, json.dumps(m).encode())]
+
+    _rewrite(good.path, tmp_path / "newer.tar.gz", newer)
+    done = restore_backup(tmp_path / "newer.tar.gz", tmp_path / "restored")
+    assert done.notes and "0999" in done.notes[0] and "9.0.0" in done.notes[0]

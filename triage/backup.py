@@ -44,6 +44,7 @@ from retrieval.errors import StoreError
 from retrieval.store import OWNER_FILE, ChromaConfig, claim_embedded
 from triage.common import now_ts
 from triage.errors import Conflict, ValidationFailed
+from triage.migrate import known_revision
 from triage.settings import Settings
 
 FORMAT = "triage-backup"
@@ -287,6 +288,7 @@ class RestoreResult:
     manifest: dict[str, Any]
     files: int
     audit_events: int | None
+    notes: list[str] = field(default_factory=list)
 
 
 def restore_backup(
@@ -368,7 +370,15 @@ def restore_backup(
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return RestoreResult(target, manifest, len(files), events)
+    notes = []
+    revision = (manifest.get("database") or {}).get("alembic_revision")
+    if revision and not known_revision(revision):
+        notes.append(
+            f"the backup's schema revision {revision} is newer than this version of the product "
+            f"knows (it was made by {manifest.get('product_version') or 'another version'}): "
+            "serve the restored directory with that version or later"
+        )
+    return RestoreResult(target, manifest, len(files), events, notes)
 
 
 def _verify_restored_chain(db_file: Path, manifest: dict[str, Any], archive: Path) -> int:

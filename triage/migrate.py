@@ -143,3 +143,16 @@ def current(settings: Settings) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this version of the product's migrations knows ``revision`` (a schema it can
+    run on, or upgrade from)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
