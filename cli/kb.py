@@ -336,6 +336,55 @@ def reindex(
     )
 
 
+@app.command("rebuild-cases")
+def rebuild_cases() -> None:
+    """Put every resolved case of the deployment's database back into the similar-case index
+    (after the vector store was lost, or restored from a backup without it), with progress.
+    Uses the deployment's store and encoder (TRIAGE_DATA_DIR, TRIAGE_CHROMA_PATH|URL,
+    TRIAGE_ENCODER); an embedded store must be free (stop the server). Audited
+    similar_cases.rebuild_started, then similar_cases.rebuilt."""
+    from cli.actors import cli_admin, on_deployment_trail
+    from triage import audit
+    from triage.db import Database
+    from triage.errors import TriageError
+    from triage.settings import get_settings
+    from triage.stages import RetrievalStage, claim_vector_store, rebuild_case_index
+
+    settings = get_settings()
+    if not settings.retrieval_enabled:
+        raise _fail("retrieval is disabled (TRIAGE_RETRIEVAL_ENABLED=false): there is no index")
+    try:
+        claim_vector_store(settings, "`triage kb rebuild-cases`")
+    except RetrievalError as exc:
+        raise _fail(str(exc)) from exc
+    stage = RetrievalStage(settings)
+    db = Database(settings)
+
+    def progress(done: int, total: int) -> None:
+        typer.echo(f"\rindexed {done}/{total} resolved cases", err=True, nl=done >= total)
+
+    def step() -> dict[str, Any]:
+        return {"cases": rebuild_case_index(db, stage, progress=progress)}
+
+    intent = audit.Intent(
+        started="similar_cases.rebuild_started",
+        done="similar_cases.rebuilt",
+        failed="similar_cases.rebuild_failed",
+        payload={"encoder": settings.encoder},
+    )
+    try:
+        done = on_deployment_trail(
+            lambda trail: audit.with_intent(trail, cli_admin(), intent, step),
+            target="the similar-case index is the deployment's",
+            nothing="nothing was indexed",
+        )
+    except (RetrievalError, TriageError) as exc:
+        raise _fail(str(getattr(exc, "message", exc))) from exc
+    finally:
+        db.dispose()
+    typer.echo(f"{done['cases']} resolved cases in the similar-case index")
+
+
 def _corpus(paths: list[Path], text_columns: list[str]) -> list[str]:
     """Texts of the given files: one per line of a ``.txt`` file, one per chunk of a document
     (``.md``, ``.pdf``, knowledge folders), one per row of a CSV or JSONL export (its

@@ -280,3 +280,64 @@ def test_a_backup_from_a_newer_schema_restores_with_a_note(settings, db, tmp_pat
     _rewrite(good.path, tmp_path / "newer.tar.gz", newer)
     done = restore_backup(tmp_path / "newer.tar.gz", tmp_path / "restored")
     assert done.notes and "0999" in done.notes[0] and "9.0.0" in done.notes[0]
+
+
+def test_a_backup_without_the_vector_store_gets_its_case_index_rebuilt(
+    settings, db, monkeypatch, tmp_path
+):
+    """Resolved cases are in the database; the similar-case index is only in the store. A
+    restore without the store marks them for re-indexing, and `triage kb rebuild-cases`
+    puts them back (audited) with the deployment's encoder."""
+    if not settings.is_sqlite:
+        pytest.skip("the archive holds the database only on SQLite")
+    from contracts.case import CaseIn
+    from tests.support import sample_case
+    from triage import cases
+    from triage.lifecycle import Status
+    from triage.stages import RetrievalStage, default_pipeline
+    from triage.worker import Worker
+
+    orch = audit.Actor(audit.ActorType.integration, "orch", "orchestrator")
+    agent = audit.Actor(audit.ActorType.human, "agent-1", "agent")
+    pipe = default_pipeline(settings)
+    ids = []
+    for n in range(3):
+        with db.write() as s:
+            case = CaseIn.model_validate(sample_case(n))
+            ids.append(cases.submit(s, case, actor=orch, settings=settings).case.id)
+    worker = Worker(db, settings, pipe)
+    assert worker.run_once() == 3
+    for case_id in ids:
+        with db.write() as s:
+            cases.human_transition(s, case_id, Status.resolved, actor=agent, resolution="done")
+    assert worker.index_resolved() == 3
+
+    archive = create_backup(settings, tmp_path / "b.tar.gz", include_vector_store=False).path
+    target = tmp_path / "restored"
+    done = restore_backup(archive, target)
+    assert any("3 resolved cases will re-enter" in note for note in done.notes), done.notes
+
+    restored = Settings(
+        environment="test",
+        data_dir=target,
+        database_url=f"sqlite:///{target / 'triage.db'}",
+        worker_enabled=False,
+    )
+    triage = cli_runner(monkeypatch, restored)
+    rebuilt = triage("kb", "rebuild-cases")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "3 resolved cases in the similar-case index" in rebuilt.output
+    assert RetrievalStage(restored).service.cases.count() == 3
+    again = triage("kb", "rebuild-cases")  # idempotent: the same three, not six
+    assert again.exit_code == 0 and RetrievalStage(restored).service.cases.count() == 3
+    restored_db = Database(restored)
+    try:
+        with restored_db.read() as s:
+            actions = s.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.action.like("similar_cases.%"))
+                .order_by(AuditEvent.seq)
+            ).all()
+    finally:
+        restored_db.dispose()
+    assert actions == ["similar_cases.rebuild_started", "similar_cases.rebuilt"] * 2

@@ -353,9 +353,12 @@ def restore_backup(
             )
         say(f"checked {len(seen)} files")
         events = None
+        to_index = 0
         if (manifest.get("database") or {}).get("included"):
             events = _verify_restored_chain(scratch / DATABASE_FILE, manifest, archive)
             say(f"audit chain intact: {events} events, head as recorded")
+            if not (manifest.get("vector_store") or {}).get("included"):
+                to_index = _unmark_indexed(scratch / DATABASE_FILE)
         (scratch / "restored-from.json").write_text(
             json.dumps(
                 {"archive": str(archive), "restored_at": now_ts(), "manifest": manifest},
@@ -371,6 +374,12 @@ def restore_backup(
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     notes = []
+    if to_index:
+        notes.append(
+            f"the vector store was not in the backup: {to_index} resolved cases will re-enter "
+            "the similar-case index (the worker adds 200 per housekeeping pass; `triage kb "
+            "rebuild-cases` does it at once, before serving)"
+        )
     revision = (manifest.get("database") or {}).get("alembic_revision")
     if revision and not known_revision(revision):
         notes.append(
@@ -379,6 +388,21 @@ def restore_backup(
             "serve the restored directory with that version or later"
         )
     return RestoreResult(target, manifest, len(files), events, notes)
+
+
+def _unmark_indexed(db_file: Path) -> int:
+    """Mark a restored database's resolved cases as not in the similar-case index (which the
+    archive did not hold), so the worker or ``triage kb rebuild-cases`` puts them back."""
+    con = sqlite3.connect(db_file)
+    try:
+        with con:
+            cursor = con.execute(
+                "UPDATE cases SET indexed_at = NULL WHERE status = 'resolved' "
+                "AND indexed_at IS NOT NULL"
+            )
+        return cursor.rowcount
+    finally:
+        con.close()
 
 
 def _verify_restored_chain(db_file: Path, manifest: dict[str, Any], archive: Path) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -350,6 +350,41 @@ def default_pipeline(settings: Settings) -> Pipeline:
     return Pipeline(
         classifier=ClassifierProvider(settings), retriever=stage, advisor=advisor, policy=gate
     )
+
+
+def rebuild_case_index(
+    db: Any,
+    stage: RetrievalStage,
+    *,
+    batch: int = 500,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Put every resolved case back into the similar-case index, for a store that was lost or
+    left out of a restored backup: marks them not indexed, then indexes them in batches as the
+    worker does (``progress(done, total)`` after each). Idempotent (an upsert by case id);
+    returns how many were indexed."""
+    from sqlalchemy import func, select, update
+
+    from triage.lifecycle import Status
+    from triage.models import Case
+
+    with db.write() as s:
+        s.execute(update(Case).where(Case.status == Status.resolved.value).values(indexed_at=None))
+    with db.read() as s:
+        total = int(
+            s.scalar(
+                select(func.count())
+                .select_from(Case)
+                .where(Case.status == Status.resolved.value, Case.indexed_at.is_(None))
+            )
+            or 0
+        )
+    done = 0
+    while indexed := index_resolved_cases(db, stage, limit=batch):
+        done += indexed
+        if progress is not None:
+            progress(done, max(done, total))
+    return done
 
 
 def index_resolved_cases(db: Any, stage: RetrievalStage, limit: int = 200) -> int:
