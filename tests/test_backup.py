@@ -198,6 +198,16 @@ def test_restore_refuses_anything_but_a_complete_unmodified_archive(settings, db
         m["files"]["../outside"] = {"bytes": 1, "sha256": "0" * 64}
         return [(name, json.dumps(m).encode())]
 
+    def twice(name, data):
+        return [(name, data), (name, data)] if name == victim else [(name, data)]
+
+    def malformed(name, data):
+        if name != MANIFEST:
+            return [(name, data)]
+        m = json.loads(data)
+        m["files"] = list(m["files"])
+        return [(name, json.dumps(m).encode())]
+
     def drop(name, data):
         return [] if name == victim else [(name, data)]
 
@@ -207,6 +217,8 @@ def test_restore_refuses_anything_but_a_complete_unmodified_archive(settings, db
         "extra": (extra, "not a file the manifest lists"),
         "traversal": (traversal, "unsafe path"),
         "drop": (drop, "missing"),
+        "twice": (twice, "appears twice"),
+        "malformed": (malformed, "file list is malformed"),
     }
     for label, (change, message) in cases.items():
         bad = tmp_path / f"{label}.tar.gz"

@@ -23,6 +23,7 @@ appears under its name.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -279,6 +281,15 @@ def read_manifest(archive: Path) -> dict[str, Any]:
             f"{archive}: backup format version {manifest.get('format_version')!r}; this "
             f"version of the product reads version {FORMAT_VERSION}"
         )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in files.values()
+    ):
+        raise BackupRefused(f"{archive}: the manifest's file list is malformed")
+    for part in ("database", "model_registry", "vector_store"):
+        if not isinstance(manifest.get(part), dict):
+            raise BackupRefused(f"{archive}: the manifest has no {part!r} section")
     return manifest
 
 
@@ -315,37 +326,10 @@ def restore_backup(
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restore-"))
     try:
         seen: set[str] = set()
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                if member.name == MANIFEST:
-                    continue
-                expected = files.get(member.name)
-                if expected is None or not member.isfile():
-                    raise BackupRefused(
-                        f"{archive}: member {member.name!r} is not a file the manifest lists"
-                    )
-                if member.size != expected.get("bytes"):  # before writing a byte of it
-                    raise BackupRefused(
-                        f"{archive}: {member.name} is {member.size} bytes, the manifest "
-                        f"recorded {expected.get('bytes')}: the archive was modified or damaged"
-                    )
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file
-                dest = scratch / member.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256()
-                size = 0
-                with dest.open("wb") as out:
-                    while block := handle.read(1 << 20):
-                        digest.update(block)
-                        size += len(block)
-                        out.write(block)
-                if size != expected.get("bytes") or digest.hexdigest() != expected.get("sha256"):
-                    raise BackupRefused(
-                        f"{archive}: {member.name} does not match its recorded sha256: the "
-                        "archive was modified or damaged"
-                    )
-                seen.add(member.name)
+        try:
+            _extract_checked(archive, files, scratch, seen)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise BackupRefused(f"{archive} is damaged ({exc})") from None
         missing = sorted(set(files) - seen)
         if missing:
             raise BackupRefused(
@@ -388,6 +372,46 @@ def restore_backup(
             "serve the restored directory with that version or later"
         )
     return RestoreResult(target, manifest, len(files), events, notes)
+
+
+def _extract_checked(
+    archive: Path, files: dict[str, dict[str, Any]], scratch: Path, seen: set[str]
+) -> None:
+    """Write the archive's members into ``scratch``, each checked against ``files`` (listed,
+    a regular file, once, its size before and its sha256 after writing); ``seen`` collects
+    the names written. Raises :class:`BackupRefused`; tar and gzip errors propagate."""
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            if member.name == MANIFEST:
+                continue
+            expected = files.get(member.name)
+            if expected is None or not member.isfile() or member.name in seen:
+                raise BackupRefused(
+                    f"{archive}: member {member.name!r} is not a file the manifest lists"
+                    " (or appears twice)"
+                )
+            if member.size != expected.get("bytes"):  # before writing a byte of it
+                raise BackupRefused(
+                    f"{archive}: {member.name} is {member.size} bytes, the manifest "
+                    f"recorded {expected.get('bytes')}: the archive was modified or damaged"
+                )
+            handle = tar.extractfile(member)
+            assert handle is not None  # a regular file
+            dest = scratch / member.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            size = 0
+            with dest.open("wb") as out:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+            if size != expected.get("bytes") or digest.hexdigest() != expected.get("sha256"):
+                raise BackupRefused(
+                    f"{archive}: {member.name} does not match its recorded sha256: the "
+                    "archive was modified or damaged"
+                )
+            seen.add(member.name)
 
 
 def _unmark_indexed(db_file: Path) -> int:
