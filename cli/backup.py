@@ -47,6 +47,8 @@ def backup(
         result = create_backup(settings, out, include_vector_store=vector_store, progress=_say)
     except TriageError as exc:
         raise _fail(exc.message) from exc
+    except OSError as exc:  # a full disk, a folder we may not write: nothing was written
+        raise _fail(f"cannot write the backup: {exc}") from exc
     manifest = result.manifest
     head = manifest["database"].get("audit_head") or {}
     payload: dict[str, Any] = {
@@ -95,6 +97,8 @@ def restore(
         result = restore_backup(archive, into, progress=_say)
     except TriageError as exc:
         raise _fail(exc.message) from exc
+    except OSError as exc:  # the scratch directory is removed: nothing was restored
+        raise _fail(f"cannot restore into {into}: {exc}") from exc
     manifest = result.manifest
     head = manifest["database"].get("audit_head") or {}
     if manifest["database"]["included"]:
