@@ -31,6 +31,16 @@ def backup(
             "leave it out and re-ingest the knowledge base after a restore.",
         ),
     ] = True,
+    compress_level: Annotated[
+        int,
+        typer.Option(
+            "--compress-level",
+            min=1,
+            max=9,
+            help="gzip level: 1 is about twice as fast as 6 for a ~12% larger archive "
+            "(docs/benchmarks.md).",
+        ),
+    ] = 6,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Back up the deployment (TRIAGE_DATA_DIR, TRIAGE_DATABASE_URL): a consistent snapshot of
@@ -44,7 +54,13 @@ def backup(
 
     settings = get_settings()
     try:
-        result = create_backup(settings, out, include_vector_store=vector_store, progress=_say)
+        result = create_backup(
+            settings,
+            out,
+            include_vector_store=vector_store,
+            compresslevel=compress_level,
+            progress=_say,
+        )
     except TriageError as exc:
         raise _fail(exc.message) from exc
     except OSError as exc:  # a full disk, a folder we may not write: nothing was written

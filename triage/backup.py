@@ -53,6 +53,8 @@ FORMAT = "triage-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PACKAGE = "exception-triage"
+# gzip's own default; tarfile's is 9 (bench/backup_bench.py compares them)
+COMPRESSLEVEL = 6
 DATABASE_FILE = "triage.db"
 # Lock and ownership files belong to the processes of the source machine, never to a copy.
 _SKIP_NAMES = {OWNER_FILE, ".lock"}
@@ -123,6 +125,7 @@ def create_backup(
     out: Path,
     *,
     include_vector_store: bool = True,
+    compresslevel: int = COMPRESSLEVEL,
     progress: Progress | None = None,
 ) -> BackupResult:
     """Write a backup archive (``.tar.gz``) of ``settings``' deployment to ``out``.
@@ -222,7 +225,7 @@ def create_backup(
         }
         partial = Path(tmp) / "archive.tar.gz"
         say(f"writing {len(files)} files")
-        with tarfile.open(partial, "w:gz") as tar:
+        with tarfile.open(partial, "w:gz", compresslevel=compresslevel) as tar:
             for name in files:
                 tar.add(stage / name, arcname=name, recursive=False)
             body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
