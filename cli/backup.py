@@ -135,7 +135,7 @@ def restore(
     if not manifest["database"]["included"]:
         typer.echo(
             "the database was PostgreSQL and is not in the archive: restore it from its own "
-            f"backup; the audit head at backup time was {head.get('seq')} {head.get('hash')}"
+            "backup and check that `triage audit verify` reaches the head above"
         )
     if not manifest["vector_store"]["included"]:
         typer.echo(

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,31 @@ def _append(db: Database, n: int) -> None:
     for i in range(n):
         with db.write() as s:
             audit.append(s, ACTOR, "test.event", {"i": i})
+
+
+@contextmanager
+def _held_store(path: Path) -> Iterator[None]:
+    """Another process (standing for a running server) holds the embedded store at ``path``."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from retrieval.store import ChromaConfig, claim_embedded; "
+            "claim_embedded(ChromaConfig(path=Path(sys.argv[1])), '`triage serve` (test)'); "
+            "print('ready', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _deployment(db, settings, trained_models, monkeypatch):
@@ -131,22 +158,7 @@ def test_backup_refusals(db, settings, trained_models, monkeypatch, tmp_path):
     assert not list(tmp_path.glob(".backup-*"))  # no scratch left behind
 
     # another process holds the embedded vector store
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; "
-            "from retrieval.store import ChromaConfig, claim_embedded; "
-            "claim_embedded(ChromaConfig(path=Path(sys.argv[1])), '`triage serve` (test)'); "
-            "print('ready', flush=True); time.sleep(60)",
-            str(settings.data_dir / "chroma-held"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[1],
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    with _held_store(settings.data_dir / "chroma-held"):
         monkeypatch.setenv("TRIAGE_CHROMA_PATH", str(settings.data_dir / "chroma-held"))
         held = triage("backup", str(tmp_path / "b2.tar.gz"))
         assert held.exit_code == 2, held.output
@@ -158,9 +170,6 @@ def test_backup_refusals(db, settings, trained_models, monkeypatch, tmp_path):
             "included": False,
             "reason": "left out on request",
         }
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _rewrite(src: Path, dst: Path, change) -> None:
@@ -353,3 +362,21 @@ def test_a_backup_without_the_vector_store_gets_its_case_index_rebuilt(
     finally:
         restored_db.dispose()
     assert actions == ["similar_cases.rebuild_started", "similar_cases.rebuilt"] * 2
+
+
+def test_rebuild_cases_refusals(settings, db, monkeypatch):
+    """No index to rebuild with retrieval off; an embedded store held by a server is named."""
+    triage = cli_runner(monkeypatch, settings)
+    monkeypatch.setenv("TRIAGE_RETRIEVAL_ENABLED", "false")
+    off = triage("kb", "rebuild-cases")
+    assert off.exit_code == 2 and "retrieval is disabled" in off.output
+    monkeypatch.delenv("TRIAGE_RETRIEVAL_ENABLED")
+    held_path = settings.data_dir / "chroma-held"
+    with _held_store(held_path):
+        monkeypatch.setenv("TRIAGE_CHROMA_PATH", str(held_path))
+        held = triage("kb", "rebuild-cases")
+        assert held.exit_code == 2 and "`triage serve` (test)" in held.output, held.output
+    with db.read() as s:  # refused before the trail: nothing started
+        assert not s.scalars(
+            select(AuditEvent.action).where(AuditEvent.action.like("similar_cases.%"))
+        ).all()
