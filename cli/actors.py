@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from triage.audit import Actor
-    from triage.db import Database
+    from triage.audit import Actor, Intent
 
 ADMIN_CLI = "cli-admin"
 
@@ -23,23 +22,31 @@ def cli_admin() -> Actor:
 
 
 def on_deployment_trail(
-    record: Callable[[Database], dict[str, Any]], *, target: str, nothing: str
+    change: str | Intent,
+    step: Callable[[], dict[str, Any]],
+    *,
+    target: str,
+    nothing: str,
 ) -> dict[str, Any]:
-    """Run ``record`` (an ``audit.with_event`` or ``audit.with_intent`` call, which reaches the
-    database before its change) against the deployment's database and return its payload.
+    """Run ``step`` on the deployment's audit trail as the CLI admin and return its payload:
+    ``audit.with_event`` when ``change`` is an action, ``audit.with_intent`` when it is an
+    :class:`~triage.audit.Intent` (a long change). Both reach the database before the step.
 
     Exit 2 with one line when the database cannot be written (``target`` names what is audited,
     ``nothing`` says what was therefore left undone), or when the change ran but its outcome
     event could not be written (``triage.errors.Unavailable``, which says so)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from triage import audit
     from triage.db import Database
     from triage.errors import Unavailable
     from triage.settings import get_settings
 
     db = Database(get_settings())
     try:
-        return record(db)
+        if isinstance(change, str):
+            return audit.with_event(db, cli_admin(), change, step)
+        return audit.with_intent(db, cli_admin(), change, step)
     except SQLAlchemyError as exc:
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         hint = ""

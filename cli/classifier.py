@@ -293,12 +293,12 @@ def _audited(
     root = reg.root
     if root.resolve() != get_settings().model_registry_dir.resolve():
         return change()
-    from cli.actors import cli_admin, on_deployment_trail
-    from triage import audit
+    from cli.actors import on_deployment_trail
 
     kept = f" ({registered} stays registered, inactive)" if registered else ""
     return on_deployment_trail(
-        lambda db: audit.with_event(db, cli_admin(), action, change),
+        action,
+        change,
         target=f"{root} is the deployment's model registry",
         nothing=f"nothing was activated{kept}",
     )

@@ -20,7 +20,7 @@ from retrieval.errors import RetrievalError
 if TYPE_CHECKING:
     from retrieval.knowledge import KnowledgeBase
     from retrieval.store import ChromaConfig
-    from triage.db import Database
+    from triage.audit import Intent
 
 app = typer.Typer(
     help="Knowledge base: ingest documents, search what would be retrieved, show statistics.",
@@ -85,21 +85,18 @@ def _kb(config: ChromaConfig, encoder: str, *, writer: str | None = None) -> Kno
 
 
 def _on_trail(
-    audited: bool,
-    record: Callable[[Database], dict[str, Any]],
-    step: Callable[[], dict[str, Any]],
-    nothing: str,
+    audited: bool, change: str | Intent, step: Callable[[], dict[str, Any]], nothing: str
 ) -> dict[str, Any]:
-    """Run ``step``, through ``record`` (its audit events, as the CLI admin) when ``audited``:
-    the deployment's store, whose changes the API audits too. Another folder (an experiment)
-    has no audit trail. Exit 2 when the trail cannot be written (``nothing`` says what was
-    left undone)."""
+    """Run ``step``, on the deployment's audit trail when ``audited`` (``change``: its action,
+    or the Intent of a long change; see ``cli.actors.on_deployment_trail``): the deployment's
+    store, whose changes the API audits too. Another folder (an experiment) has no audit
+    trail. Exit 2 when the trail cannot be written (``nothing`` says what was left undone)."""
     if not audited:
         return step()
     from cli.actors import on_deployment_trail
 
     return on_deployment_trail(
-        record, target="this is the deployment's knowledge base", nothing=nothing
+        change, step, target="this is the deployment's knowledge base", nothing=nothing
     )
 
 
@@ -118,11 +115,9 @@ def ingest(
     """Ingest documents; unchanged documents are skipped, changed ones replaced. Every file is
     read first (one that cannot be read is reported and skipped); on the deployment's store the
     ingest is audited as the API's is (knowledge.ingest_started, then knowledge.ingested)."""
-    from cli.actors import cli_admin
     from retrieval.chunking import load_document
     from retrieval.errors import IngestError
     from retrieval.knowledge import DocumentOutcome, IngestReport, expand_paths
-    from triage import audit
     from triage.stages import knowledge_ingest_intent
 
     config, audited = _store(chroma_path, chroma_url)
@@ -170,7 +165,7 @@ def ingest(
     try:
         done_payload = _on_trail(
             audited and bool(docs),
-            lambda db: audit.with_intent(db, cli_admin(), knowledge_ingest_intent(docs), step),
+            knowledge_ingest_intent(docs),
             step,
             nothing="nothing was ingested",
         )
@@ -258,8 +253,6 @@ def remove(
     """Remove a document from the knowledge base: it is no longer retrieved or cited (a running
     server does the same with DELETE /v1/knowledge/documents/{doc_id}). Audited
     knowledge.removed on the deployment's store."""
-    from cli.actors import cli_admin
-    from triage import audit
 
     config, audited = _store(chroma_path, chroma_url)
 
@@ -276,12 +269,7 @@ def remove(
 
     try:
         kb = _kb(config, encoder, writer="`triage kb remove`")
-        done = _on_trail(
-            audited,
-            lambda db: audit.with_event(db, cli_admin(), "knowledge.removed", step),
-            step,
-            nothing="nothing was removed",
-        )
+        done = _on_trail(audited, "knowledge.removed", step, nothing="nothing was removed")
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(
@@ -299,7 +287,6 @@ def reindex(
     """Re-embed the knowledge base and the similar-case index with --encoder (after switching
     encoders; ids, texts and metadata are kept). Audited on the deployment's store
     (knowledge.reindex_started, then knowledge.reindexed)."""
-    from cli.actors import cli_admin
     from retrieval.cases import CaseIndex
     from retrieval.embeddings import EncoderConfig, load_encoder
     from retrieval.knowledge import KnowledgeBase
@@ -323,12 +310,7 @@ def reindex(
             failed="knowledge.reindex_failed",
             payload={"encoder": enc.fingerprint},
         )
-        done = _on_trail(
-            audited,
-            lambda db: audit.with_intent(db, cli_admin(), intent, step),
-            step,
-            nothing="nothing was re-embedded",
-        )
+        done = _on_trail(audited, intent, step, nothing="nothing was re-embedded")
     except RetrievalError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(
@@ -343,10 +325,9 @@ def rebuild_cases() -> None:
     Uses the deployment's store and encoder (TRIAGE_DATA_DIR, TRIAGE_CHROMA_PATH|URL,
     TRIAGE_ENCODER); an embedded store must be free (stop the server). Audited
     similar_cases.rebuild_started, then similar_cases.rebuilt."""
-    from cli.actors import cli_admin, on_deployment_trail
+    from cli.actors import on_deployment_trail
     from triage import audit
     from triage.db import Database
-    from triage.errors import TriageError
     from triage.settings import get_settings
     from triage.stages import RetrievalStage, claim_vector_store, rebuild_case_index
 
@@ -374,12 +355,13 @@ def rebuild_cases() -> None:
     )
     try:
         done = on_deployment_trail(
-            lambda trail: audit.with_intent(trail, cli_admin(), intent, step),
+            intent,
+            step,
             target="the similar-case index is the deployment's",
             nothing="nothing was indexed",
         )
-    except (RetrievalError, TriageError) as exc:
-        raise _fail(str(getattr(exc, "message", exc))) from exc
+    except RetrievalError as exc:  # the store failed part-way (audited ..._failed)
+        raise _fail(str(exc)) from exc
     finally:
         db.dispose()
     typer.echo(f"{done['cases']} resolved cases in the similar-case index")
