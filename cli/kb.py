@@ -118,7 +118,7 @@ def ingest(
     from retrieval.chunking import load_document
     from retrieval.errors import IngestError
     from retrieval.knowledge import DocumentOutcome, IngestReport, expand_paths
-    from triage.stages import knowledge_ingest_intent
+    from triage.stages import knowledge_ingest_intent, knowledge_ingested
 
     config, audited = _store(chroma_path, chroma_url)
     try:
@@ -151,16 +151,7 @@ def ingest(
 
     def step() -> dict[str, Any]:
         report.documents.extend(kb.ingest_documents(docs, progress=progress).documents)
-        return {
-            "documents": [
-                d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents
-            ],
-            "added": report.added,
-            "updated": report.updated,
-            "unchanged": report.unchanged,
-            "errors": len(report.errors),
-            "chunks": kb.count(),
-        }
+        return knowledge_ingested(report, kb.count())
 
     try:
         done_payload = _on_trail(
@@ -253,6 +244,7 @@ def remove(
     """Remove a document from the knowledge base: it is no longer retrieved or cited (a running
     server does the same with DELETE /v1/knowledge/documents/{doc_id}). Audited
     knowledge.removed on the deployment's store."""
+    from triage.stages import knowledge_removed
 
     config, audited = _store(chroma_path, chroma_url)
 
@@ -260,12 +252,7 @@ def remove(
         removed = kb.remove(doc_id)
         if removed is None:  # raised inside the step: no event is written
             raise _fail(f"the knowledge base holds no document {doc_id!r} (see `triage kb stats`)")
-        return {
-            "doc_id": doc_id,
-            "version": removed.version,
-            "chunks_removed": removed.chunks_removed,
-            "chunks": kb.count(),
-        }
+        return knowledge_removed(removed, kb.count())
 
     try:
         kb = _kb(config, encoder, writer="`triage kb remove`")

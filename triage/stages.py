@@ -324,6 +324,29 @@ def knowledge_ingest_intent(docs: Sequence[SourceDocument]) -> audit.Intent:
     )
 
 
+def knowledge_ingested(report: IngestReport, chunks: int) -> dict[str, Any]:
+    """The outcome of a knowledge ingest, as its audit event and the API answer carry it:
+    each document (named as given) and the totals; ``chunks`` is the count after it."""
+    return {
+        "documents": [d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents],
+        "added": report.added,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "errors": len(report.errors),
+        "chunks": chunks,
+    }
+
+
+def knowledge_removed(removed: DocumentOutcome, chunks: int) -> dict[str, Any]:
+    """The outcome of removing a knowledge document (audit event and API answer)."""
+    return {
+        "doc_id": removed.doc_id,
+        "version": removed.version,
+        "chunks_removed": removed.chunks_removed,
+        "chunks": chunks,
+    }
+
+
 def claim_vector_store(settings: Settings, role: str) -> None:
     """Claim the embedded vector store for this process (``retrieval.store.claim_embedded``):
     a server, a worker or a CLI command that writes to it. Nothing to claim with retrieval

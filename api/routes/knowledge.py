@@ -18,7 +18,12 @@ from api.routes.cases import ERRORS
 from triage import audit
 from triage.auth import Principal
 from triage.errors import Conflict, NotFound, ValidationFailed
-from triage.stages import RetrievalStage, knowledge_ingest_intent
+from triage.stages import (
+    RetrievalStage,
+    knowledge_ingest_intent,
+    knowledge_ingested,
+    knowledge_removed,
+)
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 Admin = Annotated[Principal, Depends(allow(R.admin))]
@@ -119,16 +124,7 @@ def ingest_documents(
 
     def go() -> dict[str, Any]:
         report = stage.ingest_read(docs)
-        return {
-            "documents": [
-                d.model_dump(exclude={"path"}) | {"name": d.path} for d in report.documents
-            ],
-            "added": report.added,
-            "updated": report.updated,
-            "unchanged": report.unchanged,
-            "errors": len(report.errors),
-            "chunks": stage.knowledge_chunks(),
-        }
+        return knowledge_ingested(report, stage.knowledge_chunks())
 
     return audit.with_intent(ctx.db, principal.actor, knowledge_ingest_intent(docs), go)
 
@@ -152,12 +148,7 @@ def remove_document(ctx: Any, principal: Principal, doc_id: str) -> dict[str, An
         removed = stage.remove_document(doc_id)
         if removed is None:  # raised inside the step: no event is written
             raise NotFound(f"the knowledge base holds no document {doc_id!r}", field="doc_id")
-        return {
-            "doc_id": doc_id,
-            "version": removed.version,
-            "chunks_removed": removed.chunks_removed,
-            "chunks": stage.knowledge_chunks(),
-        }
+        return knowledge_removed(removed, stage.knowledge_chunks())
 
     return audit.with_event(ctx.db, principal.actor, "knowledge.removed", go)
 
