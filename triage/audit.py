@@ -302,6 +302,12 @@ _VERIFY_SQL = (
 )
 
 
+def head(session: Session) -> tuple[int, str]:
+    """The chain's head: the last event's sequence number and hash (0 and 64 zeros when empty)."""
+    row = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    return row.seq, row.hash
+
+
 def verify(session: Session, *, batch: int = 20_000) -> VerifyResult:
     """Walk the whole chain; report intact or the first sequence number where it breaks.
 

@@ -36,17 +36,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-
+from classifiers.data import file_sha256
 from classifiers.registry import ModelRegistry
 from retrieval.errors import StoreError
 from retrieval.store import OWNER_FILE, ChromaConfig, claim_embedded
+from triage import audit, migrate
 from triage.common import now_ts
+from triage.db import Database
 from triage.errors import Conflict, ValidationFailed
-from triage.migrate import known_revision
 from triage.settings import Settings
 
 FORMAT = "triage-backup"
@@ -72,35 +71,21 @@ class BackupResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _sqlite_path(settings: Settings) -> Path | None:
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
+def _sqlite_settings(db_file: Path) -> Settings:
+    return Settings(data_dir=db_file.parent, database_url=f"sqlite:///{db_file}")
 
 
-def _snapshot_facts(con: sqlite3.Connection) -> dict[str, Any]:
-    revision = con.execute("SELECT version_num FROM alembic_version").fetchone()
-    head = con.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-    return {
-        "alembic_revision": revision[0] if revision else None,
-        "audit_head": {"seq": head[0], "hash": head[1]} if head else None,
-    }
-
-
-def _postgres_facts(settings: Settings) -> dict[str, Any]:
-    from triage.db import Database
-
+def _facts(settings: Settings) -> dict[str, Any]:
+    """Schema revision and audit head of ``settings``' database."""
     db = Database(settings)
     try:
         with db.read() as s:
-            revision = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            head = s.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).one_or_none()
+            seq, digest = audit.head(s)
     finally:
         db.dispose()
     return {
-        "alembic_revision": revision,
-        "audit_head": {"seq": head[0], "hash": head[1]} if head else None,
+        "alembic_revision": migrate.current(settings),
+        "audit_head": {"seq": seq, "hash": digest},
     }
 
 
@@ -110,14 +95,27 @@ def _files_under(root: Path) -> Iterator[Path]:
             yield path
 
 
-def _copy_tree(src: Path, dst: Path) -> int:
-    count = 0
-    for path in _files_under(src):
-        target = dst / path.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        count += 1
-    return count
+class _HashingReader:
+    """A file object that hashes what tarfile reads from it: each file is read once, for the
+    archive and its manifest entry together."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _add(tar: tarfile.TarFile, path: Path, name: str, files: dict[str, dict[str, Any]]) -> None:
+    """Add ``path`` as member ``name`` and record its size and sha256 in ``files``."""
+    info = tar.gettarinfo(path, arcname=name)
+    with path.open("rb") as handle:
+        reader = _HashingReader(handle)
+        tar.addfile(info, reader)  # read() is all tarfile uses
+    files[name] = {"bytes": info.size, "sha256": reader.digest.hexdigest()}
 
 
 def create_backup(
@@ -138,102 +136,107 @@ def create_backup(
     if out.exists():
         raise Conflict(f"{out} exists; choose another name (a backup never overwrites)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
-    database: dict[str, Any]
-    parts: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
-        stage = Path(tmp) / "stage"
-        stage.mkdir()
-        sqlite_file = _sqlite_path(settings)
-        if sqlite_file is not None:
-            if not sqlite_file.is_file():
-                raise ValidationFailed(
-                    f"no database at {sqlite_file}: nothing to back up (run `triage db upgrade` "
-                    "or start the product first)",
-                    fields={"database": "missing"},
-                )
-            say(f"database: SQLite snapshot of {sqlite_file}")
-            source = sqlite3.connect(sqlite_file, timeout=30)
-            copy = sqlite3.connect(stage / DATABASE_FILE)
-            try:
-                # One step (pages=-1): a read transaction over the whole copy, so the snapshot is
-                # consistent while others write (WAL). A stepped backup with progress would
-                # restart whenever another connection writes between steps, never ending under
-                # steady intake.
-                source.backup(copy)
-                facts = _snapshot_facts(copy)
-            finally:
-                copy.close()
-                source.close()
-            database = {"engine": "sqlite", "included": True, **facts}
-        else:
-            say("database: PostgreSQL, not copied (back it up with pg_dump)")
-            database = {"engine": "postgresql", "included": False, **_postgres_facts(settings)}
-            notes.append(
-                "the PostgreSQL database is not in the archive: back it up with pg_dump; the "
-                f"manifest records its audit head (seq {(database['audit_head'] or {}).get('seq')})"
-            )
-
-        registry = settings.model_registry_dir
-        if registry.is_dir():
-            reg = ModelRegistry(registry)
-            with reg.exclusive():  # no activation or rollback lands half-way through the copy
-                copied = _copy_tree(registry, stage / "models")
-            parts["model_registry"] = {"included": True, "active_version": reg.active_version()}
-            say(f"model registry: {copied} files")
-        else:
-            parts["model_registry"] = {"included": False, "reason": "no registry yet"}
-
-        chroma = ChromaConfig(
-            path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
+    chroma = ChromaConfig(
+        path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
+    )
+    vector_store = include_vector_store and not chroma.url and chroma.path.is_dir()
+    if vector_store:  # before anything is written: a store in use refuses the backup
+        try:
+            claim_embedded(chroma, "`triage backup`")
+        except StoreError as exc:
+            raise Conflict(
+                f"{exc}; or leave the vector store out of the backup "
+                "(--no-vector-store) and re-ingest the knowledge base after a restore",
+                field="vector_store",
+            ) from None
+    sqlite_file = settings.sqlite_file
+    if sqlite_file is not None and not sqlite_file.is_file():
+        raise ValidationFailed(
+            f"no database at {sqlite_file}: nothing to back up (run `triage db upgrade` "
+            "or start the product first)",
+            fields={"database": "missing"},
         )
-        if chroma.url:
-            parts["vector_store"] = {"included": False, "reason": "a Chroma server"}
-            notes.append(f"the vector store is the Chroma server at {chroma.url}: back it up there")
-        elif not include_vector_store:
-            parts["vector_store"] = {"included": False, "reason": "left out on request"}
-            notes.append(
-                "the vector store was left out: re-ingest the knowledge base after a restore"
-            )
-        elif chroma.path.is_dir():
-            try:
-                claim_embedded(chroma, "`triage backup`")
-            except StoreError as exc:
-                raise Conflict(
-                    f"{exc}; or leave the vector store out of the backup "
-                    "(--no-vector-store) and re-ingest the knowledge base after a restore",
-                    field="vector_store",
-                ) from None
-            copied = _copy_tree(chroma.path, stage / "chroma")
-            parts["vector_store"] = {"included": True}
-            say(f"vector store: {copied} files")
-        else:
-            parts["vector_store"] = {"included": False, "reason": "no embedded store yet"}
-
-        files: dict[str, dict[str, Any]] = {}
-        for path in _files_under(stage):
-            name = path.relative_to(stage).as_posix()
-            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_at": now_ts(),
-            "product_version": _product_version(),
-            "database": database,
-            **parts,
-            "files": files,
-        }
+    notes: list[str] = []
+    files: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".backup-") as tmp:
         partial = Path(tmp) / "archive.tar.gz"
-        say(f"writing {len(files)} files")
         with tarfile.open(partial, "w:gz", compresslevel=compresslevel) as tar:
-            for name in files:
-                tar.add(stage / name, arcname=name, recursive=False)
+            if sqlite_file is not None:
+                say(f"database: SQLite snapshot of {sqlite_file}")
+                snapshot = Path(tmp) / DATABASE_FILE
+                source = sqlite3.connect(sqlite_file, timeout=30)
+                copy = sqlite3.connect(snapshot)
+                try:
+                    # One step (pages=-1): a read transaction over the whole copy, so the
+                    # snapshot is consistent while others write (WAL). A stepped backup with
+                    # progress would restart whenever another connection writes between steps,
+                    # never ending under steady intake.
+                    source.backup(copy)
+                finally:
+                    copy.close()
+                    source.close()
+                database = {
+                    "engine": "sqlite",
+                    "included": True,
+                    **_facts(_sqlite_settings(snapshot)),
+                }
+                _add(tar, snapshot, DATABASE_FILE, files)
+            else:
+                say("database: PostgreSQL, not copied (back it up with pg_dump)")
+                database = {"engine": "postgresql", "included": False, **_facts(settings)}
+                notes.append(
+                    "the PostgreSQL database is not in the archive: back it up with pg_dump; the "
+                    f"manifest records its audit head (seq {database['audit_head']['seq']})"
+                )
+
+            registry = settings.model_registry_dir
+            if registry.is_dir():
+                reg = ModelRegistry(registry)
+                # no activation or rollback lands half-way through (they wait for this lock)
+                with reg.exclusive():
+                    for path in _files_under(registry):
+                        _add(tar, path, f"models/{path.relative_to(registry).as_posix()}", files)
+                    active = reg.active_version()
+                model_registry = {"included": True, "active_version": active}
+                say(f"model registry: {sum(n.startswith('models/') for n in files)} files")
+            else:
+                model_registry = {"included": False, "reason": "no registry yet"}
+
+            if vector_store:  # claimed above: no other process writes it
+                for path in _files_under(chroma.path):
+                    _add(tar, path, f"chroma/{path.relative_to(chroma.path).as_posix()}", files)
+                store: dict[str, Any] = {"included": True}
+                say(f"vector store: {sum(n.startswith('chroma/') for n in files)} files")
+            elif chroma.url:
+                store = {"included": False, "reason": "a Chroma server"}
+                notes.append(
+                    f"the vector store is the Chroma server at {chroma.url}: back it up there"
+                )
+            elif not include_vector_store:
+                store = {"included": False, "reason": "left out on request"}
+                notes.append(
+                    "the vector store was left out: re-ingest the knowledge base after a restore"
+                )
+            else:
+                store = {"included": False, "reason": "no embedded store yet"}
+
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "created_at": now_ts(),
+                "product_version": _product_version(),
+                "database": database,
+                "model_registry": model_registry,
+                "vector_store": store,
+                "files": files,
+            }
             body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
             info = tarfile.TarInfo(MANIFEST)
             info.size = len(body)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(body))
-        digest = _sha256(partial)
+        say(f"wrote {len(files)} files")
+        digest = file_sha256(partial)
         os.replace(partial, out)
     return BackupResult(out, digest, manifest, notes)
 
@@ -245,14 +248,6 @@ def _product_version() -> str | None:
         return version(PACKAGE)
     except PackageNotFoundError:  # running from a source tree that is not installed
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class BackupRefused(ValidationFailed):
@@ -368,7 +363,7 @@ def restore_backup(
             "rebuild-cases` does it at once, before serving)"
         )
     revision = (manifest.get("database") or {}).get("alembic_revision")
-    if revision and not known_revision(revision):
+    if revision and not migrate.known_revision(revision):
         notes.append(
             f"the backup's schema revision {revision} is newer than this version of the product "
             f"knows (it was made by {manifest.get('product_version') or 'another version'}): "
@@ -433,11 +428,7 @@ def _unmark_indexed(db_file: Path) -> int:
 
 
 def _verify_restored_chain(db_file: Path, manifest: dict[str, Any], archive: Path) -> int:
-    from triage import audit
-    from triage.db import Database
-
-    settings = Settings(data_dir=db_file.parent, database_url=f"sqlite:///{db_file}")
-    db = Database(settings)
+    db = Database(_sqlite_settings(db_file))
     try:
         with db.read() as s:
             result = audit.verify(s)

@@ -115,8 +115,8 @@ class Database:
         self._sqlite_writer = threading.RLock()
         self._depth = threading.local()
         self._lockfile: Any = None
-        path = self.url.removeprefix("sqlite:///") if self.is_sqlite else ""
-        if fcntl is not None and path and path != ":memory:":
+        path = settings.sqlite_file
+        if fcntl is not None and path is not None:
             self._lockfile = open(f"{path}.writelock", "a+b")  # noqa: SIM115 - lives with us
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 

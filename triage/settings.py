@@ -233,6 +233,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'triage.db').as_posix()}"
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file (``None``: PostgreSQL, or an in-memory database)."""
+        url = self.resolved_database_url
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        return Path(path) if path and path != ":memory:" else None
+
+    @property
     def is_postgres(self) -> bool:
         return self.resolved_database_url.startswith("postgresql")
 
