@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, text
 
@@ -28,6 +31,8 @@ from triage import audit, migrate  # noqa: E402
 from triage.common import canonical_json  # noqa: E402
 from triage.db import Database  # noqa: E402
 from triage.settings import Settings  # noqa: E402
+
+_T = TypeVar("_T")
 
 PG = os.environ.get("TRIAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -71,6 +76,17 @@ def load(db: Database, n: int, batch: int = 20_000) -> None:
         )
 
 
+def _median_run(db: Database, read: Callable[[Any], _T], repeat: int) -> tuple[float, _T]:
+    """Median seconds of ``repeat`` runs of ``read`` in a read session, and the last result."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with db.read() as s:
+            result = read(s)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
@@ -99,31 +115,18 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    with db.read() as s:
-                        res = audit.verify(s)
-                    times.append(time.perf_counter() - t0)
-                    assert res.intact and res.events == n, res
-                times.sort()
-                med = times[len(times) // 2]
+                med, res = _median_run(db, audit.verify, args.repeat)
+                assert res.intact and res.events == n, res
                 print(
                     f"{kind:<8} verify {n:>9,} events: median {med:6.2f}s "
                     f"({n / med:>9,.0f} events/s, {med / n * 1e6:5.2f} us/event)",
                     flush=True,
                 )
-                listed = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    with db.read() as s:
-                        found = audit.unfinished(s)
-                    listed.append(time.perf_counter() - t0)
-                    assert [u.seq for u in found] == [1], found
-                listed.sort()
+                listed, found = _median_run(db, audit.unfinished, args.repeat)
+                assert [u.seq for u in found] == [1], found
                 print(
-                    f"{kind:<8} unfinished {n:>9,} events: median {listed[len(listed) // 2]:6.2f}s"
-                    f" ({listed[len(listed) // 2] / med:.2f}x the verification)",
+                    f"{kind:<8} unfinished {n:>9,} events: median {listed:6.2f}s"
+                    f" ({listed / med:.2f}x the verification)",
                     flush=True,
                 )
                 db.dispose()

@@ -386,22 +386,16 @@ def rebuild_case_index(
     left out of a restored backup: marks them not indexed, then indexes them in batches as the
     worker does (``progress(done, total)`` after each). Idempotent (an upsert by case id);
     returns how many were indexed."""
-    from sqlalchemy import func, select, update
+    from sqlalchemy import update
 
     from triage.lifecycle import Status
     from triage.models import Case
 
     with db.write() as s:
-        s.execute(update(Case).where(Case.status == Status.resolved.value).values(indexed_at=None))
-    with db.read() as s:
-        total = int(
-            s.scalar(
-                select(func.count())
-                .select_from(Case)
-                .where(Case.status == Status.resolved.value, Case.indexed_at.is_(None))
-            )
-            or 0
-        )
+        # the rows the update matched: every resolved case, on both engines
+        total: int = s.execute(
+            update(Case).where(Case.status == Status.resolved.value).values(indexed_at=None)
+        ).rowcount
     done = 0
     while indexed := index_resolved_cases(db, stage, limit=batch):
         done += indexed
