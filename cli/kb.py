@@ -60,9 +60,7 @@ def _store(chroma_path: Path | None, chroma_url: str | None) -> tuple[ChromaConf
     from triage.settings import get_settings
 
     settings = get_settings()
-    deployment = ChromaConfig(
-        path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
-    )
+    deployment = ChromaConfig(path=settings.chroma_dir, url=settings.chroma_url)
     config = ChromaConfig(path=chroma_path or deployment.path, url=chroma_url)
     if config.url or deployment.url:
         return config, config.url == deployment.url

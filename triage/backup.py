@@ -136,9 +136,7 @@ def create_backup(
     if out.exists():
         raise Conflict(f"{out} exists; choose another name (a backup never overwrites)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    chroma = ChromaConfig(
-        path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
-    )
+    chroma = ChromaConfig(path=settings.chroma_dir, url=settings.chroma_url)
     vector_store = include_vector_store and not chroma.url and chroma.path.is_dir()
     if vector_store:  # before anything is written: a store in use refuses the backup
         try:

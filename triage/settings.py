@@ -200,6 +200,12 @@ class Settings(BaseSettings):
         return bool(self.llm_model)
 
     @property
+    def chroma_dir(self) -> Path:
+        """The deployment's embedded vector store: ``chroma_path``, else ``<data_dir>/chroma``
+        (``chroma_url``, when set, wins over both)."""
+        return self.chroma_path or self.data_dir / "chroma"
+
+    @property
     def model_registry_dir(self) -> Path:
         """The deployment's classifier model registry: ``<data_dir>/models``."""
         return self.data_dir / "models"

@@ -87,9 +87,7 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
             concurrency=settings.llm_concurrency,
         )
     return RetrievalConfig(
-        chroma=ChromaConfig(
-            path=settings.chroma_path or settings.data_dir / "chroma", url=settings.chroma_url
-        ),
+        chroma=ChromaConfig(path=settings.chroma_dir, url=settings.chroma_url),
         encoder=EncoderConfig(name=settings.encoder),
         redaction=RedactionConfig(enabled=settings.redaction_enabled),
         advisor=AdvisorConfig(
