@@ -158,8 +158,7 @@ def _record(settings: Any, action: str, payload: dict[str, Any]) -> None:
 
     db = Database(settings)
     try:
-        with db.write() as s:
-            audit.append(s, cli_admin(), action, payload)
+        audit.with_event(db, cli_admin(), action, lambda: payload)
     except SQLAlchemyError as exc:
         typer.secho(
             f"warning: {action} could not be written to the audit trail ({type(exc).__name__})",
