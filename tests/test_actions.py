@@ -327,3 +327,47 @@ def test_fx_rates_feed_non_base_currency_decisions(client, people, db, settings)
     ok = client.post(f"/v1/cases/{case_id}/actions", json=usd, headers=bearer(people["agent"]))
     assert ok.status_code == 201, ok.text
     assert ok.json()["decision"]["exposure"]["base_currency"] == "EUR"
+
+
+def test_resolving_settles_the_case_actions(client, people, db, settings):
+    """A pending approval blocks resolving (409 naming it, nothing changes); once decided or
+    withdrawn the case resolves, and suggestions nobody requested are cancelled as not taken."""
+    case_id = _case(client, people, db, settings)
+    agent = bearer(people["agent"])
+    suggested = client.get("/v1/actions", params={"case_id": case_id}, headers=agent).json()
+    proposed_id = suggested["items"][0]["id"]
+    pending = _create(client, people["agent"], case_id, "12400")
+    assert pending["status"] == "pending_approval"
+    with db.read() as s:
+        events_before = s.scalar(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1))
+
+    resolve = {"to": "resolved", "resolution": "credited the shortage"}
+    r = client.post(f"/v1/cases/{case_id}/transitions", json=resolve, headers=agent)
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert pending["id"] in err["message"] and "await approval" in err["message"]
+    assert err["fields"][0]["field"] == "actions"
+    with db.read() as s:
+        # refused whole: no event, the suggestion still proposed, the case still open
+        assert (
+            s.scalar(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1))
+            == events_before
+        )
+        assert s.get(ActionRow, proposed_id).status == "proposed"
+    assert client.get(f"/v1/cases/{case_id}", headers=agent).json()["status"] == "awaiting_review"
+
+    r = client.post(
+        f"/v1/actions/{pending['id']}/cancel", json={"reason": "customer withdrew"}, headers=agent
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(f"/v1/cases/{case_id}/transitions", json=resolve, headers=agent)
+    assert r.status_code == 200, r.text
+    with db.read() as s:
+        row = s.get(ActionRow, proposed_id)
+        assert (row.status, row.outcome_reason) == ("cancelled", actions.NOT_TAKEN)
+        assert s.get(ActionRow, pending["id"]).outcome_reason == "customer withdrew"
+    trail = _actions_audit(db, proposed_id)
+    assert trail[-1] == "action.cancelled"
+    # a resolved case takes no new action requests
+    r = client.post(f"/v1/cases/{case_id}/actions", json=_credit("10"), headers=agent)
+    assert r.status_code == 409

@@ -402,7 +402,12 @@ def _release(
 # ---------------------------------------------------------------- agent operations
 
 
-def _check_case_open(case_row: Case) -> None:
+def _check_case_open(session: Session, case_row: Case) -> None:
+    """Refuse action changes on a case that is not open. The case row is re-read under a row
+    lock (PostgreSQL; SQLite has one writer anyway) so that a concurrent resolve, which takes
+    the same lock in :func:`transition_case`, cannot slip between this check and the commit
+    and leave an action awaiting approval on a resolved case."""
+    session.refresh(case_row, with_for_update=True)
     if case_row.status in (Status.received.value, Status.triaging.value, Status.resolved.value):
         raise Conflict(
             f"actions cannot change while the case is {case_row.status}", field="case.status"
@@ -420,7 +425,7 @@ def request(
 ) -> ActionRow:
     """An agent accepts a proposed action: it is requested and decided by the policy layer."""
     row, case_row, case = _load(session, action_id)
-    _check_case_open(case_row)
+    _check_case_open(session, case_row)
     if row.status != PROPOSED:
         raise Conflict(
             f"only proposed actions can be requested; this one is {row.status}", field="status"
@@ -454,7 +459,7 @@ def create(
 ) -> ActionRow:
     """An agent proposes an action of their own; it is requested and decided at once."""
     case_row = cases.get(session, case_id)
-    _check_case_open(case_row)
+    _check_case_open(session, case_row)
     case = CaseIn.model_validate(case_row.payload)
     amount, currency = _money(action)
     now = now_ts()
@@ -498,7 +503,7 @@ def edit(
 ) -> ActionRow:
     """Change an action. Its hash changes, so every earlier approval stops counting."""
     row, case_row, case = _load(session, action_id)
-    _check_case_open(case_row)
+    _check_case_open(session, case_row)
     if row.status not in EDITABLE:
         raise Conflict(f"an action that is {row.status} cannot be edited", field="status")
     if action.type.value != row.action_type:
@@ -548,6 +553,70 @@ def cancel(session: Session, action_id: str, *, actor: Actor, reason: str) -> Ac
         {"action_id": row.id, "reason": reason},
         case_id=row.case_id,
     )
+    return row
+
+
+NOT_TAKEN = "not taken: the case was resolved"
+
+
+def transition_case(
+    session: Session,
+    case_id: str,
+    target: Status,
+    *,
+    actor: Actor,
+    reason: str | None = None,
+    resolution: str | None = None,
+    expected_version: int | None = None,
+) -> Case:
+    """A person moves a case (:func:`triage.cases.human_transition`); resolving it also settles
+    its actions, in the same transaction.
+
+    A resolved case is final, so resolving is refused (:class:`Conflict`, field ``actions``)
+    while an action awaits approval: the approvers' decision would land on a closed case, and a
+    rejection would leave it closed with a remedy nobody carries out. Withdraw the request or
+    wait for the decision first. Suggested actions nobody requested (``proposed``) are
+    cancelled as not taken, each with an ``action.cancelled`` event by the person resolving.
+    Decided actions (approved, executed, rejected, ...) are left as they are.
+    """
+    open_actions: list[ActionRow] = []
+    if target == Status.resolved:
+        # the lock request/create/edit take in _check_case_open: no action becomes pending
+        # between the check below and the commit
+        session.refresh(cases.get(session, case_id), with_for_update=True)
+        open_actions = list(
+            session.scalars(
+                select(ActionRow)
+                .where(ActionRow.case_id == case_id, ActionRow.status.in_(OPEN))
+                .order_by(ActionRow.id)
+            )
+        )
+        waiting = [a for a in open_actions if a.status == PENDING]
+        if waiting:
+            names = ", ".join(f"{a.action_type} {a.id}" for a in waiting)
+            raise Conflict(
+                f"{len(waiting)} action(s) of this case await approval ({names}): wait for "
+                "the approvers' decision or withdraw the request before resolving",
+                field="actions",
+            )
+    row = cases.human_transition(
+        session,
+        case_id,
+        target,
+        actor=actor,
+        reason=reason,
+        resolution=resolution,
+        expected_version=expected_version,
+    )
+    for action in open_actions:
+        _bump(session, action, status=CANCELLED, outcome_reason=NOT_TAKEN)
+        audit.append(
+            session,
+            actor,
+            "action.cancelled",
+            {"action_id": action.id, "reason": NOT_TAKEN},
+            case_id=case_id,
+        )
     return row
 
 

@@ -16,17 +16,20 @@ from pathlib import Path
 
 from contracts.case import CaseIn
 from retrieval.errors import EncoderError
-from triage import audit, auth, cases, classification, users
+from triage import actions, audit, auth, cases, classification, users
 from triage.db import Database
 from triage.lifecycle import Status
 from triage.settings import Settings
-from triage.simulator import SimConfig, Simulator
+from triage.simulator import SimConfig, SimulatedCase, Simulator
 from triage.stages import REPO_KNOWLEDGE, RetrievalStage, default_pipeline
 from triage.worker import Worker
 
 log = logging.getLogger("triage.demo")
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
+
+# Share of the demo's cases loaded first as closed history (see :func:`load`).
+HISTORY_SHARE = 0.4
 
 # (label, API role, policy authorities): two approvers so quorum and four-eyes can be shown.
 DEMO_KEYS: list[tuple[str, str, list[str]]] = [
@@ -69,6 +72,15 @@ def _keys(db: Database, path: Path) -> dict[str, str]:
 def load(
     settings: Settings, n_cases: int, progress: Callable[[int, int, float], None] | None = None
 ) -> DemoSummary:
+    """Load the demo: keys, the default model, the knowledge base and ``n_cases`` simulated cases.
+
+    The first :data:`HISTORY_SHARE` of the cases are history: triaged, corrected where the
+    classifier was wrong or abstained (an override, as an agent would) and resolved with the
+    simulator's resolution text, then put in the similar-case index. The rest arrive after
+    that, so their suggestions show similar past cases and the models page has an override
+    rate. Running it again changes nothing: cases replay by source id, history already resolved
+    is left alone, and approvals are only requested on the start that created the live cases.
+    """
     db = Database(settings)
     try:
         keys = _keys(db, settings.data_dir / "demo-keys.json")
@@ -81,24 +93,6 @@ def load(
                     "model.activated",
                     {"version": version, "reason": "default demo model"},
                 )
-        orchestrator = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
-        created = 0
-        started = time.perf_counter()
-        sim = Simulator(SimConfig(seed=7))
-        batch: list[CaseIn] = []
-        done = 0
-        for rec in sim.cases(n_cases):
-            batch.append(CaseIn.model_validate(rec.case))
-            if len(batch) == 100 or done + len(batch) == n_cases:
-                with db.write() as s:
-                    for c in batch:
-                        created += not cases.submit(
-                            s, c, actor=orchestrator, settings=settings
-                        ).replayed
-                done += len(batch)
-                batch.clear()
-                if progress:
-                    progress(done, n_cases, started)
         pipe = default_pipeline(settings)
         if isinstance(pipe.retriever, RetrievalStage):
             try:
@@ -118,15 +112,23 @@ def load(
             if docs.exists():
                 pipe.retriever.ingest([docs])
         worker = Worker(db, settings, pipe)
+        simulated = list(Simulator(SimConfig(seed=7)).cases(n_cases))
+        n_history = int(len(simulated) * HISTORY_SHARE)
+        submit = _Submitter(db, settings, n_cases, progress)
+        history_ids = submit(simulated[:n_history])
         triaged = worker.run_once()
-        _resolve_some(db)
-        _request_some(db, settings)
+        _close_history(db, settings, list(zip(history_ids, simulated[:n_history], strict=True)))
         worker.index_resolved()
+        created_before_live = submit.created
+        submit(simulated[n_history:])
+        triaged += worker.run_once()
+        if submit.created > created_before_live:
+            _request_some(db, settings)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
         return DemoSummary(
             keys,
-            created,
+            submit.created,
             len(total),
             triaged,
             settings.data_dir / "demo-keys.json",
@@ -136,29 +138,75 @@ def load(
         db.dispose()
 
 
-def _resolve_some(db: Database) -> None:
-    """Give the demo some history: every fifth triaged case resolved by a demo agent."""
+class _Submitter:
+    """Submits simulated cases in batches of 100 as the demo orchestrator, reporting progress
+    over the whole load; counts the cases that were new (not replays)."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        total: int,
+        progress: Callable[[int, int, float], None] | None,
+    ) -> None:
+        self.db, self.settings, self.total, self.progress = db, settings, total, progress
+        self.actor = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
+        self.started = time.perf_counter()
+        self.done = 0
+        self.created = 0
+
+    def __call__(self, simulated: list[SimulatedCase]) -> list[str]:
+        """Submit ``simulated``; returns their case ids in the same order."""
+        ids: list[str] = []
+        for first in range(0, len(simulated), 100):
+            batch = simulated[first : first + 100]
+            with self.db.write() as s:
+                for sim in batch:
+                    result = cases.submit(
+                        s, CaseIn.model_validate(sim.case), actor=self.actor, settings=self.settings
+                    )
+                    ids.append(result.case.id)
+                    self.created += not result.replayed
+            self.done += len(batch)
+            if self.progress:
+                self.progress(self.done, self.total, self.started)
+        return ids
+
+
+def _close_history(
+    db: Database, settings: Settings, history: list[tuple[str, SimulatedCase]]
+) -> None:
+    """A demo agent closes the history cases as an operator would have: the true category, queue
+    and priority set by an override wherever the classifier said otherwise or abstained, then
+    resolved with the simulator's resolution. Cases not awaiting review (resolved on an earlier
+    start, or failed) are left as they are."""
     agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
     with db.write() as s:
-        rows, _ = cases.list_cases(
-            s, cases.CaseFilter(status=Status.awaiting_review.value), limit=10_000
-        )
-        for row in rows[::5]:
-            cases.human_transition(
-                s,
-                row.id,
-                Status.resolved,
-                actor=agent,
-                resolution=f"Resolved by {row.queue or 'service'}: "
-                f"{row.category or row.exception_type} confirmed and handled.",
+        for case_id, sim in history:
+            row = cases.get(s, case_id)
+            if row.status != Status.awaiting_review.value:
+                continue
+            wrong = {t: v for t, v in sim.labels.items() if getattr(row, t) != v}
+            if wrong:
+                classification.override(
+                    s,
+                    case_id,
+                    actor=agent,
+                    reason="root cause confirmed at close",
+                    settings=settings,
+                    **wrong,
+                )
+            actions.transition_case(
+                s, case_id, Status.resolved, actor=agent, resolution=sim.resolution
             )
 
 
 def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
-    """Give approvers an inbox: a demo agent accepts some suggested credit notes and refunds."""
+    """Give approvers an inbox: a demo agent requests every other suggested credit note or
+    refund, largest first, so that the inbox holds material amounts, some small ones show the
+    automatic path, and large ones are left for whoever tries the demo to request."""
     from sqlalchemy import select
 
-    from triage import actions
     from triage.models import ActionRow, Case
 
     agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
@@ -173,10 +221,10 @@ def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
                 ActionRow.action_type.in_(["issue_credit_note", "refund"]),
                 Case.status == Status.awaiting_review.value,
             )
-            .order_by(ActionRow.id)
-            .limit(n)
+            .order_by(ActionRow.amount.desc(), ActionRow.id)
+            .limit(2 * n)
         ).all()
-        for action_id in ids:
+        for action_id in ids[::2]:
             actions.request(s, action_id, actor=agent, policy=policy, settings=settings)
 
 

@@ -180,6 +180,69 @@ INTEGRATION_ERRORS: dict[str, list[str]] = {
     "integration_retry_duplicate": ["Idempotency key missing on EDI 810 resend for {invoice}"],
 }
 
+# How an operator closed each root cause: the resolution text a real history would hold, so that
+# similar-case retrieval has something to show (the demo resolves its history cases with these).
+RESOLUTIONS: dict[str, list[str]] = {
+    "pick_error": [
+        "Recount confirmed {gap} x {sku} short-picked on {order}; the missing units were reshipped the next day and the bin scan at location A-{loc} corrected. No credit note needed.",
+        "Pick error confirmed from the pick confirmation; reshipped {gap} x {sku} by express at our cost.",
+    ],
+    "lost_in_transit": [
+        "{carrier} confirmed {gap} cartons of {shipment} missing after the hub scan; units reshipped and a loss claim filed with {carrier}.",
+    ],
+    "stock_discrepancy": [
+        "Cycle count confirmed the stock of {sku} was overstated by {gap} units; inventory adjusted (approved) and a credit note issued for the missing quantity.",
+    ],
+    "backorder": [
+        "Remaining {gap} x {sku} of {order} shipped from the replenishment PO; customer given the backorder date, invoice split accordingly.",
+    ],
+    "carrier_split": [
+        "{carrier} had split {shipment} at the hub; the second part was traced and delivered two days later. No cost to the customer.",
+    ],
+    "price_master_data": [
+        "Price list for {sku} in the ERP was out of date; master data corrected and {invoice} re-billed at the agreed {price} per unit.",
+    ],
+    "contract_discount_missing": [
+        "Framework-contract discount condition added to the customer in the ERP; credit note issued for the difference on {invoice}.",
+    ],
+    "transit_damage": [
+        "Damage confirmed on the POD; {gap} x {sku} replaced from stock and a damage claim filed with {carrier} with the photos.",
+    ],
+    "packaging_failure": [
+        "Wrong carton size at the packing station; damaged {sku} replaced and the packing instruction for the SKU updated.",
+    ],
+    "customer_return": [
+        "Return label sent for {gap} x {sku}; refund issued after the goods were received and inspected.",
+    ],
+    "wrong_item_shipped": [
+        "Label swap at packing confirmed; wrong item collected, correct {sku} shipped, no charge to the customer.",
+    ],
+    "duplicate_billing": [
+        "Second invoice for {order} cancelled with a credit note; {invoice} stands and was paid.",
+    ],
+    "integration_retry_duplicate": [
+        "Duplicate from the EDI 810 resend cancelled with a credit note; idempotency key added to the resend job.",
+    ],
+    "mapping_error": [
+        "Mapping for {order} corrected in the orchestration layer and the message replayed successfully.",
+    ],
+    "endpoint_down": [
+        "{carrier} endpoint recovered after the outage; queued messages replayed, nothing lost.",
+    ],
+    "transit_delay": [
+        "{carrier} confirmed a network delay; {shipment} delivered two days late, customer informed of the new ETA.",
+    ],
+    "customs_hold": [
+        "HS codes added to the commercial invoice; customs released {shipment} the next day.",
+    ],
+    "address_data": [
+        "Ship-to address corrected in the customer master; {shipment} redelivered to the new site.",
+    ],
+    "general_inquiry": [
+        "Delivery note for {order} sent to the customer and the account manager's contact shared.",
+    ],
+}
+
 URGENT_SUFFIX = [
     " This is urgent, our production line is stopped.",
     " Please treat as urgent.",
@@ -253,6 +316,8 @@ def bitext_messages(path: Path) -> dict[str, list[str]]:
 class SimulatedCase:
     case: dict[str, Any]
     labels: dict[str, str]
+    resolution: str = ""
+    """How an operator closed it (:data:`RESOLUTIONS`), for loaders that build a history."""
 
     def as_record(self) -> dict[str, Any]:
         return {"case": self.case, "labels": self.labels}
@@ -417,7 +482,12 @@ class Simulator:
                 "amount": str(amount.quantize(Decimal("0.01"))),
                 "currency": self.config.currency,
             }
-        return SimulatedCase(case, {"category": category, "queue": queue, "priority": priority})
+        # picked by the case number, not the generator, so that adding it kept every seed's cases
+        templates = RESOLUTIONS[category]
+        resolution = templates[n % len(templates)].format(**fmt)
+        return SimulatedCase(
+            case, {"category": category, "queue": queue, "priority": priority}, resolution
+        )
 
 
 def _kind(etype: str) -> str:

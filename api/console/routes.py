@@ -670,7 +670,7 @@ def transition(request: Request, case_id: str, ctx: ContextDep, p: AgentP, form:
         return redirect(request, _case_url(case_id), f"Unknown status {target!r}.", "error")
     try:
         with ctx.db.write() as s:
-            cases.human_transition(
+            actions.transition_case(
                 s,
                 case_id,
                 status,

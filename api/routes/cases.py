@@ -22,7 +22,7 @@ from api.schemas import (
 )
 from contracts.case import CaseIn, ExceptionType
 from contracts.suggestion import CaseExplanation
-from triage import cases, classification, intake
+from triage import actions, cases, classification, intake
 from triage.auth import Principal
 from triage.common import to_ts
 from triage.errors import ValidationFailed
@@ -271,8 +271,11 @@ def transition_case(
     ctx: ContextDep,
     principal: Annotated[Principal, Depends(allow(R.agent, R.admin))],
 ) -> CaseSummary:
+    """Resolving needs a ``resolution`` text and settles the case's actions: it is refused
+    (409, field ``actions``) while one awaits approval, and suggested actions nobody requested
+    are cancelled as not taken. Escalating needs a ``reason``."""
     with ctx.db.write() as s:
-        row = cases.human_transition(
+        row = actions.transition_case(
             s,
             case_id,
             body.to,

@@ -84,15 +84,17 @@ def test_approver_approves_and_admin_is_refused_on_own_request(page, demo_server
     approved = [e for e in _events(demo_server, "action.approved") if e["action_id"] == action_id]
     assert approved and approved[0]["actor"] == "approver"
 
-    # The admin (who may request actions and approve) requests a credit note, then finds it in
-    # the inbox marked as not approvable, with the segregation-of-duties reason.
+    # The admin (who may request actions and approve) requests a credit note or refund, then
+    # finds it in the inbox marked as not approvable, with the segregation-of-duties reason.
     page.context.clear_cookies()
     sign_in(page, demo_server, "admin")
     page.goto("/console/queue?status=awaiting_review")
     requested = None
     for href in page.locator("a.caselink").evaluate_all("els => els.map(e => e.href)"):
         page.goto(href)
-        credit = page.locator("article.action-proposed", has_text="Issue credit note")
+        credit = page.locator(
+            "article.action-proposed", has_text=re.compile("Issue credit note|Refund")
+        )
         if not credit.count():
             continue
         credit.first.get_by_role("button", name="Request this action").click()

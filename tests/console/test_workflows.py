@@ -135,6 +135,23 @@ def _request_credit(client, db, case_id) -> ActionRow:
         return out
 
 
+def test_resolve_waits_for_a_pending_approval(client, people, case_ids, db):
+    sign_in(client, "agent")
+    pending = _request_credit(client, db, case_ids[1])
+    url = f"/console/cases/{case_ids[1]}/transition"
+    done = {"to": "resolved", "resolution": "credited"}
+    message = flash(client, post(client, url, done))
+    assert message.startswith("error: 1 action(s) of this case await approval")
+    assert pending.id in message
+    with db.read() as s:
+        assert s.get(Case, case_ids[1]).status == "awaiting_review"
+    r = post(
+        client, f"/console/actions/{pending.id}/cancel", {"case_id": case_ids[1], "reason": "no"}
+    )
+    assert flash(client, r).startswith("ok")
+    assert "now resolved" in flash(client, post(client, url, done))
+
+
 def test_agent_edits_and_requests_a_proposed_action(client, people, case_ids, db):
     sign_in(client, "agent")
     with db.read() as s:
