@@ -68,6 +68,7 @@ def test_full_lifecycle_with_an_audit_event_per_transition(client, keys, db, set
         "case.escalated",
         "case.in_review",
         "case.resolved",
+        "action.cancelled",  # the suggested action nobody requested: not taken
     ]
     detail = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["auditor"])).json()
     assert detail["resolution"] == "credited 8 units" and detail["resolved_at"]
