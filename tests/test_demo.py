@@ -4,10 +4,14 @@ loading again changes nothing."""
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import func, select
 
-from triage import demo
+from triage import audit, demo
+from triage.common import now_ts, parse_ts, replayed_at, to_ts, utcnow
 from triage.models import ActionRow, AuditEvent, Case, LabelFeedback
 from triage.models import Suggestion as SuggestionRow
 from triage.simulator import RESOLUTIONS, ROOT_CAUSES, SimConfig, Simulator
@@ -22,6 +26,22 @@ def test_every_root_cause_has_a_resolution_that_formats() -> None:
         assert sim.resolution and "{" not in sim.resolution, sim.resolution
         seen.add(sim.labels["category"])
     assert seen == set(RESOLUTIONS)
+
+
+def test_replayed_clock_is_local_to_its_context() -> None:
+    when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    seen: list[datetime] = []
+    with replayed_at(when):
+        inside = utcnow()
+        stamp = now_ts()
+        other = threading.Thread(target=lambda: seen.append(utcnow()))
+        other.start()
+        other.join()
+    assert timedelta(0) <= inside - when < timedelta(seconds=5)
+    assert stamp.startswith("2026-03-01T12:00:")
+    # another thread (a server worker, say) and the code after the block keep the wall clock
+    assert abs(seen[0] - datetime.now(UTC)) < timedelta(seconds=5)
+    assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)
 
 
 @pytest.mark.integration
@@ -71,6 +91,20 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
             assert similar, sim.case["source"]["case_id"]
             assert {c["case_id"] for c in similar} <= history_ids
             assert all(c["resolution"] for c in similar)
+        # the history was lived through in the weeks before the live cases arrived: stamped
+        # then, on a trail whose times rise with its sequence and whose chain holds
+        live_from = min(
+            rows[sim.case["source"]["case_id"]].created_at for sim in simulated[n_history:]
+        )
+        oldest = to_ts(parse_ts(live_from) - timedelta(days=demo.HISTORY_DAYS))
+        history = simulated[:n_history]
+        for sim in history:
+            row = rows[sim.case["source"]["case_id"]]
+            assert oldest < row.created_at < row.triaged_at < row.resolved_at < live_from
+        stamps = s.scalars(select(AuditEvent.ts).order_by(AuditEvent.seq)).all()
+        first_arrival = min(rows[sim.case["source"]["case_id"]].created_at for sim in history)
+        assert stamps == sorted(stamps) and stamps[0] < first_arrival
+        assert audit.verify(s).intact
         events = s.scalar(select(func.count()).select_from(AuditEvent))
         requested = s.scalar(
             select(func.count()).select_from(ActionRow).where(ActionRow.status != "proposed")

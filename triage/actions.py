@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -38,7 +38,7 @@ from contracts.case import CaseIn
 from contracts.suggestion import MATERIAL_ACTIONS, ProposedAction
 from triage import audit, cases, webhooks
 from triage.audit import Actor
-from triage.common import new_id, now_ts, parse_ts, to_ts
+from triage.common import new_id, now_ts, parse_ts, to_ts, utcnow
 from triage.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from triage.lifecycle import Status
 from triage.models import ActionApproval, ActionRow, Case, FxRateRow
@@ -150,7 +150,7 @@ def context(
     now: datetime | None = None,
 ) -> policies.DecisionContext:
     """Everything besides the action: clock, FX, the case's and customer's other actions."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     day_start = to_ts(now.replace(hour=0, minute=0, second=0, microsecond=0))
     others = session.scalars(
         select(ActionRow).where(
@@ -871,7 +871,7 @@ def sweep_sla(session: Session, settings: Settings, now: datetime | None = None)
       with a fresh SLA, up to ``approval_max_escalations`` times;
     - after the last escalation's due time: expire.
     """
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     counts = {"reminded": 0, "escalated": 0, "expired": 0}
     rows = session.scalars(
         select(ActionRow).where(ActionRow.status == PENDING, ActionRow.due_at.is_not(None))
@@ -1076,7 +1076,7 @@ class CedarGate:
         from triage.pipeline import ActionDecision
 
         policy = load_policy(self.settings)
-        as_of = datetime.now(UTC)
+        as_of = utcnow()
         slots: list[tuple[int, int, str, Any]] = []  # case index, action index, type, request
         for ci, (case, actions) in enumerate(items):
             for ai, action in enumerate(actions):

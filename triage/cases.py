@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from contracts.case import CaseIn, CustomerTier, ExceptionType
 from triage import audit
 from triage.audit import Actor
-from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts
+from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts, utcnow
 from triage.errors import IdempotencyConflict, InvalidTransition, NotFound, ValidationFailed
 from triage.lifecycle import Status, allowed
 from triage.models import Case
@@ -168,7 +168,7 @@ def submit(
     dumped = case.model_dump(mode="json")
     digest = hashlib.sha256(canonical_json(dumped).encode()).hexdigest()
     scoped = _scoped_key(actor, idempotency_key)
-    created = datetime.now(UTC)
+    created = utcnow()
     priority = rule_priority(case)
     triage_due, resolution_due = sla_due(settings, created, priority)
     refs = case.references

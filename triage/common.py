@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,8 +35,35 @@ def to_ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Offset of this context's clock from the wall clock; set only by :func:`replayed_at`.
+_CLOCK_OFFSET: ContextVar[timedelta | None] = ContextVar("triage_clock_offset", default=None)
+
+
+def utcnow() -> datetime:
+    """The current time in UTC: the wall clock, shifted in a :func:`replayed_at` block."""
+    now = datetime.now(UTC)
+    offset = _CLOCK_OFFSET.get()
+    return now if offset is None else now + offset
+
+
+@contextmanager
+def replayed_at(when: datetime) -> Iterator[None]:
+    """Inside the block, in this context only (not other threads), the clock reads ``when``
+    and runs on from there: what is written is stamped as if it had happened then.
+
+    For loading history that happened in the past (the demo's weeks of closed cases), never
+    for serving requests. Covers what cases, the pipeline, actions and the audit trail stamp
+    (:func:`now_ts`, :func:`utcnow`); ids (:func:`new_id`) keep the wall clock.
+    """
+    token = _CLOCK_OFFSET.set(when - datetime.now(UTC))
+    try:
+        yield
+    finally:
+        _CLOCK_OFFSET.reset(token)
+
+
 def now_ts() -> str:
-    return to_ts(datetime.now(UTC))
+    return to_ts(utcnow())
 
 
 def parse_ts(value: str) -> datetime:

@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from contracts.case import CaseIn
 from retrieval.errors import EncoderError
-from triage import actions, audit, auth, cases, classification, users
+from triage import actions, audit, auth, cases, classification, dashboard, users
+from triage.common import replayed_at, utcnow
 from triage.db import Database
 from triage.lifecycle import Status
+from triage.pipeline import Pipeline
 from triage.settings import Settings
 from triage.simulator import SimConfig, SimulatedCase, Simulator
 from triage.stages import REPO_KNOWLEDGE, RetrievalStage, default_pipeline
@@ -28,8 +32,10 @@ log = logging.getLogger("triage.demo")
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
 
-# Share of the demo's cases loaded first as closed history (see :func:`load`).
+# Share of the demo's cases loaded first as closed history, and the days it spans (see
+# :func:`load`).
 HISTORY_SHARE = 0.4
+HISTORY_DAYS = 28
 
 # (label, API role, policy authorities): two approvers so quorum and four-eyes can be shown.
 DEMO_KEYS: list[tuple[str, str, list[str]]] = [
@@ -74,56 +80,35 @@ def load(
 ) -> DemoSummary:
     """Load the demo: keys, the default model, the knowledge base and ``n_cases`` simulated cases.
 
-    The first :data:`HISTORY_SHARE` of the cases are history: triaged, corrected where the
-    classifier was wrong or abstained (an override, as an agent would) and resolved with the
-    simulator's resolution text, then put in the similar-case index. The rest arrive after
-    that, so their suggestions show similar past cases and the models page has an override
-    rate. Running it again changes nothing: cases replay by source id, history already resolved
-    is left alone, and approvals are only requested on the start that created the live cases.
+    The first :data:`HISTORY_SHARE` of the cases are history, lived through in the
+    :data:`HISTORY_DAYS` before now with the clock set to each step's time
+    (:func:`triage.common.replayed_at`): each arrives and is triaged, and later a demo agent
+    corrects it where the classifier was wrong or abstained (an override) and resolves it
+    with the simulator's resolution text, some past their SLA. The rest arrive now, so their
+    suggestions show similar past cases, the models page has an override rate and the
+    dashboard four weeks of figures. Running it again changes nothing: cases replay by source
+    id, history already resolved is left alone, and approvals are only requested on the start
+    that created the live cases.
     """
     db = Database(settings)
     try:
-        keys = _keys(db, settings.data_dir / "demo-keys.json")
-        if classification.registry(settings).active_version() is None:
-            version = classification.train_default_model(settings)
-            with db.write() as s:
-                audit.append(
-                    s,
-                    DEMO_ADMIN,
-                    "model.activated",
-                    {"version": version, "reason": "default demo model"},
-                )
-        pipe = default_pipeline(settings)
-        if isinstance(pipe.retriever, RetrievalStage):
-            try:
-                pipe.retriever.warm_up()
-            except EncoderError:
-                # A demo folder from an earlier release indexed with another encoder: the demo
-                # owns this data, so re-embed it (production says so and leaves it to
-                # `triage kb reindex`).
-                chunks, indexed = pipe.retriever.reindex()
-                log.warning(
-                    "demo: re-embedded %d knowledge chunks and %d cases with %s",
-                    chunks,
-                    indexed,
-                    settings.encoder,
-                )
-            docs = settings.knowledge_dir or REPO_KNOWLEDGE
-            if docs.exists():
-                pipe.retriever.ingest([docs])
-        worker = Worker(db, settings, pipe)
         simulated = list(Simulator(SimConfig(seed=7)).cases(n_cases))
         n_history = int(len(simulated) * HISTORY_SHARE)
+        history, live = simulated[:n_history], simulated[n_history:]
+        timeline = _history_timeline(history, settings, utcnow())
+        # set up before the history starts, so the audit trail's times rise with its sequence
+        with replayed_at(timeline[0][0] - timedelta(hours=1) if timeline else utcnow()):
+            keys = _keys(db, settings.data_dir / "demo-keys.json")
+            pipe = _set_up(db, settings)
+        worker = Worker(db, settings, pipe)
         submit = _Submitter(db, settings, n_cases, progress)
-        history_ids = submit(simulated[:n_history])
-        triaged = worker.run_once()
-        _close_history(db, settings, list(zip(history_ids, simulated[:n_history], strict=True)))
-        worker.index_resolved()
+        triaged = _replay_history(db, settings, worker, submit, history, timeline)
         created_before_live = submit.created
-        submit(simulated[n_history:])
+        submit(live)
         triaged += worker.run_once()
         if submit.created > created_before_live:
             _request_some(db, settings)
+        dashboard.refresh_recent(db, days=HISTORY_DAYS + 1)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
         return DemoSummary(
@@ -136,6 +121,88 @@ def load(
         )
     finally:
         db.dispose()
+
+
+def _set_up(db: Database, settings: Settings) -> Pipeline:
+    """The default model (trained and activated when none is) and the pipeline with the
+    repository's knowledge base ingested."""
+    if classification.registry(settings).active_version() is None:
+        version = classification.train_default_model(settings)
+        with db.write() as s:
+            audit.append(
+                s,
+                DEMO_ADMIN,
+                "model.activated",
+                {"version": version, "reason": "default demo model"},
+            )
+    pipe = default_pipeline(settings)
+    if isinstance(pipe.retriever, RetrievalStage):
+        try:
+            pipe.retriever.warm_up()
+        except EncoderError:
+            # A demo folder from an earlier release indexed with another encoder: the demo
+            # owns this data, so re-embed it (production says so and leaves it to
+            # `triage kb reindex`).
+            chunks, indexed = pipe.retriever.reindex()
+            log.warning(
+                "demo: re-embedded %d knowledge chunks and %d cases with %s",
+                chunks,
+                indexed,
+                settings.encoder,
+            )
+        docs = settings.knowledge_dir or REPO_KNOWLEDGE
+        if docs.exists():
+            pipe.retriever.ingest([docs])
+    return pipe
+
+
+_ARRIVE, _CLOSE = 0, 1
+
+
+def _history_timeline(
+    history: list[SimulatedCase], settings: Settings, now: datetime
+) -> list[tuple[datetime, int, int]]:
+    """When each history case arrived and was closed, in time order: ``(when, _ARRIVE or
+    _CLOSE, index)``. Arrivals are spread over :data:`HISTORY_DAYS` up to a day ago; each is
+    closed after 10-115% of its priority's resolution SLA (so some breach it), and at the
+    latest half an hour ago. Deterministic apart from ``now``."""
+    rng = random.Random(7)
+    first = now - timedelta(days=HISTORY_DAYS)
+    gap = timedelta(days=HISTORY_DAYS - 1) / max(1, len(history))
+    events: list[tuple[datetime, int, int]] = []
+    for i, sim in enumerate(history):
+        arrive = first + gap * (i + rng.random())
+        sla = settings.sla_resolution_hours.get(sim.labels["priority"], 72.0)
+        close = arrive + timedelta(hours=sla * rng.uniform(0.1, 1.15))
+        events += [(arrive, _ARRIVE, i), (min(close, now - timedelta(minutes=30)), _CLOSE, i)]
+    return sorted(events)
+
+
+def _replay_history(
+    db: Database,
+    settings: Settings,
+    worker: Worker,
+    submit: _Submitter,
+    history: list[SimulatedCase],
+    timeline: list[tuple[datetime, int, int]],
+) -> int:
+    """Live the history's weeks in order, each step stamped with its time: a case arrives and
+    is triaged, or a demo agent closes it (:func:`_close_history`) and it joins the
+    similar-case index; the SLA sweep runs after every step, as the workers' housekeeping
+    does. Returns how many cases were triaged (none when the history is already loaded)."""
+    ids: dict[int, str] = {}
+    triaged = 0
+    for when, kind, i in timeline:
+        with replayed_at(when):
+            if kind == _ARRIVE:
+                ids[i] = submit([history[i]])[0]
+                triaged += worker.run_once()
+            else:
+                _close_history(db, settings, [(ids[i], history[i])])
+                worker.index_resolved()
+            with db.write() as s:
+                cases.flag_sla_breaches(s)
+    return triaged
 
 
 class _Submitter:

@@ -41,7 +41,7 @@ from contracts.suggestion import (
     Suggestion,
 )
 from triage import actions, audit, cases, webhooks
-from triage.common import error_text, now_ts, to_ts
+from triage.common import error_text, now_ts, to_ts, utcnow
 from triage.db import Database
 from triage.lifecycle import Status
 from triage.models import Case
@@ -368,7 +368,7 @@ def claim_many(
     """
     if not case_ids:
         return []
-    now = datetime.now(UTC)
+    now = utcnow()
     with db.write() as s:
         got = dict(
             s.execute(
