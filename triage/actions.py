@@ -545,6 +545,11 @@ def cancel(session: Session, action_id: str, *, actor: Actor, reason: str) -> Ac
     row, _case_row, _case = _load(session, action_id)
     if row.status not in EDITABLE:
         raise Conflict(f"an action that is {row.status} cannot be cancelled", field="status")
+    _cancel(session, row, actor, reason)
+    return row
+
+
+def _cancel(session: Session, row: ActionRow, actor: Actor, reason: str) -> None:
     _bump(session, row, status=CANCELLED, outcome_reason=reason)
     audit.append(
         session,
@@ -553,7 +558,6 @@ def cancel(session: Session, action_id: str, *, actor: Actor, reason: str) -> Ac
         {"action_id": row.id, "reason": reason},
         case_id=row.case_id,
     )
-    return row
 
 
 NOT_TAKEN = "not taken: the case was resolved"
@@ -609,14 +613,7 @@ def transition_case(
         expected_version=expected_version,
     )
     for action in open_actions:
-        _bump(session, action, status=CANCELLED, outcome_reason=NOT_TAKEN)
-        audit.append(
-            session,
-            actor,
-            "action.cancelled",
-            {"action_id": action.id, "reason": NOT_TAKEN},
-            case_id=case_id,
-        )
+        _cancel(session, action, actor, NOT_TAKEN)
     return row
 
 
