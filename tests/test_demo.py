@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from triage import audit, demo
 from triage.common import now_ts, parse_ts, replayed_at, to_ts, utcnow
-from triage.models import ActionRow, AuditEvent, Case, LabelFeedback
+from triage.models import ActionApproval, ActionRow, AuditEvent, Case, LabelFeedback
 from triage.models import Suggestion as SuggestionRow
 from triage.simulator import RESOLUTIONS, ROOT_CAUSES, SimConfig, Simulator
 
@@ -91,6 +91,29 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
             assert similar, sim.case["source"]["case_id"]
             assert {c["case_id"] for c in similar} <= history_ids
             assert all(c["resolution"] for c in similar)
+        # history cases are settled: what paid the customer back was requested, approved by
+        # someone other than the requester and executed; nothing else is open
+        history_actions = s.scalars(
+            select(ActionRow).where(ActionRow.case_id.in_(history_ids))
+        ).all()
+        assert {a.status for a in history_actions} <= {"executed", "cancelled"}
+        paid = [a for a in history_actions if a.status == "executed"]
+        paid_cases = {
+            rows[sim.case["source"]["case_id"]].id
+            for sim in simulated[:n_history]
+            if sim.labels["category"] in demo.PAID_BACK
+        }
+        assert paid and {a.case_id for a in paid} <= paid_cases
+        assert all(a.requested_by == "demo-agent" for a in paid)
+        approvals = s.scalars(
+            select(ActionApproval).where(ActionApproval.action_id.in_([a.id for a in paid]))
+        ).all()
+        # (the seed's history holds material amounts: some needed an approver)
+        assert approvals and {a.approver_id for a in approvals} <= {
+            "demo-approver",
+            "demo-controller",
+        }
+
         # the history was lived through in the weeks before the live cases arrived: stamped
         # then, on a trail whose times rise with its sequence and whose chain holds
         live_from = min(

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
+import policies
 from contracts.case import CaseIn
 from retrieval.errors import EncoderError
 from triage import actions, audit, auth, cases, classification, dashboard, users
 from triage.common import replayed_at, utcnow
 from triage.db import Database
+from triage.errors import PermissionDenied
 from triage.lifecycle import Status
+from triage.models import ActionRow, Case
 from triage.pipeline import Pipeline
 from triage.settings import Settings
 from triage.simulator import SimConfig, SimulatedCase, Simulator
@@ -31,6 +36,8 @@ from triage.worker import Worker
 log = logging.getLogger("triage.demo")
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
+DEMO_AGENT = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
+DEMO_ORCHESTRATOR = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
 
 # Share of the demo's cases loaded first as closed history, and the days it spans (see
 # :func:`load`).
@@ -45,6 +52,13 @@ DEMO_KEYS: list[tuple[str, str, list[str]]] = [
     ("controller", "approver", ["finance_controller"]),
     ("auditor", "auditor", []),
     ("admin", "admin", []),
+]
+
+# Who decides the history's approvals, in turn (the people behind the approver keys).
+DEMO_APPROVERS: list[tuple[audit.Actor, list[str]]] = [
+    (audit.Actor(audit.ActorType.human, f"demo-{label}", role), authorities)
+    for label, role, authorities in DEMO_KEYS
+    if role == "approver"
 ]
 
 
@@ -156,16 +170,26 @@ def _set_up(db: Database, settings: Settings) -> Pipeline:
     return pipe
 
 
-_ARRIVE, _CLOSE = 0, 1
+_ARRIVE, _REQUEST, _DECIDE, _CLOSE = range(4)
+
+# Root causes whose resolution (``simulator.RESOLUTIONS``) pays the customer back, and how: the
+# demo agent requests that suggested action before closing such a case.
+PAID_BACK = {
+    "contract_discount_missing": "issue_credit_note",
+    "duplicate_billing": "issue_credit_note",
+    "integration_retry_duplicate": "issue_credit_note",
+    "customer_return": "refund",
+}
 
 
 def _history_timeline(
     history: list[SimulatedCase], settings: Settings, now: datetime
 ) -> list[tuple[datetime, int, int]]:
-    """When each history case arrived and was closed, in time order: ``(when, _ARRIVE or
-    _CLOSE, index)``. Arrivals are spread over :data:`HISTORY_DAYS` up to a day ago; each is
-    closed after 10-115% of its priority's resolution SLA (so some breach it), and at the
-    latest half an hour ago. Deterministic apart from ``now``."""
+    """When each history step happened, in time order: ``(when, step, index)``. Arrivals are
+    spread over :data:`HISTORY_DAYS` up to a day ago; each case is closed after 10-115% of its
+    priority's resolution SLA (so some breach it), and at the latest half an hour ago; a case
+    paid back (:data:`PAID_BACK`) has its action requested a quarter of the way and decided
+    two thirds of the way to its close. Deterministic apart from ``now``."""
     rng = random.Random(7)
     first = now - timedelta(days=HISTORY_DAYS)
     gap = timedelta(days=HISTORY_DAYS - 1) / max(1, len(history))
@@ -173,8 +197,13 @@ def _history_timeline(
     for i, sim in enumerate(history):
         arrive = first + gap * (i + rng.random())
         sla = settings.sla_resolution_hours.get(sim.labels["priority"], 72.0)
-        close = arrive + timedelta(hours=sla * rng.uniform(0.1, 1.15))
-        events += [(arrive, _ARRIVE, i), (min(close, now - timedelta(minutes=30)), _CLOSE, i)]
+        close = min(
+            arrive + timedelta(hours=sla * rng.uniform(0.1, 1.15)), now - timedelta(minutes=30)
+        )
+        events += [(arrive, _ARRIVE, i), (close, _CLOSE, i)]
+        if sim.labels["category"] in PAID_BACK:
+            span = close - arrive
+            events += [(arrive + span / 4, _REQUEST, i), (arrive + span * 2 / 3, _DECIDE, i)]
     return sorted(events)
 
 
@@ -192,17 +221,87 @@ def _replay_history(
     does. Returns how many cases were triaged (none when the history is already loaded)."""
     ids: dict[int, str] = {}
     triaged = 0
+    policy = actions.load_policy(settings)
     for when, kind, i in timeline:
         with replayed_at(when):
             if kind == _ARRIVE:
                 ids[i] = submit([history[i]])[0]
                 triaged += worker.run_once()
+            elif kind == _REQUEST:
+                _request_payback(
+                    db, settings, policy, ids[i], PAID_BACK[history[i].labels["category"]]
+                )
+            elif kind == _DECIDE:
+                _decide_payback(db, settings, policy, ids[i])
             else:
                 _close_history(db, settings, [(ids[i], history[i])])
                 worker.index_resolved()
             with db.write() as s:
                 cases.flag_sla_breaches(s)
     return triaged
+
+
+def _request_payback(
+    db: Database, settings: Settings, policy: policies.PolicySet, case_id: str, action_type: str
+) -> None:
+    """The demo agent requests the case's suggested credit note or refund, if it is still
+    proposed (not on a second start, when it was requested and decided long ago)."""
+    with db.write() as s:
+        action_id = s.scalar(
+            select(ActionRow.id)
+            .join(Case, Case.id == ActionRow.case_id)
+            .where(
+                ActionRow.case_id == case_id,
+                ActionRow.action_type == action_type,
+                ActionRow.status == actions.PROPOSED,
+                Case.status == Status.awaiting_review.value,
+            )
+            .order_by(ActionRow.id)
+            .limit(1)
+        )
+        if action_id is not None:
+            actions.request(s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings)
+
+
+def _decide_payback(
+    db: Database, settings: Settings, policy: policies.PolicySet, case_id: str
+) -> None:
+    """The demo's approvers decide the case's pending actions: the finance approver first, the
+    controller when the amount is beyond the approver's authority or quorum needs both. One
+    neither may approve is withdrawn by the agent. Approved actions are reported executed by
+    the orchestration layer, as its ERP would after posting them."""
+    with db.write() as s:
+        rows = s.scalars(
+            select(ActionRow)
+            .where(
+                ActionRow.case_id == case_id,
+                ActionRow.status.in_([actions.PENDING, actions.APPROVED]),
+            )
+            .order_by(ActionRow.id)
+        ).all()
+        for row in rows:
+            for actor, authorities in DEMO_APPROVERS:
+                if row.status != actions.PENDING:
+                    break
+                try:
+                    actions.approve(
+                        s,
+                        row.id,
+                        actor=actor,
+                        authorities=authorities,
+                        action_hash=row.action_hash or "",
+                        policy=policy,
+                        settings=settings,
+                        reason="checked against the delivery and billing records",
+                    )
+                except PermissionDenied:
+                    continue  # beyond this approver's authority: the next one decides
+            if row.status == actions.PENDING:
+                actions.cancel(
+                    s, row.id, actor=DEMO_AGENT, reason="withdrawn: no approver could release it"
+                )
+            elif row.status == actions.APPROVED:
+                actions.report_outcome(s, row.id, actor=DEMO_ORCHESTRATOR, done=True, reason=None)
 
 
 class _Submitter:
@@ -217,7 +316,7 @@ class _Submitter:
         progress: Callable[[int, int, float], None] | None,
     ) -> None:
         self.db, self.settings, self.total, self.progress = db, settings, total, progress
-        self.actor = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
+        self.actor = DEMO_ORCHESTRATOR
         self.started = time.perf_counter()
         self.done = 0
         self.created = 0
@@ -247,7 +346,6 @@ def _close_history(
     and priority set by an override wherever the classifier said otherwise or abstained, then
     resolved with the simulator's resolution. Cases not awaiting review (resolved on an earlier
     start, or failed) are left as they are."""
-    agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
     with db.write() as s:
         for case_id, sim in history:
             row = cases.get(s, case_id)
@@ -258,13 +356,13 @@ def _close_history(
                 classification.override(
                     s,
                     case_id,
-                    actor=agent,
+                    actor=DEMO_AGENT,
                     reason="root cause confirmed at close",
                     settings=settings,
                     **wrong,
                 )
             actions.transition_case(
-                s, case_id, Status.resolved, actor=agent, resolution=sim.resolution
+                s, case_id, Status.resolved, actor=DEMO_AGENT, resolution=sim.resolution
             )
 
 
@@ -272,11 +370,6 @@ def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
     """Give approvers an inbox: a demo agent requests every other suggested credit note or
     refund, largest first, so that the inbox holds material amounts, some small ones show the
     automatic path, and large ones are left for whoever tries the demo to request."""
-    from sqlalchemy import select
-
-    from triage.models import ActionRow, Case
-
-    agent = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
     policy = actions.load_policy(settings)
     with db.write() as s:
         actions.record_policy_activation(s, policy, settings)
@@ -292,7 +385,7 @@ def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
             .limit(2 * n)
         ).all()
         for action_id in ids[::2]:
-            actions.request(s, action_id, actor=agent, policy=policy, settings=settings)
+            actions.request(s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings)
 
 
 def describe(summary: DemoSummary, host: str, port: int) -> str:
