@@ -114,16 +114,19 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
             "demo-controller",
         }
 
-        # the history was lived through in the weeks before the live cases arrived: stamped
-        # then, on a trail whose times rise with its sequence and whose chain holds
-        live_from = min(
+        # the history was lived through in the weeks before, the live cases arrived over the
+        # last hours: stamped then, on a trail whose times rise with its sequence and whose
+        # chain holds
+        live_times = sorted(
             rows[sim.case["source"]["case_id"]].created_at for sim in simulated[n_history:]
         )
-        oldest = to_ts(parse_ts(live_from) - timedelta(days=demo.HISTORY_DAYS))
+        last = parse_ts(live_times[-1])
+        assert parse_ts(live_times[0]) < last - timedelta(hours=demo.LIVE_HOURS * 0.8)
+        oldest = to_ts(last - timedelta(days=demo.HISTORY_DAYS))
         history = simulated[:n_history]
         for sim in history:
             row = rows[sim.case["source"]["case_id"]]
-            assert oldest < row.created_at < row.triaged_at < row.resolved_at < live_from
+            assert oldest < row.created_at < row.triaged_at < row.resolved_at < live_times[-1]
         stamps = s.scalars(select(AuditEvent.ts).order_by(AuditEvent.seq)).all()
         first_arrival = min(rows[sim.case["source"]["case_id"]].created_at for sim in history)
         assert stamps == sorted(stamps) and stamps[0] < first_arrival

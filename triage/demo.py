@@ -39,10 +39,11 @@ DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
 DEMO_AGENT = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
 DEMO_ORCHESTRATOR = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
 
-# Share of the demo's cases loaded first as closed history, and the days it spans (see
-# :func:`load`).
+# Share of the demo's cases loaded first as closed history, the days it spans, and the hours
+# over which the open (live) cases arrive (see :func:`load`).
 HISTORY_SHARE = 0.4
 HISTORY_DAYS = 28
+LIVE_HOURS = 3
 
 # (label, API role, policy authorities): two approvers so quorum and four-eyes can be shown.
 DEMO_KEYS: list[tuple[str, str, list[str]]] = [
@@ -98,36 +99,33 @@ def load(
     :data:`HISTORY_DAYS` before now with the clock set to each step's time
     (:func:`triage.common.replayed_at`): each arrives and is triaged, and later a demo agent
     corrects it where the classifier was wrong or abstained (an override) and resolves it
-    with the simulator's resolution text, some past their SLA. The rest arrive now, so their
-    suggestions show similar past cases, the models page has an override rate and the
-    dashboard four weeks of figures. Running it again changes nothing: cases replay by source
-    id, history already resolved is left alone, and approvals are only requested on the start
-    that created the live cases.
+    with the simulator's resolution text, some past their SLA. The rest arrive over the last
+    :data:`LIVE_HOURS` and stay open, so their suggestions show similar past cases, the models
+    page has an override rate and the dashboard four weeks of figures. Running it again
+    changes nothing: cases replay by source id, history already resolved is left alone, and
+    approvals are only requested on the start that created the live cases.
     """
     db = Database(settings)
     try:
         simulated = list(Simulator(SimConfig(seed=7)).cases(n_cases))
         n_history = int(len(simulated) * HISTORY_SHARE)
-        history, live = simulated[:n_history], simulated[n_history:]
-        timeline = _history_timeline(history, settings, utcnow())
+        timeline = _timeline(simulated, n_history, settings, utcnow())
         # set up before the history starts, so the audit trail's times rise with its sequence
         with replayed_at(timeline[0][0] - timedelta(hours=1) if timeline else utcnow()):
             keys = _keys(db, settings.data_dir / "demo-keys.json")
             pipe = _set_up(db, settings)
         worker = Worker(db, settings, pipe)
         submit = _Submitter(db, settings, n_cases, progress)
-        triaged = _replay_history(db, settings, worker, submit, history, timeline)
-        created_before_live = submit.created
-        submit(live)
-        triaged += worker.run_once()
-        if submit.created > created_before_live:
+        ids = _replay(db, settings, worker, submit, simulated, timeline)
+        triaged = submit.triaged + worker.run_once()
+        if submit.created_ids & set(ids[n_history:]):
             _request_some(db, settings)
         dashboard.refresh_recent(db, days=HISTORY_DAYS + 1)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
         return DemoSummary(
             keys,
-            submit.created,
+            len(submit.created_ids),
             len(total),
             triaged,
             settings.data_dir / "demo-keys.json",
@@ -182,19 +180,21 @@ PAID_BACK = {
 }
 
 
-def _history_timeline(
-    history: list[SimulatedCase], settings: Settings, now: datetime
+def _timeline(
+    simulated: list[SimulatedCase], n_history: int, settings: Settings, now: datetime
 ) -> list[tuple[datetime, int, int]]:
-    """When each history step happened, in time order: ``(when, step, index)``. Arrivals are
-    spread over :data:`HISTORY_DAYS` up to a day ago; each case is closed after 10-115% of its
-    priority's resolution SLA (so some breach it), and at the latest half an hour ago; a case
-    paid back (:data:`PAID_BACK`) has its action requested a quarter of the way and decided
-    two thirds of the way to its close. Deterministic apart from ``now``."""
+    """When each step of the demo's data happened, in time order: ``(when, step, index into
+    simulated)``. The first ``n_history`` cases arrive spread over :data:`HISTORY_DAYS` up to a
+    day ago; each is closed after 10-115% of its priority's resolution SLA (so some breach it),
+    and at the latest half an hour ago; a case paid back (:data:`PAID_BACK`) has its action
+    requested a quarter of the way and decided two thirds of the way to its close. The rest
+    (the live cases) arrive over the last :data:`LIVE_HOURS`, none overdue yet.
+    Deterministic apart from ``now``."""
     rng = random.Random(7)
     first = now - timedelta(days=HISTORY_DAYS)
-    gap = timedelta(days=HISTORY_DAYS - 1) / max(1, len(history))
+    gap = timedelta(days=HISTORY_DAYS - 1) / max(1, n_history)
     events: list[tuple[datetime, int, int]] = []
-    for i, sim in enumerate(history):
+    for i, sim in enumerate(simulated[:n_history]):
         arrive = first + gap * (i + rng.random())
         sla = settings.sla_resolution_hours.get(sim.labels["priority"], 72.0)
         close = min(
@@ -204,41 +204,50 @@ def _history_timeline(
         if sim.labels["category"] in PAID_BACK:
             span = close - arrive
             events += [(arrive + span / 4, _REQUEST, i), (arrive + span * 2 / 3, _DECIDE, i)]
+    live = len(simulated) - n_history
+    live_span = timedelta(hours=LIVE_HOURS)
+    events += [
+        (now - live_span + live_span * j / max(1, live), _ARRIVE, n_history + j)
+        for j in range(live)
+    ]
     return sorted(events)
 
 
-def _replay_history(
+def _replay(
     db: Database,
     settings: Settings,
     worker: Worker,
     submit: _Submitter,
-    history: list[SimulatedCase],
+    simulated: list[SimulatedCase],
     timeline: list[tuple[datetime, int, int]],
-) -> int:
-    """Live the history's weeks in order, each step stamped with its time: a case arrives and
-    is triaged, or a demo agent closes it (:func:`_close_history`) and it joins the
-    similar-case index; the SLA sweep runs after every step, as the workers' housekeeping
-    does. Returns how many cases were triaged (none when the history is already loaded)."""
+) -> list[str]:
+    """Live the timeline in order, each step stamped with its time: a case arrives and is
+    triaged; a demo agent requests the credit note or refund that pays a customer back, the
+    approvers decide it, or the agent closes the case (:func:`_close_history`) and it joins
+    the similar-case index; the SLA sweep runs after every step, as the workers'
+    housekeeping does. Returns the case ids, in the order of ``simulated``."""
     ids: dict[int, str] = {}
-    triaged = 0
     policy = actions.load_policy(settings)
+    ended = timeline[0][0] if timeline else utcnow()
     for when, kind, i in timeline:
-        with replayed_at(when):
+        sim = simulated[i]
+        # a step takes real time and its clock runs on: the next starts no earlier than this
+        # one ended, or two close steps would stamp the trail out of order
+        with replayed_at(max(when, ended)):
             if kind == _ARRIVE:
-                ids[i] = submit([history[i]])[0]
-                triaged += worker.run_once()
+                ids[i] = submit([sim])[0]
+                submit.triaged += worker.run_once()
             elif kind == _REQUEST:
-                _request_payback(
-                    db, settings, policy, ids[i], PAID_BACK[history[i].labels["category"]]
-                )
+                _request_payback(db, settings, policy, ids[i], PAID_BACK[sim.labels["category"]])
             elif kind == _DECIDE:
                 _decide_payback(db, settings, policy, ids[i])
             else:
-                _close_history(db, settings, [(ids[i], history[i])])
+                _close_history(db, settings, [(ids[i], sim)])
                 worker.index_resolved()
             with db.write() as s:
                 cases.flag_sla_breaches(s)
-    return triaged
+            ended = utcnow()
+    return [ids[i] for i in range(len(simulated))]
 
 
 def _request_payback(
@@ -306,7 +315,8 @@ def _decide_payback(
 
 class _Submitter:
     """Submits simulated cases in batches of 100 as the demo orchestrator, reporting progress
-    over the whole load; counts the cases that were new (not replays)."""
+    over the whole load; keeps the ids of the cases that were new (not replays) and a count of
+    those triaged (kept by the caller)."""
 
     def __init__(
         self,
@@ -319,7 +329,8 @@ class _Submitter:
         self.actor = DEMO_ORCHESTRATOR
         self.started = time.perf_counter()
         self.done = 0
-        self.created = 0
+        self.created_ids: set[str] = set()
+        self.triaged = 0
 
     def __call__(self, simulated: list[SimulatedCase]) -> list[str]:
         """Submit ``simulated``; returns their case ids in the same order."""
@@ -332,7 +343,8 @@ class _Submitter:
                         s, CaseIn.model_validate(sim.case), actor=self.actor, settings=self.settings
                     )
                     ids.append(result.case.id)
-                    self.created += not result.replayed
+                    if not result.replayed:
+                        self.created_ids.add(result.case.id)
             self.done += len(batch)
             if self.progress:
                 self.progress(self.done, self.total, self.started)
