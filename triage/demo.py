@@ -116,8 +116,8 @@ def load(
             pipe = _set_up(db, settings)
         worker = Worker(db, settings, pipe)
         submit = _Submitter(db, settings, n_cases, progress)
-        ids = _replay(db, settings, worker, submit, simulated, timeline)
-        triaged = submit.triaged + worker.run_once()
+        ids, triaged = _replay(db, settings, worker, submit, simulated, timeline)
+        triaged += worker.run_once()
         if submit.created_ids & set(ids[n_history:]):
             _request_some(db, settings)
         dashboard.refresh_recent(db, days=HISTORY_DAYS + 1)
@@ -220,13 +220,15 @@ def _replay(
     submit: _Submitter,
     simulated: list[SimulatedCase],
     timeline: list[tuple[datetime, int, int]],
-) -> list[str]:
+) -> tuple[list[str], int]:
     """Live the timeline in order, each step stamped with its time: a case arrives and is
     triaged; a demo agent requests the credit note or refund that pays a customer back, the
     approvers decide it, or the agent closes the case (:func:`_close_history`) and it joins
     the similar-case index; the SLA sweep runs after every step, as the workers'
-    housekeeping does. Returns the case ids, in the order of ``simulated``."""
+    housekeeping does. Returns the case ids in the order of ``simulated``, and how many cases
+    were triaged (none when everything was loaded before)."""
     ids: dict[int, str] = {}
+    triaged = 0
     policy = actions.load_policy(settings)
     ended = timeline[0][0] if timeline else utcnow()
     for when, kind, i in timeline:
@@ -235,19 +237,19 @@ def _replay(
         # one ended, or two close steps would stamp the trail out of order
         with replayed_at(max(when, ended)):
             if kind == _ARRIVE:
-                ids[i] = submit([sim])[0]
-                submit.triaged += worker.run_once()
+                ids[i] = submit(sim)
+                triaged += worker.run_once()
             elif kind == _REQUEST:
                 _request_payback(db, settings, policy, ids[i], PAID_BACK[sim.labels["category"]])
             elif kind == _DECIDE:
                 _decide_payback(db, settings, policy, ids[i])
             else:
-                _close_history(db, settings, [(ids[i], sim)])
+                _close_history(db, settings, ids[i], sim)
                 worker.index_resolved()
             with db.write() as s:
                 cases.flag_sla_breaches(s)
             ended = utcnow()
-    return [ids[i] for i in range(len(simulated))]
+    return [ids[i] for i in range(len(simulated))], triaged
 
 
 def _request_payback(
@@ -314,9 +316,8 @@ def _decide_payback(
 
 
 class _Submitter:
-    """Submits simulated cases in batches of 100 as the demo orchestrator, reporting progress
-    over the whole load; keeps the ids of the cases that were new (not replays) and a count of
-    those triaged (kept by the caller)."""
+    """Submits simulated cases as the demo orchestrator, reporting progress over the whole
+    load; keeps the ids of the cases that were new (not replays)."""
 
     def __init__(
         self,
@@ -330,52 +331,43 @@ class _Submitter:
         self.started = time.perf_counter()
         self.done = 0
         self.created_ids: set[str] = set()
-        self.triaged = 0
 
-    def __call__(self, simulated: list[SimulatedCase]) -> list[str]:
-        """Submit ``simulated``; returns their case ids in the same order."""
-        ids: list[str] = []
-        for first in range(0, len(simulated), 100):
-            batch = simulated[first : first + 100]
-            with self.db.write() as s:
-                for sim in batch:
-                    result = cases.submit(
-                        s, CaseIn.model_validate(sim.case), actor=self.actor, settings=self.settings
-                    )
-                    ids.append(result.case.id)
-                    if not result.replayed:
-                        self.created_ids.add(result.case.id)
-            self.done += len(batch)
-            if self.progress:
-                self.progress(self.done, self.total, self.started)
-        return ids
-
-
-def _close_history(
-    db: Database, settings: Settings, history: list[tuple[str, SimulatedCase]]
-) -> None:
-    """A demo agent closes the history cases as an operator would have: the true category, queue
-    and priority set by an override wherever the classifier said otherwise or abstained, then
-    resolved with the simulator's resolution. Cases not awaiting review (resolved on an earlier
-    start, or failed) are left as they are."""
-    with db.write() as s:
-        for case_id, sim in history:
-            row = cases.get(s, case_id)
-            if row.status != Status.awaiting_review.value:
-                continue
-            wrong = {t: v for t, v in sim.labels.items() if getattr(row, t) != v}
-            if wrong:
-                classification.override(
-                    s,
-                    case_id,
-                    actor=DEMO_AGENT,
-                    reason="root cause confirmed at close",
-                    settings=settings,
-                    **wrong,
-                )
-            actions.transition_case(
-                s, case_id, Status.resolved, actor=DEMO_AGENT, resolution=sim.resolution
+    def __call__(self, sim: SimulatedCase) -> str:
+        """Submit one simulated case; returns its case id (the stored one on a replay)."""
+        with self.db.write() as s:
+            result = cases.submit(
+                s, CaseIn.model_validate(sim.case), actor=self.actor, settings=self.settings
             )
+        if not result.replayed:
+            self.created_ids.add(result.case.id)
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total, self.started)
+        return result.case.id
+
+
+def _close_history(db: Database, settings: Settings, case_id: str, sim: SimulatedCase) -> None:
+    """A demo agent closes a history case as an operator would have: the true category, queue
+    and priority set by an override wherever the classifier said otherwise or abstained, then
+    resolved with the simulator's resolution. A case not awaiting review (resolved on an
+    earlier start, or failed) is left as it is."""
+    with db.write() as s:
+        row = cases.get(s, case_id)
+        if row.status != Status.awaiting_review.value:
+            return
+        wrong = {t: v for t, v in sim.labels.items() if getattr(row, t) != v}
+        if wrong:
+            classification.override(
+                s,
+                case_id,
+                actor=DEMO_AGENT,
+                reason="root cause confirmed at close",
+                settings=settings,
+                **wrong,
+            )
+        actions.transition_case(
+            s, case_id, Status.resolved, actor=DEMO_AGENT, resolution=sim.resolution
+        )
 
 
 def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
