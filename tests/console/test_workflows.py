@@ -138,6 +138,8 @@ def _request_credit(client, db, case_id) -> ActionRow:
 def test_resolve_waits_for_a_pending_approval(client, people, case_ids, db):
     sign_in(client, "agent")
     pending = _request_credit(client, db, case_ids[1])
+    page = client.get(f"/console/cases/{case_ids[1]}").text
+    assert "Resolving waits for 1 action(s) awaiting approval" in page
     url = f"/console/cases/{case_ids[1]}/transition"
     done = {"to": "resolved", "resolution": "credited"}
     message = flash(client, post(client, url, done))
@@ -149,6 +151,7 @@ def test_resolve_waits_for_a_pending_approval(client, people, case_ids, db):
         client, f"/console/actions/{pending.id}/cancel", {"case_id": case_ids[1], "reason": "no"}
     )
     assert flash(client, r).startswith("ok")
+    assert "Resolving waits for" not in client.get(f"/console/cases/{case_ids[1]}").text
     assert "now resolved" in flash(client, post(client, url, done))
 
 
