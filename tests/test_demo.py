@@ -1,6 +1,7 @@
-"""The demo loader: a closed history first (overrides where the classifier was wrong, resolved
-with the simulator's resolution, indexed), then live cases whose suggestions cite that history;
-loading again changes nothing."""
+"""The demo loader: four weeks of closed history lived through with a replayed clock
+(overrides where the classifier was wrong, paid-back cases approved and executed, resolved
+with the simulator's resolution, indexed), then live cases whose suggestions cite that
+history; loading again changes nothing."""
 
 from __future__ import annotations
 
