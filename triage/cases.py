@@ -563,7 +563,11 @@ def human_transition(
     resolution: str | None = None,
     expected_version: int | None = None,
 ) -> Case:
-    """A person moves a case: claim, release, resolve (needs a resolution), escalate, retry."""
+    """A person moves a case: claim, release, resolve (needs a resolution), escalate, retry.
+
+    Callers outside this module resolve through :func:`triage.actions.transition_case`, which
+    also settles the case's actions (this module sits below the actions layer).
+    """
     if target == Status.resolved and not (resolution and resolution.strip()):
         raise ValidationFailed(
             "resolving a case needs a resolution text",

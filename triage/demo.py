@@ -113,13 +113,13 @@ def load(
         # set up before the history starts, so the audit trail's times rise with its sequence
         with replayed_at(timeline[0][0] - timedelta(hours=1) if timeline else utcnow()):
             keys = _keys(db, settings.data_dir / "demo-keys.json")
-            pipe = _set_up(db, settings)
+            pipe, policy = _set_up(db, settings)
         worker = Worker(db, settings, pipe)
         submit = _Submitter(db, settings, n_cases, progress)
-        ids, triaged = _replay(db, settings, worker, submit, simulated, timeline)
+        ids, triaged = _replay(db, settings, policy, worker, submit, simulated, timeline)
         triaged += worker.run_once()
         if submit.created_ids & set(ids[n_history:]):
-            _request_some(db, settings)
+            _request_some(db, settings, policy)
         dashboard.refresh_recent(db, days=HISTORY_DAYS + 1)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
@@ -135,9 +135,10 @@ def load(
         db.dispose()
 
 
-def _set_up(db: Database, settings: Settings) -> Pipeline:
-    """The default model (trained and activated when none is) and the pipeline with the
-    repository's knowledge base ingested."""
+def _set_up(db: Database, settings: Settings) -> tuple[Pipeline, policies.PolicySet]:
+    """The default model (trained and activated when none is), the pipeline with the
+    repository's knowledge base ingested, and the action policy, its activation on the trail
+    before any action the history decides under it."""
     if classification.registry(settings).active_version() is None:
         version = classification.train_default_model(settings)
         with db.write() as s:
@@ -165,7 +166,10 @@ def _set_up(db: Database, settings: Settings) -> Pipeline:
         docs = settings.knowledge_dir or REPO_KNOWLEDGE
         if docs.exists():
             pipe.retriever.ingest([docs])
-    return pipe
+    policy = actions.load_policy(settings)
+    with db.write() as s:
+        actions.record_policy_activation(s, policy, settings)
+    return pipe, policy
 
 
 _ARRIVE, _REQUEST, _DECIDE, _CLOSE = range(4)
@@ -216,6 +220,7 @@ def _timeline(
 def _replay(
     db: Database,
     settings: Settings,
+    policy: policies.PolicySet,
     worker: Worker,
     submit: _Submitter,
     simulated: list[SimulatedCase],
@@ -229,7 +234,6 @@ def _replay(
     were triaged (none when everything was loaded before)."""
     ids: dict[int, str] = {}
     triaged = 0
-    policy = actions.load_policy(settings)
     ended = timeline[0][0] if timeline else utcnow()
     for when, kind, i in timeline:
         sim = simulated[i]
@@ -370,13 +374,13 @@ def _close_history(db: Database, settings: Settings, case_id: str, sim: Simulate
         )
 
 
-def _request_some(db: Database, settings: Settings, n: int = 12) -> None:
+def _request_some(
+    db: Database, settings: Settings, policy: policies.PolicySet, n: int = 12
+) -> None:
     """Give approvers an inbox: a demo agent requests every other suggested credit note or
     refund, largest first, so that the inbox holds material amounts, some small ones show the
     automatic path, and large ones are left for whoever tries the demo to request."""
-    policy = actions.load_policy(settings)
     with db.write() as s:
-        actions.record_policy_activation(s, policy, settings)
         ids = s.scalars(
             select(ActionRow.id)
             .join(Case, Case.id == ActionRow.case_id)
