@@ -17,6 +17,7 @@ Contract:
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 from retrieval.errors import IngestError
 
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".pdf"})
+# A knowledge document is a procedure or policy, not an archive: a longer PDF is refused.
+MAX_PDF_PAGES = 2_000
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
 
@@ -88,21 +91,28 @@ def load_document(path: Path) -> SourceDocument:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc.strerror})") from exc
-    if suffix == ".pdf":
-        body, pages = _read_pdf(path)
-        return _document(path, "pdf", body, hashlib.sha256(data).hexdigest(), {}, pages)
     return parse_document(str(path), data)
 
 
 def parse_document(source: str, data: bytes) -> SourceDocument:
-    """A Markdown or plain-text document from its bytes; ``source`` is its file name or path
-    (its suffix says how to read it, its stem is the document id unless front matter sets
-    ``id``; it is recorded as the chunks' ``source_path``). Raises :class:`IngestError`,
-    prefixed ``source:``, for another suffix, text that is not UTF-8 or no text at all."""
+    """A Markdown, plain-text or PDF document from its bytes; ``source`` is its file name or
+    path (its suffix says how to read it, its stem is the document id unless Markdown front
+    matter sets ``id``; it is recorded as the chunks' ``source_path``). Raises
+    :class:`IngestError`, prefixed ``source:``, for another suffix, text that is not UTF-8, a
+    PDF that cannot be read (damaged, encrypted, over :data:`MAX_PDF_PAGES` pages) or no text
+    at all (a scanned PDF without a text layer)."""
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES or suffix == ".pdf":
+    if suffix not in SUPPORTED_SUFFIXES:
         raise IngestError(f"{source}: unsupported file type {suffix!r}")
+    digest = hashlib.sha256(data).hexdigest()
+    if suffix == ".pdf":
+        body, pages = _read_pdf(source, data)
+        if not body.strip():
+            raise IngestError(
+                f"{source}: the PDF has no text layer (a scanned document? run OCR first)"
+            )
+        return _document(path, "pdf", body, digest, {}, pages)
     try:
         raw = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -111,7 +121,7 @@ def parse_document(source: str, data: bytes) -> SourceDocument:
     markdown = suffix in {".md", ".markdown"}
     meta, body = _parse_front_matter(raw) if markdown else ({}, raw)
     kind = "markdown" if markdown else "text"
-    return _document(path, kind, body, hashlib.sha256(data).hexdigest(), meta, ())
+    return _document(path, kind, body, digest, meta, ())
 
 
 def _document(
@@ -140,15 +150,29 @@ def _document(
     )
 
 
-def _read_pdf(path: Path) -> tuple[str, tuple[str, ...]]:
+def _read_pdf(source: str, data: bytes) -> tuple[str, tuple[str, ...]]:
+    """The text layer of a PDF, page by page. Reads from memory (an upload never touches the
+    disk); pypdf's own limits cap what a compressed stream may expand to."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
+    if not data.startswith(b"%PDF-"):
+        raise IngestError(f"{source}: not a PDF file (it does not start with %PDF-)")
     try:
-        reader = PdfReader(str(path))
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise IngestError(f"{source}: the PDF is password-protected; remove the password")
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise IngestError(
+                f"{source}: the PDF has {len(reader.pages)} pages, more than {MAX_PDF_PAGES}"
+            )
         pages = tuple((page.extract_text() or "").strip() for page in reader.pages)
-    except (PdfReadError, OSError, ValueError) as exc:
-        raise IngestError(f"{path}: cannot read PDF ({exc})") from exc
+    except IngestError:
+        raise
+    except Exception as exc:
+        # pypdf raises many types on a damaged or hostile file (PdfReadError, KeyError,
+        # TypeError, RecursionError, ...): every one of them means "cannot read this PDF",
+        # never a server error.
+        raise IngestError(f"{source}: cannot read the PDF ({type(exc).__name__}: {exc})") from exc
     return "\n\n".join(pages), pages
 
 

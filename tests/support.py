@@ -174,3 +174,36 @@ def fuzz_settings(db_url: str, data_dir: Any) -> Any:
         webhook_backoff_base_seconds=0.0,
         webhook_max_attempts=1,
     )
+
+
+def build_pdf(*pages: str) -> bytes:
+    """A minimal valid PDF, one page per argument with that text in its text layer (Helvetica,
+    correct xref offsets), so PDF reading is tested on real bytes without a PDF library."""
+    page_numbers = [3 + 2 * i for i in range(len(pages))]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % n for n in page_numbers), len(pages)),
+    ]
+    font = 3 + 2 * len(pages)
+    for i, page_text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({page_text}) Tj ET".encode()
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (page_numbers[i] + 1, font)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
+    out += b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)

@@ -3,12 +3,13 @@ store (audited), staff read what it holds; bad documents refuse the whole reques
 
 from __future__ import annotations
 
+import base64
 import json
 
 from sqlalchemy import select
 
 from api.app import create_app
-from tests.support import bearer
+from tests.support import bearer, build_pdf
 from triage.models import AuditEvent
 
 RETURNS = """---
@@ -22,6 +23,10 @@ A pallet that arrives crushed is photographed at the dock within two hours, the 
 driver signs the damage note, and the claim goes to the carrier desk with the photographs.
 """
 CUTOFF = "Carrier cut-off times: parcels leave the Lyon hub at 17:30, pallets at 15:00.\n"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _post(client, key, documents):
@@ -103,13 +108,66 @@ def test_admins_ingest_into_the_servers_store_and_staff_read_it(client, keys, db
     assert payloads == [gone]
 
 
+def test_a_pdf_is_ingested_from_its_bytes_and_cited_by_page(client, keys, app):
+    """PDFs come over the API base64-encoded; each page's text is a chunk with its page."""
+    manual = build_pdf(
+        "Damaged pallets are photographed at the dock within two hours.",
+        "Duplicate invoices are credited in full once the original is confirmed paid.",
+    )
+    r = _post(
+        client,
+        bearer(keys["admin"]),
+        [
+            {"name": "carrier-manual.pdf", "content_base64": _b64(manual)},
+            {"name": "cutoffs.txt", "content_base64": _b64(CUTOFF.encode())},
+        ],
+    )
+    assert r.status_code == 200, r.text
+    docs = {d["name"]: d for d in r.json()["documents"]}
+    assert docs["carrier-manual.pdf"]["doc_id"] == "carrier-manual"
+    assert docs["carrier-manual.pdf"]["chunks_added"] == 2
+    assert docs["cutoffs.txt"]["status"] == "added"
+    kb = app.state.ctx.retrieval.service.kb
+    hit = kb.search("duplicate invoice credited once the original is paid", k=1)[0]
+    assert (hit.doc_id, hit.page) == ("carrier-manual", 2)
+    again = _post(
+        client,
+        bearer(keys["admin"]),
+        [{"name": "carrier-manual.pdf", "content_base64": _b64(manual)}],
+    )
+    assert again.json()["documents"][0]["status"] == "unchanged"
+
+
 def test_a_bad_document_refuses_the_request_and_ingests_nothing(client, keys, db):
     admin = bearer(keys["admin"])
     good = {"name": "cutoffs.txt", "content": CUTOFF}
     cases = [
         ([good, {"name": "blank.md", "content": "   \n"}], "documents[1].content", "no text"),
         ([{"name": "../etc/passwd.md", "content": "x"}], "documents[0].name", "a file name"),
-        ([{"name": "manual.pdf", "content": "x"}], "documents[0].name", "ending .md"),
+        ([{"name": "manual.doc", "content": "x"}], "documents[0].name", "ending .md"),
+        ([{"name": "manual.pdf", "content": "x"}], "documents[0]", "content_base64"),
+        ([{"name": "a.md"}], "documents[0]", "exactly one of"),
+        ([{"name": "a.md", "content": "x", "content_base64": "eA=="}], "documents[0]", "one of"),
+        (
+            [{"name": "a.pdf", "content_base64": "not base64!"}],
+            "documents[0].content_base64",
+            "base64",
+        ),
+        (
+            [good, {"name": "a.pdf", "content_base64": _b64(b"%PDF-1.4\n%%EOF")}],
+            "documents[1].content_base64",
+            "cannot read the PDF",
+        ),
+        (
+            [{"name": "scan.pdf", "content_base64": _b64(build_pdf(""))}],
+            "documents[0].content_base64",
+            "no text layer",
+        ),
+        (
+            [{"name": "a.txt", "content_base64": _b64(b"\xff\xfe")}],
+            "documents[0].content_base64",
+            "not valid UTF-8",
+        ),
         ([good, dict(good)], "documents[1].name", "appears twice"),
         ([good, {"name": "cutoffs.md", "content": "x"}], "documents[1].content", "document id"),
         ([], "documents", None),

@@ -130,42 +130,40 @@ class RetrievalStage:
         """Open Chroma and load the encoder before the first case."""
         _ = self.service
 
-    def ingest_texts(self, documents: Sequence[tuple[str, str]]) -> IngestReport:
-        """Ingest named text documents (``(file name, text)``, the name's suffix .md, .markdown,
-        .txt or .text decides how it is read) into this process's knowledge base, as
-        ``triage kb ingest`` does from files: unchanged documents are skipped, changed ones
-        replaced. :meth:`read_texts` then :meth:`ingest_read`."""
-        return self.ingest_read(self.read_texts(documents))
-
     def ingest_read(self, docs: Sequence[SourceDocument]) -> IngestReport:
-        """Ingest documents :meth:`read_texts` returned. The name is each outcome's ``path`` and
-        its chunks' source; nothing is written to disk but the store."""
+        """Ingest documents :meth:`read_documents` returned: unchanged documents are skipped,
+        changed ones replaced, as ``triage kb ingest`` does from files. The name is each
+        outcome's ``path`` and its chunks' source; nothing is written to disk but the store."""
         with _store_errors():
             return self.service.kb.ingest_documents(docs)
 
-    def read_texts(self, documents: Sequence[tuple[str, str]]) -> list[SourceDocument]:
-        """Read and check named text documents before anything is ingested: one that cannot
+    def read_documents(
+        self,
+        documents: Sequence[tuple[str, bytes]],
+        content_fields: Sequence[str] | None = None,
+    ) -> list[SourceDocument]:
+        """Read and check named documents (``(file name, bytes)``; the name's suffix .md,
+        .markdown, .txt, .text or .pdf says how) before anything is ingested: one that cannot
         be ingested, or that has the document id of another in the call, raises
-        ``ValidationFailed`` naming ``documents[i]...``. Touches neither store nor database."""
+        ``ValidationFailed`` naming ``documents[i].<content field>`` (``content_fields[i]``,
+        default ``content``). Touches neither store nor database."""
         from retrieval.chunking import parse_document
         from retrieval.errors import IngestError
 
         docs = []
         ids: dict[str, int] = {}
-        for i, (name, text) in enumerate(documents):
+        for i, (name, data) in enumerate(documents):
+            field = f"documents[{i}].{content_fields[i] if content_fields else 'content'}"
             try:
-                doc = parse_document(name, text.encode("utf-8"))
+                doc = parse_document(name, data)
             except IngestError as exc:
                 problem = str(exc).removeprefix(f"{name}: ")
                 raise ValidationFailed(
-                    f"document {name!r}: {problem}",
-                    fields={f"documents[{i}].content": problem},
+                    f"document {name!r}: {problem}", fields={field: problem}
                 ) from exc
             if doc.doc_id in ids:  # the second would silently replace the first
                 problem = f"has the document id {doc.doc_id!r} of documents[{ids[doc.doc_id]}]"
-                raise ValidationFailed(
-                    f"document {name!r} {problem}", fields={f"documents[{i}].content": problem}
-                )
+                raise ValidationFailed(f"document {name!r} {problem}", fields={field: problem})
             ids[doc.doc_id] = i
             docs.append(doc)
         return docs

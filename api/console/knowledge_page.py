@@ -1,13 +1,14 @@
 """The console's knowledge base page under ``/console/knowledge``.
 
 Staff see which documents the knowledge base holds (id, version), its size and encoder; admins
-upload Markdown or text files, ingested into the running server's own store through the same
+upload Markdown, text or PDF files, ingested into the running server's own store through the same
 function as ``POST /v1/knowledge/documents`` (same checks, same ``knowledge.ingested`` audit
 event), so documents can be added without stopping the server.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -36,7 +37,7 @@ StaffP = Annotated[
 
 
 class UploadProblem(Exception):
-    """An uploaded file is missing, unnamed or not UTF-8 text; the message says which."""
+    """No file was chosen, or one is empty; the message says which."""
 
 
 @router.get("/knowledge")
@@ -62,19 +63,21 @@ def knowledge_page(request: Request, ctx: ContextDep, p: StaffP) -> Response:
 
 
 def _uploaded_documents(files: list[Any]) -> list[dict[str, str]]:
+    """The uploaded files as API documents (their bytes base64-encoded, so a PDF and a text
+    file pass the same checks as over the API)."""
     documents = []
     for upload in files:
         if not isinstance(upload, UploadFile) or not upload.filename:
             continue  # an empty file input
-        name = upload_name(upload)
-        try:
-            # the form parser has spooled the file; the request limit caps its size
-            content = upload.file.read().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise UploadProblem(f"{name} is not UTF-8 text.") from exc
-        documents.append({"name": name, "content": content})
+        # the form parser has spooled the file; the request limit caps its size
+        data = upload.file.read()
+        if not data:
+            raise UploadProblem(f"{upload_name(upload)} is empty.")
+        documents.append(
+            {"name": upload_name(upload), "content_base64": base64.b64encode(data).decode()}
+        )
     if not documents:
-        raise UploadProblem("Choose one or more Markdown or text files to upload.")
+        raise UploadProblem("Choose one or more Markdown, text or PDF files to upload.")
     return documents
 
 
@@ -85,7 +88,7 @@ def upload(request: Request, ctx: ContextDep, p: AdminP, form: Form) -> Response
         body = IngestRequest.model_validate(
             {"documents": _uploaded_documents(form.getlist("files"))}
         )
-        result = ingest_documents(ctx, p, [(d.name, d.content) for d in body.documents])
+        result = ingest_documents(ctx, p, body.documents)
     except UploadProblem as exc:
         return redirect(request, KNOWLEDGE_URL, str(exc), "error")
     except ValidationError as exc:

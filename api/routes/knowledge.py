@@ -7,11 +7,20 @@ then ``knowledge.ingested``."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from api.deps import ContextDep, R, allow
 from api.routes.cases import ERRORS
@@ -31,22 +40,39 @@ Staff = Annotated[Principal, Depends(allow(R.agent, R.approver, R.auditor, R.adm
 
 MAX_DOCUMENTS = 50
 MAX_DOCUMENT_CHARS = 2_000_000
-# a file name, never a path: letters, digits, dot, dash, underscore; a text suffix
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.(md|markdown|txt|text)$"
+# a PDF manual may be large; the request's own limit (TRIAGE_MAX_UPLOAD_BYTES) still applies
+MAX_DOCUMENT_BYTES = 24 * 1024 * 1024
+# a file name, never a path: letters, digits, dot, dash, underscore; a known suffix
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.(md|markdown|txt|text|pdf)$"
 
 
 class DocumentIn(BaseModel):
+    """One document: its file name and either ``content`` (UTF-8 text) or ``content_base64``
+    (the file's bytes, needed for a PDF; a text file may be sent either way)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         max_length=128,
         description="File name (letters, digits, `.`, `_`, `-`): the suffix (.md, .markdown, "
-        ".txt, .text) says how it is read; the stem is the document id unless Markdown front "
-        "matter sets `id`.",
+        ".txt, .text, .pdf) says how it is read; the stem is the document id unless Markdown "
+        "front matter sets `id`.",
         examples=["returns-policy.md"],
         json_schema_extra={"pattern": NAME_PATTERN},
     )
-    content: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS, description="UTF-8 text.")
+    content: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_DOCUMENT_CHARS,
+        description="The text (Markdown or plain text). Give this or `content_base64`.",
+    )
+    content_base64: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=(MAX_DOCUMENT_BYTES + 2) // 3 * 4,
+        description="The file's bytes, base64-encoded (standard alphabet, padded): a PDF's "
+        "text layer is read page by page, and its pages are cited. Give this or `content`.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -54,9 +80,43 @@ class DocumentIn(BaseModel):
         if not re.fullmatch(NAME_PATTERN, value):
             raise ValueError(
                 "must be a file name of letters, digits, '.', '_' and '-' ending .md, "
-                ".markdown, .txt or .text (PDFs: `triage kb ingest`)"
+                ".markdown, .txt, .text or .pdf"
             )
         return value
+
+    _bytes: bytes = PrivateAttr(default=b"")
+
+    @field_validator("content_base64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"is not valid base64 ({exc})") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_content(self) -> DocumentIn:
+        if (self.content is None) == (self.content_base64 is None):
+            raise ValueError("give exactly one of content (text) and content_base64 (bytes)")
+        if self.content is not None and self.name.lower().endswith(".pdf"):
+            raise ValueError("a PDF is sent as content_base64 (its bytes), not as content")
+        return self
+
+    @property
+    def content_field(self) -> str:
+        """The field the document's content came in (for error messages)."""
+        return "content" if self.content is not None else "content_base64"
+
+    def data(self) -> bytes:
+        """The document's bytes (decoded once)."""
+        if not self._bytes:
+            if self.content_base64 is not None:
+                self._bytes = base64.b64decode(self.content_base64, validate=True)
+            else:
+                self._bytes = (self.content or "").encode("utf-8")
+        return self._bytes
 
 
 class IngestRequest(BaseModel):
@@ -103,24 +163,31 @@ def knowledge_stage(ctx: Any) -> RetrievalStage:
     return stage
 
 
-def ingest_documents(
-    ctx: Any, principal: Principal, documents: list[tuple[str, str]]
-) -> dict[str, Any]:
-    """Ingest ``(name, text)`` documents; shared by this route and the console. Two documents
-    of one name, or one that cannot be read, are refused (422) before anything is written.
-    Audited around the ingest (``audit.with_intent``): ``knowledge.ingest_started`` names the
-    documents, ``knowledge.ingested`` gives each one's outcome (``knowledge.ingest_failed`` the
-    error), and no database lock is held while the documents are encoded."""
+def ingest_documents(ctx: Any, principal: Principal, documents: list[DocumentIn]) -> dict[str, Any]:
+    """Ingest documents; shared by this route and the console. Two documents of one name, or
+    one that cannot be read, are refused (422) before anything is written. Audited around the
+    ingest (``audit.with_intent``): ``knowledge.ingest_started`` names the documents,
+    ``knowledge.ingested`` gives each one's outcome (``knowledge.ingest_failed`` the error),
+    and no database lock is held while the documents are encoded."""
     stage = knowledge_stage(ctx)
     seen: dict[str, int] = {}
-    for i, (name, _) in enumerate(documents):
-        if name in seen:
+    for i, doc in enumerate(documents):
+        if doc.name in seen:
             raise ValidationFailed(
-                f"document name {name!r} appears twice (documents[{seen[name]}] and [{i}])",
+                f"document name {doc.name!r} appears twice (documents[{seen[doc.name]}] and [{i}])",
                 fields={f"documents[{i}].name": "appears twice"},
             )
-        seen[name] = i
-    docs = stage.read_texts(documents)
+        seen[doc.name] = i
+    for i, doc in enumerate(documents):
+        if len(doc.data()) > MAX_DOCUMENT_BYTES:
+            problem = f"is {len(doc.data())} bytes, more than {MAX_DOCUMENT_BYTES}"
+            raise ValidationFailed(
+                f"document {doc.name!r} {problem}",
+                fields={f"documents[{i}].{doc.content_field}": problem},
+            )
+    docs = stage.read_documents(
+        [(d.name, d.data()) for d in documents], [d.content_field for d in documents]
+    )
 
     def go() -> dict[str, Any]:
         report = stage.ingest_read(docs)
@@ -171,8 +238,7 @@ def knowledge_info(ctx: ContextDep, _p: Staff) -> KnowledgeInfo:
     summary="Ingest documents (unchanged ones skipped, changed ones replaced); audited",
 )
 def ingest(body: IngestRequest, ctx: ContextDep, principal: Admin) -> IngestResult:
-    documents = [(d.name, d.content) for d in body.documents]
-    return IngestResult.model_validate(ingest_documents(ctx, principal, documents))
+    return IngestResult.model_validate(ingest_documents(ctx, principal, body.documents))
 
 
 @router.delete(

@@ -8,6 +8,7 @@ import json
 from sqlalchemy import select
 
 from tests.console.conftest import csrf, flash, post, sign_in
+from tests.support import build_pdf
 from triage.models import AuditEvent
 
 URL = "/console/knowledge"
@@ -48,13 +49,25 @@ def test_admins_upload_and_everyone_on_staff_reads(client, login, db, app):
     ]
 
     refused = flash(client, _upload(client, ("new.md", SOP + "more"), ("bad.md", b"\xff\xfe\x00")))
-    assert refused == "error: bad.md is not UTF-8 text.", refused
+    assert refused.startswith("error: Nothing was ingested:"), refused
+    assert "bad.md" in refused and "not valid UTF-8 text" in refused, refused
     blank = flash(client, _upload(client, ("new.md", SOP), ("blank.txt", b"  \n")))
     assert blank.startswith("error: Nothing was ingested:") and "no text" in blank, blank
-    pdf = flash(client, _upload(client, ("manual.pdf", b"%PDF-1.4")))
-    assert pdf.startswith("error: Nothing was ingested:") and "ending .md" in pdf, pdf
+    damaged = flash(client, _upload(client, ("manual.pdf", b"%PDF-1.4")))
+    assert damaged.startswith("error: Nothing was ingested:"), damaged
+    assert "manual.pdf" in damaged and "cannot read the PDF" in damaged, damaged
+    empty = flash(client, _upload(client, ("empty.md", b"")))
+    assert empty == "error: empty.md is empty.", empty
+    docx = flash(client, _upload(client, ("notes.docx", b"PK")))
+    assert docx.startswith("error: Nothing was ingested:") and "ending .md" in docx, docx
     table = client.get(URL).text.split('id="documents"')[1].split("</table>")[0]
     assert ">crushed-pallets<" in table and ">new<" not in table  # none of the refused ingested
+
+    manual = build_pdf("Seal numbers are checked against the bill of lading at the gate.")
+    pdf = flash(client, _upload(client, ("gate-manual.pdf", manual)))
+    assert pdf.startswith("ok: Ingested gate-manual.pdf added;"), pdf
+    hit = app.state.ctx.retrieval.service.kb.search("seal number bill of lading", k=1)[0]
+    assert (hit.doc_id, hit.page) == ("gate-manual", 1)
 
     removed = flash(client, post(client, f"{URL}/cutoffs/remove"))
     assert removed.startswith("ok: Removed cutoffs (version sha-"), removed

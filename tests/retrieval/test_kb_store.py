@@ -13,36 +13,11 @@ from chromadb.config import Settings
 from retrieval.cases import CaseIndex
 from retrieval.chunking import chunk_document, load_document
 from retrieval.embeddings import Encoder, HashingEncoder
-from retrieval.errors import EncoderError
+from retrieval.errors import EncoderError, IngestError
 from retrieval.knowledge import KnowledgeBase
 from retrieval.redaction import Redactor
 from retrieval.store import ChromaConfig, open_client
-
-
-def build_pdf(text: str) -> bytes:
-    """A minimal valid one-page PDF with ``text`` in its text layer (correct xref offsets)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+from tests.support import build_pdf
 
 
 def test_ingest_is_idempotent_and_reports_counts(kb: KnowledgeBase, knowledge_dir: Path) -> None:
@@ -126,6 +101,41 @@ def test_text_and_pdf_documents_are_ingested(kb: KnowledgeBase, tmp_path: Path) 
     assert pdf.kind == "pdf" and "carrier within seven days" in pdf.body
     assert chunk_document(pdf)[0].page == 1
     assert kb.search("late payment interest", k=1)[0].doc_id == "terms"
+
+
+def test_pdfs_that_cannot_be_ingested_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every unreadable PDF is an IngestError naming the problem (the API turns it into a
+    422), never another exception: damaged, not a PDF, password-protected, no text layer, too
+    long."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    from retrieval import chunking
+    from retrieval.chunking import parse_document
+
+    two = build_pdf("Claims within seven days.", "Photographs at the dock.")
+    doc = parse_document("claims.pdf", two)
+    assert [c.page for c in chunk_document(doc)] == [1, 2]
+
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(two)))
+    writer.encrypt("s3cret")
+    locked = io.BytesIO()
+    writer.write(locked)
+    problems = {
+        "not a PDF file": b"PK\x03\x04 a zip archive",
+        "cannot read the PDF": b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R >>\n%%EOF",
+        "password-protected": locked.getvalue(),
+        "no text layer": build_pdf(""),
+    }
+    for expected, data in problems.items():
+        with pytest.raises(IngestError, match=expected) as info:
+            parse_document("manual.pdf", data)
+        assert str(info.value).startswith("manual.pdf: "), info.value
+    monkeypatch.setattr(chunking, "MAX_PDF_PAGES", 1)
+    with pytest.raises(IngestError, match="has 2 pages, more than 1"):
+        parse_document("manual.pdf", two)
 
 
 def test_unreadable_file_is_reported_not_fatal(kb: KnowledgeBase, tmp_path: Path) -> None:
