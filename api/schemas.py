@@ -71,6 +71,11 @@ class CaseSummary(BaseModel):
     updated_at: str
     triaged_at: str | None
     resolved_at: str | None
+    assignee: str | None = Field(
+        default=None,
+        description="Who holds the case: the person who claimed it (in_review), cleared when "
+        "it is released or escalated; on a resolved case, who resolved it.",
+    )
     sla: SLAView
     model_version: str | None = None
     abstain_reasons: dict[str, str] | None = Field(

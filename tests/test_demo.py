@@ -60,6 +60,7 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
         for sim in simulated[:n_history]:
             row = rows[sim.case["source"]["case_id"]]
             assert row.status == "resolved" and row.resolution == sim.resolution
+            assert row.assignee == "demo-agent"  # who resolved it
             # closed with the true values; a label row only where the case held another value
             # (a wrong prediction; an abstention whose rule-based fallback was also wrong)
             for target, truth in sim.labels.items():
@@ -79,9 +80,23 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
         assert overridden_events == len({case_id for case_id, _ in feedback})
         assert feedback, "the test model gets some of this history wrong: the path above ran"
 
+        # the live cases are open: the ones the demo agent requested a payback on are held by
+        # it (in review), the rest wait unclaimed
+        live_ids = {rows[sim.case["source"]["case_id"]].id for sim in simulated[n_history:]}
+        worked = set(
+            s.scalars(
+                select(ActionRow.case_id).where(
+                    ActionRow.case_id.in_(live_ids), ActionRow.requested_by == "demo-agent"
+                )
+            )
+        )
+        assert worked, "the demo agent requested something on a live case"
         for sim in simulated[n_history:]:
             row = rows[sim.case["source"]["case_id"]]
-            assert row.status == "awaiting_review"
+            if row.id in worked:
+                assert (row.status, row.assignee) == ("in_review", "demo-agent")
+            else:
+                assert (row.status, row.assignee) == ("awaiting_review", None)
             body = s.scalars(
                 select(SuggestionRow.body)
                 .where(SuggestionRow.case_id == row.id)

@@ -74,6 +74,44 @@ def test_full_lifecycle_with_an_audit_event_per_transition(client, keys, db, set
     assert detail["resolution"] == "credited 8 units" and detail["resolved_at"]
 
 
+def test_the_claimant_holds_the_case_until_release_or_escalation(client, keys, db, settings):
+    """``assignee``: set by claiming, cleared by releasing or escalating, the resolver once
+    resolved; ``GET /v1/cases?assignee=me`` lists what the caller holds."""
+    case_id = _submit(client, keys)
+    other = _submit(client, keys, 2)
+    for cid in (case_id, other):
+        assert run_case(db, cid, Pipeline(), settings, worker_id="w1").status == "triaged"
+
+    def holder() -> str | None:
+        r = client.get(f"/v1/cases/{case_id}", headers=bearer(keys["auditor"]))
+        return r.json()["assignee"]
+
+    def mine(who: str) -> list[str]:
+        r = client.get("/v1/cases?assignee=me", headers=bearer(keys[who]))
+        assert r.status_code == 200, r.text
+        return [c["id"] for c in r.json()["items"]]
+
+    assert holder() is None and mine("agent") == []
+    claimed = _move(client, keys, case_id, "in_review")
+    assert claimed.json()["assignee"] == "test-agent"
+    assert mine("agent") == [case_id] and mine("admin") == []
+    by_name = client.get("/v1/cases?assignee=test-agent", headers=bearer(keys["auditor"]))
+    assert [c["id"] for c in by_name.json()["items"]] == [case_id]
+    assert _move(client, keys, case_id, "awaiting_review").status_code == 200
+    assert holder() is None and mine("agent") == []
+    admin_claim = client.post(
+        f"/v1/cases/{case_id}/transitions", json={"to": "in_review"}, headers=bearer(keys["admin"])
+    )
+    assert admin_claim.json()["assignee"] == "test-admin" and mine("admin") == [case_id]
+    assert _move(client, keys, case_id, "escalated", reason="needs finance").status_code == 200
+    assert holder() is None
+    done = _move(client, keys, case_id, "resolved", resolution="credited")
+    assert done.json()["assignee"] == "test-agent"  # who resolved it
+    assert mine("agent") == [case_id]  # the resolved case stays theirs; the other is nobody's
+    with db.read() as s:
+        assert cases.get(s, other).assignee is None
+
+
 def test_system_only_states_are_refused_to_people(client, keys):
     case_id = _submit(client, keys)
     for target in ("triaging", "failed", "awaiting_review"):

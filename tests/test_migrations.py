@@ -36,6 +36,40 @@ def test_upgrade_downgrade_upgrade(settings):
     assert diff == [], f"models differ from migrations at {head}: {diff}"
 
 
+def test_upgrading_to_0009_fills_the_assignee_from_the_audit_trail(client, keys, db, settings):
+    """Cases claimed or resolved before ``cases.assignee`` existed get their holder from the
+    actor of their latest claim or resolution; released ones stay unassigned."""
+    from tests.support import bearer, sample_case
+    from triage.pipeline import Pipeline, run_case
+
+    def move(case_id: str, to: str, who: str, **extra: str) -> None:
+        r = client.post(
+            f"/v1/cases/{case_id}/transitions", json={"to": to, **extra}, headers=bearer(keys[who])
+        )
+        assert r.status_code == 200, r.text
+
+    ids = []
+    for n in range(3):
+        r = client.post("/v1/cases", json=sample_case(n), headers=bearer(keys["orchestrator"]))
+        ids.append(r.json()["case_id"])
+        run_case(db, ids[-1], Pipeline(), settings, worker_id="w1")
+    move(ids[0], "in_review", "agent")
+    move(ids[1], "in_review", "agent")
+    move(ids[1], "resolved", "admin", resolution="credited")
+    move(ids[2], "in_review", "agent")
+    move(ids[2], "awaiting_review", "agent")
+    db.dispose()  # no pooled connection in the way of the ALTER TABLEs
+    command.downgrade(migrate.alembic_config(settings.resolved_database_url), "0008")
+    migrate.upgrade(settings)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            rows = dict(conn.exec_driver_sql("SELECT id, assignee FROM cases").all())
+    finally:
+        engine.dispose()
+    assert rows == {ids[0]: "test-agent", ids[1]: "test-admin", ids[2]: None}, rows
+
+
 def test_migrations_import_no_application_modules():
     """Each revision carries explicit table definitions: importing the app (whose models keep
     changing) from a migration would make old revisions build today's schema."""

@@ -345,6 +345,7 @@ class CaseFilter:
     warehouse_id: str | None = None
     created_from: str | None = None
     created_to: str | None = None
+    assignee: str | None = None
 
 
 def encode_cursor(created_at: str, case_id: str) -> str:
@@ -376,6 +377,8 @@ def list_cases(
         stmt = stmt.where(Case.customer_id == f.customer_id)
     if f.warehouse_id:
         stmt = stmt.where(Case.warehouse_id == f.warehouse_id)
+    if f.assignee:
+        stmt = stmt.where(Case.assignee == f.assignee)
     if f.created_from:
         stmt = stmt.where(Case.created_at >= f.created_from)
     if f.created_to:
@@ -564,6 +567,8 @@ def human_transition(
     expected_version: int | None = None,
 ) -> Case:
     """A person moves a case: claim, release, resolve (needs a resolution), escalate, retry.
+    Claiming (to in_review) makes the actor the case's ``assignee``; releasing, escalating or
+    retrying clears it; resolving records the resolver there.
 
     Callers outside this module resolve through :func:`triage.actions.transition_case`, which
     also settles the case's actions (this module sits below the actions layer).
@@ -579,6 +584,9 @@ def human_transition(
         )
 
     def apply(row: Case) -> None:
+        # the claimant holds the case until they release or escalate it; a resolved case
+        # keeps who resolved it
+        row.assignee = actor.id if target in (Status.in_review, Status.resolved) else None
         if target == Status.resolved:
             row.resolution = resolution
         if target == Status.received:  # an admin/agent retry of a failed case starts afresh

@@ -88,6 +88,10 @@ class QueueFilter:
     search: str | None = None
     """Exact match on case id, source case id, order, invoice or customer id (all indexed)."""
     sla_breached: bool = False
+    assignee: str | None = None
+    """Cases this person holds."""
+    unassigned: bool = False
+    """Cases nobody holds (not claimed, or released / escalated since)."""
 
 
 def _queue_cursor(row: Case) -> str:
@@ -130,6 +134,10 @@ def queue_page(
             stmt = stmt.where(col == value)
     if f.sla_breached:
         stmt = stmt.where(or_(Case.triage_sla_breached, Case.resolution_sla_breached))
+    if f.assignee:
+        stmt = stmt.where(Case.assignee == f.assignee)
+    elif f.unassigned:
+        stmt = stmt.where(Case.assignee.is_(None))
     if f.search:
         term = f.search.strip()
         stmt = stmt.where(

@@ -379,10 +379,12 @@ def _request_some(
 ) -> None:
     """Give approvers an inbox: a demo agent requests every other suggested credit note or
     refund, largest first, so that the inbox holds material amounts, some small ones show the
-    automatic path, and large ones are left for whoever tries the demo to request."""
+    automatic path, and large ones are left for whoever tries the demo to request. The demo
+    agent claims the cases it requested for (it is working them), so the queue shows cases
+    held by a colleague beside unclaimed ones."""
     with db.write() as s:
-        ids = s.scalars(
-            select(ActionRow.id)
+        rows = s.execute(
+            select(ActionRow.id, ActionRow.case_id)
             .join(Case, Case.id == ActionRow.case_id)
             .where(
                 ActionRow.status == actions.PROPOSED,
@@ -392,7 +394,11 @@ def _request_some(
             .order_by(ActionRow.amount.desc(), ActionRow.id)
             .limit(2 * n)
         ).all()
-        for action_id in ids[::2]:
+        claimed: set[str] = set()
+        for action_id, case_id in rows[::2]:
+            if case_id not in claimed:
+                actions.transition_case(s, case_id, Status.in_review, actor=DEMO_AGENT)
+                claimed.add(case_id)
             actions.request(s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings)
 
 

@@ -96,6 +96,9 @@ class Case(Base):
     injection_flags: Mapped[list[Any] | None] = mapped_column(JSON)
     indexed_at: Mapped[str | None] = mapped_column(Ts)
     submitted_by: Mapped[str | None] = mapped_column(String(64))
+    # Who holds the case: the person who claimed it (in_review); cleared when it is released
+    # or escalated (it waits for someone else); on a resolved case, the person who resolved it.
+    assignee: Mapped[str | None] = mapped_column(String(128))
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (
@@ -107,6 +110,7 @@ class Case(Base):
         Index("ix_cases_warehouse_created", "warehouse_id", "created_at", "id"),
         Index("ix_cases_lease", "status", "lease_expires_at"),
         Index("ix_cases_to_index", "status", "indexed_at"),
+        Index("ix_cases_assignee_status", "assignee", "status"),
     )
 
 

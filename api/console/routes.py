@@ -110,6 +110,8 @@ ACTION_MODELS: dict[str, Any] = {
         Escalate,
     )
 }
+# the queue's "Held by" filter: value -> label
+HELD_CHOICES = {"me": "Me", "nobody": "Nobody (unclaimed)"}
 TRANSITION_LABELS = {
     Status.in_review: "Claim and start work",
     Status.awaiting_review: "Release to the queue",
@@ -446,9 +448,13 @@ def queue(
     priority: Annotated[str | None, Query(max_length=2)] = None,
     q: Annotated[str | None, Query(max_length=128)] = None,
     breached: bool = False,
+    held: Annotated[str | None, Query(max_length=32)] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:
+    """``held=me``: the cases the signed-in agent holds; ``held=nobody``: unclaimed ones."""
     from contracts.case import ExceptionType
+
+    held = held if held in HELD_CHOICES else None
 
     statuses = (status,) if status in dashboard.OPEN_FOR_AGENTS else dashboard.OPEN_FOR_AGENTS
     f = dashboard.QueueFilter(
@@ -458,6 +464,8 @@ def queue(
         priority=priority or None,
         search=q or None,
         sla_breached=breached,
+        assignee=p.actor.id if held == "me" else None,
+        unassigned=held == "nobody",
     )
     cs: ConsoleState = state(request)
     try:
@@ -478,6 +486,7 @@ def queue(
             "priority": priority,
             "q": q,
             "breached": "true" if breached else None,
+            "held": held,
         }.items()
         if v
     }
@@ -494,6 +503,8 @@ def queue(
             "types": [t.value for t in ExceptionType],
             "queues": ctx.settings.queues,
             "priorities": PRIORITIES,
+            "held_choices": HELD_CHOICES,
+            "my_id": p.actor.id,
             "section": "queue",
         },
     )
@@ -566,6 +577,9 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
             for t in sorted(allowed(Status(row.status), by_system=False), key=lambda x: x.value)
         ],
         "can_work": can_work and open_case,
+        "held_by_other": bool(
+            row.assignee and row.assignee != p.actor.id and row.status != Status.resolved.value
+        ),
         "can_transition": can_work,
         "action_types": sorted(ACTION_MODELS),
         "messages": messages,

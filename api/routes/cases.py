@@ -69,6 +69,7 @@ def summary(row: Case) -> CaseSummary:
         updated_at=row.updated_at,
         triaged_at=row.triaged_at,
         resolved_at=row.resolved_at,
+        assignee=row.assignee,
         sla=SLAView(
             triage_due_at=row.triage_due_at,
             resolution_due_at=row.resolution_due_at,
@@ -236,11 +237,18 @@ def _ts_param(value: datetime | None, name: str) -> str | None:
 )
 def list_cases(
     ctx: ContextDep,
-    _p: Annotated[Principal, Depends(allow(*EVERYONE))],
+    principal: Annotated[Principal, Depends(allow(*EVERYONE))],
     status: Status | None = None,
     exception_type: ExceptionType | None = None,
     customer_id: Annotated[str | None, Query(max_length=128)] = None,
     warehouse_id: Annotated[str | None, Query(max_length=128)] = None,
+    assignee: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Cases this person holds (or resolved); `me` for the caller's own.",
+        ),
+    ] = None,
     created_from: Annotated[datetime | None, Query(description="ISO 8601 with timezone")] = None,
     created_to: Annotated[datetime | None, Query(description="ISO 8601 with timezone")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -251,6 +259,7 @@ def list_cases(
         exception_type=exception_type.value if exception_type else None,
         customer_id=customer_id,
         warehouse_id=warehouse_id,
+        assignee=principal.actor.id if assignee == "me" else assignee,
         created_from=_ts_param(created_from, "created_from"),
         created_to=_ts_param(created_to, "created_to"),
     )

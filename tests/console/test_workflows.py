@@ -119,6 +119,38 @@ def test_claim_resolve_and_escalate_use_the_lifecycle(client, people, case_ids, 
     assert flash(client, post(client, url, {"to": "escalated", "reason": "x"})).startswith("error")
 
 
+def _queue_ids(client, query: str) -> list[str]:
+    page = client.get(f"/console/queue?{query}")
+    assert page.status_code == 200, page.text
+    table = page.text.split("<tbody>")[1].split("</tbody>")[0]
+    return re.findall(r'href="/console/cases/([0-9A-Z]+)"', table)
+
+
+def test_the_queue_shows_who_holds_each_case_and_filters_by_it(client, people, case_ids, db):
+    sign_in(client, "agent")
+    url = f"/console/cases/{case_ids[0]}/transition"
+    assert "Done: claim and start work" in flash(client, post(client, url, {"to": "in_review"}))
+    assert _queue_ids(client, "held=me") == [case_ids[0]]
+    unclaimed = _queue_ids(client, "held=nobody")
+    assert case_ids[0] not in unclaimed and set(unclaimed) == set(case_ids) - {case_ids[0]}
+    assert set(_queue_ids(client, "held=someone-else")) == set(case_ids)  # unknown: ignored
+    row = client.get("/console/queue?held=me").text.split(f">{case_ids[0]}<")[1].split("</tr>")[0]
+    assert "<strong>you</strong>" in row
+    own = client.get(f"/console/cases/{case_ids[0]}").text
+    assert "held by <strong>agent</strong>" in own and "is working on this case" not in own
+
+    sign_in(client, "boss")
+    assert _queue_ids(client, "held=me") == []
+    row = client.get("/console/queue").text.split(f">{case_ids[0]}<")[1].split("</tr>")[0]
+    assert "<td>agent</td>" in row
+    theirs = client.get(f"/console/cases/{case_ids[0]}").text
+    assert "<strong>agent is working on this case.</strong>" in theirs
+    assert "Done" in flash(client, post(client, url, {"to": "awaiting_review"}))
+    with db.read() as s:
+        assert s.get(Case, case_ids[0]).assignee is None
+    assert case_ids[0] in _queue_ids(client, "held=nobody")
+
+
 def _request_credit(client, db, case_id) -> ActionRow:
     with db.read() as s:
         row = s.scalar(
