@@ -277,6 +277,31 @@ def test_list_filters_and_cursor_pagination(client, keys):
     assert bad_enum.status_code == 422
 
 
+def test_list_filters_on_routing(client, keys, db, settings):
+    """``queue``, ``priority`` and ``category`` filter on the case's current values."""
+    from triage.pipeline import Pipeline, run_case
+
+    h = bearer(keys["orchestrator"])
+    types = ["shortage", "carrier_delay", "duplicate_invoice", "shortage"]
+    for i, etype in enumerate(types):
+        r = client.post("/v1/cases", json=sample_case(i, exception_type=etype), headers=h)
+        run_case(db, r.json()["case_id"], Pipeline(), settings, worker_id="w1")
+    a = bearer(keys["agent"])
+    everything = client.get("/v1/cases", headers=a).json()["items"]
+    assert len(everything) == 4
+    for field in ("queue", "priority", "category"):
+        values = {c[field] for c in everything}
+        assert None not in values, (field, values)
+        for value in values:
+            got = client.get("/v1/cases", params={field: value}, headers=a).json()["items"]
+            assert {c["id"] for c in got} == {c["id"] for c in everything if c[field] == value}
+    assert len({c["queue"] for c in everything}) > 1  # the filter had something to tell apart
+    assert client.get("/v1/cases", params={"queue": "nowhere"}, headers=a).json()["items"] == []
+    bad = client.get("/v1/cases", params={"priority": "P9"}, headers=a)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["fields"][0]["field"] == "query.priority"
+
+
 def test_openapi_documents_case_schema_with_example(client):
     spec = client.get("/openapi.json").json()
     case_schema = spec["components"]["schemas"]["CaseIn"]

@@ -346,6 +346,9 @@ class CaseFilter:
     created_from: str | None = None
     created_to: str | None = None
     assignee: str | None = None
+    queue: str | None = None
+    priority: str | None = None
+    category: str | None = None
 
 
 def encode_cursor(created_at: str, case_id: str) -> str:
@@ -377,8 +380,14 @@ def list_cases(
         stmt = stmt.where(Case.customer_id == f.customer_id)
     if f.warehouse_id:
         stmt = stmt.where(Case.warehouse_id == f.warehouse_id)
-    if f.assignee:
-        stmt = stmt.where(Case.assignee == f.assignee)
+    for col, value in (
+        (Case.assignee, f.assignee),
+        (Case.queue, f.queue),
+        (Case.priority, f.priority),
+        (Case.category, f.category),
+    ):
+        if value:
+            stmt = stmt.where(col == value)
     if f.created_from:
         stmt = stmt.where(Case.created_at >= f.created_from)
     if f.created_to:

@@ -249,6 +249,11 @@ def list_cases(
             description="Cases this person holds (or resolved); `me` for the caller's own.",
         ),
     ] = None,
+    queue: Annotated[
+        str | None, Query(max_length=64, description="The case's current routing queue.")
+    ] = None,
+    priority: Annotated[str | None, Query(pattern=r"^P[1-4]$")] = None,
+    category: Annotated[str | None, Query(max_length=64)] = None,
     created_from: Annotated[datetime | None, Query(description="ISO 8601 with timezone")] = None,
     created_to: Annotated[datetime | None, Query(description="ISO 8601 with timezone")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -260,6 +265,9 @@ def list_cases(
         customer_id=customer_id,
         warehouse_id=warehouse_id,
         assignee=principal.actor.id if assignee == "me" else assignee,
+        queue=queue,
+        priority=priority,
+        category=category,
         created_from=_ts_param(created_from, "created_from"),
         created_to=_ts_param(created_to, "created_to"),
     )
