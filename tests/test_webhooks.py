@@ -178,3 +178,53 @@ def test_a_message_taken_over_after_its_batch_lease_ran_out_is_not_sent_twice(
     assert _drain(db, settings, 1) == 1
     assert webhooks._renew(db, settings, held_by_b[0]) is False  # delivered: nothing to hold
     assert len(rx.requests) == 1
+
+
+def test_the_submitter_hears_how_its_case_ended(client, keys, db, settings, receiver):
+    """Resolving sends ``case.resolved`` to the case's callback: resolution, resolver, final
+    routing and each action's outcome, signed, once."""
+    rx = receiver([])
+    case_id = _triage_with_callback(client, keys, db, settings, rx.url)
+    agent = bearer(keys["agent"])
+    move = f"/v1/cases/{case_id}/transitions"
+    assert client.post(move, json={"to": "in_review"}, headers=agent).status_code == 200
+    resolved = client.post(
+        move, json={"to": "resolved", "resolution": "carrier claim filed"}, headers=agent
+    )
+    assert resolved.status_code == 200, resolved.text
+    assert _drain(db, settings, 2) == 2  # case.triaged, then case.resolved
+    headers, body = rx.requests[-1]
+    assert webhooks.verify_signature(
+        settings.webhook_secret,
+        headers["X-Triage-Timestamp"],
+        body.decode(),
+        headers["X-Triage-Signature"],
+    )
+    payload = json.loads(body)
+    case = client.get(f"/v1/cases/{case_id}", headers=agent).json()
+    assert payload["event"] == "case.resolved" and payload["case_id"] == case_id
+    assert payload["event_id"] == headers["X-Triage-Event-Id"] == f"case.resolved:{case_id}"
+    assert payload["source"] == {"system": case["source_system"], "case_id": case["source_case_id"]}
+    assert payload["resolution"] == "carrier claim filed"
+    assert payload["resolved_by"] == "test-agent" and payload["resolved_at"] == case["resolved_at"]
+    assert (payload["queue"], payload["category"], payload["priority"]) == (
+        case["queue"],
+        case["category"],
+        case["priority"],
+    )
+    listed = client.get("/v1/actions", params={"case_id": case_id}, headers=agent).json()
+    assert payload["actions"] and {a["action_id"]: a["status"] for a in payload["actions"]} == {
+        a["id"]: a["status"] for a in listed["items"]
+    }
+    assert {a["status"] for a in payload["actions"]} == {"cancelled"}  # nobody requested them
+
+
+def test_a_case_without_a_callback_sends_nothing_when_resolved(client, keys, db, settings):
+    r = client.post("/v1/cases", json=sample_case(), headers=bearer(keys["orchestrator"]))
+    case_id = r.json()["case_id"]
+    run_case(db, case_id, Pipeline(), settings, worker_id="w")
+    move = f"/v1/cases/{case_id}/transitions"
+    body = {"to": "resolved", "resolution": "nothing to do"}
+    assert client.post(move, json=body, headers=bearer(keys["agent"])).status_code == 200
+    with db.read() as s:
+        assert s.scalars(select(OutboxMessage)).all() == []
