@@ -73,7 +73,9 @@ def _triage_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The API's 422 (400 for malformed JSON) body, a field per problem; the console wraps
+    this handler to answer its own paths with a page."""
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -158,7 +160,7 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(TriageError, _triage_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # DBAPIError covers OperationalError and InterfaceError; DisconnectionError is raised by
     # the pool before any statement runs.

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     PlainTextResponse,
@@ -1498,10 +1499,29 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
             status=exc.status_code,
         )
 
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        """A console URL or form with a value its page cannot take (a hand-edited link, say)
+        gets a page naming the field; the API keeps its JSON 422."""
+        assert isinstance(exc, RequestValidationError)
+        if not request.url.path.startswith(COOKIE_PATH + "/"):
+            return errors.validation_error(request, exc)
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: "
+            f"{e.get('msg', 'invalid')}"
+            for e in list(exc.errors())[:5]
+        )
+        return render(
+            request,
+            "error.html",
+            {"title": "This page cannot use that value", "message": problems},
+            status=422,
+        )
+
     app.add_exception_handler(SignInRequired, sign_in_required)
     app.add_exception_handler(ConsoleForbidden, forbidden)
     app.add_exception_handler(CsrfFailed, csrf_failed)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     # imported here: the models page module imports this one's helpers
     from api.console import knowledge_page, model_pages
 

@@ -10,7 +10,7 @@ import re
 
 from sqlalchemy import select
 
-from tests.console.conftest import flash, post, sign_in, triaged_case
+from tests.console.conftest import ADMIN, flash, post, sign_in, triaged_case
 from triage import actions, dashboard
 from triage.models import ActionApproval, ActionRow, AuditEvent, Case, LabelFeedback
 
@@ -411,3 +411,23 @@ def test_a_non_ascii_digit_version_is_not_a_server_error(client, people, case_id
     assert "Done: claim and start work" in flash(client, r)
     with db.read() as s:
         assert s.get(Case, case_ids[1]).status == "in_review"
+
+
+def test_a_console_link_with_a_value_the_page_cannot_take_gets_a_page(client, people, db):
+    """A hand-edited console URL is a 422 page naming the parameter, not the API's JSON."""
+    sign_in(client, "agent")
+    r = client.get("/console/queue", params={"priority": "P10", "breached": "maybe"})
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("text/html")
+    assert "This page cannot use that value" in r.text
+    assert "priority: String should have at most 2 characters" in r.text
+    assert "breached: Input should be a valid boolean" in r.text
+    from tests.support import bearer
+    from triage import auth
+
+    with db.write() as s:
+        key = auth.create_key(s, "reader", "auditor", created_by=ADMIN).key
+    # the API's answer is unchanged
+    api = client.get("/v1/cases", params={"limit": "many"}, headers=bearer(key))
+    assert api.headers["content-type"].startswith("application/json")
+    assert api.json()["error"]["fields"][0]["field"] == "query.limit", api.text
