@@ -68,6 +68,17 @@ def _triage_with_callback(client, keys, db, settings, url: str) -> str:
     return case_id
 
 
+def _verified(settings, headers: dict[str, str], body: bytes) -> dict:
+    """The delivered JSON body, after checking its signature with the configured secret."""
+    assert webhooks.verify_signature(
+        settings.webhook_secret,
+        headers["X-Triage-Timestamp"],
+        body.decode(),
+        headers["X-Triage-Signature"],
+    )
+    return json.loads(body)
+
+
 def _drain(db, settings, rounds: int) -> int:
     delivered = 0
     with httpx.Client() as c:
@@ -82,16 +93,10 @@ def test_delivery_is_signed_and_retried_until_success(client, keys, db, settings
     assert _drain(db, settings, 3) == 1
     assert len(rx.requests) == 3
     headers, body = rx.requests[-1]
-    assert webhooks.verify_signature(
-        settings.webhook_secret,
-        headers["X-Triage-Timestamp"],
-        body.decode(),
-        headers["X-Triage-Signature"],
-    )
+    payload = _verified(settings, headers, body)
     assert not webhooks.verify_signature(
         "wrong-secret", headers["X-Triage-Timestamp"], body.decode(), headers["X-Triage-Signature"]
     )
-    payload = json.loads(body)
     assert payload["case_id"] == case_id and payload["event"] == "case.triaged"
     assert headers["X-Triage-Event-Id"] == payload["event_id"]
     # every retry carried the same event id, so the receiver can de-duplicate
@@ -194,13 +199,7 @@ def test_the_submitter_hears_how_its_case_ended(client, keys, db, settings, rece
     assert resolved.status_code == 200, resolved.text
     assert _drain(db, settings, 2) == 2  # case.triaged, then case.resolved
     headers, body = rx.requests[-1]
-    assert webhooks.verify_signature(
-        settings.webhook_secret,
-        headers["X-Triage-Timestamp"],
-        body.decode(),
-        headers["X-Triage-Signature"],
-    )
-    payload = json.loads(body)
+    payload = _verified(settings, headers, body)
     case = client.get(f"/v1/cases/{case_id}", headers=agent).json()
     assert payload["event"] == "case.resolved" and payload["case_id"] == case_id
     assert payload["event_id"] == headers["X-Triage-Event-Id"] == f"case.resolved:{case_id}"

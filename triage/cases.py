@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -367,27 +367,30 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         ) from exc
 
 
+def where_equal(stmt: Select[Any], *filters: tuple[Any, str | None]) -> Select[Any]:
+    """``stmt`` narrowed to rows whose column equals the value, for each ``(column, value)``
+    whose value is given (None or empty: no filter)."""
+    for column, value in filters:
+        if value:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
 def list_cases(
     session: Session, f: CaseFilter, *, limit: int, cursor: str | None = None
 ) -> tuple[list[Case], str | None]:
     """Newest first, keyset-paginated on (created_at, id); returns the rows and the next cursor."""
-    stmt = select(Case)
-    if f.status:
-        stmt = stmt.where(Case.status == f.status)
-    if f.exception_type:
-        stmt = stmt.where(Case.exception_type == f.exception_type)
-    if f.customer_id:
-        stmt = stmt.where(Case.customer_id == f.customer_id)
-    if f.warehouse_id:
-        stmt = stmt.where(Case.warehouse_id == f.warehouse_id)
-    for col, value in (
+    stmt = where_equal(
+        select(Case),
+        (Case.status, f.status),
+        (Case.exception_type, f.exception_type),
+        (Case.customer_id, f.customer_id),
+        (Case.warehouse_id, f.warehouse_id),
         (Case.assignee, f.assignee),
         (Case.queue, f.queue),
         (Case.priority, f.priority),
         (Case.category, f.category),
-    ):
-        if value:
-            stmt = stmt.where(col == value)
+    )
     if f.created_from:
         stmt = stmt.where(Case.created_at >= f.created_from)
     if f.created_to:

@@ -122,16 +122,14 @@ def queue_page(
     status_col: Any = Case.status
     if session.get_bind().dialect.name == "sqlite":
         status_col = func.coalesce(Case.status, "")
-    stmt = select(Case).where(status_col.in_(f.statuses))
-    for col, value in (
+    stmt = cases.where_equal(
+        select(Case).where(status_col.in_(f.statuses)),
         (Case.exception_type, f.exception_type),
         (Case.queue, f.queue),
         (Case.priority, f.priority),
         (Case.customer_id, f.customer_id),
         (Case.warehouse_id, f.warehouse_id),
-    ):
-        if value:
-            stmt = stmt.where(col == value)
+    )
     if f.sla_breached:
         stmt = stmt.where(or_(Case.triage_sla_breached, Case.resolution_sla_breached))
     if f.assignee:
