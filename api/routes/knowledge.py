@@ -40,7 +40,8 @@ Staff = Annotated[Principal, Depends(allow(R.agent, R.approver, R.auditor, R.adm
 
 MAX_DOCUMENTS = 50
 MAX_DOCUMENT_CHARS = 2_000_000
-# a PDF manual may be large; the request's own limit (TRIAGE_MAX_UPLOAD_BYTES) still applies
+# a PDF manual may be large (content_base64's length caps it); the request's own limit
+# (TRIAGE_MAX_UPLOAD_BYTES) still applies
 MAX_DOCUMENT_BYTES = 24 * 1024 * 1024
 # a file name, never a path: letters, digits, dot, dash, underscore; a known suffix
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.(md|markdown|txt|text|pdf)$"
@@ -178,13 +179,6 @@ def ingest_documents(ctx: Any, principal: Principal, documents: list[DocumentIn]
                 fields={f"documents[{i}].name": "appears twice"},
             )
         seen[doc.name] = i
-    for i, doc in enumerate(documents):
-        if len(doc.data()) > MAX_DOCUMENT_BYTES:
-            problem = f"is {len(doc.data())} bytes, more than {MAX_DOCUMENT_BYTES}"
-            raise ValidationFailed(
-                f"document {doc.name!r} {problem}",
-                fields={f"documents[{i}].{doc.content_field}": problem},
-            )
     docs = stage.read_documents(
         [(d.name, d.data()) for d in documents], [d.content_field for d in documents]
     )
