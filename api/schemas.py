@@ -195,3 +195,25 @@ class OutboxOut(BaseModel):
 class OutboxPage(BaseModel):
     items: list[OutboxOut]
     next_cursor: str | None
+
+
+class NoteIn(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    text: str = Field(
+        min_length=1,
+        max_length=5000,
+        description="An internal work note: never sent to the customer, never editable.",
+    )
+
+
+class NoteOut(BaseModel):
+    seq: int = Field(description="The note's audit sequence number.")
+    at: str
+    author: str
+    author_role: str | None
+    text: str
+
+
+class NotePage(BaseModel):
+    items: list[NoteOut]

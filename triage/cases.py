@@ -29,7 +29,7 @@ from triage.audit import Actor
 from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts, utcnow
 from triage.errors import IdempotencyConflict, InvalidTransition, NotFound, ValidationFailed
 from triage.lifecycle import Status, allowed
-from triage.models import Case
+from triage.models import AuditEvent, Case
 from triage.models import Suggestion as SuggestionRow
 from triage.settings import Settings
 
@@ -616,4 +616,38 @@ def human_transition(
         expected_version=expected_version,
         extra=extra,
         mutate=apply,
+    )
+
+
+# ---------------------------------------------------------------- work notes
+
+MAX_NOTE = 5000
+NOTE_ACTION = "case.note_added"
+
+
+def add_note(session: Session, case_id: str, text: str, *, actor: Actor) -> int:
+    """Add an internal work note to a case (what was checked, who was called, what is awaited:
+    the hand-over a colleague reads before taking the case over). Notes are never sent to the
+    customer. Stored as a ``case.note_added`` audit event, so a note can be neither edited nor
+    deleted and is tamper-evident like every other record; returns its sequence number.
+    Any status, resolved included (a late finding belongs with the case).
+    Raises ``NotFound`` for an unknown case, ``ValidationFailed`` (field ``text``) for an empty
+    note or one over :data:`MAX_NOTE` characters."""
+    text = (text or "").replace("\r\n", "\n").strip()
+    if not text:
+        raise ValidationFailed("the note is empty", fields={"text": "required"})
+    if len(text) > MAX_NOTE:
+        raise ValidationFailed(
+            f"the note has {len(text)} characters; at most {MAX_NOTE}",
+            fields={"text": f"at most {MAX_NOTE} characters"},
+        )
+    get(session, case_id)  # NotFound before anything is written
+    return audit.append(session, actor, NOTE_ACTION, {"text": text}, case_id=case_id)
+
+
+def notes(session: Session, case_id: str) -> list[AuditEvent]:
+    """A case's work notes, oldest first (``NotFound`` for an unknown case)."""
+    get(session, case_id)
+    return audit.list_events(
+        session, audit.AuditFilter(case_id=case_id, action=NOTE_ACTION), limit=10_000
     )

@@ -96,6 +96,8 @@ AgentP = Annotated[Principal, Depends(ConsoleGuard(R.agent, R.admin))]
 ApproverP = Annotated[Principal, Depends(ConsoleGuard(R.approver, R.admin))]
 AuditorP = Annotated[Principal, Depends(ConsoleGuard(R.auditor, R.admin))]
 AdminP = Annotated[Principal, Depends(ConsoleGuard(R.admin))]
+# who writes work notes: everyone who works cases or decides on them (auditors only read)
+NoteP = Annotated[Principal, Depends(ConsoleGuard(R.agent, R.approver, R.admin))]
 
 ACTION_MODELS: dict[str, Any] = {
     m.model_fields["type"].default.value: m
@@ -584,6 +586,8 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
         "can_transition": can_work,
         "action_types": sorted(ACTION_MODELS),
         "messages": messages,
+        "notes": [audit.event_dict(e) for e in cases.notes(s, row.id)],
+        "can_note": p.role in (R.agent, R.approver, R.admin),
         "events": [audit.event_dict(e) for e in events[-25:]],
         "section": "queue",
     }
@@ -722,6 +726,17 @@ def send_message(
         _case_url(case_id, "customer-message"),
         "Message sent and recorded on the audit trail.",
     )
+
+
+@router.post("/cases/{case_id}/note")
+def add_note(request: Request, case_id: str, ctx: ContextDep, p: NoteP, form: Form) -> Response:
+    """Add a work note (``cases.add_note``, as ``POST /v1/cases/{id}/notes``)."""
+    try:
+        with ctx.db.write() as s:
+            cases.add_note(s, case_id, _text(form, "text", cases.MAX_NOTE + 1), actor=p.actor)
+    except TriageError as exc:
+        return redirect(request, _case_url(case_id, "notes"), _error_text(exc), "error")
+    return redirect(request, _case_url(case_id, "notes"), "Note added to the case.")
 
 
 def _action_from_form(form: FormData, action_type: str, evidence: list[str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,6 +18,9 @@ from api.schemas import (
     CaseSummary,
     ErrorResponse,
     IntakeResponse,
+    NoteIn,
+    NoteOut,
+    NotePage,
     SLAView,
     TransitionRequest,
 )
@@ -27,7 +31,7 @@ from triage.auth import Principal
 from triage.common import to_ts
 from triage.errors import ValidationFailed
 from triage.lifecycle import Status
-from triage.models import Case
+from triage.models import AuditEvent, Case
 from triage.models import Suggestion as SuggestionRow
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
@@ -195,6 +199,53 @@ def get_case(
     with ctx.db.read() as s:
         row = cases.get(s, case_id)
         return detail(row, cases.current_suggestion(s, row))
+
+
+def _note(e: AuditEvent | None) -> NoteOut:
+    assert e is not None  # the note's own event, written in this transaction
+    return NoteOut(
+        seq=e.seq,
+        at=e.ts,
+        author=e.actor_id,
+        author_role=e.actor_role,
+        text=json.loads(e.payload)["text"],
+    )
+
+
+@router.post(
+    "/{case_id}/notes",
+    status_code=201,
+    response_model=NoteOut,
+    responses=ERRORS,
+    summary="Add an internal work note to a case (audited; never sent to the customer)",
+)
+def add_note(
+    case_id: str,
+    body: NoteIn,
+    ctx: ContextDep,
+    principal: Annotated[Principal, Depends(allow(R.orchestrator, R.agent, R.approver, R.admin))],
+) -> NoteOut:
+    """What was checked, who was called, what is awaited: the hand-over a colleague reads
+    before taking the case over. Any case status; a note cannot be edited or deleted
+    (it is a ``case.note_added`` audit event). Auditors read notes but do not write them."""
+    with ctx.db.write() as s:
+        seq = cases.add_note(s, case_id, body.text, actor=principal.actor)
+        return _note(s.get(AuditEvent, seq))
+
+
+@router.get(
+    "/{case_id}/notes",
+    response_model=NotePage,
+    responses=ERRORS,
+    summary="A case's work notes, oldest first",
+)
+def list_notes(
+    case_id: str,
+    ctx: ContextDep,
+    _p: Annotated[Principal, Depends(allow(*EVERYONE))],
+) -> NotePage:
+    with ctx.db.read() as s:
+        return NotePage(items=[_note(e) for e in cases.notes(s, case_id)])
 
 
 @router.get(

@@ -431,3 +431,30 @@ def test_a_console_link_with_a_value_the_page_cannot_take_gets_a_page(client, pe
     api = client.get("/v1/cases", params={"limit": "many"}, headers=bearer(key))
     assert api.headers["content-type"].startswith("application/json")
     assert api.json()["error"]["fields"][0]["field"] == "query.limit", api.text
+
+
+def test_work_notes_on_the_case_page(client, people, case_ids, db):
+    url = f"/console/cases/{case_ids[0]}"
+    sign_in(client, "agent")
+    assert "No notes yet." in client.get(url).text
+    added = flash(client, post(client, f"{url}/note", {"text": "Waiting for the POD <b>"}))
+    assert added == "ok: Note added to the case.", added
+    empty = flash(client, post(client, f"{url}/note", {"text": "   "}))
+    assert empty.startswith("error: the note is empty"), empty
+    long = flash(client, post(client, f"{url}/note", {"text": "x" * 6000}))
+    assert "at most 5000 characters" in long, long
+
+    sign_in(client, "fin1")  # an approver notes why they wait
+    assert "Note added" in flash(client, post(client, f"{url}/note", {"text": "POD first"}))
+    sign_in(client, "auditor")
+    page = client.get(url).text
+    notes = page.split('id="notes"')[1].split("</section>")[0]
+    assert "Waiting for the POD &lt;b&gt;" in notes and "by agent" in notes  # escaped
+    assert notes.index("Waiting for the POD") < notes.index("POD first") and "by fin1" in notes
+    assert 'action="/console/cases/' not in notes  # auditors read, no form
+    assert post(client, f"{url}/note", {"text": "no"}).status_code == 403
+    with db.read() as s:
+        texts = s.scalars(
+            select(AuditEvent.payload).where(AuditEvent.action == "case.note_added")
+        ).all()
+    assert len(texts) == 2
