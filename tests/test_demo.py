@@ -91,6 +91,12 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
             )
         )
         assert worked, "the demo agent requested something on a live case"
+        noted = s.execute(
+            select(AuditEvent.case_id, AuditEvent.actor_id).where(
+                AuditEvent.action == "case.note_added"
+            )
+        ).all()
+        assert {c for c, _ in noted} == worked and {a for _, a in noted} == {"demo-agent"}
         for sim in simulated[n_history:]:
             row = rows[sim.case["source"]["case_id"]]
             if row.id in worked:

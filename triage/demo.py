@@ -380,8 +380,8 @@ def _request_some(
     """Give approvers an inbox: a demo agent requests every other suggested credit note or
     refund, largest first, so that the inbox holds material amounts, some small ones show the
     automatic path, and large ones are left for whoever tries the demo to request. The demo
-    agent claims the cases it requested for (it is working them), so the queue shows cases
-    held by a colleague beside unclaimed ones."""
+    agent claims the cases it requested for (it is working them) and leaves a work note on
+    each request, so the queue shows cases held by a colleague beside unclaimed ones."""
     with db.write() as s:
         rows = s.execute(
             select(ActionRow.id, ActionRow.case_id)
@@ -399,7 +399,18 @@ def _request_some(
             if case_id not in claimed:
                 actions.transition_case(s, case_id, Status.in_review, actor=DEMO_AGENT)
                 claimed.add(case_id)
-            actions.request(s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings)
+            row = actions.request(
+                s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings
+            )
+            what = row.action_type.replace("_", " ")
+            cases.add_note(
+                s,
+                case_id,
+                f"Requested the {what}; it waits for finance approval."
+                if row.status == actions.PENDING
+                else f"Requested the {what}; the policy released it without approval.",
+                actor=DEMO_AGENT,
+            )
 
 
 def describe(summary: DemoSummary, host: str, port: int) -> str:
