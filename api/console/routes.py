@@ -911,6 +911,8 @@ def approvals(
                     "approvals": actions.approvals_of(s, row.id),
                     "summary": body.get("summary"),
                     "citations": body.get("citations", []),
+                    # the latest work notes: what the agent checked before asking
+                    "notes": [audit.event_dict(e) for e in cases.notes(s, row.case_id)[-3:]],
                     "reasons": (row.decision or {}).get("reasons", []),
                     "fields": _action_fields(row.action_type, row.body),
                     "own": p.name

@@ -211,9 +211,15 @@ def test_agent_edits_and_requests_a_proposed_action(client, people, case_ids, db
 def test_approver_inbox_approve_and_segregation_of_duties(client, people, case_ids, db):
     sign_in(client, "agent")
     action = _request_credit(client, db, case_ids[1])
+    note = "Short pick confirmed by the WMS recount"
+    assert "Note added" in flash(
+        client, post(client, f"/console/cases/{case_ids[1]}/note", {"text": note})
+    )
     sign_in(client, "fin1")
     inbox = client.get("/console/approvals").text
     assert f'id="a-{action.id}"' in inbox
+    card = inbox[inbox.index(f'id="a-{action.id}"') :].split("</article>")[0]
+    assert "Latest work notes" in card and f"by agent:</span> {note}" in card
     assert "Quorum: 0 of 1 approvals" in inbox and "7,500.00 EUR" in inbox
     r = post(
         client,
