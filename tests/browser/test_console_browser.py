@@ -72,6 +72,38 @@ def test_agent_overrides_routing_and_sends_an_edited_draft(page, demo_server):
     shot(page, "03-agent-case-after-send")
 
 
+def test_agent_claims_an_unclaimed_case_notes_it_and_finds_it_under_held_by_me(page, demo_server):
+    sign_in(page, demo_server, "agent")
+    page.get_by_label("Held by").select_option("nobody")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_load_state()
+    page.locator("a.caselink").first.click()
+    page.wait_for_load_state()
+    case_url = page.url
+    page.get_by_role("button", name="Accept suggestion and claim").click()
+    assert "claim and start work" in page.locator(".flash").inner_text().lower()
+    assert page.locator("#assignee").inner_text() == "held by agent"
+
+    page.get_by_label(re.compile("^Add a note")).fill("Asked the warehouse for a recount.")
+    page.get_by_role("button", name="Add note").click()
+    assert "Note added to the case." in page.locator(".flash").inner_text()
+    notes = page.locator("#notes")
+    assert "Asked the warehouse for a recount." in notes.inner_text()
+    assert "by agent" in notes.inner_text()
+    shot(page, "03b-agent-case-claimed-with-note")
+
+    page.goto("/console/queue")
+    page.get_by_label("Held by").select_option("me")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_load_state()
+    mine = page.locator("table.queue tbody tr")
+    hrefs = mine.locator("a.caselink").evaluate_all("els => els.map(e => e.href)")
+    assert case_url in hrefs  # (other journeys on this server may hold cases too)
+    assert mine.count() == len(hrefs) and all(
+        mine.nth(i).get_by_text("you", exact=True).is_visible() for i in range(mine.count())
+    )
+
+
 def test_approver_approves_and_admin_is_refused_on_own_request(page, demo_server):
     sign_in(page, demo_server, "approver")
     assert page.get_by_role("heading", name="Approval inbox").is_visible()
