@@ -371,3 +371,26 @@ def test_resolving_settles_the_case_actions(client, people, db, settings):
     # a resolved case takes no new action requests
     r = client.post(f"/v1/cases/{case_id}/actions", json=_credit("10"), headers=agent)
     assert r.status_code == 409
+
+
+def test_the_inbox_customer_filter_pages_through_every_match(client, people, db, settings):
+    """The filter is part of the query: a customer's actions behind a page of others' are
+    found (it used to filter one page after fetching it, so they were never listed)."""
+    pending = [
+        _create(client, people["agent"], _case(client, people, db, settings, n), "12400")
+        for n in (1, 2, 3, 4, 5)
+    ]
+    assert {a["status"] for a in pending} == {"pending_approval"}
+    fin = bearer(people["fin-1"])
+    seen, cursor = [], None
+    while True:
+        params = {"customer_id": "CUST-4", "limit": 1} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/approvals", params=params, headers=fin).json()
+        seen += [item["action"]["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [pending[3]["id"]]
+    everyone = client.get("/v1/approvals", params={"limit": 2}, headers=fin).json()
+    assert [i["action"]["id"] for i in everyone["items"]] == [a["id"] for a in pending[:2]]
+    assert everyone["next_cursor"] == pending[1]["id"]

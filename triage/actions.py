@@ -1028,14 +1028,18 @@ def list_actions(
     *,
     status: str | None = None,
     case_id: str | None = None,
+    customer_id: str | None = None,
     limit: int = 50,
     after: str | None = None,
 ) -> list[ActionRow]:
-    stmt = select(ActionRow)
-    if status:
-        stmt = stmt.where(ActionRow.status == status)
-    if case_id:
-        stmt = stmt.where(ActionRow.case_id == case_id)
+    """Actions in id order (oldest first), keyset-paginated after the id ``after``; every
+    filter is part of the query, so a page is never cut short by a filter applied later."""
+    stmt = cases.where_equal(
+        select(ActionRow),
+        (ActionRow.status, status),
+        (ActionRow.case_id, case_id),
+        (ActionRow.customer_id, customer_id),
+    )
     if after:
         stmt = stmt.where(ActionRow.id > after)
     return list(session.scalars(stmt.order_by(ActionRow.id).limit(limit)))

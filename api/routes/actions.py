@@ -404,9 +404,9 @@ def inbox(
 ) -> Inbox:
     items = []
     with ctx.db.read() as s:
-        rows = actions.list_actions(s, status=actions.PENDING, limit=limit + 1, after=cursor)
-        if customer_id:
-            rows = [r for r in rows if r.customer_id == customer_id]
+        rows = actions.list_actions(
+            s, status=actions.PENDING, customer_id=customer_id, limit=limit + 1, after=cursor
+        )
         for row in rows[:limit]:
             case_row = cases.get(s, row.case_id)
             sugg = cases.current_suggestion(s, case_row)
