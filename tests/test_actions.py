@@ -391,6 +391,9 @@ def test_the_inbox_customer_filter_pages_through_every_match(client, people, db,
         if not cursor:
             break
     assert seen == [pending[3]["id"]]
+    listed = client.get("/v1/actions", params={"customer_id": "CUST-4"}, headers=fin).json()
+    assert {a["id"] for a in listed["items"]} >= {pending[3]["id"]}
+    assert {a["customer_id"] for a in listed["items"]} == {"CUST-4"}
     everyone = client.get("/v1/approvals", params={"limit": 2}, headers=fin).json()
     assert [i["action"]["id"] for i in everyone["items"]] == [a["id"] for a in pending[:2]]
     assert everyone["next_cursor"] == pending[1]["id"]

@@ -111,12 +111,18 @@ def list_actions(
     ]
     | None = None,
     case_id: Annotated[str | None, Query(max_length=26)] = None,
+    customer_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=26)] = None,
 ) -> ActionPage:
     with ctx.db.read() as s:
         rows = actions.list_actions(
-            s, status=status, case_id=case_id, limit=limit + 1, after=cursor
+            s,
+            status=status,
+            case_id=case_id,
+            customer_id=customer_id,
+            limit=limit + 1,
+            after=cursor,
         )
         nxt = rows[limit - 1].id if len(rows) > limit else None
         return ActionPage(items=[out(r) for r in rows[:limit]], next_cursor=nxt)
