@@ -399,9 +399,7 @@ def _request_some(
             if case_id not in claimed:
                 actions.transition_case(s, case_id, Status.in_review, actor=DEMO_AGENT)
                 claimed.add(case_id)
-            row = actions.request(
-                s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings
-            )
+            row = actions.request(s, action_id, actor=DEMO_AGENT, policy=policy, settings=settings)
             what = row.action_type.replace("_", " ")
             cases.add_note(
                 s,
