@@ -391,6 +391,17 @@ def test_the_inbox_customer_filter_pages_through_every_match(client, people, db,
         if not cursor:
             break
     assert seen == [pending[3]["id"]]
+    note = client.post(
+        f"/v1/cases/{pending[3]['case_id']}/notes",
+        json={"text": "POD checked"},
+        headers=bearer(people["agent"]),
+    )
+    assert note.status_code == 201, note.text
+    page = client.get("/v1/approvals", params={"customer_id": "CUST-4"}, headers=fin).json()
+    (item,) = page["items"]
+    assert [(n["author"], n["text"]) for n in item["evidence"]["work_notes"]] == [
+        ("test-agent", "POD checked")
+    ]
     listed = client.get("/v1/actions", params={"customer_id": "CUST-4"}, headers=fin).json()
     assert {a["id"] for a in listed["items"]} >= {pending[3]["id"]}
     assert {a["customer_id"] for a in listed["items"]} == {"CUST-4"}

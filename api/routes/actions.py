@@ -3,6 +3,7 @@ layer reports execution. Every step goes through triage.actions (policy + audit)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
@@ -435,6 +436,15 @@ def inbox(
                         "summary": body.get("summary"),
                         "citations": body.get("citations", []),
                         "policy_reasons": (row.decision or {}).get("reasons", []),
+                        # the case's latest work notes: what the agent checked before asking
+                        "work_notes": [
+                            {
+                                "at": e.ts,
+                                "author": e.actor_id,
+                                "text": json.loads(e.payload)["text"],
+                            }
+                            for e in cases.notes(s, row.case_id)[-3:]
+                        ],
                     },
                 )
             )
