@@ -179,6 +179,16 @@ def queue_counts(session: Session) -> dict[str, int]:
     )
 
 
+def holder_counts(session: Session) -> list[tuple[str, int]]:
+    """Cases in review per holder, most first (who is working how many cases)."""
+    rows = session.execute(
+        select(Case.assignee, func.count())
+        .where(Case.status == Status.in_review.value, Case.assignee.is_not(None))
+        .group_by(Case.assignee)
+    ).all()
+    return sorted(((str(a), int(n)) for a, n in rows), key=lambda r: (-r[1], r[0]))
+
+
 def case_actions(session: Session, case_id: str) -> list[ActionRow]:
     return list(
         session.scalars(

@@ -451,13 +451,15 @@ def queue(
     priority: Annotated[str | None, Query(max_length=2)] = None,
     q: Annotated[str | None, Query(max_length=128)] = None,
     breached: bool = False,
-    held: Annotated[str | None, Query(max_length=32)] = None,
+    held: Annotated[str | None, Query(max_length=128)] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:
-    """``held=me``: the cases the signed-in agent holds; ``held=nobody``: unclaimed ones."""
+    """``held=me``: the cases the signed-in agent holds; ``held=nobody``: unclaimed ones;
+    ``held=<name>``: the cases that person holds."""
     from contracts.case import ExceptionType
 
-    held = held if held in HELD_CHOICES else None
+    held = held or None
+    holder = p.actor.id if held == "me" else None if held in (None, "nobody") else held
 
     statuses = (status,) if status in dashboard.OPEN_FOR_AGENTS else dashboard.OPEN_FOR_AGENTS
     f = dashboard.QueueFilter(
@@ -467,7 +469,7 @@ def queue(
         priority=priority or None,
         search=q or None,
         sla_breached=breached,
-        assignee=p.actor.id if held == "me" else None,
+        assignee=holder,
         unassigned=held == "nobody",
     )
     cs: ConsoleState = state(request)
@@ -477,6 +479,7 @@ def queue(
                 s, f, limit=cs.settings.console_page_size, cursor=cursor
             )
             counts = dashboard.queue_counts(s)
+            holders = dashboard.holder_counts(s)
             s.expunge_all()  # rows are rendered after the read transaction ends
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/queue", _error_text(exc), "error")
@@ -506,7 +509,9 @@ def queue(
             "types": [t.value for t in ExceptionType],
             "queues": ctx.settings.queues,
             "priorities": PRIORITIES,
-            "held_choices": HELD_CHOICES,
+            "held_choices": HELD_CHOICES
+            | ({held: held} if held and held not in HELD_CHOICES else {}),
+            "holders": holders,
             "my_id": p.actor.id,
             "section": "queue",
         },

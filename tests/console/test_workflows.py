@@ -133,7 +133,9 @@ def test_the_queue_shows_who_holds_each_case_and_filters_by_it(client, people, c
     assert _queue_ids(client, "held=me") == [case_ids[0]]
     unclaimed = _queue_ids(client, "held=nobody")
     assert case_ids[0] not in unclaimed and set(unclaimed) == set(case_ids) - {case_ids[0]}
-    assert set(_queue_ids(client, "held=someone-else")) == set(case_ids)  # unknown: ignored
+    assert _queue_ids(client, "held=someone-else") == []  # a holder with no cases
+    chips = client.get("/console/queue").text.split('aria-label="Cases in review by holder"')[1]
+    assert 'href="?held=me"' in chips.split("</ul>")[0] and ">you <" in chips.split("</ul>")[0]
     row = client.get("/console/queue?held=me").text.split(f">{case_ids[0]}<")[1].split("</tr>")[0]
     assert "<strong>you</strong>" in row
     own = client.get(f"/console/cases/{case_ids[0]}").text
@@ -141,6 +143,9 @@ def test_the_queue_shows_who_holds_each_case_and_filters_by_it(client, people, c
 
     sign_in(client, "boss")
     assert _queue_ids(client, "held=me") == []
+    assert _queue_ids(client, "held=agent") == [case_ids[0]]
+    chips = client.get("/console/queue").text.split('aria-label="Cases in review by holder"')[1]
+    assert 'href="?held=agent"' in chips.split("</ul>")[0]
     row = client.get("/console/queue").text.split(f">{case_ids[0]}<")[1].split("</tr>")[0]
     assert "<td>agent</td>" in row
     theirs = client.get(f"/console/cases/{case_ids[0]}").text
