@@ -339,6 +339,9 @@ def populate(db: Database, n_cases: int, n_events: int, seed: int = 11) -> dict[
                 "injection_flags": None,
                 "indexed_at": None,
                 "submitted_by": orch[1],
+                # who holds it (migration 0009): 20 agents share the claimed and resolved cases;
+                # derived from i so the random stream, and every other column, stay as before
+                "assignee": f"agent-{i % 20:02d}" if status in ("in_review", "resolved") else None,
                 "version": 3,
             }
         )
@@ -675,7 +678,16 @@ def run(kind: str, n_cases: int, n_events: int, repeat: int, keep: Path | None =
                 "queue (search by order id)": _time(agent, search),
                 "queue (page 2, keyset cursor)": _time(agent, page2) if page2 else None,
                 "case page (random case)": _time(agent, cases_urls),
+                # the twentieth session's additions to the queue page: the cases of one holder,
+                # and the per-holder counts it runs on every view (timed alone)
+                "queue (held by one person)": _time(
+                    agent, [f"/console/queue?held=agent-{k % 20:02d}" for k in range(repeat)]
+                ),
             }
+            with db.read() as s:
+                results["queue: per-holder counts query alone"] = _time_call(
+                    lambda: dashboard.holder_counts(s), repeat
+                )
             start = (datetime.now(UTC) - timedelta(days=89)).strftime("%Y-%m-%d")
             end = datetime.now(UTC).strftime("%Y-%m-%d")
             r30 = dashboard.DateRange.last_days(30)
