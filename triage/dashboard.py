@@ -156,9 +156,14 @@ def queue_page(
                 and_(Case.priority == p, Case.resolution_due_at == due, Case.id > cid),
             )
         )
+    # One person's open cases are a few hundred at most: find them through the holder indexes
+    # and sort them. Ordering by the bare column lets the planner walk ix_cases_queue_order
+    # instead and skip every other case (PostgreSQL, 100k cases: 69 ms against 5 ms), so the
+    # priority is wrapped in coalesce() (it is never NULL: same order) to rule that plan out.
+    priority_key: Any = func.coalesce(Case.priority, "") if f.assignee else Case.priority
     rows = list(
         session.scalars(
-            stmt.order_by(Case.priority, Case.resolution_due_at, Case.id).limit(limit + 1)
+            stmt.order_by(priority_key, Case.resolution_due_at, Case.id).limit(limit + 1)
         )
     )
     nxt = None

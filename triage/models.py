@@ -110,7 +110,10 @@ class Case(Base):
         Index("ix_cases_warehouse_created", "warehouse_id", "created_at", "id"),
         Index("ix_cases_lease", "status", "lease_expires_at"),
         Index("ix_cases_to_index", "status", "indexed_at"),
-        Index("ix_cases_assignee_status", "assignee", "status"),
+        # the queue's per-holder counts (status = in_review, grouped: index-only) and its
+        # held-by filter; the API's ?assignee= list, newest first
+        Index("ix_cases_status_assignee", "status", "assignee"),
+        Index("ix_cases_assignee_created", "assignee", "created_at", "id"),
     )
 
 

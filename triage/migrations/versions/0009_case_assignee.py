@@ -25,7 +25,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.add_column(sa.Column('assignee', sa.String(length=128), nullable=True))
-        batch_op.create_index('ix_cases_assignee_status', ['assignee', 'status'], unique=False)
+        # per-holder counts of cases in review read (status, assignee) alone; the API's
+        # ?assignee= list walks (assignee, created_at, id) newest first
+        batch_op.create_index('ix_cases_status_assignee', ['status', 'assignee'], unique=False)
+        batch_op.create_index(
+            'ix_cases_assignee_created', ['assignee', 'created_at', 'id'], unique=False
+        )
     op.execute(
         "UPDATE cases SET assignee = ("
         "SELECT a.actor_id FROM audit_events a WHERE a.case_id = cases.id "
@@ -36,5 +41,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.drop_index('ix_cases_assignee_status')
+        batch_op.drop_index('ix_cases_assignee_created')
+        batch_op.drop_index('ix_cases_status_assignee')
         batch_op.drop_column('assignee')
