@@ -217,3 +217,4 @@ class NoteOut(BaseModel):
 
 class NotePage(BaseModel):
     items: list[NoteOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page.")

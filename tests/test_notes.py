@@ -68,3 +68,22 @@ def test_bad_notes_are_refused_and_nothing_is_written(client, keys, db):
     with db.read() as s:
         added = s.scalars(select(AuditEvent.action).where(AuditEvent.seq > before)).all()
     assert added == ["auth.forbidden"]  # the auditor's attempt; no note
+
+
+def test_notes_page_with_a_cursor(client, keys):
+    case_id = _case(client, keys)
+    for i in range(5):
+        assert _note(client, keys, "agent", case_id, f"note {i}").status_code == 201
+    url = f"/v1/cases/{case_id}/notes"
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get(url, params=params, headers=bearer(keys["agent"])).json()
+        seen += [n["text"] for n in page["items"]]
+        cursor, pages = page["next_cursor"], pages + 1
+        if not cursor:
+            break
+    assert seen == [f"note {i}" for i in range(5)] and pages == 3
+    for bad in ({"cursor": -1}, {"cursor": "x"}, {"limit": 0}, {"limit": 501}):
+        r = client.get(url, params=bad, headers=bearer(keys["agent"]))
+        assert r.status_code == 422, (bad, r.text)

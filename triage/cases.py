@@ -645,9 +645,25 @@ def add_note(session: Session, case_id: str, text: str, *, actor: Actor) -> int:
     return audit.append(session, actor, NOTE_ACTION, {"text": text}, case_id=case_id)
 
 
-def notes(session: Session, case_id: str) -> list[AuditEvent]:
-    """A case's work notes, oldest first (``NotFound`` for an unknown case)."""
+def notes(
+    session: Session, case_id: str, *, after_seq: int | None = None, limit: int = 100
+) -> list[AuditEvent]:
+    """A case's work notes, oldest first: at most ``limit`` of them after sequence number
+    ``after_seq`` (keyset pages). ``NotFound`` for an unknown case."""
     get(session, case_id)
     return audit.list_events(
-        session, audit.AuditFilter(case_id=case_id, action=NOTE_ACTION), limit=10_000
+        session,
+        audit.AuditFilter(case_id=case_id, action=NOTE_ACTION, after_seq=after_seq),
+        limit=limit,
     )
+
+
+def latest_notes(session: Session, case_id: str, n: int) -> list[AuditEvent]:
+    """A case's ``n`` latest work notes, oldest first."""
+    rows = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.case_id == case_id, AuditEvent.action == NOTE_ACTION)
+        .order_by(AuditEvent.seq.desc())
+        .limit(n)
+    ).all()
+    return list(reversed(rows))

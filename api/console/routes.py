@@ -96,6 +96,8 @@ AgentP = Annotated[Principal, Depends(ConsoleGuard(R.agent, R.admin))]
 ApproverP = Annotated[Principal, Depends(ConsoleGuard(R.approver, R.admin))]
 AuditorP = Annotated[Principal, Depends(ConsoleGuard(R.auditor, R.admin))]
 AdminP = Annotated[Principal, Depends(ConsoleGuard(R.admin))]
+# the case page shows this many of a case's latest work notes (older ones: API, audit trail)
+CASE_PAGE_NOTES = 200
 # who writes work notes: everyone who works cases or decides on them (auditors only read)
 NoteP = Annotated[Principal, Depends(ConsoleGuard(R.agent, R.approver, R.admin))]
 
@@ -591,7 +593,8 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
         "can_transition": can_work,
         "action_types": sorted(ACTION_MODELS),
         "messages": messages,
-        "notes": [audit.event_dict(e) for e in cases.notes(s, row.id)],
+        "notes": [audit.event_dict(e) for e in cases.latest_notes(s, row.id, CASE_PAGE_NOTES)],
+        "notes_cap": CASE_PAGE_NOTES,
         "can_note": p.role in (R.agent, R.approver, R.admin),
         "events": [audit.event_dict(e) for e in events[-25:]],
         "section": "queue",
@@ -917,7 +920,7 @@ def approvals(
                     "summary": body.get("summary"),
                     "citations": body.get("citations", []),
                     # the latest work notes: what the agent checked before asking
-                    "notes": [audit.event_dict(e) for e in cases.notes(s, row.case_id)[-3:]],
+                    "notes": [audit.event_dict(e) for e in cases.latest_notes(s, row.case_id, 3)],
                     "reasons": (row.decision or {}).get("reasons", []),
                     "fields": _action_fields(row.action_type, row.body),
                     "own": p.name

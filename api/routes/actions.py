@@ -443,7 +443,7 @@ def inbox(
                                 "author": e.actor_id,
                                 "text": json.loads(e.payload)["text"],
                             }
-                            for e in cases.notes(s, row.case_id)[-3:]
+                            for e in cases.latest_notes(s, row.case_id, 3)
                         ],
                     },
                 )

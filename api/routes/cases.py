@@ -243,9 +243,13 @@ def list_notes(
     case_id: str,
     ctx: ContextDep,
     _p: Annotated[Principal, Depends(allow(*EVERYONE))],
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> NotePage:
     with ctx.db.read() as s:
-        return NotePage(items=[_note(e) for e in cases.notes(s, case_id)])
+        rows = cases.notes(s, case_id, after_seq=cursor, limit=limit + 1)
+        nxt = str(rows[limit - 1].seq) if len(rows) > limit else None
+        return NotePage(items=[_note(e) for e in rows[:limit]], next_cursor=nxt)
 
 
 @router.get(

@@ -469,3 +469,18 @@ def test_work_notes_on_the_case_page(client, people, case_ids, db):
             select(AuditEvent.payload).where(AuditEvent.action == "case.note_added")
         ).all()
     assert len(texts) == 2
+
+
+def test_the_case_page_shows_the_latest_notes_and_says_when_older_ones_exist(
+    client, people, case_ids, monkeypatch
+):
+    from api.console import routes
+
+    monkeypatch.setattr(routes, "CASE_PAGE_NOTES", 2)
+    url = f"/console/cases/{case_ids[0]}"
+    sign_in(client, "agent")
+    for i in range(3):
+        assert "Note added" in flash(client, post(client, f"{url}/note", {"text": f"n{i}"}))
+    notes = client.get(url).text.split('id="notes"')[1].split("</section>")[0]
+    assert "The latest 2 notes; older ones are on the case's audit trail." in notes
+    assert ">n0<" not in notes and notes.index(">n1<") < notes.index(">n2<")
