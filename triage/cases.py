@@ -625,6 +625,21 @@ MAX_NOTE = 5000
 NOTE_ACTION = "case.note_added"
 
 
+def person_text(text: str | None, what: str, field: str, max_chars: int) -> str:
+    """Text a person wrote for the record (a note, a customer message): line ends made
+    ``\n``, outer blanks stripped; ``ValidationFailed`` on ``field`` when nothing is left or
+    more than ``max_chars`` characters are."""
+    text = (text or "").replace("\r\n", "\n").strip()
+    if not text:
+        raise ValidationFailed(f"the {what} is empty", fields={field: "required"})
+    if len(text) > max_chars:
+        raise ValidationFailed(
+            f"the {what} has {len(text)} characters; at most {max_chars}",
+            fields={field: f"at most {max_chars} characters"},
+        )
+    return text
+
+
 def add_note(session: Session, case_id: str, text: str, *, actor: Actor) -> int:
     """Add an internal work note to a case (what was checked, who was called, what is awaited:
     the hand-over a colleague reads before taking the case over). Notes are never sent to the
@@ -633,14 +648,7 @@ def add_note(session: Session, case_id: str, text: str, *, actor: Actor) -> int:
     Any status, resolved included (a late finding belongs with the case).
     Raises ``NotFound`` for an unknown case, ``ValidationFailed`` (field ``text``) for an empty
     note or one over :data:`MAX_NOTE` characters."""
-    text = (text or "").replace("\r\n", "\n").strip()
-    if not text:
-        raise ValidationFailed("the note is empty", fields={"text": "required"})
-    if len(text) > MAX_NOTE:
-        raise ValidationFailed(
-            f"the note has {len(text)} characters; at most {MAX_NOTE}",
-            fields={"text": f"at most {MAX_NOTE} characters"},
-        )
+    text = person_text(text, "note", "text", MAX_NOTE)
     get(session, case_id)  # NotFound before anything is written
     return audit.append(session, actor, NOTE_ACTION, {"text": text}, case_id=case_id)
 

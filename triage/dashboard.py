@@ -237,14 +237,7 @@ def send_customer_message(
     The payload keeps the final text, whether the agent changed the suggested draft, and both
     hashes, so an auditor can see exactly what was sent and how it differs from the draft.
     """
-    text = (text or "").replace("\r\n", "\n").strip()
-    if not text:
-        raise ValidationFailed("the message is empty", fields={"message": "required"})
-    if len(text) > MAX_MESSAGE:
-        raise ValidationFailed(
-            f"the message has {len(text)} characters; at most {MAX_MESSAGE}",
-            fields={"message": f"at most {MAX_MESSAGE} characters"},
-        )
+    text = cases.person_text(text, "message", "message", MAX_MESSAGE)
     if channel not in ("email", "portal"):
         raise ValidationFailed("unknown channel", fields={"channel": "email or portal"})
     row = cases.get(session, case_id)
