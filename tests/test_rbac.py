@@ -24,6 +24,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/cases/{case_id}/explanation"): ALL,
     ("POST", "/v1/cases/{case_id}/transitions"): {"agent", "admin"},
     ("POST", "/v1/cases/{case_id}/overrides"): {"agent", "admin"},
+    # work notes: everyone who works a case or decides on it writes; auditors only read
+    ("POST", "/v1/cases/{case_id}/notes"): {"orchestrator", "agent", "approver", "admin"},
+    ("GET", "/v1/cases/{case_id}/notes"): ALL,
     ("GET", "/v1/models"): {"admin", "auditor"},
     ("GET", "/v1/actions"): ALL,
     ("GET", "/v1/actions/{action_id}"): ALL,
@@ -143,6 +146,8 @@ def _call(client, method, path, headers):
         body = {"currency": "USD", "rate": "0.9", "valid_from": "2026-01-01"}
     elif method == "POST" and path.endswith("/overrides"):
         body = {"queue": "billing", "reason": "matrix"}
+    elif method == "POST" and path.endswith("/notes"):
+        body = {"text": "matrix"}
     elif method == "POST" and path.endswith("/evaluate"):
         body = {"records": [{"text": "x", "queue": "billing"}]}
     elif method == "POST" and path.endswith("/operating-points"):
