@@ -137,23 +137,19 @@ class RetrievalStage:
         with _store_errors():
             return self.service.kb.ingest_documents(docs)
 
-    def read_documents(
-        self,
-        documents: Sequence[tuple[str, bytes]],
-        content_fields: Sequence[str] | None = None,
-    ) -> list[SourceDocument]:
-        """Read and check named documents (``(file name, bytes)``; the name's suffix .md,
-        .markdown, .txt, .text or .pdf says how) before anything is ingested: one that cannot
-        be ingested, or that has the document id of another in the call, raises
-        ``ValidationFailed`` naming ``documents[i].<content field>`` (``content_fields[i]``,
-        default ``content``). Touches neither store nor database."""
+    def read_documents(self, documents: Sequence[tuple[str, bytes, str]]) -> list[SourceDocument]:
+        """Read and check named documents (``(file name, bytes, the request field they came
+        in)``; the name's suffix .md, .markdown, .txt, .text or .pdf says how) before anything
+        is ingested: one that cannot be ingested, or that has the document id of another in the
+        call, raises ``ValidationFailed`` naming ``documents[i].<field>``. Touches neither
+        store nor database."""
         from retrieval.chunking import parse_document
         from retrieval.errors import IngestError
 
         docs = []
         ids: dict[str, int] = {}
-        for i, (name, data) in enumerate(documents):
-            field = f"documents[{i}].{content_fields[i] if content_fields else 'content'}"
+        for i, (name, data, content_field) in enumerate(documents):
+            field = f"documents[{i}].{content_field}"
             try:
                 doc = parse_document(name, data)
             except IngestError as exc:

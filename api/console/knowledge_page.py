@@ -8,7 +8,6 @@ event), so documents can be added without stopping the server.
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -62,9 +61,10 @@ def knowledge_page(request: Request, ctx: ContextDep, p: StaffP) -> Response:
     )
 
 
-def _uploaded_documents(files: list[Any]) -> list[dict[str, str]]:
-    """The uploaded files as API documents (their bytes base64-encoded, so a PDF and a text
-    file pass the same checks as over the API)."""
+def _uploaded_documents(files: list[Any]) -> list[dict[str, Any]]:
+    """The uploaded files as API documents, their bytes as ``content_base64`` (which takes
+    bytes from Python as they are), so a PDF and a text file pass the same checks as over the
+    API."""
     documents = []
     for upload in files:
         if not isinstance(upload, UploadFile) or not upload.filename:
@@ -73,9 +73,7 @@ def _uploaded_documents(files: list[Any]) -> list[dict[str, str]]:
         data = upload.file.read()
         if not data:
             raise UploadProblem(f"{upload_name(upload)} is empty.")
-        documents.append(
-            {"name": upload_name(upload), "content_base64": base64.b64encode(data).decode()}
-        )
+        documents.append({"name": upload_name(upload), "content_base64": data})
     if not documents:
         raise UploadProblem("Choose one or more Markdown, text or PDF files to upload.")
     return documents

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -40,11 +41,40 @@ Staff = Annotated[Principal, Depends(allow(R.agent, R.approver, R.auditor, R.adm
 
 MAX_DOCUMENTS = 50
 MAX_DOCUMENT_CHARS = 2_000_000
-# a PDF manual may be large (content_base64's length caps it); the request's own limit
-# (TRIAGE_MAX_UPLOAD_BYTES) still applies
+# a PDF manual may be large; the request's own limit (TRIAGE_MAX_UPLOAD_BYTES) still applies
 MAX_DOCUMENT_BYTES = 24 * 1024 * 1024
 # a file name, never a path: letters, digits, dot, dash, underscore; a known suffix
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\.(md|markdown|txt|text|pdf)$"
+
+
+def _from_base64(value: object) -> object:
+    """``content_base64`` as bytes, decoded once while the request is validated (strict
+    alphabet and padding). Bytes from a Python caller (the console's upload) are the file's
+    bytes already and pass as they are."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"is not valid base64 ({exc})") from exc
+    return value
+
+
+Base64Content = Annotated[
+    bytes | None,
+    BeforeValidator(_from_base64),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "maxLength": (MAX_DOCUMENT_BYTES + 2) // 3 * 4,
+                },
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 
 
 class DocumentIn(BaseModel):
@@ -67,10 +97,10 @@ class DocumentIn(BaseModel):
         max_length=MAX_DOCUMENT_CHARS,
         description="The text (Markdown or plain text). Give this or `content_base64`.",
     )
-    content_base64: str | None = Field(
+    content_base64: Base64Content = Field(
         default=None,
         min_length=1,
-        max_length=(MAX_DOCUMENT_BYTES + 2) // 3 * 4,
+        max_length=MAX_DOCUMENT_BYTES,
         description="The file's bytes, base64-encoded (standard alphabet, padded): a PDF's "
         "text layer is read page by page, and its pages are cited. Give this or `content`.",
     )
@@ -83,18 +113,6 @@ class DocumentIn(BaseModel):
                 "must be a file name of letters, digits, '.', '_' and '-' ending .md, "
                 ".markdown, .txt, .text or .pdf"
             )
-        return value
-
-    _bytes: bytes = PrivateAttr(default=b"")
-
-    @field_validator("content_base64")
-    @classmethod
-    def _base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except binascii.Error as exc:
-                raise ValueError(f"is not valid base64 ({exc})") from exc
         return value
 
     @model_validator(mode="after")
@@ -111,13 +129,10 @@ class DocumentIn(BaseModel):
         return "content" if self.content is not None else "content_base64"
 
     def data(self) -> bytes:
-        """The document's bytes (decoded once)."""
-        if not self._bytes:
-            if self.content_base64 is not None:
-                self._bytes = base64.b64decode(self.content_base64, validate=True)
-            else:
-                self._bytes = (self.content or "").encode("utf-8")
-        return self._bytes
+        """The document's bytes."""
+        if self.content_base64 is not None:
+            return self.content_base64
+        return (self.content or "").encode("utf-8")
 
 
 class IngestRequest(BaseModel):
@@ -179,9 +194,7 @@ def ingest_documents(ctx: Any, principal: Principal, documents: list[DocumentIn]
                 fields={f"documents[{i}].name": "appears twice"},
             )
         seen[doc.name] = i
-    docs = stage.read_documents(
-        [(d.name, d.data()) for d in documents], [d.content_field for d in documents]
-    )
+    docs = stage.read_documents([(d.name, d.data(), d.content_field) for d in documents])
 
     def go() -> dict[str, Any]:
         report = stage.ingest_read(docs)
