@@ -614,49 +614,44 @@ def transition_case(
     )
     for action in open_actions:
         _cancel(session, action, actor, NOT_TAKEN)
-    if target == Status.resolved and row.callback_url:
+    if target == Status.resolved:
         _notify_resolved(session, row)
     return row
 
 
 def _notify_resolved(session: Session, row: Case) -> None:
-    """Tell the system that submitted the case how it ended (its ``callback_url``), in the
-    resolving transaction through the outbox: the resolution, who resolved it, the final
-    routing and every action's outcome, so the source system can close its own exception
-    (release a held invoice, say). A case resolves once, so the event id is the case's."""
+    """Tell the system that submitted the case how it ended (``case.resolved`` to its
+    ``callback_url``, if any), in the resolving transaction through the outbox: the
+    resolution, who resolved it, the final routing and every action's outcome, so the source
+    system can close its own exception (release a held invoice, say). A case resolves once,
+    so the event id is the case's."""
+    if not row.callback_url:
+        return
     acts = session.scalars(
         select(ActionRow).where(ActionRow.case_id == row.id).order_by(ActionRow.id)
     ).all()
-    event_id = f"case.resolved:{row.id}"
-    webhooks.enqueue(
+    webhooks.notify_submitter(
         session,
-        event_id=event_id,
-        kind="case.resolved",
-        case_id=row.id,
-        target_url=cast(str, row.callback_url),
-        body={
-            "event": "case.resolved",
-            "event_id": event_id,
-            "case_id": row.id,
-            "source": {"system": row.source_system, "case_id": row.source_case_id},
-            "status": Status.resolved.value,
-            "resolution": row.resolution,
-            "resolved_at": row.resolved_at,
-            "resolved_by": row.assignee,
-            "queue": row.queue,
-            "category": row.category,
-            "priority": row.priority,
-            "actions": [
-                {
-                    "action_id": a.id,
-                    "type": a.action_type,
-                    "status": a.status,
-                    "amount": None if a.amount is None else str(a.amount),
-                    "currency": a.currency,
-                }
-                for a in acts
-            ],
-        },
+        row,
+        "case.resolved",
+        f"case.resolved:{row.id}",
+        status=Status.resolved.value,
+        resolution=row.resolution,
+        resolved_at=row.resolved_at,
+        resolved_by=row.assignee,
+        queue=row.queue,
+        category=row.category,
+        priority=row.priority,
+        actions=[
+            {
+                "action_id": a.id,
+                "type": a.action_type,
+                "status": a.status,
+                "amount": None if a.amount is None else str(a.amount),
+                "currency": a.currency,
+            }
+            for a in acts
+        ],
     )
 
 

@@ -766,25 +766,17 @@ def _store_in(
         by_system=True,
         reason="triage complete",
     )
-    if row.callback_url:
-        webhooks.enqueue(
-            s,
-            event_id=f"case.triaged:{case_id}:{revision}",
-            kind="case.triaged",
-            case_id=case_id,
-            target_url=row.callback_url,
-            body={
-                "event": "case.triaged",
-                "event_id": f"case.triaged:{case_id}:{revision}",
-                "case_id": case_id,
-                "source": {"system": case.source.system, "case_id": case.source.case_id},
-                "status": Status.awaiting_review.value,
-                "queue": suggestion.routing.queue,
-                "category": suggestion.category,
-                "priority": row.priority,
-                "summary": suggestion.summary,
-            },
-        )
+    webhooks.notify_submitter(
+        s,
+        row,
+        "case.triaged",
+        f"case.triaged:{case_id}:{revision}",
+        status=Status.awaiting_review.value,
+        queue=suggestion.routing.queue,
+        category=suggestion.category,
+        priority=row.priority,
+        summary=suggestion.summary,
+    )
     return Outcome(case_id, "triaged")
 
 

@@ -35,7 +35,7 @@ from triage import audit
 from triage.common import canonical_json, error_text, now_ts, to_ts
 from triage.db import Database
 from triage.errors import Conflict, NotFound
-from triage.models import OutboxMessage
+from triage.models import Case, OutboxMessage
 from triage.settings import Settings
 
 log = logging.getLogger("triage.webhooks")
@@ -90,6 +90,28 @@ def enqueue(
             next_attempt_at=now,
             created_at=now,
         )
+    )
+
+
+def notify_submitter(session: Session, row: Case, event: str, event_id: str, **fields: Any) -> None:
+    """Queue ``event`` for the system that submitted ``row``, at its ``callback_url``, in the
+    caller's transaction; nothing when the case named none. The body names the event, the
+    case and its source, then ``fields``."""
+    if not row.callback_url:
+        return
+    enqueue(
+        session,
+        event_id=event_id,
+        kind=event,
+        case_id=row.id,
+        target_url=row.callback_url,
+        body={
+            "event": event,
+            "event_id": event_id,
+            "case_id": row.id,
+            "source": {"system": row.source_system, "case_id": row.source_case_id},
+            **fields,
+        },
     )
 
 
