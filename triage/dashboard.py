@@ -129,12 +129,11 @@ def queue_page(
         (Case.priority, f.priority),
         (Case.customer_id, f.customer_id),
         (Case.warehouse_id, f.warehouse_id),
+        (Case.assignee, f.assignee),
     )
     if f.sla_breached:
         stmt = stmt.where(or_(Case.triage_sla_breached, Case.resolution_sla_breached))
-    if f.assignee:
-        stmt = stmt.where(Case.assignee == f.assignee)
-    elif f.unassigned:
+    if f.unassigned and not f.assignee:
         stmt = stmt.where(Case.assignee.is_(None))
     if f.search:
         term = f.search.strip()

@@ -1530,9 +1530,9 @@ def install(app: FastAPI, console_settings: ConsoleSettings | None = None) -> No
         assert isinstance(exc, RequestValidationError)
         if not request.url.path.startswith(COOKIE_PATH + "/"):
             return errors.validation_error(request, exc)
+        # the location without its first part ("query", "body"): the name on the page
         problems = "; ".join(
-            f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: "
-            f"{e.get('msg', 'invalid')}"
+            f"{cases.format_loc(list(e['loc'])[1:]) or 'request'}: {e['msg']}"
             for e in list(exc.errors())[:5]
         )
         return render(
