@@ -108,6 +108,22 @@ class TransitionRequest(BaseModel):
     expected_version: int | None = Field(default=None, ge=1)
 
 
+class AssignRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    assignee: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Who gets the case: an enabled agent or admin (see GET /v1/cases/assignees).",
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class AssigneeList(BaseModel):
+    items: list[str] = Field(description="Agents and admins a case can be assigned to, sorted.")
+
+
 class KeyCreate(BaseModel):
     model_config = {"extra": "forbid"}
 

@@ -27,6 +27,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     # work notes: everyone who works a case or decides on it writes; auditors only read
     ("POST", "/v1/cases/{case_id}/notes"): {"orchestrator", "agent", "approver", "admin"},
     ("GET", "/v1/cases/{case_id}/notes"): ALL,
+    # assignment: the roles that work cases give them to each other
+    ("GET", "/v1/cases/assignees"): {"agent", "admin"},
+    ("POST", "/v1/cases/{case_id}/assignment"): {"agent", "admin"},
     ("GET", "/v1/models"): {"admin", "auditor"},
     ("GET", "/v1/actions"): ALL,
     ("GET", "/v1/actions/{action_id}"): ALL,
@@ -148,6 +151,8 @@ def _call(client, method, path, headers):
         body = {"queue": "billing", "reason": "matrix"}
     elif method == "POST" and path.endswith("/notes"):
         body = {"text": "matrix"}
+    elif method == "POST" and path.endswith("/assignment"):
+        body = {"assignee": "test-agent"}
     elif method == "POST" and path.endswith("/evaluate"):
         body = {"records": [{"text": "x", "queue": "billing"}]}
     elif method == "POST" and path.endswith("/operating-points"):

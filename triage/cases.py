@@ -26,10 +26,17 @@ from sqlalchemy.orm.attributes import set_committed_value
 from contracts.case import CaseIn, CustomerTier, ExceptionType
 from triage import audit
 from triage.audit import Actor
+from triage.auth import Role
 from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts, utcnow
-from triage.errors import IdempotencyConflict, InvalidTransition, NotFound, ValidationFailed
+from triage.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    NotFound,
+    PermissionDenied,
+    ValidationFailed,
+)
 from triage.lifecycle import Status, allowed
-from triage.models import AuditEvent, Case
+from triage.models import ApiKey, AuditEvent, Case, ConsoleUser
 from triage.models import Suggestion as SuggestionRow
 from triage.settings import Settings
 
@@ -617,6 +624,126 @@ def human_transition(
         extra=extra,
         mutate=apply,
     )
+
+
+# ---------------------------------------------------------------- assignment
+
+ASSIGNABLE = frozenset({Status.awaiting_review, Status.in_review, Status.escalated})
+"""Statuses in which a case can be given to someone: triaged and not yet resolved."""
+CASE_WORKER_ROLES = (Role.agent.value, Role.admin.value)
+"""Roles that can hold a case (the roles that may claim, resolve and escalate one)."""
+ASSIGN_ACTION = "case.assigned"
+
+
+def case_workers(session: Session) -> list[str]:
+    """Everyone a case can be assigned to, sorted: enabled console users and unrevoked API
+    keys whose role can work cases (agents and admins). The names are the actor ids the
+    audit trail and ``Case.assignee`` use."""
+    users = session.scalars(
+        select(ConsoleUser.username).where(
+            ConsoleUser.role.in_(CASE_WORKER_ROLES), ConsoleUser.disabled_at.is_(None)
+        )
+    )
+    keys = session.scalars(
+        select(ApiKey.name).where(ApiKey.role.in_(CASE_WORKER_ROLES), ApiKey.revoked_at.is_(None))
+    )
+    return sorted(set(users) | set(keys))
+
+
+def assign(
+    session: Session,
+    case_id: str,
+    assignee: str,
+    *,
+    actor: Actor,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> Case:
+    """Give a case to a colleague: a lead dispatching the queue, or an agent handing a case
+    over before a shift ends. The assignee holds it exactly as if they had claimed it.
+
+    Contract:
+    - ``assignee`` must be in :func:`case_workers` (``ValidationFailed``, field ``assignee``).
+    - Only triaged, unresolved cases (:data:`ASSIGNABLE`); anything else is
+      ``InvalidTransition`` (field ``status``). An unclaimed or escalated case moves to
+      ``in_review`` (audited as ``case.in_review`` by the assigner, like a claim).
+    - Admins may reassign any case; an agent may assign a case nobody holds or one they hold.
+      Taking another agent's case away is for them or an admin (``PermissionDenied``), so two
+      agents cannot silently pull a case back and forth.
+    - ``expected_version`` guards against a change made since the caller looked
+      (``InvalidTransition``, field ``expected_version``); a concurrent change loses the same way.
+    - Every assignment writes ``case.assigned`` (``from``, ``to``, ``reason``) in the caller's
+      transaction. Assigning a case to its current holder changes and writes nothing.
+    """
+    assignee = (assignee or "").strip()
+    reason = (reason or "").strip() or None
+    if not assignee:
+        raise ValidationFailed("say who gets the case", fields={"assignee": "required"})
+    row = get(session, case_id)
+    if expected_version is not None and row.version != expected_version:
+        raise InvalidTransition(
+            f"case {case_id} changed since version {expected_version} (now {row.version})",
+            field="expected_version",
+            current_version=row.version,
+        )
+    status = Status(row.status)
+    if status not in ASSIGNABLE:
+        raise InvalidTransition(
+            f"a {status.value} case cannot be assigned; only "
+            + ", ".join(sorted(s.value for s in ASSIGNABLE))
+            + " cases can",
+            field="status",
+            current=status.value,
+        )
+    if actor.role != Role.admin.value and row.assignee not in (None, actor.id):
+        raise PermissionDenied(
+            f"{row.assignee} holds case {case_id}: only they or an admin can hand it over"
+        )
+    if assignee not in case_workers(session):
+        raise ValidationFailed(
+            f"{assignee!r} cannot hold cases (not an enabled agent or admin)",
+            fields={"assignee": "not an enabled agent or admin"},
+        )
+    previous = row.assignee
+    if previous == assignee and status == Status.in_review:
+        return row
+
+    def hold(r: Case) -> None:
+        r.assignee = assignee
+
+    if status == Status.in_review:
+        now = now_ts()
+        values = {"assignee": assignee, "updated_at": now, "version": row.version + 1}
+        res = session.execute(
+            update(Case)
+            .where(Case.id == case_id, Case.version == row.version)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidTransition(
+                f"case {case_id} was changed concurrently; retry", field="status"
+            )
+        for key, value in values.items():
+            set_committed_value(row, key, value)
+    else:
+        row = transition(
+            session,
+            case_id,
+            Status.in_review,
+            actor=actor,
+            by_system=False,
+            reason=reason,
+            mutate=hold,
+        )
+    audit.append(
+        session,
+        actor,
+        ASSIGN_ACTION,
+        {"from": previous, "to": assignee, "reason": reason},
+        case_id=case_id,
+    )
+    return row
 
 
 # ---------------------------------------------------------------- work notes

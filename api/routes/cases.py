@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import EVERYONE, ContextDep, R, allow
 from api.schemas import (
+    AssigneeList,
+    AssignRequest,
     BatchItem,
     BatchResponse,
     CaseDetail,
@@ -182,6 +184,20 @@ def submit_batch(
     if counts["created"]:
         ctx.notify_worker()
     return BatchResponse(**counts, items=items)
+
+
+@router.get(
+    "/assignees",
+    response_model=AssigneeList,
+    responses=ERRORS,
+    summary="Who a case can be assigned to (enabled agents and admins)",
+)
+def list_assignees(
+    ctx: ContextDep,
+    _p: Annotated[Principal, Depends(allow(R.agent, R.admin))],
+) -> AssigneeList:
+    with ctx.db.read() as s:
+        return AssigneeList(items=cases.case_workers(s))
 
 
 @router.get(
@@ -360,3 +376,31 @@ def transition_case(
     if body.to == Status.received:
         ctx.notify_worker()
     return out
+
+
+@router.post(
+    "/{case_id}/assignment",
+    response_model=CaseSummary,
+    responses=ERRORS,
+    summary="Give a case to a colleague (claims it for them if nobody holds it)",
+)
+def assign_case(
+    case_id: str,
+    body: AssignRequest,
+    ctx: ContextDep,
+    principal: Annotated[Principal, Depends(allow(R.agent, R.admin))],
+) -> CaseSummary:
+    """Triaged, unresolved cases only (409, field ``status``, otherwise). An agent assigns a
+    case nobody holds or one they hold; reassigning a colleague's case is for admins (403).
+    The assignee must be an enabled agent or admin (422, field ``assignee``). Audited as
+    ``case.assigned``; an unclaimed or escalated case moves to ``in_review``."""
+    with ctx.db.write() as s:
+        row = cases.assign(
+            s,
+            case_id,
+            body.assignee,
+            actor=principal.actor,
+            reason=body.reason,
+            expected_version=body.expected_version,
+        )
+        return summary(row)
