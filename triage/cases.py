@@ -701,7 +701,7 @@ def assign(
         )
     if assignee not in case_workers(session):
         raise ValidationFailed(
-            f"{assignee!r} cannot hold cases (not an enabled agent or admin)",
+            f"{assignee} cannot hold cases",
             fields={"assignee": "not an enabled agent or admin"},
         )
     previous = row.assignee

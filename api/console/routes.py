@@ -482,6 +482,7 @@ def queue(
             )
             counts = dashboard.queue_counts(s)
             holders = dashboard.holder_counts(s)
+            assignees = cases.case_workers(s)
             s.expunge_all()  # rows are rendered after the read transaction ends
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/queue", _error_text(exc), "error")
@@ -514,7 +515,11 @@ def queue(
             "held_choices": HELD_CHOICES
             | ({held: held} if held and held not in HELD_CHOICES else {}),
             "holders": holders,
+            "assignees": assignees,
+            "back": f"{COOKIE_PATH}/queue" + (f"?{urlencode(params)}" if params else ""),
             "my_id": p.actor.id,
+            "assignable": {st.value for st in cases.ASSIGNABLE},
+            "is_admin": p.role == R.admin,
             "section": "queue",
         },
     )
@@ -591,6 +596,13 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
             row.assignee and row.assignee != p.actor.id and row.status != Status.resolved.value
         ),
         "can_transition": can_work,
+        "can_assign": can_work
+        and Status(row.status) in cases.ASSIGNABLE
+        and (p.role == R.admin or row.assignee in (None, p.actor.id)),
+        "my_id": p.actor.id,
+        "assignees": [n for n in cases.case_workers(s) if n != row.assignee]
+        if can_work and Status(row.status) in cases.ASSIGNABLE
+        else [],
         "action_types": sorted(ACTION_MODELS),
         "messages": messages,
         "notes": [audit.event_dict(e) for e in cases.latest_notes(s, row.id, CASE_PAGE_NOTES)],
@@ -712,6 +724,62 @@ def transition(request: Request, case_id: str, ctx: ContextDep, p: AgentP, form:
         ctx.notify_worker()
     label = TRANSITION_LABELS.get(status, status.value)
     return redirect(request, _case_url(case_id), f"Done: {label.lower()} (now {status.value}).")
+
+
+@router.post("/cases/{case_id}/assign")
+def assign(request: Request, case_id: str, ctx: ContextDep, p: AgentP, form: Form) -> Response:
+    """Give the case to a colleague (``cases.assign``, as ``POST /v1/cases/{id}/assignment``)."""
+    who = _text(form, "assignee", 128)
+    try:
+        with ctx.db.write() as s:
+            cases.assign(
+                s,
+                case_id,
+                who,
+                actor=p.actor,
+                reason=_text(form, "reason", 2000) or None,
+                expected_version=_whole_number(_text(form, "version", 12)),
+            )
+    except TriageError as exc:
+        return redirect(request, _case_url(case_id), _error_text(exc), "error")
+    return redirect(request, _case_url(case_id), f"Case assigned to {who}.")
+
+
+BULK_ASSIGN_MAX = 100  # one queue page at most; each case is its own transaction
+
+
+@router.post("/queue/assign")
+def bulk_assign(request: Request, ctx: ContextDep, p: AgentP, form: Form) -> Response:
+    """Assign the cases ticked on a queue page to one person. Each case is assigned in its
+    own transaction, so one refused case (someone else's, resolved meanwhile) does not undo
+    the others; the flash message names each refusal and why."""
+    back = _text(form, "back", 2000)
+    # only ever back to the queue (the field comes from the page, but a form can be forged)
+    if not back.startswith(f"{COOKIE_PATH}/queue") or "//" in back or "\\" in back:
+        back = f"{COOKIE_PATH}/queue"
+    who = _text(form, "assignee", 128)
+    ids = list(dict.fromkeys(v for v in form.getlist("case_id") if isinstance(v, str) and v))
+    if not ids:
+        return redirect(request, back, "Tick the cases to assign first.", "error")
+    if len(ids) > BULK_ASSIGN_MAX:
+        return redirect(request, back, f"At most {BULK_ASSIGN_MAX} cases at a time.", "error")
+    reason = _text(form, "reason", 2000) or None
+    done = 0
+    refused: list[str] = []
+    for case_id in ids:
+        try:
+            with ctx.db.write() as s:
+                cases.assign(s, case_id[:64], who, actor=p.actor, reason=reason)
+            done += 1
+        except TriageError as exc:
+            if exc.details.get("fields", {}).keys() == {"assignee"}:
+                # the person is wrong for every case: say it once, assign nothing
+                return redirect(request, back, _error_text(exc), "error")
+            refused.append(f"{case_id[:64]}: {exc.message}")
+    if refused:
+        text = f"Assigned {done} of {len(ids)} cases to {who}. Not assigned: " + "; ".join(refused)
+        return redirect(request, back, text, "error")
+    return redirect(request, back, f"Assigned {done} case(s) to {who}.")
 
 
 @router.post("/cases/{case_id}/message")
