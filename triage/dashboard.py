@@ -193,6 +193,89 @@ def holder_counts(session: Session) -> list[tuple[str, int]]:
     return sorted(((str(a), int(n)) for a, n in rows), key=lambda r: (-r[1], r[0]))
 
 
+# what each person did, counted from the audit trail: action -> column
+TEAM_ACTIONS = {
+    "case.resolved": "resolved",
+    "case.escalated": "escalated",
+    "case.assigned": "assigned",
+    "case.overridden": "overrides",
+    "action.requested": "requested",
+    "case.message_sent": "messages",
+    "case.note_added": "notes",
+}
+
+
+@dataclass
+class TeamRow:
+    """One person's work: what they hold now, and what they did in the date range."""
+
+    person: str
+    holding: int = 0
+    holding_breached: int = 0
+    """of the cases they hold, how many are past their resolution due time"""
+    done: dict[str, int] = field(default_factory=dict)
+    """``TEAM_ACTIONS`` column -> events by them in the range"""
+    resolve_time: Durations | None = None
+    """intake -> resolution of the cases they resolved in the range (seconds)"""
+
+
+def team_figures(session: Session, r: DateRange, *, person: str | None = None) -> list[TeamRow]:
+    """Per-person figures for a team lead: cases held now (and how many are late), and, in
+    ``r``, cases resolved (with the median intake-to-resolution time), escalated, assigned to
+    someone, routing overrides, actions requested, customer messages and work notes.
+
+    Only people count (``actor_type`` human): the pipeline and integrations are not a team.
+    ``person`` restricts the rows to one person (what a non-admin sees of their own work).
+    Reads the trail through its ``(action, ts)`` index and the cases through
+    ``(status, assignee)``; sorted by person."""
+    rows: dict[str, TeamRow] = {}
+
+    def row(name: str) -> TeamRow:
+        return rows.setdefault(name, TeamRow(name))
+
+    held = (
+        select(
+            Case.assignee,
+            func.count(),
+            func.sum(case((Case.resolution_sla_breached, 1), else_=0)),
+        )
+        .where(Case.status == Status.in_review.value, Case.assignee.is_not(None))
+        .group_by(Case.assignee)
+    )
+    if person is not None:
+        held = held.where(Case.assignee == person)
+    for name, n, late in session.execute(held).all():
+        row(str(name)).holding, row(str(name)).holding_breached = _i(n), _i(late)
+
+    in_range = (
+        AuditEvent.ts >= r.start,
+        AuditEvent.ts < r.end,
+        AuditEvent.actor_type == audit.ActorType.human.value,
+    )
+    who = () if person is None else (AuditEvent.actor_id == person,)
+    counted = (
+        select(AuditEvent.actor_id, AuditEvent.action, func.count())
+        .where(AuditEvent.action.in_(tuple(TEAM_ACTIONS)), *in_range, *who)
+        .group_by(AuditEvent.actor_id, AuditEvent.action)
+    )
+    for name, action, n in session.execute(counted).all():
+        row(str(name)).done[TEAM_ACTIONS[action]] = _i(n)
+
+    dialect = session.get_bind().dialect.name
+    spans: dict[str, list[float]] = defaultdict(list)
+    resolved = (
+        select(AuditEvent.actor_id, _seconds(dialect, Case.created_at, AuditEvent.ts))
+        .join(Case, Case.id == AuditEvent.case_id)
+        .where(AuditEvent.action == "case.resolved", *in_range, *who)
+    )
+    for name, secs in session.execute(resolved).all():
+        if secs is not None:
+            spans[str(name)].append(float(secs))
+    for name, values in spans.items():
+        row(name).resolve_time = Durations.of(values)
+    return [rows[k] for k in sorted(rows)]
+
+
 def case_actions(session: Session, case_id: str) -> list[ActionRow]:
     return list(
         session.scalars(

@@ -1264,6 +1264,10 @@ def dashboard_page(
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/dashboard", _error_text(exc), "error")
     st, as_of = _dashboard_stats(request, ctx, r)
+    # everyone's figures for leads (admins) and auditors; agents and approvers see their own
+    whole_team = p.role in (R.admin, R.auditor)
+    with ctx.db.read() as s:
+        team = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
     days = r.days
     types = sorted({t for d in st.volume_by_day.values() for t in d})
     series = {t: [float(st.volume_by_day.get(d, {}).get(t, 0)) for d in days] for t in types}
@@ -1332,6 +1336,9 @@ def dashboard_page(
         {
             "st": st,
             "chart": chart,
+            "team": team,
+            "whole_team": whole_team,
+            "team_columns": list(dashboard.TEAM_ACTIONS.values()),
             "from": r.start[:10],
             "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
                 "%Y-%m-%d"

@@ -104,6 +104,33 @@ def test_agent_claims_an_unclaimed_case_notes_it_and_finds_it_under_held_by_me(p
     )
 
 
+def test_admin_dispatches_unclaimed_cases_to_an_agent_from_the_queue(page, demo_server):
+    sign_in(page, demo_server, "admin")
+    page.get_by_label("Held by").select_option("nobody")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_load_state()
+    rows = page.locator("table.queue tbody tr")
+    picked = [
+        rows.nth(i).locator("a.caselink").get_attribute("href").rsplit("/", 1)[1] for i in (0, 1)
+    ]
+    for i in (0, 1):
+        rows.nth(i).locator('input[name="case_id"]').check()
+    page.get_by_label("Assign selected to").select_option("agent")
+    page.get_by_label(re.compile("^Reason")).last.fill("morning dispatch")
+    shot(page, "03c-admin-bulk-assign")
+    page.get_by_role("button", name="Assign", exact=True).click()
+    page.wait_for_load_state()
+    assert page.locator(".flash").inner_text().strip() == "Assigned 2 case(s) to agent."
+    assert "held=nobody" in page.url  # back on the same filtered queue
+    assigned = {e["case"]: e for e in _events(demo_server, "case.assigned")}
+    for case_id in picked:
+        assert assigned[case_id]["to"] == "agent" and assigned[case_id]["actor"] == "admin"
+        assert assigned[case_id]["reason"] == "morning dispatch"
+
+    page.goto(f"/console/cases/{picked[0]}")
+    assert page.locator("#assignee").inner_text() == "held by agent"
+
+
 def test_approver_approves_and_admin_is_refused_on_own_request(page, demo_server):
     sign_in(page, demo_server, "approver")
     assert page.get_by_role("heading", name="Approval inbox").is_visible()

@@ -1,0 +1,87 @@
+"""Per-person figures on the dashboard (``dashboard.team_figures``): what each person holds
+now and did in the range, counted from the audit trail; who sees whose figures."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+
+from tests.console.conftest import post, sign_in
+from triage import cases, dashboard
+from triage.models import Case
+
+WEEK = dashboard.DateRange.last_days(7)
+
+
+def _work(client, case_ids, db) -> None:
+    """agent: claims case 0 (overrides it, notes it), resolves case 1, escalates case 2;
+    boss (admin) then assigns case 2 back to agent; case 0 is made late."""
+    sign_in(client, "agent")
+    post(client, f"/console/cases/{case_ids[0]}/transition", {"to": "in_review"})
+    post(client, f"/console/cases/{case_ids[0]}/override", {"queue": "billing", "reason": "rma"})
+    post(client, f"/console/cases/{case_ids[0]}/note", {"text": "called the warehouse"})
+    post(
+        client,
+        f"/console/cases/{case_ids[1]}/transition",
+        {"to": "resolved", "resolution": "credited"},
+    )
+    post(
+        client,
+        f"/console/cases/{case_ids[2]}/transition",
+        {"to": "escalated", "reason": "needs finance"},
+    )
+    sign_in(client, "boss")
+    post(client, f"/console/cases/{case_ids[2]}/assign", {"assignee": "agent"})
+    with db.write() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id == case_ids[0])
+            .values(resolution_due_at="2020-01-01T00:00:00.000000Z")
+        )
+        cases.flag_sla_breaches(s)
+
+
+def test_team_figures_count_each_persons_work(client, people, case_ids, db):
+    _work(client, case_ids, db)
+    with db.read() as s:
+        rows = {t.person: t for t in dashboard.team_figures(s, WEEK)}
+        # people only: not the pipeline, the orchestrator or the SLA sweeper
+        assert set(rows) == {"agent", "boss"}
+        agent = rows["agent"]
+        assert (agent.holding, agent.holding_breached) == (2, 1)
+        assert agent.done == {
+            "overrides": 1,
+            "notes": 1,
+            "resolved": 1,
+            "escalated": 1,
+        }
+        assert agent.resolve_time is not None and agent.resolve_time.n == 1
+        assert agent.resolve_time.p50 is not None and agent.resolve_time.p50 >= 0
+        boss = rows["boss"]
+        assert (boss.holding, boss.done, boss.resolve_time) == (0, {"assigned": 1}, None)
+
+        only = dashboard.team_figures(s, WEEK, person="boss")
+        assert [t.person for t in only] == ["boss"]
+        # a range before any of it: what people hold now still shows, nothing done
+        past = dashboard.team_figures(s, dashboard.DateRange.from_dates("2020-01-01", "2020-01-31"))
+        assert [(t.person, t.holding, t.done) for t in past] == [("agent", 2, {})]
+
+
+def _team_table(html: str) -> str:
+    return html.split('id="team"')[1].split("</section>")[0]
+
+
+def test_leads_and_auditors_see_the_team_others_their_own_row(client, people, case_ids, db):
+    _work(client, case_ids, db)
+    for who in ("boss", "auditor"):
+        sign_in(client, who)
+        table = _team_table(client.get("/console/dashboard").text)
+        assert ">Team</h2>" in table
+        assert '<a href="/console/queue?held=agent">agent</a>' in table
+        assert '<th scope="row">boss</th>' in table
+    sign_in(client, "agent")
+    table = _team_table(client.get("/console/dashboard").text)
+    assert ">Your work</h2>" in table and ">agent</a>" in table
+    assert "boss" not in table
+    sign_in(client, "fin1")  # did nothing: an empty table, and no one else's figures
+    table = _team_table(client.get("/console/dashboard").text)
+    assert "Nobody held or worked a case in this range." in table and "agent" not in table
