@@ -200,6 +200,8 @@ TEAM_ACTIONS = {
     "case.assigned": "assigned",
     "case.overridden": "overrides",
     "action.requested": "requested",
+    "action.approved": "approvals",
+    "action.rejected": "rejections",
     "case.message_sent": "messages",
     "case.note_added": "notes",
 }
@@ -222,7 +224,8 @@ class TeamRow:
 def team_figures(session: Session, r: DateRange, *, person: str | None = None) -> list[TeamRow]:
     """Per-person figures for a team lead: cases held now (and how many are late), and, in
     ``r``, cases resolved (with the median intake-to-resolution time), escalated, assigned to
-    someone, routing overrides, actions requested, customer messages and work notes.
+    someone, routing overrides, actions requested, approvals and rejections given, customer
+    messages and work notes.
 
     Only people count (``actor_type`` human): the pipeline and integrations are not a team.
     ``person`` restricts the rows to one person (what a non-admin sees of their own work).

@@ -127,6 +127,12 @@ def test_admin_dispatches_unclaimed_cases_to_an_agent_from_the_queue(page, demo_
         assert assigned[case_id]["to"] == "agent" and assigned[case_id]["actor"] == "admin"
         assert assigned[case_id]["reason"] == "morning dispatch"
 
+    # "select all" ticks every case box on the page (the remaining unclaimed ones)
+    boxes = page.locator('input[name="case_id"]')
+    assert boxes.count() > 0
+    page.get_by_label("Select every case on this page you can assign").check()
+    assert all(boxes.nth(i).is_checked() for i in range(boxes.count()))
+
     page.goto(f"/console/cases/{picked[0]}")
     assert page.locator("#assignee").inner_text() == "held by agent"
 

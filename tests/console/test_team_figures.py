@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from tests.console.conftest import post, sign_in
+from tests.console.conftest import flash, post, sign_in
+from tests.console.test_workflows import _request_credit
 from triage import cases, dashboard
 from triage.models import Case
 
@@ -13,12 +14,22 @@ WEEK = dashboard.DateRange.last_days(7)
 
 
 def _work(client, case_ids, db) -> None:
-    """agent: claims case 0 (overrides it, notes it), resolves case 1, escalates case 2;
-    boss (admin) then assigns case 2 back to agent; case 0 is made late."""
+    """agent: claims case 0 (overrides it, notes it), resolves case 1, requests the credit
+    note of case 2, which fin1 approves, and escalates case 2; boss (admin) then assigns case 2
+    back to agent; case 0 is made late."""
     sign_in(client, "agent")
     post(client, f"/console/cases/{case_ids[0]}/transition", {"to": "in_review"})
     post(client, f"/console/cases/{case_ids[0]}/override", {"queue": "billing", "reason": "rma"})
     post(client, f"/console/cases/{case_ids[0]}/note", {"text": "called the warehouse"})
+    credit = _request_credit(client, db, case_ids[2])
+    sign_in(client, "fin1")
+    approved = post(
+        client,
+        f"/console/actions/{credit.id}/approve",
+        {"action_hash": credit.action_hash, "reason": "checked the POD"},
+    )
+    assert flash(client, approved).startswith("ok"), flash(client, approved)
+    sign_in(client, "agent")
     post(
         client,
         f"/console/cases/{case_ids[1]}/transition",
@@ -45,12 +56,14 @@ def test_team_figures_count_each_persons_work(client, people, case_ids, db):
     with db.read() as s:
         rows = {t.person: t for t in dashboard.team_figures(s, WEEK)}
         # people only: not the pipeline, the orchestrator or the SLA sweeper
-        assert set(rows) == {"agent", "boss"}
+        assert set(rows) == {"agent", "boss", "fin1"}
+        assert rows["fin1"].done == {"approvals": 1} and rows["fin1"].holding == 0
         agent = rows["agent"]
         assert (agent.holding, agent.holding_breached) == (2, 1)
         assert agent.done == {
             "overrides": 1,
             "notes": 1,
+            "requested": 1,
             "resolved": 1,
             "escalated": 1,
         }
@@ -82,6 +95,9 @@ def test_leads_and_auditors_see_the_team_others_their_own_row(client, people, ca
     table = _team_table(client.get("/console/dashboard").text)
     assert ">Your work</h2>" in table and ">agent</a>" in table
     assert "boss" not in table
-    sign_in(client, "fin1")  # did nothing: an empty table, and no one else's figures
+    sign_in(client, "fin1")  # their approval, nobody else's figures
     table = _team_table(client.get("/console/dashboard").text)
-    assert "Nobody held or worked a case in this range." in table and "agent" not in table
+    assert '<th scope="row">fin1</th>' in table and "agent" not in table
+    sign_in(client, "fin2")  # did nothing: an empty table
+    table = _team_table(client.get("/console/dashboard").text)
+    assert "Nobody held or worked a case in this range." in table and "fin1" not in table

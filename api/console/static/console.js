@@ -33,6 +33,15 @@
     function update() { if (out) out.textContent = ta.value.length + " / " + max + " characters"; }
     ta.addEventListener("input", update); update();
   });
+  // "Select all" boxes: data-select-all="<form id>" ticks every case box of that form.
+  document.querySelectorAll("input[data-select-all]").forEach(function (all) {
+    all.addEventListener("change", function () {
+      var form = all.getAttribute("data-select-all");
+      document.querySelectorAll("input[name='case_id'][form='" + form + "']").forEach(function (box) {
+        box.checked = all.checked;
+      });
+    });
+  });
   // Ask before irreversible decisions.
   document.querySelectorAll("button.danger-btn").forEach(function (b) {
     b.addEventListener("click", function (e) {
