@@ -417,6 +417,33 @@ def list_cases(
     return rows, next_cursor
 
 
+def _check_version(row: Case, expected_version: int | None) -> None:
+    """``InvalidTransition`` (field ``expected_version``) when the caller saw another version."""
+    if expected_version is not None and row.version != expected_version:
+        raise InvalidTransition(
+            f"case {row.id} changed since version {expected_version} (now {row.version})",
+            field="expected_version",
+            current_version=row.version,
+        )
+
+
+def _guarded_update(session: Session, row: Case, values: dict[str, Any]) -> None:
+    """Write ``values`` (which must bump ``version``) only if the row is still at the version
+    loaded, so of two racing writers one loses with ``InvalidTransition``."""
+    res = session.execute(
+        update(Case)
+        .where(Case.id == row.id, Case.version == row.version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"case {row.id} was changed concurrently; retry", field="status")
+    # The guarded UPDATE wrote exactly ``values`` (autoflush sent any pending change first):
+    # record them as the loaded state instead of paying a SELECT to refresh the row.
+    for key, value in values.items():
+        set_committed_value(row, key, value)
+
+
 def transition(
     session: Session,
     case_id: str,
@@ -436,12 +463,7 @@ def transition(
     """
     row = get(session, case_id)
     current = Status(row.status)
-    if expected_version is not None and row.version != expected_version:
-        raise InvalidTransition(
-            f"case {case_id} changed since version {expected_version} (now {row.version})",
-            field="expected_version",
-            current_version=row.version,
-        )
+    _check_version(row, expected_version)
     if target not in allowed(current, by_system=by_system):
         options = sorted(s.value for s in allowed(current, by_system=by_system))
         raise InvalidTransition(
@@ -460,18 +482,7 @@ def transition(
     }
     if target == Status.resolved:
         values["resolved_at"] = now
-    res = session.execute(
-        update(Case)
-        .where(Case.id == case_id, Case.version == row.version)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if res.rowcount != 1:  # type: ignore[attr-defined]
-        raise InvalidTransition(f"case {case_id} was changed concurrently; retry", field="status")
-    # The guarded UPDATE wrote exactly ``values`` (autoflush sent any pending change first):
-    # record them as the loaded state instead of paying a SELECT to refresh the row.
-    for key, value in values.items():
-        set_committed_value(row, key, value)
+    _guarded_update(session, row, values)
     if mutate is not None:
         mutate(row)
     audit.append(
@@ -680,12 +691,7 @@ def assign(
     if not assignee:
         raise ValidationFailed("say who gets the case", fields={"assignee": "required"})
     row = get(session, case_id)
-    if expected_version is not None and row.version != expected_version:
-        raise InvalidTransition(
-            f"case {case_id} changed since version {expected_version} (now {row.version})",
-            field="expected_version",
-            current_version=row.version,
-        )
+    _check_version(row, expected_version)
     status = Status(row.status)
     if status not in ASSIGNABLE:
         raise InvalidTransition(
@@ -711,21 +717,10 @@ def assign(
     def hold(r: Case) -> None:
         r.assignee = assignee
 
-    if status == Status.in_review:
-        now = now_ts()
-        values = {"assignee": assignee, "updated_at": now, "version": row.version + 1}
-        res = session.execute(
-            update(Case)
-            .where(Case.id == case_id, Case.version == row.version)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+    if status == Status.in_review:  # a change of holder only: no lifecycle step
+        _guarded_update(
+            session, row, {"assignee": assignee, "updated_at": now_ts(), "version": row.version + 1}
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            raise InvalidTransition(
-                f"case {case_id} was changed concurrently; retry", field="status"
-            )
-        for key, value in values.items():
-            set_committed_value(row, key, value)
     else:
         row = transition(
             session,
