@@ -273,7 +273,7 @@ def team_figures(session: Session, r: DateRange, *, person: str | None = None) -
     )
     for name, secs in session.execute(resolved).all():
         if secs is not None:
-            spans[str(name)].append(float(secs))
+            spans[str(name)].append(_f(secs))
     for name, values in spans.items():
         row(name).resolve_time = Durations.of(values)
     return [rows[k] for k in sorted(rows)]
