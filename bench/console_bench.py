@@ -694,12 +694,13 @@ def run(kind: str, n_cases: int, n_events: int, repeat: int, keep: Path | None =
             results["dashboard direct, 30 d (no roll-ups)"] = _time_call(
                 lambda: _direct(db, r30), 5
             )
-            # the twenty-first session's per-person table, which every dashboard view runs
-            # (not from the roll-ups: it groups the trail's human events of the range)
+            # the twenty-first session's Team page (not from the roll-ups: it groups the
+            # trail's human events of the range on every view)
             with db.read() as s:
-                results["dashboard: team figures query alone, 30 d"] = _time_call(
+                results["team figures query alone, 30 d"] = _time_call(
                     lambda: dashboard.team_figures(s, r30), 10
                 )
+            results["team page, 30 d"] = _time(auditor, ["/console/team"] * 20)
             # The first view ever builds the roll-up of every day of its range.
             results["dashboard roll-up build, 90 d (once)"] = _time(
                 auditor, [f"/console/dashboard?from={start}&to={end}"]

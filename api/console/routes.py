@@ -1264,10 +1264,6 @@ def dashboard_page(
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/dashboard", _error_text(exc), "error")
     st, as_of = _dashboard_stats(request, ctx, r)
-    # everyone's figures for leads (admins) and auditors; agents and approvers see their own
-    whole_team = p.role in (R.admin, R.auditor)
-    with ctx.db.read() as s:
-        team = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
     days = r.days
     types = sorted({t for d in st.volume_by_day.values() for t in d})
     series = {t: [float(st.volume_by_day.get(d, {}).get(t, 0)) for d in days] for t in types}
@@ -1336,15 +1332,58 @@ def dashboard_page(
         {
             "st": st,
             "chart": chart,
-            "team": team,
-            "whole_team": whole_team,
-            "team_columns": list(dashboard.TEAM_ACTIONS.values()),
+            "whole_team": p.role in TEAM_VIEWERS,
             "from": r.start[:10],
             "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
                 "%Y-%m-%d"
             ),
             "fallback_rate": fallback_rate,
             "suggestions": suggestions,
+            "as_of": as_of,
+            "section": "dashboard",
+        },
+    )
+
+
+# leads (admins) and auditors see everyone's figures; agents and approvers their own
+TEAM_VIEWERS = (R.admin, R.auditor)
+
+
+@router.get("/team")
+def team_page(
+    request: Request,
+    ctx: ContextDep,
+    p: Signed,
+    start: Annotated[str | None, Query(alias="from", max_length=10)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+) -> Response:
+    """Per-person figures (``dashboard.team_figures``) for a date range (default: the last 30
+    days). A page of its own, not a dashboard card: it reads the trail's events of the range
+    on every view, which the dashboard's roll-ups avoid."""
+    try:
+        r = (
+            dashboard.DateRange.from_dates(start, end)
+            if start and end
+            else dashboard.DateRange.last_days(30)
+        )
+    except TriageError as exc:
+        return redirect(request, f"{COOKIE_PATH}/team", _error_text(exc), "error")
+    whole_team = p.role in TEAM_VIEWERS
+    as_of = now_ts()
+    with ctx.db.read() as s:
+        team = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
+    return render(
+        request,
+        "team.html",
+        {
+            "team": team,
+            "whole_team": whole_team,
+            "can_queue": p.role in (R.agent, R.admin),
+            "team_columns": list(dashboard.TEAM_ACTIONS.values()),
+            "from": r.start[:10],
+            "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
+                "%Y-%m-%d"
+            ),
             "as_of": as_of,
             "section": "dashboard",
         },

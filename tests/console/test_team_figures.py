@@ -1,5 +1,5 @@
-"""Per-person figures on the dashboard (``dashboard.team_figures``): what each person holds
-now and did in the range, counted from the audit trail; who sees whose figures."""
+"""Per-person figures on the console's Team page (``dashboard.team_figures``): what each
+person holds now and did in the range, counted from the audit trail; who sees whose figures."""
 
 from __future__ import annotations
 
@@ -79,25 +79,41 @@ def test_team_figures_count_each_persons_work(client, people, case_ids, db):
         assert [(t.person, t.holding, t.done) for t in past] == [("agent", 2, {})]
 
 
-def _team_table(html: str) -> str:
-    return html.split('id="team"')[1].split("</section>")[0]
+def _team_page(client) -> str:
+    page = client.get("/console/team")
+    assert page.status_code == 200, page.text
+    return page.text.split("<h1>")[1].split("</section>")[0]
 
 
 def test_leads_and_auditors_see_the_team_others_their_own_row(client, people, case_ids, db):
     _work(client, case_ids, db)
-    for who in ("boss", "auditor"):
+    for who, link in (("boss", True), ("auditor", False)):
         sign_in(client, who)
-        table = _team_table(client.get("/console/dashboard").text)
-        assert ">Team</h2>" in table
-        assert '<a href="/console/queue?held=agent">agent</a>' in table
+        assert 'href="/console/team?from=' in client.get("/console/dashboard").text
+        table = _team_page(client)
+        assert table.startswith("Team</h1>")
+        # a link to the person's cases for those who can open the queue
+        assert ('<a href="/console/queue?held=agent">agent</a>' in table) is link
         assert '<th scope="row">boss</th>' in table
     sign_in(client, "agent")
-    table = _team_table(client.get("/console/dashboard").text)
-    assert ">Your work</h2>" in table and ">agent</a>" in table
+    table = _team_page(client)
+    assert table.startswith("Your work</h1>") and ">agent</a>" in table
     assert "boss" not in table
     sign_in(client, "fin1")  # their approval, nobody else's figures
-    table = _team_table(client.get("/console/dashboard").text)
+    table = _team_page(client)
     assert '<th scope="row">fin1</th>' in table and "agent" not in table
     sign_in(client, "fin2")  # did nothing: an empty table
-    table = _team_table(client.get("/console/dashboard").text)
+    table = _team_page(client)
     assert "Nobody held or worked a case in this range." in table and "fin1" not in table
+
+
+def test_the_team_page_takes_a_date_range_and_refuses_a_bad_one(client, people, case_ids, db):
+    _work(client, case_ids, db)
+    sign_in(client, "boss")
+    old = client.get("/console/team?from=2020-01-01&to=2020-01-31")
+    assert old.status_code == 200
+    table = old.text.split("<tbody>")[1].split("</tbody>")[0]
+    # agent still holds two cases now, and did nothing in January 2020
+    assert table.count("<tr>") == 1 and "<td>2</td>" in table
+    bad = client.get("/console/team?from=2020-13-01&to=2020-01-31", follow_redirects=False)
+    assert bad.status_code == 303 and bad.headers["location"] == "/console/team"
