@@ -78,7 +78,13 @@ from contracts.suggestion import (
 from triage import actions, audit, cases, classification, dashboard, jobs, users, webhooks
 from triage.auth import Principal, Role
 from triage.common import now_ts, parse_ts, to_ts
-from triage.errors import AuthenticationFailed, NotFound, PermissionDenied, TriageError
+from triage.errors import (
+    AuthenticationFailed,
+    NotFound,
+    PermissionDenied,
+    TriageError,
+    ValidationFailed,
+)
 from triage.lifecycle import Status, allowed
 from triage.models import ActionRow
 from triage.settings import PRIORITIES
@@ -772,7 +778,7 @@ def bulk_assign(request: Request, ctx: ContextDep, p: AgentP, form: Form) -> Res
                 cases.assign(s, case_id[:64], who, actor=p.actor, reason=reason)
             done += 1
         except TriageError as exc:
-            if exc.details.get("fields", {}).keys() == {"assignee"}:
+            if isinstance(exc, ValidationFailed) and "assignee" in exc.details.get("fields", {}):
                 # the person is wrong for every case: say it once, assign nothing
                 return redirect(request, back, _error_text(exc), "error")
             refused.append(f"{case_id[:64]}: {exc.message}")
@@ -1247,6 +1253,18 @@ def _dashboard_stats(
     return st, as_of
 
 
+def _date_range(start: str | None, end: str | None) -> dashboard.DateRange:
+    """The range a ``from``/``to`` query asks for (inclusive days), else the last 30 days."""
+    if start and end:
+        return dashboard.DateRange.from_dates(start, end)
+    return dashboard.DateRange.last_days(30)
+
+
+def _last_day(r: dashboard.DateRange) -> str:
+    """The range's last day, as the inclusive ``to`` field shows it."""
+    return (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
 @router.get("/dashboard")
 def dashboard_page(
     request: Request,
@@ -1256,11 +1274,7 @@ def dashboard_page(
     end: Annotated[str | None, Query(alias="to", max_length=10)] = None,
 ) -> Response:
     try:
-        r = (
-            dashboard.DateRange.from_dates(start, end)
-            if start and end
-            else dashboard.DateRange.last_days(30)
-        )
+        r = _date_range(start, end)
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/dashboard", _error_text(exc), "error")
     st, as_of = _dashboard_stats(request, ctx, r)
@@ -1334,9 +1348,7 @@ def dashboard_page(
             "chart": chart,
             "whole_team": p.role in TEAM_VIEWERS,
             "from": r.start[:10],
-            "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
-                "%Y-%m-%d"
-            ),
+            "to": _last_day(r),
             "fallback_rate": fallback_rate,
             "suggestions": suggestions,
             "as_of": as_of,
@@ -1361,11 +1373,7 @@ def team_page(
     days). A page of its own, not a dashboard card: it reads the trail's events of the range
     on every view, which the dashboard's roll-ups avoid."""
     try:
-        r = (
-            dashboard.DateRange.from_dates(start, end)
-            if start and end
-            else dashboard.DateRange.last_days(30)
-        )
+        r = _date_range(start, end)
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/team", _error_text(exc), "error")
     whole_team = p.role in TEAM_VIEWERS
@@ -1381,9 +1389,7 @@ def team_page(
             "can_queue": p.role in (R.agent, R.admin),
             "team_columns": list(dashboard.TEAM_ACTIONS.values()),
             "from": r.start[:10],
-            "to": (datetime.strptime(r.end[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
-                "%Y-%m-%d"
-            ),
+            "to": _last_day(r),
             "as_of": as_of,
             "section": "dashboard",
         },
