@@ -12,7 +12,18 @@ from api import errors
 from api.console.routes import install as install_console
 from api.deps import CONSOLE_PREFIX, AppContext, refuse_nul
 from api.middleware import RequestLimits
-from api.routes import actions, audit, cases, health, jobs, keys, knowledge, models, outbox
+from api.routes import (
+    actions,
+    audit,
+    cases,
+    health,
+    jobs,
+    keys,
+    knowledge,
+    models,
+    outbox,
+    stats,
+)
 from triage import actions as actions_service
 from triage import auth
 from triage.db import Database
@@ -115,6 +126,7 @@ def create_app(
         knowledge.router,
         outbox.router,
         jobs.router,
+        stats.router,
         health.router,
     ):
         app.include_router(r)

@@ -30,6 +30,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     # assignment: the roles that work cases give them to each other
     ("GET", "/v1/cases/assignees"): {"agent", "admin"},
     ("POST", "/v1/cases/{case_id}/assignment"): {"agent", "admin"},
+    # figures: the people who use the console's dashboard (the team's rows depend on the role)
+    ("GET", "/v1/stats/process"): {"agent", "approver", "auditor", "admin"},
+    ("GET", "/v1/stats/team"): {"agent", "approver", "auditor", "admin"},
     ("GET", "/v1/models"): {"admin", "auditor"},
     ("GET", "/v1/actions"): ALL,
     ("GET", "/v1/actions/{action_id}"): ALL,

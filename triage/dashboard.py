@@ -49,6 +49,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from triage import audit, cases
 from triage.audit import Actor
+from triage.auth import Role
 from triage.common import now_ts, to_ts
 from triage.db import Database
 from triage.errors import Conflict, ValidationFailed
@@ -193,6 +194,8 @@ def holder_counts(session: Session) -> list[tuple[str, int]]:
     return sorted(((str(a), int(n)) for a, n in rows), key=lambda r: (-r[1], r[0]))
 
 
+# who reads everyone's team figures (leads, auditors); agents and approvers read their own row
+TEAM_VIEWERS = (Role.admin, Role.auditor)
 # what each person did, counted from the audit trail: action -> column
 TEAM_ACTIONS = {
     "case.resolved": "resolved",

@@ -1346,7 +1346,7 @@ def dashboard_page(
         {
             "st": st,
             "chart": chart,
-            "whole_team": p.role in TEAM_VIEWERS,
+            "whole_team": p.role in dashboard.TEAM_VIEWERS,
             "from": r.start[:10],
             "to": _last_day(r),
             "fallback_rate": fallback_rate,
@@ -1355,10 +1355,6 @@ def dashboard_page(
             "section": "dashboard",
         },
     )
-
-
-# leads (admins) and auditors see everyone's figures; agents and approvers their own
-TEAM_VIEWERS = (R.admin, R.auditor)
 
 
 @router.get("/team")
@@ -1376,7 +1372,7 @@ def team_page(
         r = _date_range(start, end)
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/team", _error_text(exc), "error")
-    whole_team = p.role in TEAM_VIEWERS
+    whole_team = p.role in dashboard.TEAM_VIEWERS
     as_of = now_ts()
     with ctx.db.read() as s:
         team = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
