@@ -87,3 +87,36 @@ def test_notes_page_with_a_cursor(client, keys):
     for bad in ({"cursor": -1}, {"cursor": "x"}, {"limit": 0}, {"limit": 501}):
         r = client.get(url, params=bad, headers=bearer(keys["agent"]))
         assert r.status_code == 422, (bad, r.text)
+
+
+def test_latest_notes_for_a_page_of_cases_in_one_query(client, keys, db):
+    """``latest_notes_by_case`` (the approver inbox's read) equals ``latest_notes`` per case:
+    the n latest, oldest first; a case without notes is absent."""
+    from triage import cases
+
+    busy, quiet, silent = (
+        client.post("/v1/cases", json=sample_case(n), headers=bearer(keys["orchestrator"])).json()[
+            "case_id"
+        ]
+        for n in (1, 2, 3)
+    )
+    for i in range(5):
+        assert _note(client, keys, "agent", busy, f"busy {i}").status_code == 201
+        if i == 2:
+            assert _note(client, keys, "agent", quiet, "quiet 0").status_code == 201
+    with db.read() as s:
+        got = cases.latest_notes_by_case(s, [busy, quiet, silent, busy], 3)
+        assert set(got) == {busy, quiet}
+        assert [json_text(e) for e in got[busy]] == ["busy 2", "busy 3", "busy 4"]
+        assert [json_text(e) for e in got[quiet]] == ["quiet 0"]
+        for case_id in (busy, quiet):
+            assert [e.seq for e in got[case_id]] == [
+                e.seq for e in cases.latest_notes(s, case_id, 3)
+            ]
+        assert cases.latest_notes_by_case(s, [], 3) == {}
+
+
+def json_text(e: AuditEvent) -> str:
+    import json
+
+    return json.loads(e.payload)["text"]

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -786,6 +786,35 @@ def notes(
         audit.AuditFilter(case_id=case_id, action=NOTE_ACTION, after_seq=after_seq),
         limit=limit,
     )
+
+
+def latest_notes_by_case(
+    session: Session, case_ids: Sequence[str], n: int
+) -> dict[str, list[AuditEvent]]:
+    """Each case's ``n`` latest work notes, oldest first, for a page of cases in one query
+    (the approver inbox shows a few per card); cases without notes are absent."""
+    if not case_ids:
+        return {}
+    ranked = (
+        select(
+            AuditEvent.seq,
+            func.row_number()
+            .over(partition_by=AuditEvent.case_id, order_by=AuditEvent.seq.desc())
+            .label("rank"),
+        )
+        .where(AuditEvent.case_id.in_(set(case_ids)), AuditEvent.action == NOTE_ACTION)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(AuditEvent)
+        .join(ranked, ranked.c.seq == AuditEvent.seq)
+        .where(ranked.c.rank <= n)
+        .order_by(AuditEvent.seq)
+    ).all()
+    out: dict[str, list[AuditEvent]] = {}
+    for e in rows:
+        out.setdefault(str(e.case_id), []).append(e)
+    return out
 
 
 def latest_notes(session: Session, case_id: str, n: int) -> list[AuditEvent]:

@@ -980,6 +980,7 @@ def approvals(
     me = actions.principal_for(p.actor, list(p.authorities))
     with ctx.db.read() as s:
         rows = actions.list_actions(s, status=actions.PENDING, limit=limit + 1, after=cursor)
+        notes = cases.latest_notes_by_case(s, [r.case_id for r in rows[:limit]], 3)
         for row in rows[:limit]:
             case_row = cases.get(s, row.case_id)
             sugg = cases.current_suggestion(s, case_row)
@@ -994,7 +995,7 @@ def approvals(
                     "summary": body.get("summary"),
                     "citations": body.get("citations", []),
                     # the latest work notes: what the agent checked before asking
-                    "notes": [audit.event_dict(e) for e in cases.latest_notes(s, row.case_id, 3)],
+                    "notes": [audit.event_dict(e) for e in notes.get(row.case_id, [])],
                     "reasons": (row.decision or {}).get("reasons", []),
                     "fields": _action_fields(row.action_type, row.body),
                     "own": p.name

@@ -414,6 +414,7 @@ def inbox(
         rows = actions.list_actions(
             s, status=actions.PENDING, customer_id=customer_id, limit=limit + 1, after=cursor
         )
+        notes = cases.latest_notes_by_case(s, [r.case_id for r in rows[:limit]], 3)
         for row in rows[:limit]:
             case_row = cases.get(s, row.case_id)
             sugg = cases.current_suggestion(s, case_row)
@@ -443,7 +444,7 @@ def inbox(
                                 "author": e.actor_id,
                                 "text": json.loads(e.payload)["text"],
                             }
-                            for e in cases.latest_notes(s, row.case_id, 3)
+                            for e in notes.get(row.case_id, [])
                         ],
                     },
                 )
