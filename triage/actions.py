@@ -307,6 +307,7 @@ def _decide(
             due_at=to_ts(decision.approval.due_at),
             reminded_at=None,
         )
+        _notify_approvers(session, settings, row, "approval.requested")
     audit.append(
         session,
         actor,
@@ -351,6 +352,61 @@ def _decision_json(d: policies.Decision) -> dict[str, Any]:
             "due_at": to_ts(a.due_at),
         }
     return out
+
+
+APPROVAL_EVENTS = (
+    "approval.requested",
+    "approval.reminder",
+    "approval.escalated",
+    "approval.expired",
+)
+
+
+def _notify_approvers(
+    session: Session, settings: Settings, row: ActionRow, event: str, **extra: Any
+) -> None:
+    """Tell the approvers (``approval_webhook_url``: a chat or mail relay) that an approval
+    waits (``approval.requested``, again after an edit or a policy change), is due soon
+    (``approval.reminder``), went to the next authority level (``approval.escalated``) or
+    ran out (``approval.expired``), through the outbox in the caller's transaction. Nothing
+    when no URL is set. The event id carries the action's version, so each state of an
+    action is told once however often a sweep runs. Amounts go out as decimal strings; no
+    case text, only ids (the relay may be a chat channel)."""
+    url = settings.approval_webhook_url
+    if not url or event not in APPROVAL_EVENTS:
+        return
+    decision = row.decision or {}
+    approval = decision.get("approval") or {}
+    event_id = f"{event}:{row.id}:{row.version}"
+    base = (settings.public_url or "").rstrip("/")
+    webhooks.enqueue(
+        session,
+        event_id=event_id,
+        kind=event,
+        case_id=row.case_id,
+        target_url=url,
+        body={
+            "event": event,
+            "event_id": event_id,
+            "action_id": row.id,
+            "action_type": row.action_type,
+            # as the action states it (the column is padded to four decimals)
+            "amount": (row.body or {}).get(
+                "amount", None if row.amount is None else str(row.amount)
+            ),
+            "currency": row.currency,
+            "customer_id": row.customer_id,
+            "case_id": row.case_id,
+            "requested_by": row.requested_by,
+            "due_at": row.due_at,
+            "escalation_level": row.escalation_level,
+            "eligible_roles": approval.get("eligible_roles", []),
+            "min_approvals": approval.get("min_approvals"),
+            "reasons": [r.get("explanation") for r in decision.get("reasons", [])],
+            "inbox_url": f"{base}/console/approvals" if base else None,
+            **extra,
+        },
+    )
 
 
 def _release(
@@ -913,6 +969,7 @@ def sweep_sla(session: Session, settings: Settings, now: datetime | None = None)
     ).all()
     for row in rows:
         assert row.due_at is not None
+        due_ts = row.due_at  # expiry clears it; the notification still says when it was due
         due = parse_ts(row.due_at)
         sla = timedelta(
             seconds=float((row.decision or {}).get("approval", {}).get("sla_seconds", 86400))
@@ -929,6 +986,7 @@ def sweep_sla(session: Session, settings: Settings, now: datetime | None = None)
                     {"action_id": row.id, "due_at": row.due_at},
                     case_id=row.case_id,
                 )
+                _notify_approvers(session, settings, row, "approval.expired", due_at=due_ts)
                 counts["expired"] += 1
                 continue
             ladder = settings.approval_escalation_roles
@@ -949,6 +1007,7 @@ def sweep_sla(session: Session, settings: Settings, now: datetime | None = None)
                 {"action_id": row.id, "level": level, "to_roles": to_roles},
                 case_id=row.case_id,
             )
+            _notify_approvers(session, settings, row, "approval.escalated", to_roles=to_roles)
             counts["escalated"] += 1
         elif row.reminded_at is None and now >= due - sla * (
             1 - settings.approval_reminder_fraction
@@ -961,6 +1020,7 @@ def sweep_sla(session: Session, settings: Settings, now: datetime | None = None)
                 {"action_id": row.id, "due_at": row.due_at},
                 case_id=row.case_id,
             )
+            _notify_approvers(session, settings, row, "approval.reminder")
             counts["reminded"] += 1
     return counts
 
@@ -1015,6 +1075,8 @@ def recheck_open(
         if new_status == APPROVED:
             case = CaseIn.model_validate(cases.get(session, req.case_id).payload)
             _release(session, row, case, settings, reason="auto_execute after policy change")
+        elif new_status == PENDING:  # approvals given so far no longer count: ask again
+            _notify_approvers(session, settings, row, "approval.requested")
     return {"checked": len(rows), "changed": changed}
 
 

@@ -189,6 +189,17 @@ class Settings(BaseSettings):
         "are delivered (signed); unset = receivers pull "
         "GET /v1/actions?status=approved.",
     )
+    approval_webhook_url: str | None = Field(
+        default=None,
+        description="Where approvers are told that an approval waits, is due soon, was "
+        "escalated or expired (signed approval.* events, e.g. to a chat or mail relay); "
+        "unset = approvers watch the console's inbox.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The address people reach the product at (https://triage.example.com), "
+        "for links in notifications.",
+    )
     approval_reminder_fraction: float = Field(default=0.5, gt=0, lt=1)
     approval_max_escalations: int = Field(default=2, ge=0)
     approval_escalation_roles: list[str] = Field(

@@ -186,18 +186,21 @@ def private_target(url: str) -> str | None:
 def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit: int = 50) -> int:
     """Send every due message once; returns how many were delivered.
 
-    Case callbacks come from callers: unless ``callback_allow_private_hosts`` is set, one that
-    resolves to a private address is dead-lettered at once (SSRF guard), checked at send time
-    so a DNS change after intake cannot get around it. Action deliveries go to the configured
-    ``action_webhook_url`` and are trusted.
+    Case callbacks (``case.triaged``, ``case.resolved``) go where callers said: unless
+    ``callback_allow_private_hosts`` is set, one that resolves to a private address is
+    dead-lettered at once (SSRF guard), checked at send time so a DNS change after intake
+    cannot get around it. Only messages to an address the operator configured
+    (``action_webhook_url``, ``approval_webhook_url``) are trusted; anything else is guarded,
+    so a new kind of caller-addressed event cannot slip past by kind.
     """
+    trusted = {u for u in (settings.action_webhook_url, settings.approval_webhook_url) if u}
     delivered = 0
     for msg in _claim(db, settings, limit):
         if not _renew(db, settings, msg):
             continue  # our batch lease ran out while earlier sends were slow; another took it
         ts = int(time.time())
         error: str | None = None
-        if msg.kind == "case.triaged" and not settings.callback_allow_private_hosts:
+        if msg.target_url not in trusted and not settings.callback_allow_private_hosts:
             refused = private_target(msg.target_url)
             if refused is not None:
                 _record(db, settings, msg.id, f"refused: {refused}", final=True)
