@@ -463,6 +463,11 @@ def sod_report(
 # ---------------------------------------------------------------- process intelligence
 
 
+FIRST_DAY = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_DAY = datetime(9999, 12, 31, tzinfo=UTC)
+"""Bounds of a dashboard date range (``to`` is exclusive here, so 9999-12-30 is the last day)."""
+
+
 @dataclass(frozen=True)
 class DateRange:
     """Half-open ``[start, end)`` in canonical timestamp text."""
@@ -482,10 +487,18 @@ class DateRange:
         try:
             s = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
             e = datetime.strptime(end, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # 9999-12-31 has no next day
             raise ValidationFailed(
                 "dates must be YYYY-MM-DD", fields={"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}
             ) from exc
+        for name, day in (("from", s), ("to", e)):
+            # timestamps are text ordered as text: four-digit years only (and nothing before
+            # the epoch, which no case can date from)
+            if not FIRST_DAY <= day <= LAST_DAY:
+                raise ValidationFailed(
+                    f"{name} must be a day from 1970-01-01 to 9999-12-30",
+                    fields={name: "1970-01-01 to 9999-12-30"},
+                )
         if e <= s:
             raise ValidationFailed("the range ends before it starts", fields={"to": "after from"})
         if e - s > timedelta(days=731):

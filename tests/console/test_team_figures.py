@@ -115,5 +115,8 @@ def test_the_team_page_takes_a_date_range_and_refuses_a_bad_one(client, people, 
     table = old.text.split("<tbody>")[1].split("</tbody>")[0]
     # agent still holds two cases now, and did nothing in January 2020
     assert table.count("<tr>") == 1 and "<td>2</td>" in table
-    bad = client.get("/console/team?from=2020-13-01&to=2020-01-31", follow_redirects=False)
-    assert bad.status_code == 303 and bad.headers["location"] == "/console/team"
+    for query in ("from=2020-13-01&to=2020-01-31", "from=0003-09-09&to=0003-09-10"):
+        bad = client.get(f"/console/team?{query}", follow_redirects=False)
+        assert bad.status_code == 303 and bad.headers["location"] == "/console/team"
+        dash = client.get(f"/console/dashboard?{query}", follow_redirects=False)
+        assert dash.status_code == 303 and dash.headers["location"] == "/console/dashboard"
