@@ -5,6 +5,7 @@ history; loading again changes nothing."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -97,10 +98,33 @@ def test_demo_history_feeds_similar_cases_and_override_labels(settings, db, with
             )
         ).all()
         assert {c for c, _ in noted} == worked and {a for _, a in noted} == {"demo-agent"}
+        # the lead handed the most urgent of the others to the console's agent
+        dispatched = {
+            c: json.loads(p)
+            for c, a, p in s.execute(
+                select(AuditEvent.case_id, AuditEvent.actor_id, AuditEvent.payload).where(
+                    AuditEvent.action == "case.assigned"
+                )
+            ).all()
+            if a == "demo-admin"
+        }
+        assert len(dispatched) == demo.DISPATCHED and not set(dispatched) & worked
+        assert all(p["to"] == "agent" and p["from"] is None for p in dispatched.values())
+        left = [
+            rows[sim.case["source"]["case_id"]]
+            for sim in simulated[n_history:]
+            if rows[sim.case["source"]["case_id"]].id not in worked | set(dispatched)
+        ]
+        most_urgent = max(
+            (r.priority, r.resolution_due_at) for r in rows.values() if r.id in dispatched
+        )
+        assert all((r.priority, r.resolution_due_at) >= most_urgent for r in left)
         for sim in simulated[n_history:]:
             row = rows[sim.case["source"]["case_id"]]
             if row.id in worked:
                 assert (row.status, row.assignee) == ("in_review", "demo-agent")
+            elif row.id in dispatched:
+                assert (row.status, row.assignee) == ("in_review", "agent")
             else:
                 assert (row.status, row.assignee) == ("awaiting_review", None)
             body = s.scalars(

@@ -37,6 +37,9 @@ log = logging.getLogger("triage.demo")
 
 DEMO_ADMIN = audit.Actor(audit.ActorType.system, "demo-loader", "admin")
 DEMO_AGENT = audit.Actor(audit.ActorType.human, "demo-agent", "agent")
+# the team lead (the admin key's person), who hands the console's agent its first cases
+DEMO_LEAD = audit.Actor(audit.ActorType.human, "demo-admin", "admin")
+DISPATCHED = 3
 DEMO_ORCHESTRATOR = audit.Actor(audit.ActorType.integration, "demo-orchestrator", "orchestrator")
 
 # Share of the demo's cases loaded first as closed history, the days it spans, and the hours
@@ -118,8 +121,10 @@ def load(
         submit = _Submitter(db, settings, n_cases, progress)
         ids, triaged = _replay(db, settings, policy, worker, submit, simulated, timeline)
         triaged += worker.run_once()
+        demo_users = users.ensure_demo_users(settings)
         if submit.created_ids & set(ids[n_history:]):
             _request_some(db, settings, policy)
+            _dispatch(db)
         dashboard.refresh_recent(db, days=HISTORY_DAYS + 1)
         with db.read() as s:
             total, _ = cases.list_cases(s, cases.CaseFilter(), limit=100_000)
@@ -129,7 +134,7 @@ def load(
             len(total),
             triaged,
             settings.data_dir / "demo-keys.json",
-            users=users.ensure_demo_users(settings),
+            users=demo_users,
         )
     finally:
         db.dispose()
@@ -408,6 +413,23 @@ def _request_some(
                 if row.status == actions.PENDING
                 else f"Requested the {what}; the policy released it without approval.",
                 actor=DEMO_AGENT,
+            )
+
+
+def _dispatch(db: Database, n: int = DISPATCHED) -> None:
+    """The lead assigns the ``n`` most urgent unclaimed live cases to the console's ``agent``,
+    so whoever signs in as the agent finds work handed to them (*Held by: me*) beside the
+    unclaimed queue, and the Team page shows a lead's assignments."""
+    with db.write() as s:
+        urgent = s.scalars(
+            select(Case.id)
+            .where(Case.status == Status.awaiting_review.value, Case.assignee.is_(None))
+            .order_by(Case.priority, Case.resolution_due_at, Case.id)
+            .limit(n)
+        ).all()
+        for case_id in urgent:
+            cases.assign(
+                s, case_id, "agent", actor=DEMO_LEAD, reason="Morning dispatch: most urgent first"
             )
 
 
