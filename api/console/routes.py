@@ -192,6 +192,8 @@ def _nav(p: Principal | None) -> list[tuple[str, str, str]]:
     if p.role in (R.auditor, R.admin):
         items.append(("audit", "Audit", f"{COOKIE_PATH}/audit"))
     items.append(("dashboard", "Dashboard", f"{COOKIE_PATH}/dashboard"))
+    team = "Team" if p.role in dashboard.TEAM_VIEWERS else "My work"
+    items.append(("team", team, f"{COOKIE_PATH}/team"))
     if p.role in (R.agent, R.approver, R.auditor, R.admin):
         items.append(("knowledge", "Knowledge", f"{COOKIE_PATH}/knowledge"))
     if p.role in (R.auditor, R.admin):
@@ -1388,7 +1390,7 @@ def team_page(
             "from": r.start[:10],
             "to": _last_day(r),
             "as_of": as_of,
-            "section": "dashboard",
+            "section": "team",
         },
     )
 

@@ -97,7 +97,7 @@ def test_leads_and_auditors_see_the_team_others_their_own_row(client, people, ca
         assert '<th scope="row">boss</th>' in table
     sign_in(client, "agent")
     table = _team_page(client)
-    assert table.startswith("Your work</h1>") and ">agent</a>" in table
+    assert table.startswith("My work</h1>") and ">agent</a>" in table
     assert "boss" not in table
     sign_in(client, "fin1")  # their approval, nobody else's figures
     table = _team_page(client)
