@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from contracts.case import CaseIn, CustomerTier, ExceptionType
-from triage import audit
+from triage import audit, webhooks
 from triage.audit import Actor
 from triage.auth import Role
 from triage.common import canonical_json, new_id, now_ts, parse_ts, to_ts, utcnow
@@ -508,8 +508,16 @@ def failed_cases(session: Session, limit: int = 100) -> list[Case]:
     )
 
 
-def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 1000) -> int:
-    """Flag (once) and audit every open case past its triage or resolution due time."""
+def flag_sla_breaches(
+    session: Session,
+    *,
+    now: str | None = None,
+    limit: int = 1000,
+    settings: Settings | None = None,
+) -> int:
+    """Flag (once) and audit every open case past its triage or resolution due time; with
+    ``settings`` naming a ``team_webhook_url``, each breach is also queued for the team's
+    relay (``case.sla_breached``, once per case and kind, like the flag)."""
     now = now or now_ts()
     flagged = 0
     pre_triage = (Status.received.value, Status.triaging.value)
@@ -528,6 +536,7 @@ def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 
             {"kind": "triage", "due_at": row.triage_due_at, "priority": row.priority},
             case_id=row.id,
         )
+        _notify_breach(session, settings, row, "triage", row.triage_due_at)
         flagged += 1
     late_resolution = session.scalars(
         select(Case)
@@ -548,8 +557,18 @@ def flag_sla_breaches(session: Session, *, now: str | None = None, limit: int = 
             {"kind": "resolution", "due_at": row.resolution_due_at, "priority": row.priority},
             case_id=row.id,
         )
+        _notify_breach(session, settings, row, "resolution", row.resolution_due_at)
         flagged += 1
     return flagged
+
+
+def _notify_breach(
+    session: Session, settings: Settings | None, row: Case, kind: str, due_at: str
+) -> None:
+    event = "case.sla_breached"
+    webhooks.notify_team(
+        session, settings, row, event, f"{event}:{row.id}:{kind}", kind=kind, due_at=due_at
+    )
 
 
 def _flag_once(session: Session, row: Case, column: Any) -> bool:
@@ -669,6 +688,7 @@ def assign(
     actor: Actor,
     reason: str | None = None,
     expected_version: int | None = None,
+    settings: Settings | None = None,
 ) -> Case:
     """Give a case to a colleague: a lead dispatching the queue, or an agent handing a case
     over before a shift ends. The assignee holds it exactly as if they had claimed it.
@@ -684,7 +704,9 @@ def assign(
     - ``expected_version`` guards against a change made since the caller looked
       (``InvalidTransition``, field ``expected_version``); a concurrent change loses the same way.
     - Every assignment writes ``case.assigned`` (``from``, ``to``, ``reason``) in the caller's
-      transaction. Assigning a case to its current holder changes and writes nothing.
+      transaction, and with ``settings`` naming a ``team_webhook_url`` queues the same news
+      for the team's relay (the assignee hears of it). Assigning a case to its current holder
+      changes and writes nothing.
     """
     assignee = (assignee or "").strip()
     reason = (reason or "").strip() or None
@@ -737,6 +759,16 @@ def assign(
         ASSIGN_ACTION,
         {"from": previous, "to": assignee, "reason": reason},
         case_id=case_id,
+    )
+    webhooks.notify_team(
+        session,
+        settings,
+        row,
+        ASSIGN_ACTION,
+        f"{ASSIGN_ACTION}:{case_id}:{row.version}",
+        assigned_by=actor.id,
+        previous_assignee=previous,
+        reason=reason,
     )
     return row
 

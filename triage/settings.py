@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         "escalated or expired (signed approval.* events, e.g. to a chat or mail relay); "
         "unset = approvers watch the console's inbox.",
     )
+    team_webhook_url: str | None = Field(
+        default=None,
+        description="Where the service team is told that a case was assigned to someone or "
+        "breached its SLA (signed case.assigned / case.sla_breached events, e.g. to a chat "
+        "relay); unset = people watch the console's queue.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The address people reach the product at (https://triage.example.com), "

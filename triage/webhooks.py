@@ -115,6 +115,42 @@ def notify_submitter(session: Session, row: Case, event: str, event_id: str, **f
     )
 
 
+def notify_team(
+    session: Session, settings: Settings | None, row: Case, event: str, event_id: str, **fields: Any
+) -> None:
+    """Queue ``event`` about ``row`` for the service team's relay (``team_webhook_url``: a
+    chat channel, say), in the caller's transaction; nothing when none is set. Ids, routing,
+    priority, holder and due time only, no case text (the relay may be a shared channel), and
+    a link to the case page when ``public_url`` is set."""
+    url = settings.team_webhook_url if settings is not None else None
+    if not url:
+        return
+    assert settings is not None
+    base = (settings.public_url or "").rstrip("/")
+    enqueue(
+        session,
+        event_id=event_id,
+        kind=event,
+        case_id=row.id,
+        target_url=url,
+        body={
+            "event": event,
+            "event_id": event_id,
+            "case_id": row.id,
+            "source": {"system": row.source_system, "case_id": row.source_case_id},
+            "exception_type": row.exception_type,
+            "customer_id": row.customer_id,
+            "priority": row.priority,
+            "queue": row.queue,
+            "status": row.status,
+            "assignee": row.assignee,
+            "resolution_due_at": row.resolution_due_at,
+            "case_url": f"{base}/console/cases/{row.id}" if base else None,
+            **fields,
+        },
+    )
+
+
 def backoff_seconds(settings: Settings, attempts: int) -> float:
     base = settings.webhook_backoff_base_seconds * (2 ** max(0, attempts - 1))
     capped = min(settings.webhook_backoff_max_seconds, base)
@@ -190,10 +226,19 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit
     ``callback_allow_private_hosts`` is set, one that resolves to a private address is
     dead-lettered at once (SSRF guard), checked at send time so a DNS change after intake
     cannot get around it. Only messages to an address the operator configured
-    (``action_webhook_url``, ``approval_webhook_url``) are trusted; anything else is guarded,
+    (``action_webhook_url``, ``approval_webhook_url``, ``team_webhook_url``) are trusted;
+    anything else is guarded,
     so a new kind of caller-addressed event cannot slip past by kind.
     """
-    trusted = {u for u in (settings.action_webhook_url, settings.approval_webhook_url) if u}
+    trusted = {
+        u
+        for u in (
+            settings.action_webhook_url,
+            settings.approval_webhook_url,
+            settings.team_webhook_url,
+        )
+        if u
+    }
     delivered = 0
     for msg in _claim(db, settings, limit):
         if not _renew(db, settings, msg):

@@ -38,7 +38,7 @@ def sweep(db: Database, settings: Settings, pipe: Pipeline) -> dict[str, int]:
     leases): flag SLA breaches, sweep approval SLAs, index resolved cases and bring the
     dashboard roll-ups up to date."""
     with db.write() as s:
-        flagged = cases.flag_sla_breaches(s)
+        flagged = cases.flag_sla_breaches(s, settings=settings)
         actions.sweep_sla(s, settings)
     indexed = index_resolved(db, pipe)
     dashboard.refresh_recent(db)

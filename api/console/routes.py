@@ -747,6 +747,7 @@ def assign(request: Request, case_id: str, ctx: ContextDep, p: AgentP, form: For
                 actor=p.actor,
                 reason=_text(form, "reason", 2000) or None,
                 expected_version=_whole_number(_text(form, "version", 12)),
+                settings=ctx.settings,
             )
     except TriageError as exc:
         return redirect(request, _case_url(case_id), _error_text(exc), "error")
@@ -777,7 +778,9 @@ def bulk_assign(request: Request, ctx: ContextDep, p: AgentP, form: Form) -> Res
     for case_id in ids:
         try:
             with ctx.db.write() as s:
-                cases.assign(s, case_id[:64], who, actor=p.actor, reason=reason)
+                cases.assign(
+                    s, case_id[:64], who, actor=p.actor, reason=reason, settings=ctx.settings
+                )
             done += 1
         except TriageError as exc:
             if isinstance(exc, ValidationFailed) and "assignee" in exc.details.get("fields", {}):

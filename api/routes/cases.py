@@ -402,5 +402,6 @@ def assign_case(
             actor=principal.actor,
             reason=body.reason,
             expected_version=body.expected_version,
+            settings=ctx.settings,
         )
         return summary(row)

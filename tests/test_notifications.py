@@ -1,19 +1,21 @@
-"""Approvers hear about approvals: signed ``approval.*`` webhooks to ``approval_webhook_url``
-(requested, reminder, escalated, expired), once per state, delivered through the outbox to a
-real local receiver; and caller-addressed callbacks stay behind the private-address guard."""
+"""People hear about their work through relays the operator configures: approvers about
+approvals (``approval.*`` to ``approval_webhook_url``: requested, reminder, escalated,
+expired), the service team about assignments and SLA breaches (``case.assigned`` and
+``case.sla_breached`` to ``team_webhook_url``), once each, signed, through the outbox to a real
+local receiver; and caller-addressed callbacks stay behind the private-address guard."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests import test_actions, test_webhooks
 from tests.support import bearer
 from tests.test_actions import _case, _create
 from tests.test_webhooks import _drain, _triage_with_callback, _verified
-from triage import actions
-from triage.models import OutboxMessage
+from triage import actions, cases
+from triage.models import Case, OutboxMessage
 
 # the fixtures of the modules whose set-up these tests share
 people = test_actions.people
@@ -119,3 +121,59 @@ def test_only_operator_addresses_pass_the_private_address_guard(
         }
     assert set(refused) == {"case.triaged", "case.resolved"}
     assert all("non-public address" in error for error in refused.values())
+
+
+def test_the_team_hears_of_assignments_and_sla_breaches_once_each(
+    client, people, db, settings, receiver
+):
+    rx = receiver([])
+    settings.team_webhook_url = rx.url
+    settings.public_url = "https://triage.example.com"
+    case_id = _case(client, people, db, settings)
+    r = client.post(
+        f"/v1/cases/{case_id}/assignment",
+        json={"assignee": "test-agent", "reason": "you know this customer"},
+        headers=bearer(people["admin"]),
+    )
+    assert r.status_code == 200, r.text
+    with db.write() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id == case_id)
+            .values(resolution_due_at="2020-01-01T00:00:00.000000Z")
+        )
+    for _ in range(2):  # the sweep runs again and again; the breach is told once
+        with db.write() as s:
+            cases.flag_sla_breaches(s, settings=settings)
+
+    _drain(db, settings, 2)
+    bodies = [b for b in _bodies(rx, settings) if b["event"].startswith("case.")]
+    assert [b["event"] for b in bodies] == ["case.assigned", "case.sla_breached"]
+    assigned, breached = bodies
+    assert (assigned["assignee"], assigned["assigned_by"]) == ("test-agent", "test-admin")
+    assert assigned["previous_assignee"] is None and assigned["reason"] == "you know this customer"
+    assert assigned["status"] == "in_review" and assigned["case_id"] == case_id
+    assert assigned["case_url"] == f"https://triage.example.com/console/cases/{case_id}"
+    case = client.get(f"/v1/cases/{case_id}", headers=bearer(people["auditor"])).json()
+    assert assigned["source"] == {
+        "system": case["source_system"],
+        "case_id": case["source_case_id"],
+    }
+    assert (assigned["priority"], assigned["queue"]) == (case["priority"], case["queue"])
+    assert breached["kind"] == "resolution" and breached["due_at"] == "2020-01-01T00:00:00.000000Z"
+    assert breached["assignee"] == "test-agent"  # whose case is late
+    # no case text goes to a shared channel
+    assert all("title" not in b and "customer_message" not in b for b in bodies)
+
+
+def test_without_a_team_relay_nothing_is_queued(client, people, db, settings):
+    settings.team_webhook_url = None
+    case_id = _case(client, people, db, settings)
+    r = client.post(
+        f"/v1/cases/{case_id}/assignment",
+        json={"assignee": "test-agent"},
+        headers=bearer(people["admin"]),
+    )
+    assert r.status_code == 200, r.text
+    with db.read() as s:
+        assert s.scalars(select(OutboxMessage.kind)).all() == []
