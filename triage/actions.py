@@ -378,7 +378,6 @@ def _notify_approvers(
     decision = row.decision or {}
     approval = decision.get("approval") or {}
     event_id = f"{event}:{row.id}:{row.version}"
-    base = (settings.public_url or "").rstrip("/")
     webhooks.enqueue(
         session,
         event_id=event_id,
@@ -403,7 +402,7 @@ def _notify_approvers(
             "eligible_roles": approval.get("eligible_roles", []),
             "min_approvals": approval.get("min_approvals"),
             "reasons": [r.get("explanation") for r in decision.get("reasons", [])],
-            "inbox_url": f"{base}/console/approvals" if base else None,
+            "inbox_url": webhooks.console_link(settings, "approvals"),
             **extra,
         },
     )

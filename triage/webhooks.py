@@ -115,6 +115,13 @@ def notify_submitter(session: Session, row: Case, event: str, event_id: str, **f
     )
 
 
+def console_link(settings: Settings, path: str) -> str | None:
+    """``path`` in the console at ``public_url``, for a notification; None when the product's
+    public address is not configured (a link to localhost would mislead)."""
+    base = (settings.public_url or "").rstrip("/")
+    return f"{base}/console/{path}" if base else None
+
+
 def notify_team(
     session: Session, settings: Settings | None, row: Case, event: str, event_id: str, **fields: Any
 ) -> None:
@@ -122,17 +129,14 @@ def notify_team(
     chat channel, say), in the caller's transaction; nothing when none is set. Ids, routing,
     priority, holder and due time only, no case text (the relay may be a shared channel), and
     a link to the case page when ``public_url`` is set."""
-    url = settings.team_webhook_url if settings is not None else None
-    if not url:
+    if settings is None or not settings.team_webhook_url:
         return
-    assert settings is not None
-    base = (settings.public_url or "").rstrip("/")
     enqueue(
         session,
         event_id=event_id,
         kind=event,
         case_id=row.id,
-        target_url=url,
+        target_url=settings.team_webhook_url,
         body={
             "event": event,
             "event_id": event_id,
@@ -145,7 +149,7 @@ def notify_team(
             "status": row.status,
             "assignee": row.assignee,
             "resolution_due_at": row.resolution_due_at,
-            "case_url": f"{base}/console/cases/{row.id}" if base else None,
+            "case_url": console_link(settings, f"cases/{row.id}"),
             **fields,
         },
     )
@@ -227,8 +231,8 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, *, limit
     dead-lettered at once (SSRF guard), checked at send time so a DNS change after intake
     cannot get around it. Only messages to an address the operator configured
     (``action_webhook_url``, ``approval_webhook_url``, ``team_webhook_url``) are trusted;
-    anything else is guarded,
-    so a new kind of caller-addressed event cannot slip past by kind.
+    anything else is guarded, so a new kind of caller-addressed event cannot slip past by
+    kind.
     """
     trusted = {
         u
