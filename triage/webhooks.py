@@ -93,18 +93,17 @@ def enqueue(
     )
 
 
-def notify_submitter(session: Session, row: Case, event: str, event_id: str, **fields: Any) -> None:
-    """Queue ``event`` for the system that submitted ``row``, at its ``callback_url``, in the
-    caller's transaction; nothing when the case named none. The body names the event, the
-    case and its source, then ``fields``."""
-    if not row.callback_url:
-        return
+def _case_event(
+    session: Session, row: Case, url: str, event: str, event_id: str, **fields: Any
+) -> None:
+    """Queue ``event`` about ``row`` for ``url``: the body names the event, the case and its
+    source, then ``fields``."""
     enqueue(
         session,
         event_id=event_id,
         kind=event,
         case_id=row.id,
-        target_url=row.callback_url,
+        target_url=url,
         body={
             "event": event,
             "event_id": event_id,
@@ -113,6 +112,14 @@ def notify_submitter(session: Session, row: Case, event: str, event_id: str, **f
             **fields,
         },
     )
+
+
+def notify_submitter(session: Session, row: Case, event: str, event_id: str, **fields: Any) -> None:
+    """Queue ``event`` for the system that submitted ``row``, at its ``callback_url``, in the
+    caller's transaction; nothing when the case named none. The body names the event, the
+    case and its source, then ``fields``."""
+    if row.callback_url:
+        _case_event(session, row, row.callback_url, event, event_id, **fields)
 
 
 def console_link(settings: Settings, path: str) -> str | None:
@@ -131,27 +138,21 @@ def notify_team(
     a link to the case page when ``public_url`` is set."""
     if settings is None or not settings.team_webhook_url:
         return
-    enqueue(
+    _case_event(
         session,
-        event_id=event_id,
-        kind=event,
-        case_id=row.id,
-        target_url=settings.team_webhook_url,
-        body={
-            "event": event,
-            "event_id": event_id,
-            "case_id": row.id,
-            "source": {"system": row.source_system, "case_id": row.source_case_id},
-            "exception_type": row.exception_type,
-            "customer_id": row.customer_id,
-            "priority": row.priority,
-            "queue": row.queue,
-            "status": row.status,
-            "assignee": row.assignee,
-            "resolution_due_at": row.resolution_due_at,
-            "case_url": console_link(settings, f"cases/{row.id}"),
-            **fields,
-        },
+        row,
+        settings.team_webhook_url,
+        event,
+        event_id,
+        exception_type=row.exception_type,
+        customer_id=row.customer_id,
+        priority=row.priority,
+        queue=row.queue,
+        status=row.status,
+        assignee=row.assignee,
+        resolution_due_at=row.resolution_due_at,
+        case_url=console_link(settings, f"cases/{row.id}"),
+        **fields,
     )
 
 
