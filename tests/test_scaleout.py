@@ -45,10 +45,18 @@ START_TIMEOUT = 240.0
 DRAIN_TIMEOUT = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports. The sockets are held open together while the kernel picks:
+    two one-at-a-time picks can return the same port, and then the API's port check succeeds
+    against Chroma listening there (seen once in CI: every POST /v1/cases answered 404)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[Any], what: str, log: Path) -> None:
@@ -169,7 +177,7 @@ def _assert_exactly_once(db: Database, expected: int) -> None:
 
 
 def test_api_and_two_workers_on_postgres_and_a_chroma_server(tmp_path, pg_schema_url):
-    chroma_port, api_port = _free_port(), _free_port()
+    chroma_port, api_port = _free_ports(2)
     env = {
         **os.environ,
         "ANONYMIZED_TELEMETRY": "False",
