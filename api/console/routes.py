@@ -764,7 +764,12 @@ def bulk_assign(request: Request, ctx: ContextDep, p: AgentP, form: Form) -> Res
     the others; the flash message names each refusal and why."""
     back = _text(form, "back", 2000)
     # only ever back to the queue (the field comes from the page, but a form can be forged)
-    if not back.startswith(f"{COOKIE_PATH}/queue") or "//" in back or "\\" in back:
+    if (
+        not back.startswith(f"{COOKIE_PATH}/queue")
+        or "//" in back
+        or "\\" in back
+        or not back.isprintable()  # no CR/LF into the Location header
+    ):
         back = f"{COOKIE_PATH}/queue"
     who = _text(form, "assignee", 128)
     ids = list(dict.fromkeys(v for v in form.getlist("case_id") if isinstance(v, str) and v))

@@ -110,7 +110,12 @@ def test_bulk_assign_refuses_bad_input_without_assigning_anything(client, people
     many = send(assignee="agent", case_id=[f"C{i}" for i in range(101)])
     assert flash(client, many) == "error: At most 100 cases at a time."
     # the return address comes from the form: anything but the queue goes to the queue
-    for forged in ("https://evil.example/", "//evil.example/console/queue", "/console/audit"):
+    for forged in (
+        "https://evil.example/",
+        "//evil.example/console/queue",
+        "/console/audit",
+        "/console/queue\r\nSet-Cookie: triage_session=x",
+    ):
         r = send(assignee="agent", back=forged)
         assert r.headers["location"] == "/console/queue", forged
     assert _holders(db, case_ids) == before
