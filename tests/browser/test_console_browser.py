@@ -222,6 +222,25 @@ def test_dashboard_renders_charts(page, demo_server):
     shot(page, "10-dashboard")
 
 
+def test_lead_reads_the_team_page(page, demo_server):
+    sign_in(page, demo_server, "admin")
+    page.get_by_role("link", name="Team", exact=True).click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", name="Team").is_visible()
+    rows = page.locator("table.team tbody tr")
+    people = {rows.nth(i).locator("th").inner_text(): rows.nth(i) for i in range(rows.count())}
+    # the demo's lead handed the agent the three most urgent cases; the demo agent resolved
+    # the history and holds the live cases it asked a payback for
+    assert {"agent", "demo-agent", "demo-admin"} <= set(people)
+    held = int(people["agent"].locator("td").first.inner_text())
+    assert held >= 3
+    shot(page, "10b-team")
+    people["agent"].get_by_role("link", name="agent").click()
+    page.wait_for_load_state()
+    assert "held=agent" in page.url
+    assert page.locator("table.queue tbody tr").count() == held
+
+
 def test_keyboard_only_sign_in_and_navigation(page, demo_server):
     page.goto("/console/login")
     # the username field has autofocus; Tab order is username -> password -> button
