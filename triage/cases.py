@@ -773,6 +773,26 @@ def assign(
     return row
 
 
+def last_assignment(session: Session, row: Case) -> AuditEvent | None:
+    """The ``case.assigned`` event that gave the current holder the case, or None when they
+    claimed it themselves or nobody holds it in review (the case page says who handed it on).
+    One indexed read: the latest claim or assignment event of the case."""
+    if row.status != Status.in_review.value or row.assignee is None:
+        return None
+    e = session.scalar(
+        select(AuditEvent)
+        .where(
+            AuditEvent.case_id == row.id,
+            AuditEvent.action.in_((ASSIGN_ACTION, f"case.{Status.in_review.value}")),
+        )
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    if e is None or e.action != ASSIGN_ACTION:
+        return None
+    return e if json.loads(e.payload).get("to") == row.assignee else None
+
+
 # ---------------------------------------------------------------- work notes
 
 MAX_NOTE = 5000

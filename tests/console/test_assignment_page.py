@@ -45,6 +45,7 @@ def test_an_agent_assigns_from_the_case_page_and_then_cannot_take_it_back(
 
     page = client.get(f"/console/cases/{case_ids[0]}").text
     assert "held by <strong>boss</strong>" in page and 'id="assign"' not in page
+    assert "assigned by agent: tier A: the lead takes it</span>" in page
     refused = post(client, f"/console/cases/{case_ids[0]}/assign", {"assignee": "agent"})
     assert flash(client, refused).startswith("error: boss holds case")
     assert _holders(db, [case_ids[0]])[case_ids[0]] == ("in_review", "boss")
@@ -54,6 +55,15 @@ def test_an_agent_assigns_from_the_case_page_and_then_cannot_take_it_back(
     assert _assign_options(page, "a-assignee") == ["agent"]  # not the current holder
     r = post(client, f"/console/cases/{case_ids[0]}/assign", {"assignee": "agent"})
     assert flash(client, r) == "ok: Case assigned to agent."
+    page = client.get(f"/console/cases/{case_ids[0]}").text
+    assert '<span id="assigned-by" class="small muted">assigned by boss</span>' in page
+    # released and claimed again: the holder took it, nobody handed it over
+    move = f"/console/cases/{case_ids[0]}/transition"
+    post(client, move, {"to": "awaiting_review"})
+    assert 'id="assigned-by"' not in client.get(f"/console/cases/{case_ids[0]}").text
+    post(client, move, {"to": "in_review"})
+    page = client.get(f"/console/cases/{case_ids[0]}").text
+    assert "held by <strong>boss</strong>" in page and 'id="assigned-by"' not in page
     bad = post(client, f"/console/cases/{case_ids[1]}/assign", {"assignee": "fin1"})
     assert flash(client, bad).startswith("error: fin1 cannot hold cases (assignee: not an enabled")
     assert _holders(db, [case_ids[1]])[case_ids[1]] == ("awaiting_review", None)

@@ -3,6 +3,8 @@ person holds now and did in the range, counted from the audit trail; who sees wh
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import update
 
 from tests.console.conftest import flash, post, sign_in
@@ -120,3 +122,38 @@ def test_the_team_page_takes_a_date_range_and_refuses_a_bad_one(client, people, 
         assert bad.status_code == 303 and bad.headers["location"] == "/console/team"
         dash = client.get(f"/console/dashboard?{query}", follow_redirects=False)
         assert dash.status_code == 303 and dash.headers["location"] == "/console/dashboard"
+
+
+def test_the_team_csv_has_the_pages_rows_for_a_spreadsheet(client, people, case_ids, db):
+    import csv
+    import io
+
+    _work(client, case_ids, db)
+    sign_in(client, "boss")
+    page = client.get("/console/team").text
+    link = re.search(r'href="(/console/team\.csv\?[^"]+)"', page).group(1).replace("&amp;", "&")
+    r = client.get(link)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith('attachment; filename="team-')
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    by = {row["person"]: row for row in rows}
+    assert set(by) == {"agent", "boss", "fin1"}
+    assert (by["agent"]["holding"], by["agent"]["holding_late"]) == ("2", "1")
+    assert (by["agent"]["resolved"], by["agent"]["notes"], by["boss"]["assigned"]) == (
+        "1",
+        "1",
+        "1",
+    )
+    assert float(by["agent"]["median_intake_to_resolution_h"]) >= 0
+    assert by["boss"]["median_intake_to_resolution_h"] == ""
+    with db.read() as s:
+        figures = {t.person: t for t in dashboard.team_figures(s, WEEK)}
+    for name, row in by.items():
+        for column in dashboard.TEAM_ACTIONS.values():
+            assert int(row[column]) == figures[name].done.get(column, 0), (name, column)
+
+    sign_in(client, "agent")  # their own row only, as on the page
+    own = list(csv.DictReader(io.StringIO(client.get("/console/team.csv").text)))
+    assert [row["person"] for row in own] == ["agent"]
+    bad = client.get("/console/team.csv?from=2020-13-01&to=2020-01-31", follow_redirects=False)
+    assert bad.status_code == 303
