@@ -680,6 +680,27 @@ def case_workers(session: Session) -> list[str]:
     return sorted(set(users) | set(keys))
 
 
+def _can_hold(session: Session, name: str) -> bool:
+    """Whether ``name`` is in :func:`case_workers` (two indexed lookups, not the whole list)."""
+    user = select(ConsoleUser.id).where(
+        ConsoleUser.username == name,
+        ConsoleUser.role.in_(CASE_WORKER_ROLES),
+        ConsoleUser.disabled_at.is_(None),
+    )
+    key = select(ApiKey.id).where(
+        ApiKey.name == name, ApiKey.role.in_(CASE_WORKER_ROLES), ApiKey.revoked_at.is_(None)
+    )
+    return session.scalar(user.limit(1)) is not None or session.scalar(key.limit(1)) is not None
+
+
+def may_assign(actor: Actor, status: str, holder: str | None) -> bool:
+    """The rule :func:`assign` enforces, for showing its forms and tick boxes: a triaged,
+    unresolved case that nobody holds or ``actor`` holds, or any such case for an admin."""
+    return Status(status) in ASSIGNABLE and (
+        actor.role == Role.admin.value or holder in (None, actor.id)
+    )
+
+
 def assign(
     session: Session,
     case_id: str,
@@ -723,11 +744,11 @@ def assign(
             field="status",
             current=status.value,
         )
-    if actor.role != Role.admin.value and row.assignee not in (None, actor.id):
+    if not may_assign(actor, row.status, row.assignee):
         raise PermissionDenied(
             f"{row.assignee} holds case {case_id}: only they or an admin can hand it over"
         )
-    if assignee not in case_workers(session):
+    if not _can_hold(session, assignee):
         raise ValidationFailed(
             f"{assignee} cannot hold cases",
             fields={"assignee": "not an enabled agent or admin"},

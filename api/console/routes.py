@@ -528,8 +528,8 @@ def queue(
             "assignees": assignees,
             "back": f"{COOKIE_PATH}/queue" + (f"?{urlencode(params)}" if params else ""),
             "my_id": p.actor.id,
-            "assignable": {st.value for st in cases.ASSIGNABLE},
-            "is_admin": p.role == R.admin,
+            # the cases this person may tick for bulk assignment
+            "assignable": {c.id for c in rows if cases.may_assign(p.actor, c.status, c.assignee)},
             "section": "queue",
         },
     )
@@ -576,6 +576,7 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
         | ({row.category} if row.category else set())
     )
     can_work = p.role in (R.agent, R.admin)
+    can_assign = can_work and cases.may_assign(p.actor, row.status, row.assignee)
     open_case = row.status not in (
         Status.received.value,
         Status.triaging.value,
@@ -607,13 +608,9 @@ def _case_context(s: Any, ctx: Any, row: Any, p: Principal) -> dict[str, Any]:
             row.assignee and row.assignee != p.actor.id and row.status != Status.resolved.value
         ),
         "can_transition": can_work,
-        "can_assign": can_work
-        and Status(row.status) in cases.ASSIGNABLE
-        and (p.role == R.admin or row.assignee in (None, p.actor.id)),
+        "can_assign": can_assign,
         "my_id": p.actor.id,
-        "assignees": [n for n in cases.case_workers(s) if n != row.assignee]
-        if can_work and Status(row.status) in cases.ASSIGNABLE
-        else [],
+        "assignees": [n for n in cases.case_workers(s) if n != row.assignee] if can_assign else [],
         "action_types": sorted(ACTION_MODELS),
         "messages": messages,
         "assigned": audit.event_dict(handed) if handed else None,
