@@ -354,14 +354,6 @@ def _decision_json(d: policies.Decision) -> dict[str, Any]:
     return out
 
 
-APPROVAL_EVENTS = (
-    "approval.requested",
-    "approval.reminder",
-    "approval.escalated",
-    "approval.expired",
-)
-
-
 def _notify_approvers(
     session: Session, settings: Settings, row: ActionRow, event: str, **extra: Any
 ) -> None:
@@ -370,41 +362,34 @@ def _notify_approvers(
     (``approval.reminder``), went to the next authority level (``approval.escalated``) or
     ran out (``approval.expired``), through the outbox in the caller's transaction. Nothing
     when no URL is set. The event id carries the action's version, so each state of an
-    action is told once however often a sweep runs. Amounts go out as decimal strings; no
-    case text, only ids (the relay may be a chat channel)."""
-    url = settings.approval_webhook_url
-    if not url or event not in APPROVAL_EVENTS:
+    action is told once however often a sweep runs. Amounts go out as the action states
+    them; no case text, only ids (the relay may be a chat channel)."""
+    if not settings.approval_webhook_url:
         return
     decision = row.decision or {}
     approval = decision.get("approval") or {}
-    event_id = f"{event}:{row.id}:{row.version}"
-    webhooks.enqueue(
+    fields: dict[str, Any] = {
+        "action_id": row.id,
+        "action_type": row.action_type,
+        # as the action states it (the column is padded to four decimals)
+        "amount": (row.body or {}).get("amount", None if row.amount is None else str(row.amount)),
+        "currency": row.currency,
+        "customer_id": row.customer_id,
+        "requested_by": row.requested_by,
+        "due_at": row.due_at,
+        "escalation_level": row.escalation_level,
+        "eligible_roles": approval.get("eligible_roles", []),
+        "min_approvals": approval.get("min_approvals"),
+        "reasons": [r.get("explanation") for r in decision.get("reasons", [])],
+        "inbox_url": webhooks.console_link(settings, "approvals"),
+    }
+    webhooks.send(
         session,
-        event_id=event_id,
-        kind=event,
+        settings.approval_webhook_url,
+        event,
+        f"{event}:{row.id}:{row.version}",
         case_id=row.case_id,
-        target_url=url,
-        body={
-            "event": event,
-            "event_id": event_id,
-            "action_id": row.id,
-            "action_type": row.action_type,
-            # as the action states it (the column is padded to four decimals)
-            "amount": (row.body or {}).get(
-                "amount", None if row.amount is None else str(row.amount)
-            ),
-            "currency": row.currency,
-            "customer_id": row.customer_id,
-            "case_id": row.case_id,
-            "requested_by": row.requested_by,
-            "due_at": row.due_at,
-            "escalation_level": row.escalation_level,
-            "eligible_roles": approval.get("eligible_roles", []),
-            "min_approvals": approval.get("min_approvals"),
-            "reasons": [r.get("explanation") for r in decision.get("reasons", [])],
-            "inbox_url": webhooks.console_link(settings, "approvals"),
-            **extra,
-        },
+        **(fields | extra),  # ``extra`` wins: an expiry says when it was due
     )
 
 
@@ -413,32 +398,27 @@ def _release(
 ) -> None:
     """Write the execution message to the outbox in the caller's transaction."""
     event_id = f"action.execute:{row.id}:{(row.action_hash or '')[:16]}"
-    approvals = session.scalars(
-        select(ActionApproval).where(
-            ActionApproval.action_id == row.id,
-            ActionApproval.action_hash == row.action_hash,
-            ActionApproval.decision == "approved",
-        )
-    ).all()
     if settings.action_webhook_url:
-        webhooks.enqueue(
+        approvals = session.scalars(
+            select(ActionApproval).where(
+                ActionApproval.action_id == row.id,
+                ActionApproval.action_hash == row.action_hash,
+                ActionApproval.decision == "approved",
+            )
+        ).all()
+        webhooks.send(
             session,
-            event_id=event_id,
-            kind="action.execute",
+            settings.action_webhook_url,
+            "action.execute",
+            event_id,
             case_id=row.case_id,
-            target_url=settings.action_webhook_url,
-            body={
-                "event": "action.execute",
-                "event_id": event_id,
-                "action_id": row.id,
-                "action": row.body,
-                "case_id": row.case_id,
-                "source": {"system": case.source.system, "case_id": case.source.case_id},
-                "policy_version": row.policy_version,
-                "action_hash": row.action_hash,
-                "released_by": reason,
-                "approvals": [{"approver": a.approver_id, "at": a.created_at} for a in approvals],
-            },
+            action_id=row.id,
+            action=row.body,
+            source={"system": case.source.system, "case_id": case.source.case_id},
+            policy_version=row.policy_version,
+            action_hash=row.action_hash,
+            released_by=reason,
+            approvals=[{"approver": a.approver_id, "at": a.created_at} for a in approvals],
         )
     audit.append(
         session,

@@ -93,25 +93,27 @@ def enqueue(
     )
 
 
-def _case_event(
-    session: Session, row: Case, url: str, event: str, event_id: str, **fields: Any
+def send(
+    session: Session, url: str, event: str, event_id: str, *, case_id: str, **fields: Any
 ) -> None:
-    """Queue ``event`` about ``row`` for ``url``: the body names the event, the case and its
-    source, then ``fields``."""
+    """Queue ``event`` for ``url`` in the caller's transaction, in the envelope every event
+    shares: its name, its id and the case it concerns, then ``fields``."""
     enqueue(
         session,
         event_id=event_id,
         kind=event,
-        case_id=row.id,
+        case_id=case_id,
         target_url=url,
-        body={
-            "event": event,
-            "event_id": event_id,
-            "case_id": row.id,
-            "source": {"system": row.source_system, "case_id": row.source_case_id},
-            **fields,
-        },
+        body={"event": event, "event_id": event_id, "case_id": case_id, **fields},
     )
+
+
+def _case_event(
+    session: Session, row: Case, url: str, event: str, event_id: str, **fields: Any
+) -> None:
+    """:func:`send` about ``row``, naming its source system and the id it has there."""
+    source = {"system": row.source_system, "case_id": row.source_case_id}
+    send(session, url, event, event_id, case_id=row.id, source=source, **fields)
 
 
 def notify_submitter(session: Session, row: Case, event: str, event_id: str, **fields: Any) -> None:
