@@ -251,7 +251,8 @@ def team_figures(session: Session, r: DateRange, *, person: str | None = None) -
     if person is not None:
         held = held.where(Case.assignee == person)
     for name, n, late in session.execute(held).all():
-        row(str(name)).holding, row(str(name)).holding_breached = _i(n), _i(late)
+        entry = row(str(name))
+        entry.holding, entry.holding_breached = _i(n), _i(late)
 
     in_range = (
         AuditEvent.ts >= r.start,
@@ -280,6 +281,13 @@ def team_figures(session: Session, r: DateRange, *, person: str | None = None) -
     for name, values in spans.items():
         row(name).resolve_time = Durations.of(values)
     return [rows[k] for k in sorted(rows)]
+
+
+def visible_team(session: Session, r: DateRange, viewer: Actor) -> tuple[list[TeamRow], bool]:
+    """The team figures ``viewer`` may read, and whether they are the whole team's: everyone's
+    for :data:`TEAM_VIEWERS`, otherwise the viewer's own row only."""
+    whole = viewer.role in TEAM_VIEWERS
+    return team_figures(session, r, person=None if whole else viewer.id), whole
 
 
 def case_actions(session: Session, case_id: str) -> list[ActionRow]:

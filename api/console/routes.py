@@ -781,18 +781,16 @@ def bulk_assign(request: Request, ctx: ContextDep, p: AgentP, form: Form) -> Res
     reason = _text(form, "reason", 2000) or None
     done = 0
     refused: list[str] = []
-    for case_id in ids:
+    for case_id in (i[:64] for i in ids):
         try:
             with ctx.db.write() as s:
-                cases.assign(
-                    s, case_id[:64], who, actor=p.actor, reason=reason, settings=ctx.settings
-                )
+                cases.assign(s, case_id, who, actor=p.actor, reason=reason, settings=ctx.settings)
             done += 1
         except TriageError as exc:
             if isinstance(exc, ValidationFailed) and "assignee" in exc.details.get("fields", {}):
                 # the person is wrong for every case: say it once, assign nothing
                 return redirect(request, back, _error_text(exc), "error")
-            refused.append(f"{case_id[:64]}: {exc.message}")
+            refused.append(f"{case_id}: {exc.message}")
     if refused:
         text = f"Assigned {done} of {len(ids)} cases to {who}. Not assigned: " + "; ".join(refused)
         return redirect(request, back, text, "error")
@@ -1369,14 +1367,6 @@ def dashboard_page(
     )
 
 
-def _team(ctx: Any, p: Principal, r: dashboard.DateRange) -> tuple[list[dashboard.TeamRow], bool]:
-    """The rows ``p`` may read: everyone's for leads and auditors, else their own."""
-    whole_team = p.role in dashboard.TEAM_VIEWERS
-    with ctx.db.read() as s:
-        rows = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
-    return rows, whole_team
-
-
 @router.get("/team.csv")
 def team_csv(
     request: Request,
@@ -1392,7 +1382,8 @@ def team_csv(
         r = _date_range(start, end)
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/team", _error_text(exc), "error")
-    rows, _ = _team(ctx, p, r)
+    with ctx.db.read() as s:
+        rows, _ = dashboard.visible_team(s, r, p.actor)
     columns = list(dashboard.TEAM_ACTIONS.values())
     buf = io.StringIO()
     out = csv.writer(buf)
@@ -1435,7 +1426,8 @@ def team_page(
     except TriageError as exc:
         return redirect(request, f"{COOKIE_PATH}/team", _error_text(exc), "error")
     as_of = now_ts()
-    team, whole_team = _team(ctx, p, r)
+    with ctx.db.read() as s:
+        team, whole_team = dashboard.visible_team(s, r, p.actor)
     return render(
         request,
         "team.html",

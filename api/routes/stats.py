@@ -170,10 +170,9 @@ def team_figures(ctx: ContextDep, p: People, start: From = None, end: To = None)
     """Counted from the audit trail (people only, not the pipeline or integrations). Admins
     and auditors get everyone; agents and approvers their own row."""
     r = _range(start, end)
-    whole_team = p.role in dashboard.TEAM_VIEWERS
     as_of = now_ts()
     with ctx.db.read() as s:
-        rows = dashboard.team_figures(s, r, person=None if whole_team else p.actor.id)
+        rows, whole_team = dashboard.visible_team(s, r, p.actor)
     return TeamFigures(
         range_start=r.start,
         range_end=r.end,
